@@ -1,0 +1,178 @@
+//! Which API a request speaks and what drover does with it, and errors in that API's own format.
+
+use bytes::Bytes;
+use http::Method;
+use pingora::http::ResponseHeader;
+use serde_json::json;
+
+/// The client API a path belongs to; errors are written in its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Ollama's native API under /api (and drover's own endpoints).
+    Ollama,
+    /// The OpenAI-compatible API under /v1.
+    OpenAi,
+}
+
+/// What drover does with a request, decided from method and path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Routed by the `model` field of the JSON body. `native` is true for Ollama's /api calls.
+    Routed { api: Api, native: bool },
+    Tags,
+    Ps,
+    Models,
+    /// GET /v1/models/{model}
+    Model(String),
+    Version,
+    Root,
+    Health,
+    Status,
+    LbStats,
+    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change a server's disk.
+    Management,
+    NotFound(Api),
+    MethodNotAllowed(Api),
+}
+
+pub fn classify(method: &Method, path: &str) -> Endpoint {
+    let api = if path.starts_with("/v1/") { Api::OpenAi } else { Api::Ollama };
+    let is_get = method == Method::GET || method == Method::HEAD;
+    let post = |e: Endpoint| if method == Method::POST { e } else { Endpoint::MethodNotAllowed(api) };
+    let get = |e: Endpoint| if is_get { e } else { Endpoint::MethodNotAllowed(api) };
+    match path {
+        "/api/generate" | "/api/chat" | "/api/embed" | "/api/embeddings" | "/api/show" => {
+            post(Endpoint::Routed { api, native: true })
+        }
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => {
+            post(Endpoint::Routed { api, native: false })
+        }
+        "/api/tags" => get(Endpoint::Tags),
+        "/api/ps" => get(Endpoint::Ps),
+        "/v1/models" => get(Endpoint::Models),
+        "/api/version" => get(Endpoint::Version),
+        "/" => get(Endpoint::Root),
+        "/health" => get(Endpoint::Health),
+        "/status" => get(Endpoint::Status),
+        "/lb-stats" => get(Endpoint::LbStats),
+        "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => Endpoint::Management,
+        p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
+            get(Endpoint::Model(p["/v1/models/".len()..].to_string()))
+        }
+        _ => Endpoint::NotFound(api),
+    }
+}
+
+/// An error a client sees, with a message that says what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    /// Short machine-readable code, used as OpenAI's `code`.
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds for a Retry-After header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The JSON body in the client's format.
+    pub fn body(&self, api: Api) -> Bytes {
+        let value = match api {
+            Api::Ollama => json!({ "error": self.message }),
+            Api::OpenAi => json!({ "error": {
+                "message": self.message,
+                "type": openai_type(self.status),
+                "param": if self.code == "model_not_found" || self.code == "missing_model" { Some("model") } else { None },
+                "code": self.code,
+            }}),
+        };
+        Bytes::from(serde_json::to_vec(&value).expect("json values serialise"))
+    }
+
+    pub fn header(&self, body_len: usize) -> ResponseHeader {
+        let mut h = ResponseHeader::build(self.status, Some(4)).expect("valid status");
+        h.insert_header(http::header::CONTENT_TYPE, "application/json").expect("static header");
+        h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).expect("number header");
+        if let Some(s) = self.retry_after {
+            h.insert_header(http::header::RETRY_AFTER, s.to_string()).expect("number header");
+        }
+        h
+    }
+}
+
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "authentication_error",
+        404 => "invalid_request_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+/// The last words of a stream that broke after bytes reached the client, in the stream's format.
+pub fn stream_error_tail(content_type: &str, message: &str) -> Option<Bytes> {
+    let ct = content_type.to_ascii_lowercase();
+    let line = if ct.starts_with("text/event-stream") {
+        let event = json!({ "error": { "message": message, "type": "server_error", "code": "upstream_failed" } });
+        format!("data: {event}\n\n")
+    } else if ct.starts_with("application/x-ndjson") || ct.starts_with("application/json") {
+        format!("{}\n", json!({ "error": message }))
+    } else {
+        return None;
+    };
+    Some(Bytes::from(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_paths() {
+        assert_eq!(
+            classify(&Method::POST, "/api/chat"),
+            Endpoint::Routed { api: Api::Ollama, native: true }
+        );
+        assert_eq!(
+            classify(&Method::POST, "/v1/chat/completions"),
+            Endpoint::Routed { api: Api::OpenAi, native: false }
+        );
+        assert_eq!(classify(&Method::GET, "/api/chat"), Endpoint::MethodNotAllowed(Api::Ollama));
+        assert_eq!(classify(&Method::HEAD, "/"), Endpoint::Root);
+        assert_eq!(classify(&Method::GET, "/v1/models/qwen3:14b"), Endpoint::Model("qwen3:14b".into()));
+        assert_eq!(classify(&Method::GET, "/v1/nothing"), Endpoint::NotFound(Api::OpenAi));
+        assert_eq!(classify(&Method::DELETE, "/api/delete"), Endpoint::Management);
+    }
+
+    #[test]
+    fn errors_follow_each_api() {
+        let e = ApiError::new(404, "model_not_found", "model \"x\" not found");
+        let ollama: serde_json::Value = serde_json::from_slice(&e.body(Api::Ollama)).unwrap();
+        assert_eq!(ollama, json!({"error": "model \"x\" not found"}));
+        let openai: serde_json::Value = serde_json::from_slice(&e.body(Api::OpenAi)).unwrap();
+        assert_eq!(openai["error"]["message"], "model \"x\" not found");
+        assert_eq!(openai["error"]["type"], "invalid_request_error");
+        assert_eq!(openai["error"]["code"], "model_not_found");
+        assert_eq!(openai["error"]["param"], "model");
+    }
+
+    #[test]
+    fn stream_tails_match_the_stream() {
+        let sse = stream_error_tail("text/event-stream; charset=utf-8", "gone").unwrap();
+        assert!(sse.starts_with(b"data: {\"error\":"));
+        assert!(sse.ends_with(b"\n\n"));
+        let nd = stream_error_tail("application/x-ndjson", "gone").unwrap();
+        assert_eq!(&nd[..], b"{\"error\":\"gone\"}\n");
+        assert!(stream_error_tail("text/plain", "gone").is_none());
+    }
+}

@@ -1,0 +1,63 @@
+//! A small JSON GET client over Pingora's connector, for health checks and inventory refreshes.
+
+use std::time::Duration;
+
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use serde_json::Value;
+
+use crate::fleet::Server;
+
+/// Responses larger than this are not inventories: refuse them rather than buffer them.
+const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
+
+pub struct Client {
+    connector: Connector,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client { connector: Connector::new(None) }
+    }
+}
+
+impl Client {
+    /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
+    pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
+        match tokio::time::timeout(timeout, self.get(server, path, timeout)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("GET {path}: no answer within {timeout:?}")),
+        }
+    }
+
+    async fn get(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
+        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+        let peer = server.peer(addr, timeout, timeout);
+        let (mut up, _) = self
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let full = format!("{}{path}", server.url.base_path);
+        let mut req = RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| e.to_string())?;
+        req.insert_header(http::header::HOST, server.url.authority()).map_err(|e| e.to_string())?;
+        up.write_request_header(Box::new(req)).await.map_err(|e| format!("GET {path}: {e}"))?;
+        up.finish_request_body().await.map_err(|e| format!("GET {path}: {e}"))?;
+        up.read_response_header().await.map_err(|e| format!("GET {path}: {e}"))?;
+        let status = up.response_header().map_or(0, |h| h.status.as_u16());
+        let mut body = Vec::new();
+        while let Some(chunk) = up.read_response_body().await.map_err(|e| format!("GET {path}: {e}"))? {
+            if body.len() + chunk.len() > MAX_JSON_BYTES {
+                return Err(format!("GET {path}: answer larger than {MAX_JSON_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if up.response_done() {
+            self.connector.release_http_session(up, &peer, Some(Duration::from_secs(60))).await;
+        }
+        if !(200..300).contains(&status) {
+            return Err(format!("GET {path}: HTTP {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON ({e})"))
+    }
+}

@@ -1,0 +1,761 @@
+//! Configuration: the YAML file and environment, translated into a validated model with real types.
+//!
+//! Loading never stops at the first mistake: every section is parsed on its own and every
+//! value is checked, so `drover serve -t` can print all errors at once, each with its key.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::fleet::{Device, Kind, ServerUrl};
+
+/// The fleet used when neither `servers:` nor `routes:` names one: a local Ollama.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:11434";
+
+/// One configuration error: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every error found while loading; never empty.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---- the file, as written -------------------------------------------------------------
+
+/// A duration written as "5s", "250ms", "2m", or a bare number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerSection {
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DatabaseSection {
+    url: Option<String>,
+    pool_size: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Url(String),
+    Object(RawServerObject),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerObject {
+    url: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    probe_url: Option<String>,
+    #[serde(default)]
+    max_concurrency: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    virtual_model_name: String,
+    server_url: String,
+    #[serde(default)]
+    actual_model_name: Option<String>,
+    #[serde(default)]
+    weight: Option<i64>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default, rename = "type")]
+    device: Option<String>,
+    #[serde(default)]
+    performance: Option<f64>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    is_active: Option<bool>,
+    #[serde(default)]
+    skip_resource_check: Option<bool>,
+    #[serde(default)]
+    probe_url: Option<String>,
+    #[serde(default)]
+    max_concurrency: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LbSection {
+    health_check_interval: Option<RawDuration>,
+    health_check_timeout: Option<RawDuration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    db_check_interval: Option<RawDuration>,
+    max_retry_count: Option<u32>,
+    cooldown: Option<RawDuration>,
+    max_body_bytes: Option<u64>,
+    strategy: Option<String>,
+    max_concurrency: Option<i64>,
+    queue_size: Option<usize>,
+    queue_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ResourcesSection {
+    memory_threshold: Option<f64>,
+    cache_ttl_min: Option<RawDuration>,
+    cache_ttl_max: Option<RawDuration>,
+    fail_open: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HttpClientSection {
+    connect_timeout: Option<RawDuration>,
+    read_timeout: Option<RawDuration>,
+    keepalive_pool: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AdminSection {
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LoggingSection {
+    access_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PingoraSection {
+    grace_period_seconds: Option<u64>,
+    upgrade_sock: Option<String>,
+    pid_file: Option<String>,
+}
+
+// ---- the validated model --------------------------------------------------------------
+
+/// How traffic is split inside the winning priority tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Weighted,
+    WarmFirst,
+    LeastBusy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub url: ServerUrl,
+    pub kind: Kind,
+    pub probe_url: Option<ServerUrl>,
+    pub max_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub virtual_model_name: String,
+    pub server_url: ServerUrl,
+    pub actual_model_name: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub device: Device,
+    pub performance: f64,
+    pub description: String,
+    pub is_active: bool,
+    pub skip_resource_check: bool,
+    pub probe_url: Option<ServerUrl>,
+    pub max_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadBalancing {
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub db_check_interval: Duration,
+    pub max_retry_count: u32,
+    pub cooldown: Duration,
+    pub max_body_bytes: usize,
+    pub strategy: Strategy,
+    pub max_concurrency: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resources {
+    pub memory_threshold: f64,
+    pub cache_ttl_min: Duration,
+    pub cache_ttl_max: Duration,
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub keepalive_pool: usize,
+}
+
+/// Everything drover runs on, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub threads: usize,
+    pub database_url: String,
+    pub database_pool_size: u32,
+    pub servers: Vec<ServerSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub load_balancer: LoadBalancing,
+    pub resources: Resources,
+    pub http_client: HttpClient,
+    pub admin_token: Option<String>,
+    pub access_log: String,
+    pub grace_period_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+/// The environment variables drover reads, gathered so tests can pass their own.
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub servers: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            database_url: var("DATABASE_URL"),
+            listen: var("DROVER_LISTEN"),
+            admin_token: var("DROVER_ADMIN_TOKEN"),
+            servers: var("DROVER_SERVERS"),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` (or defaults when `path` is None), then applies `env`.
+    pub fn load(path: Option<&Path>, env: &Env) -> Result<Settings, ConfigErrors> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    key: p.display().to_string(),
+                    message: format!("cannot read config file: {e}"),
+                }])
+            })?,
+            None => String::new(),
+        };
+        Self::parse(&text, path.map(Path::to_path_buf), env)
+    }
+
+    /// Parses YAML text; every error in it is reported together.
+    pub fn parse(text: &str, source: Option<PathBuf>, env: &Env) -> Result<Settings, ConfigErrors> {
+        let mut v = Validator::default();
+        let root: serde_yaml::Value = if text.trim().is_empty() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            match serde_yaml::from_str(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    v.error("(file)", format!("not valid YAML: {e}"));
+                    return Err(ConfigErrors(v.errors));
+                }
+            }
+        };
+        let Some(map) = root.as_mapping() else {
+            v.error("(file)", "the top level must be a mapping of sections");
+            return Err(ConfigErrors(v.errors));
+        };
+        const SECTIONS: [&str; 10] = [
+            "server",
+            "database",
+            "servers",
+            "routes",
+            "load_balancer",
+            "resources",
+            "http_client",
+            "admin",
+            "logging",
+            "pingora",
+        ];
+        for key in map.keys() {
+            let name = key.as_str().unwrap_or("?");
+            if !SECTIONS.contains(&name) {
+                v.error(name, format!("unknown section; expected one of {}", SECTIONS.join(", ")));
+            }
+        }
+        let server: ServerSection = v.section(map, "server");
+        let database: DatabaseSection = v.section(map, "database");
+        let raw_servers: Vec<RawServer> = v.list(map, "servers");
+        let raw_routes: Vec<RawRoute> = v.list(map, "routes");
+        let lb: LbSection = v.section(map, "load_balancer");
+        let res: ResourcesSection = v.section(map, "resources");
+        let http: HttpClientSection = v.section(map, "http_client");
+        let admin: AdminSection = v.section(map, "admin");
+        let logging: LoggingSection = v.section(map, "logging");
+        let pingora: PingoraSection = v.section(map, "pingora");
+
+        let listen_text = env.listen.clone().or(server.listen);
+        let listen = v.addr("server.listen", listen_text.as_deref().unwrap_or("0.0.0.0:8083"));
+        let metrics_listen = v.addr(
+            "server.metrics_listen",
+            server.metrics_listen.as_deref().unwrap_or("127.0.0.1:9091"),
+        );
+        let threads = server.threads.unwrap_or(2);
+        if threads == 0 {
+            v.error("server.threads", "must be at least 1, got 0");
+        }
+
+        let database_url = env
+            .database_url
+            .clone()
+            .or(database.url)
+            .unwrap_or_else(|| "sqlite://drover.db".to_string());
+        if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]
+            .iter()
+            .any(|p| database_url.starts_with(p))
+        {
+            v.error(
+                "database.url",
+                format!(
+                    "{:?}: expected sqlite://, postgres:// or mysql://",
+                    crate::redact_url(&database_url)
+                ),
+            );
+        }
+
+        let default_concurrency = v.positive(
+            "load_balancer.max_concurrency",
+            lb.max_concurrency.unwrap_or(4),
+        );
+        let servers = match &env.servers {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .enumerate()
+                .filter_map(|(i, u)| v.server(&format!("DROVER_SERVERS[{i}]"), RawServer::Url(u.into())))
+                .collect(),
+            None => raw_servers
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, s)| v.server(&format!("servers[{i}]"), s))
+                .collect::<Vec<_>>(),
+        };
+        let routes: Vec<RouteSpec> = raw_routes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| v.route(&format!("routes[{i}]"), r))
+            .collect();
+        let mut seen = HashSet::new();
+        for (i, s) in servers.iter().enumerate() {
+            if !seen.insert(s.url.as_str().to_string()) {
+                v.error(format!("servers[{i}].url"), format!("{:?} is listed twice", s.url.as_str()));
+            }
+        }
+        let mut servers = servers;
+        if servers.is_empty() && routes.is_empty() {
+            servers.push(ServerSpec {
+                url: ServerUrl::parse(DEFAULT_SERVER).expect("default server URL is valid"),
+                kind: Kind::Ollama,
+                probe_url: None,
+                max_concurrency: None,
+            });
+        }
+
+        let strategy = match lb.strategy.as_deref().unwrap_or("weighted") {
+            "weighted" => Strategy::Weighted,
+            "warm_first" => Strategy::WarmFirst,
+            "least_busy" => Strategy::LeastBusy,
+            other => {
+                v.error(
+                    "load_balancer.strategy",
+                    format!("{other:?}: expected weighted, warm_first or least_busy"),
+                );
+                Strategy::Weighted
+            }
+        };
+        let rise = lb.rise.unwrap_or(2);
+        let fall = lb.fall.unwrap_or(2);
+        if rise == 0 {
+            v.error("load_balancer.rise", "must be at least 1, got 0");
+        }
+        if fall == 0 {
+            v.error("load_balancer.fall", "must be at least 1, got 0");
+        }
+        let max_body_bytes = lb.max_body_bytes.unwrap_or(32 * 1024 * 1024);
+        if max_body_bytes == 0 {
+            v.error("load_balancer.max_body_bytes", "must be at least 1, got 0");
+        }
+        let load_balancer = LoadBalancing {
+            health_check_interval: v.duration("load_balancer.health_check_interval", lb.health_check_interval, "5s"),
+            health_check_timeout: v.duration("load_balancer.health_check_timeout", lb.health_check_timeout, "1s"),
+            rise,
+            fall,
+            db_check_interval: v.duration("load_balancer.db_check_interval", lb.db_check_interval, "5s"),
+            max_retry_count: lb.max_retry_count.unwrap_or(2),
+            cooldown: v.duration("load_balancer.cooldown", lb.cooldown, "10s"),
+            max_body_bytes: max_body_bytes as usize,
+            strategy,
+            max_concurrency: default_concurrency,
+            queue_size: lb.queue_size.unwrap_or(1000),
+            queue_timeout: v.duration("load_balancer.queue_timeout", lb.queue_timeout, "30s"),
+        };
+
+        let memory_threshold = res.memory_threshold.unwrap_or(90.0);
+        if !(memory_threshold > 0.0 && memory_threshold <= 100.0) {
+            v.error(
+                "resources.memory_threshold",
+                format!("{memory_threshold}: expected a percentage in (0, 100]"),
+            );
+        }
+        let resources = Resources {
+            memory_threshold,
+            cache_ttl_min: v.duration("resources.cache_ttl_min", res.cache_ttl_min, "2s"),
+            cache_ttl_max: v.duration("resources.cache_ttl_max", res.cache_ttl_max, "30s"),
+            fail_open: res.fail_open.unwrap_or(true),
+        };
+        if resources.cache_ttl_min > resources.cache_ttl_max {
+            v.error("resources.cache_ttl_min", "must not exceed resources.cache_ttl_max");
+        }
+        let http_client = HttpClient {
+            connect_timeout: v.duration("http_client.connect_timeout", http.connect_timeout, "2s"),
+            read_timeout: v.duration("http_client.read_timeout", http.read_timeout, "300s"),
+            keepalive_pool: http.keepalive_pool.unwrap_or(128),
+        };
+        let admin_token = env.admin_token.clone().or(admin.token).filter(|t| !t.is_empty());
+
+        if v.errors.is_empty() {
+            Ok(Settings {
+                source,
+                listen: listen.expect("checked"),
+                metrics_listen: metrics_listen.expect("checked"),
+                threads,
+                database_url,
+                database_pool_size: database.pool_size.unwrap_or(10),
+                servers,
+                routes,
+                load_balancer,
+                resources,
+                http_client,
+                admin_token,
+                access_log: logging.access_log.unwrap_or_else(|| "logs/access.log".into()),
+                grace_period_seconds: pingora.grace_period_seconds.unwrap_or(30),
+                upgrade_sock: pingora
+                    .upgrade_sock
+                    .unwrap_or_else(|| "/tmp/drover_upgrade.sock".into()),
+                pid_file: pingora.pid_file.unwrap_or_else(|| "/tmp/drover.pid".into()),
+            })
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+}
+
+/// Collects errors while translating raw values.
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError { key: key.into(), message: message.into() });
+    }
+
+    fn section<T: DeserializeOwned + Default>(&mut self, map: &serde_yaml::Mapping, key: &str) -> T {
+        match map.get(key) {
+            None | Some(serde_yaml::Value::Null) => T::default(),
+            Some(value) => serde_yaml::from_value(value.clone()).unwrap_or_else(|e| {
+                self.error(key, e.to_string());
+                T::default()
+            }),
+        }
+    }
+
+    /// A list whose items are checked one by one, so one bad entry does not hide the others.
+    fn list<T: DeserializeOwned>(&mut self, map: &serde_yaml::Mapping, key: &str) -> Vec<T> {
+        let items = match map.get(key) {
+            None | Some(serde_yaml::Value::Null) => return Vec::new(),
+            Some(serde_yaml::Value::Sequence(items)) => items,
+            Some(_) => {
+                self.error(key, "must be a list");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match serde_yaml::from_value(item.clone()) {
+                Ok(t) => out.push(t),
+                Err(e) => self.error(format!("{key}[{i}]"), e.to_string()),
+            }
+        }
+        out
+    }
+
+    fn addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(key, format!("{text:?}: expected an address like 0.0.0.0:8083"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, raw: Option<RawDuration>, default: &str) -> Duration {
+        let parsed = match raw {
+            None => humantime::parse_duration(default).map_err(|e| e.to_string()),
+            Some(RawDuration::Seconds(s)) => Ok(Duration::from_secs(s)),
+            Some(RawDuration::Text(t)) => {
+                humantime::parse_duration(&t).map_err(|e| format!("{t:?}: {e}; expected e.g. 5s, 250ms, 2m"))
+            }
+        };
+        match parsed {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(key, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.error(key, e);
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, n: i64) -> usize {
+        if n < 1 {
+            self.error(key, format!("{n}: must be at least 1"));
+            1
+        } else {
+            n as usize
+        }
+    }
+
+    fn url(&mut self, key: &str, text: &str) -> Option<ServerUrl> {
+        ServerUrl::parse(text).map_err(|e| self.error(key, e)).ok()
+    }
+
+    fn server(&mut self, key: &str, raw: RawServer) -> Option<ServerSpec> {
+        let obj = match raw {
+            RawServer::Url(url) => RawServerObject { url, kind: None, probe_url: None, max_concurrency: None },
+            RawServer::Object(o) => o,
+        };
+        let url = self.url(&format!("{key}.url"), &obj.url);
+        let kind = match obj.kind.as_deref().unwrap_or("ollama") {
+            "ollama" => Kind::Ollama,
+            "openai" => Kind::OpenAi,
+            other => {
+                self.error(format!("{key}.kind"), format!("{other:?}: expected ollama or openai"));
+                Kind::Ollama
+            }
+        };
+        let probe_url = obj.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
+        let max_concurrency = obj
+            .max_concurrency
+            .map(|n| self.positive(&format!("{key}.max_concurrency"), n));
+        Some(ServerSpec { url: url?, kind, probe_url, max_concurrency })
+    }
+
+    fn route(&mut self, key: &str, r: RawRoute) -> Option<RouteSpec> {
+        let before = self.errors.len();
+        let name_ok = |s: &str| !s.trim().is_empty() && s.chars().count() <= 100;
+        if !name_ok(&r.virtual_model_name) {
+            self.error(
+                format!("{key}.virtual_model_name"),
+                format!("{:?}: must be 1 to 100 characters", r.virtual_model_name),
+            );
+        }
+        let actual = r.actual_model_name.unwrap_or_else(|| r.virtual_model_name.clone());
+        if !name_ok(&actual) {
+            self.error(format!("{key}.actual_model_name"), format!("{actual:?}: must be 1 to 100 characters"));
+        }
+        let server_url = self.url(&format!("{key}.server_url"), &r.server_url);
+        let weight = r.weight.unwrap_or(1);
+        if weight < 1 || weight > u32::MAX as i64 {
+            self.error(format!("{key}.weight"), format!("{weight}: must be at least 1"));
+        }
+        let priority = r.priority.unwrap_or(1);
+        if priority < 1 || priority > u32::MAX as i64 {
+            self.error(format!("{key}.priority"), format!("{priority}: must be at least 1"));
+        }
+        let device = match r.device.as_deref().unwrap_or("GPU") {
+            "GPU" | "gpu" => Device::Gpu,
+            "CPU" | "cpu" => Device::Cpu,
+            other => {
+                self.error(format!("{key}.type"), format!("{other:?}: expected CPU or GPU"));
+                Device::Gpu
+            }
+        };
+        let performance = r.performance.unwrap_or(0.0);
+        if !(performance >= 0.0 && performance.is_finite()) {
+            self.error(format!("{key}.performance"), format!("{performance}: must be >= 0 (GB)"));
+        }
+        let probe_url = r.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
+        let max_concurrency = r
+            .max_concurrency
+            .map(|n| self.positive(&format!("{key}.max_concurrency"), n));
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(RouteSpec {
+            virtual_model_name: r.virtual_model_name,
+            server_url: server_url?,
+            actual_model_name: actual,
+            weight: weight as u32,
+            priority: priority as u32,
+            device,
+            performance,
+            description: r.description.unwrap_or_default(),
+            is_active: r.is_active.unwrap_or(true),
+            skip_resource_check: r.skip_resource_check.unwrap_or(false),
+            probe_url,
+            max_concurrency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigErrors> {
+        Settings::parse(text, None, &Env::default())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_and_local_ollama() {
+        let s = parse("").unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8083".parse().unwrap());
+        assert_eq!(s.load_balancer.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.load_balancer.cooldown, Duration::from_secs(10));
+        assert_eq!(s.servers.len(), 1);
+        assert_eq!(s.servers[0].url.as_str(), DEFAULT_SERVER);
+        assert_eq!(s.database_url, "sqlite://drover.db");
+    }
+
+    #[test]
+    fn servers_as_strings_and_objects() {
+        let s = parse(
+            "servers:\n  - http://a:11434/\n  - { url: 'http://b:8080', kind: openai, max_concurrency: 8 }\n",
+        )
+        .unwrap();
+        assert_eq!(s.servers[0].url.as_str(), "http://a:11434");
+        assert_eq!(s.servers[1].kind, Kind::OpenAi);
+        assert_eq!(s.servers[1].max_concurrency, Some(8));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let err = parse(
+            "server: { listen: 'nowhere' }\nload_balancer: { cooldown: 'soon', strategy: fastest, rise: 0 }\n\
+             routes:\n  - { virtual_model_name: m, server_url: 'ftp://x', weight: 0, type: TPU }\n\
+             servers: [ { url: 'http://a', kind: grpc } ]\nbogus: 1\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "bogus",
+            "server.listen",
+            "routes[0].server_url",
+            "routes[0].weight",
+            "routes[0].type",
+            "servers[0].kind",
+            "load_balancer.strategy",
+            "load_balancer.rise",
+            "load_balancer.cooldown",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("\"soon\""), "bad value is quoted: {text}");
+        assert!(text.contains("\"fastest\""), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_inside_a_section_is_named() {
+        let err = parse("load_balancer: { retries: 3 }\n").unwrap_err();
+        assert_eq!(err.0[0].key, "load_balancer");
+        assert!(err.0[0].message.contains("retries"), "{}", err.0[0].message);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let env = Env {
+            listen: Some("127.0.0.1:9000".into()),
+            servers: Some("http://x:1, http://y:2".into()),
+            admin_token: Some("secret".into()),
+            database_url: Some("postgres://u:p@h/db".into()),
+        };
+        let s = Settings::parse("servers: [ 'http://z:3' ]\n", None, &env).unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        let urls: Vec<&str> = s.servers.iter().map(|s| s.url.as_str()).collect();
+        assert_eq!(urls, ["http://x:1", "http://y:2"]);
+        assert_eq!(s.admin_token.as_deref(), Some("secret"));
+        assert!(s.database_url.starts_with("postgres://"));
+    }
+
+    #[test]
+    fn durations_accept_numbers_and_units() {
+        let s = parse("load_balancer: { cooldown: 3, queue_timeout: 250ms }\n").unwrap();
+        assert_eq!(s.load_balancer.cooldown, Duration::from_secs(3));
+        assert_eq!(s.load_balancer.queue_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn route_defaults_actual_name_to_virtual() {
+        let s = parse("routes:\n  - { virtual_model_name: llama3, server_url: 'http://a:1' }\n").unwrap();
+        assert_eq!(s.routes[0].actual_model_name, "llama3");
+        assert_eq!(s.routes[0].weight, 1);
+        assert!(s.servers.is_empty(), "routes alone define the fleet");
+    }
+}

@@ -1,0 +1,532 @@
+//! The fleet snapshot: servers with their live state, and the routing table that maps virtual models to them.
+//!
+//! A `Fleet` is immutable once built and is read by the request path through an `ArcSwap`.
+//! Per-server live state (health, cooldown, in-flight count, what models it has) sits in
+//! `ServerState` behind atomics, shared by every snapshot that names the server, so a
+//! reload of the routes never loses health or counters.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::config::{RouteSpec, ServerSpec, Settings};
+
+/// What API a server speaks: a full Ollama, or only the OpenAI-compatible /v1 (llama.cpp, vLLM...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ollama,
+    OpenAi,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ollama => "ollama",
+            Kind::OpenAi => "openai",
+        }
+    }
+}
+
+/// Which memory a route's model lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "CPU",
+            Device::Gpu => "GPU",
+        }
+    }
+}
+
+/// A server's base URL, normalised so that the same server always has the same identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerUrl {
+    text: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for most servers).
+    pub base_path: String,
+}
+
+impl ServerUrl {
+    pub fn parse(text: &str) -> Result<ServerUrl, String> {
+        let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?}: not a URL ({e})"))?;
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("{text:?}: scheme {other:?} is not http or https")),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(format!("{text:?}: has no host")),
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{text:?}: must not have a query or fragment"));
+        }
+        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        let base_path = url.path().trim_end_matches('/').to_string();
+        let text = format!("{}{}", url.origin().ascii_serialization(), base_path);
+        Ok(ServerUrl { text, tls, host, port, base_path })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The Host header value to send.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// What a server reported at its last refresh.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Entries of /api/tags (or synthesised from /v1/models for openai servers).
+    pub tags: Vec<Value>,
+    /// Entries of /api/ps.
+    pub loaded: Vec<Value>,
+    /// Canonical names of the models it has (see `canonical_model`).
+    pub names: HashSet<String>,
+    pub loaded_names: HashSet<String>,
+    /// /api/version of an Ollama server.
+    pub version: Option<String>,
+}
+
+/// Ollama treats "llama3" and "llama3:latest" as the same model.
+pub fn canonical_model(name: &str) -> String {
+    if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// Live state of one server, shared across snapshots.
+pub struct ServerState {
+    healthy: AtomicBool,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    /// Milliseconds since `epoch` until which the server is skipped after a failed request.
+    cooldown_until_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    inventory: ArcSwap<Inventory>,
+    last_error: Mutex<Option<String>>,
+    resolved: Mutex<Option<SocketAddr>>,
+    epoch: Instant,
+}
+
+impl Default for ServerState {
+    fn default() -> Self {
+        ServerState {
+            // Optimistic start, as Pingora's load balancer does: a dead server is found by
+            // the first check or the first request, whose retry goes elsewhere.
+            healthy: AtomicBool::new(true),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            cooldown_until_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            inventory: ArcSwap::from_pointee(Inventory::default()),
+            last_error: Mutex::new(None),
+            resolved: Mutex::new(None),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// One upstream server: identity, kind and limits, plus its live state.
+pub struct Server {
+    pub url: ServerUrl,
+    pub kind: Kind,
+    pub probe_url: Option<ServerUrl>,
+    pub max_concurrency: usize,
+    pub state: ServerState,
+    /// Shared by the whole fleet: notified whenever any slot is released.
+    released: Arc<Notify>,
+}
+
+/// A health transition worth logging.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+impl Server {
+    pub fn healthy(&self) -> bool {
+        self.state.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.state.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.state.inventory.load_full()
+    }
+
+    pub fn set_inventory(&self, inv: Inventory) {
+        self.state.inventory.store(Arc::new(inv));
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.state.last_error.lock().unwrap().clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.state.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Remaining cooldown, if the server is cooling down.
+    pub fn cooling_down(&self) -> Option<Duration> {
+        let until = self.state.cooldown_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// A request failed on this server: count it and skip the server for `cooldown`.
+    pub fn record_failure(&self, reason: &str, cooldown: Duration) {
+        self.state.errors.fetch_add(1, Ordering::Relaxed);
+        let until = self.now_ms() + cooldown.as_millis() as u64;
+        self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
+        *self.state.last_error.lock().unwrap() = Some(reason.to_string());
+    }
+
+    /// Applies one active check result with rise/fall thresholds; returns a transition to log.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32, reason: Option<&str>) -> Option<Transition> {
+        let s = &self.state;
+        if ok {
+            s.fail_streak.store(0, Ordering::Relaxed);
+            let streak = s.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if streak >= rise && !s.healthy.swap(true, Ordering::Relaxed) {
+                // A server the checks saw come back is worth trying again at once.
+                s.cooldown_until_ms.store(0, Ordering::Relaxed);
+                return Some(Transition::Up);
+            }
+        } else {
+            s.ok_streak.store(0, Ordering::Relaxed);
+            if let Some(r) = reason {
+                *s.last_error.lock().unwrap() = Some(r.to_string());
+            }
+            let streak = s.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if streak >= fall && s.healthy.swap(false, Ordering::Relaxed) {
+                return Some(Transition::Down);
+            }
+        }
+        None
+    }
+
+    /// Takes one concurrency slot if the server is under its limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let limit = self.max_concurrency;
+        self.state
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
+            .ok()?;
+        self.state.requests.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { server: self.clone() })
+    }
+
+    pub fn at_capacity(&self) -> bool {
+        self.in_flight() >= self.max_concurrency
+    }
+
+    /// The address to connect to, resolving the host name when it is not cached.
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        if let Some(addr) = *self.state.resolved.lock().unwrap() {
+            return Ok(addr);
+        }
+        self.refresh_address().await
+    }
+
+    /// Resolves the host name again (called by the health loop, so DNS changes are followed).
+    pub async fn refresh_address(&self) -> std::io::Result<SocketAddr> {
+        let addr = tokio::net::lookup_host((self.url.host.as_str(), self.url.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{} resolves to no address", self.url.host)))?;
+        *self.state.resolved.lock().unwrap() = Some(addr);
+        Ok(addr)
+    }
+
+    /// A Pingora peer for this server with the given timeouts.
+    pub fn peer(&self, addr: SocketAddr, connect: Duration, read: Duration) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect * 2);
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer
+    }
+}
+
+/// A concurrency slot on a server, released when dropped.
+pub struct Slot {
+    server: Arc<Server>,
+}
+
+impl Slot {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.server.released.notify_waiters();
+    }
+}
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `routes:` in the config file: read-only for the admin API.
+    Config,
+    /// A server that lists the model in /api/tags, with no route naming it.
+    Discovered,
+}
+
+/// One way to serve a virtual model: a server and the name it knows the model by.
+pub struct Route {
+    pub virtual_model: String,
+    pub actual_model: String,
+    pub server: Arc<Server>,
+    pub weight: u32,
+    pub priority: u32,
+    pub device: Device,
+    pub performance: f64,
+    pub description: String,
+    pub is_active: bool,
+    pub skip_resource_check: bool,
+    pub origin: Origin,
+}
+
+/// The routes of one virtual model, with the smooth weighted round-robin state over them.
+pub struct ModelRoutes {
+    pub routes: Vec<Arc<Route>>,
+    /// nginx's smooth weighted round robin: one running weight per route, same order.
+    pub current: Mutex<Vec<i64>>,
+}
+
+impl ModelRoutes {
+    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+        let n = routes.len();
+        ModelRoutes { routes, current: Mutex::new(vec![0; n]) }
+    }
+}
+
+/// One immutable view of the fleet: servers by URL and routes by virtual model.
+pub struct Fleet {
+    pub servers: Vec<Arc<Server>>,
+    pub by_url: HashMap<String, Arc<Server>>,
+    pub routes: BTreeMap<String, ModelRoutes>,
+    /// Round-robin counter for discovered models (equal weights).
+    pub discovery_turn: AtomicUsize,
+    /// Notified when a slot on any server is released: queued requests wait on it.
+    pub released: Arc<Notify>,
+}
+
+impl Fleet {
+    /// Builds the fleet from settings, reusing live state of servers in `previous`.
+    pub fn build(settings: &Settings, previous: Option<&Fleet>) -> Fleet {
+        let default_limit = settings.load_balancer.max_concurrency;
+        let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
+        let mut servers: Vec<Arc<Server>> = Vec::new();
+        let mut by_url: HashMap<String, Arc<Server>> = HashMap::new();
+        let mut add = |spec: ServerSpec| {
+            let key = spec.url.as_str().to_string();
+            if let Some(existing) = by_url.get(&key) {
+                return existing.clone();
+            }
+            let server = match previous.and_then(|p| p.by_url.get(&key)) {
+                Some(old) if old.kind == spec.kind => old.clone(),
+                _ => Arc::new(Server {
+                    url: spec.url,
+                    kind: spec.kind,
+                    probe_url: spec.probe_url,
+                    max_concurrency: spec.max_concurrency.unwrap_or(default_limit),
+                    state: ServerState::default(),
+                    released: released.clone(),
+                }),
+            };
+            servers.push(server.clone());
+            by_url.insert(key, server.clone());
+            server
+        };
+        for spec in &settings.servers {
+            add(spec.clone());
+        }
+        let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
+        for r in &settings.routes {
+            let server = add(server_spec_of_route(r));
+            grouped.entry(r.virtual_model_name.clone()).or_default().push(Arc::new(Route {
+                virtual_model: r.virtual_model_name.clone(),
+                actual_model: r.actual_model_name.clone(),
+                server,
+                weight: r.weight,
+                priority: r.priority,
+                device: r.device,
+                performance: r.performance,
+                description: r.description.clone(),
+                is_active: r.is_active,
+                skip_resource_check: r.skip_resource_check,
+                origin: Origin::Config,
+            }));
+        }
+        let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
+        Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released }
+    }
+
+    /// Routes a model has when no route names it: every server that lists it.
+    pub fn discover(&self, model: &str) -> Vec<Arc<Route>> {
+        let wanted = canonical_model(model);
+        self.servers
+            .iter()
+            .filter(|s| s.inventory().names.contains(&wanted))
+            .map(|s| {
+                Arc::new(Route {
+                    virtual_model: model.to_string(),
+                    actual_model: model.to_string(),
+                    server: s.clone(),
+                    weight: 100,
+                    priority: 1,
+                    device: Device::Gpu,
+                    performance: 0.0,
+                    description: String::new(),
+                    is_active: true,
+                    skip_resource_check: true,
+                    origin: Origin::Discovered,
+                })
+            })
+            .collect()
+    }
+
+    /// Every model name a client can ask for: virtual names and what servers list.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: HashSet<String> = self
+            .routes
+            .iter()
+            .filter(|(_, mr)| mr.routes.iter().any(|r| r.is_active))
+            .map(|(m, _)| m.clone())
+            .collect();
+        for s in &self.servers {
+            names.extend(s.inventory().names.iter().cloned());
+        }
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort();
+        names
+    }
+}
+
+fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
+    ServerSpec {
+        url: r.server_url.clone(),
+        kind: Kind::Ollama,
+        probe_url: r.probe_url.clone(),
+        max_concurrency: r.max_concurrency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalised() {
+        let a = ServerUrl::parse("http://Box:11434/").unwrap();
+        assert_eq!(a.as_str(), "http://box:11434");
+        assert_eq!(a.authority(), "box:11434");
+        let b = ServerUrl::parse("https://gpu.example/ollama/").unwrap();
+        assert_eq!(b.as_str(), "https://gpu.example/ollama");
+        assert_eq!((b.port, b.tls, b.base_path.as_str()), (443, true, "/ollama"));
+        assert_eq!(b.authority(), "gpu.example");
+        assert!(ServerUrl::parse("ftp://x").unwrap_err().contains("ftp"));
+        assert!(ServerUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn canonical_names_add_latest() {
+        assert_eq!(canonical_model("llama3"), "llama3:latest");
+        assert_eq!(canonical_model("qwen3:14b"), "qwen3:14b");
+    }
+
+    fn server(limit: usize) -> Arc<Server> {
+        Arc::new(Server {
+            url: ServerUrl::parse("http://a:1").unwrap(),
+            kind: Kind::Ollama,
+            probe_url: None,
+            max_concurrency: limit,
+            state: ServerState::default(),
+            released: Arc::new(Notify::new()),
+        })
+    }
+
+    #[test]
+    fn slots_respect_the_limit_and_release_on_drop() {
+        let s = server(2);
+        let a = s.try_acquire().unwrap();
+        let _b = s.try_acquire().unwrap();
+        assert!(s.try_acquire().is_none());
+        drop(a);
+        assert!(s.try_acquire().is_some());
+        assert_eq!(s.request_count(), 3);
+    }
+
+    #[test]
+    fn rise_and_fall_need_consecutive_results() {
+        let s = server(1);
+        assert_eq!(s.record_check(false, 2, 2, Some("refused")), None);
+        assert_eq!(s.record_check(false, 2, 2, Some("refused")), Some(Transition::Down));
+        assert!(!s.healthy());
+        assert_eq!(s.record_check(true, 2, 2, None), None);
+        assert_eq!(s.record_check(false, 2, 2, None), None, "a failure resets the rise streak");
+        assert_eq!(s.record_check(true, 2, 2, None), None);
+        assert_eq!(s.record_check(true, 2, 2, None), Some(Transition::Up));
+        assert!(s.healthy());
+    }
+
+    #[test]
+    fn cooldown_expires() {
+        let s = server(1);
+        s.record_failure("boom", Duration::from_millis(30));
+        assert!(s.cooling_down().is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(s.cooling_down().is_none());
+        assert_eq!(s.error_count(), 1);
+        assert_eq!(s.last_error().as_deref(), Some("boom"));
+    }
+}

@@ -1,0 +1,444 @@
+//! Forwarding a model-routed request: take a slot, send the rewritten body, retry before the first byte, stream back.
+//!
+//! Pingora's proxy loop cannot send a body it did not read itself beyond its 64 KiB retry
+//! buffer, so model-routed requests are forwarded here with Pingora's own upstream
+//! connector (pooled connections, timeouts) from `request_filter`. That gives full control
+//! of retries: the rewritten body is re-sent on every attempt, a 5xx before any byte
+//! reached the client goes to the next server, and a client that hangs up drops the
+//! upstream request at once (so Ollama stops generating).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::api::{stream_error_tail, ApiError};
+use crate::body::RoutableBody;
+use crate::config::{Settings, Strategy};
+use crate::fleet::{Fleet, Route, Server, Slot};
+use crate::proxy::RequestCtx;
+use crate::select::{select, Request, Selection};
+
+/// How a forwarded request ended.
+pub enum Outcome {
+    /// A response (success or the last server's error) was written to the client.
+    Answered,
+    /// The client hung up; nothing more can be written.
+    ClientGone,
+    /// Nothing was written yet; the caller answers with this error.
+    Refused(ApiError),
+}
+
+/// Requests waiting for a server with a free slot, fleet-wide.
+struct Queue {
+    waiting: AtomicUsize,
+    size: usize,
+    timeout: Duration,
+}
+
+/// A place in the queue, left when dropped.
+struct Ticket<'a>(&'a Queue);
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Queue {
+    fn enter(&self) -> Option<Ticket<'_>> {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1))
+            .ok()?;
+        Some(Ticket(self))
+    }
+}
+
+pub struct Forwarder {
+    connector: Connector,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    max_retry_count: u32,
+    cooldown: Duration,
+    strategy: Strategy,
+    queue: Queue,
+}
+
+/// What one attempt on one server gave.
+enum Attempt {
+    Done,
+    ClientGone,
+    /// Failed before any byte reached the client: try another server.
+    Failed(String),
+    /// The server answered 5xx; kept in case no other server can be tried.
+    ServerError(Box<HttpSession>, HttpPeer),
+}
+
+/// Headers that belong to one connection, not to the message (RFC 9110 7.6.1), plus those drover sets itself.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+impl Forwarder {
+    pub fn new(settings: &Settings) -> Forwarder {
+        let mut options = pingora::connectors::ConnectorOptions::new(settings.http_client.keepalive_pool);
+        options.keepalive_pool_size = settings.http_client.keepalive_pool;
+        let lb = &settings.load_balancer;
+        Forwarder {
+            connector: Connector::new(Some(options)),
+            connect_timeout: settings.http_client.connect_timeout,
+            read_timeout: settings.http_client.read_timeout,
+            max_retry_count: lb.max_retry_count,
+            cooldown: lb.cooldown,
+            strategy: lb.strategy,
+            queue: Queue { waiting: AtomicUsize::new(0), size: lb.queue_size, timeout: lb.queue_timeout },
+        }
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.waiting.load(Ordering::Relaxed)
+    }
+
+    pub async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        fleet: &Fleet,
+        body: &RoutableBody,
+        native: bool,
+    ) -> Outcome {
+        let mut tried: Vec<Arc<Server>> = Vec::new();
+        let mut last_failure: Option<String> = None;
+        let mut pending: Option<(Box<HttpSession>, HttpPeer, Arc<Route>)> = None;
+        loop {
+            let can_retry = ctx.attempts <= self.max_retry_count;
+            let next = if can_retry {
+                let req = Request { model: &body.model, native_api: native, tried: &tried };
+                Some(self.acquire(session, fleet, &req, !tried.is_empty()).await)
+            } else {
+                None
+            };
+            let (route, slot) = match next {
+                Some(Ok(chosen)) => chosen,
+                Some(Err(Outcome::ClientGone)) => return Outcome::ClientGone,
+                other => {
+                    // Out of servers or out of retries: the last server's own 5xx answer says
+                    // most; failing that, say what went wrong where.
+                    if let Some((up, peer, route)) = pending.take() {
+                        return self.relay(session, ctx, &route, up, peer).await;
+                    }
+                    return match (other, last_failure) {
+                        (_, Some(why)) => Outcome::Refused(ApiError::new(
+                            502,
+                            "upstream_failed",
+                            format!(
+                                "model {:?}: every server tried failed ({} attempts); last error: {why}",
+                                body.model, ctx.attempts
+                            ),
+                        )),
+                        (Some(Err(refused)), None) => refused,
+                        _ => unreachable!("no retry can be refused before a first attempt"),
+                    };
+                }
+            };
+            pending = None;
+            tried.push(route.server.clone());
+            ctx.attempts += 1;
+            ctx.server = Some(route.server.url.as_str().to_string());
+            ctx.actual_model = Some(route.actual_model.clone());
+            let payload = body.rewritten(&route.actual_model);
+            match self.attempt(session, ctx, &route, payload).await {
+                Attempt::Done => return Outcome::Answered,
+                Attempt::ClientGone => return Outcome::ClientGone,
+                Attempt::Failed(why) => {
+                    log::warn!(
+                        "{} failed on {} (attempt {}): {why}",
+                        ctx.request_id,
+                        route.server.url.as_str(),
+                        ctx.attempts
+                    );
+                    route.server.record_failure(&why, self.cooldown);
+                    last_failure = Some(format!("{}: {why}", route.server.url.as_str()));
+                }
+                Attempt::ServerError(up, peer) => {
+                    let status = up.response_header().map_or(0, |h| h.status.as_u16());
+                    let why = format!("answered HTTP {status}");
+                    log::warn!("{} {} {why} (attempt {})", ctx.request_id, route.server.url.as_str(), ctx.attempts);
+                    route.server.record_failure(&why, self.cooldown);
+                    last_failure = Some(format!("{}: {why}", route.server.url.as_str()));
+                    pending = Some((up, peer, route.clone()));
+                }
+            }
+            drop(slot);
+        }
+    }
+
+    /// Takes a slot on the best eligible route, waiting in the queue while all are busy.
+    async fn acquire(
+        &self,
+        session: &mut Session,
+        fleet: &Fleet,
+        req: &Request<'_>,
+        retrying: bool,
+    ) -> Result<(Arc<Route>, Slot), Outcome> {
+        let deadline = Instant::now() + self.queue.timeout;
+        let mut ticket = None;
+        loop {
+            let released = fleet.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match select(fleet, self.strategy, req) {
+                Selection::Chosen(route, slot) => return Ok((route, slot)),
+                Selection::UnknownModel => return Err(Outcome::Refused(unknown_model(fleet, req.model))),
+                Selection::Unavailable(why) => {
+                    let what = if retrying { "no other server can serve" } else { "no server can serve" };
+                    return Err(Outcome::Refused(
+                        ApiError::new(503, "no_server_available", format!("{what} model {:?} now: {why}", req.model))
+                            .retry_after(self.cooldown.as_secs().max(1)),
+                    ));
+                }
+                Selection::AllBusy => {
+                    if ticket.is_none() {
+                        ticket = Some(self.queue.enter().ok_or_else(|| {
+                            Outcome::Refused(
+                                ApiError::new(
+                                    503,
+                                    "queue_full",
+                                    format!(
+                                        "every server for model {:?} is busy and {} requests are already waiting (load_balancer.queue_size); retry later",
+                                        req.model, self.queue.size
+                                    ),
+                                )
+                                .retry_after(1),
+                            )
+                        })?);
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Outcome::Refused(
+                            ApiError::new(
+                                503,
+                                "queue_timeout",
+                                format!(
+                                    "every server for model {:?} stayed busy for {:?} (load_balancer.queue_timeout); retry later",
+                                    req.model, self.queue.timeout
+                                ),
+                            )
+                            .retry_after(self.queue.timeout.as_secs().max(1)),
+                        ));
+                    }
+                    // Wake on a freed slot, and now and then anyway: health and cooldowns change too.
+                    tokio::select! {
+                        _ = released => {}
+                        _ = tokio::time::sleep(left.min(Duration::from_millis(250))) => {}
+                        _ = client_gone(session) => return Err(Outcome::ClientGone),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try on one server: send, wait for the response header, then relay or report.
+    async fn attempt(&self, session: &mut Session, ctx: &mut RequestCtx, route: &Arc<Route>, payload: Bytes) -> Attempt {
+        let server = &route.server;
+        let addr = match server.resolve().await {
+            Ok(a) => a,
+            Err(e) => return Attempt::Failed(format!("cannot resolve {}: {e}", server.url.host)),
+        };
+        let peer = server.peer(addr, self.connect_timeout, self.read_timeout);
+        let request = upstream_request(session.req_header(), server, payload.len(), &ctx.request_id);
+        // A pooled connection may have been closed by the server while idle; such a failure
+        // before any response byte is retried once on a fresh connection, not counted as a try.
+        let mut fresh_only = false;
+        loop {
+            let (mut up, reused) = match self.connector.get_http_session(&peer).await {
+                Ok(s) => s,
+                Err(e) => return Attempt::Failed(format!("connect: {e}")),
+            };
+            let reused = reused && !fresh_only;
+            let sent = send(&mut up, request.clone(), payload.clone()).await;
+            let header = match sent {
+                Err(e) if reused => {
+                    log::debug!("stale pooled connection to {}: {e}", server.url.as_str());
+                    fresh_only = true;
+                    continue;
+                }
+                Err(e) => return Attempt::Failed(format!("sending request: {e}")),
+                Ok(()) => tokio::select! {
+                    r = read_final_header(&mut up) => r,
+                    _ = client_gone(session) => return Attempt::ClientGone,
+                },
+            };
+            match header {
+                Err(e) if reused && !matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
+                    log::debug!("stale pooled connection to {}: {e}", server.url.as_str());
+                    fresh_only = true;
+                    continue;
+                }
+                Err(e) => return Attempt::Failed(format!("waiting for the response: {e}")),
+                Ok(status) if status >= 500 => return Attempt::ServerError(Box::new(up), peer),
+                Ok(_) => return self.relay(session, ctx, route, Box::new(up), peer).await.into(),
+            }
+        }
+    }
+
+    /// Streams the upstream response to the client, chunk by chunk as it arrives.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        mut up: Box<HttpSession>,
+        peer: HttpPeer,
+    ) -> Outcome {
+        let uh = up.response_header().expect("header was read");
+        let status = uh.status.as_u16();
+        let content_type = uh
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut resp = ResponseHeader::build(uh.status, Some(uh.headers.len() + 4)).expect("valid status");
+        for (name, value) in uh.headers.iter() {
+            if !HOP_BY_HOP.contains(name) {
+                resp.append_header(name.clone(), value.clone()).expect("valid header");
+            }
+        }
+        let sized = uh.headers.contains_key(header::CONTENT_LENGTH);
+        if !sized && session.req_header().version == http::Version::HTTP_11 {
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked").expect("static header");
+        }
+        resp.insert_header("x-drover-server", route.server.url.as_str()).expect("url is a valid header");
+        resp.insert_header("x-drover-attempts", ctx.attempts.to_string()).expect("number");
+        resp.insert_header("x-request-id", ctx.request_id.as_str()).expect("request id is a valid header");
+        ctx.status = status;
+        ctx.ttfb = Some(ctx.started.elapsed());
+        if session.write_response_header(Box::new(resp), false).await.is_err() {
+            return Outcome::ClientGone;
+        }
+        let mut ends_line = true;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                c = up.read_response_body() => c,
+                _ = client_gone(session) => return Outcome::ClientGone,
+            };
+            match chunk {
+                Ok(Some(data)) => {
+                    if let Some(&last) = data.last() {
+                        ends_line = last == b'\n';
+                    }
+                    ctx.bytes_out += data.len() as u64;
+                    if session.write_response_body(Some(data), false).await.is_err() {
+                        return Outcome::ClientGone;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Bytes already reached the client: say so in the stream's own format, never cut silently.
+                    let why = format!("{} broke off mid-response: {e}", route.server.url.as_str());
+                    log::warn!("{} {why}", ctx.request_id);
+                    route.server.record_failure(&why, self.cooldown);
+                    ctx.error = Some(why.clone());
+                    if let (false, Some(tail)) = (sized, stream_error_tail(&content_type, &why)) {
+                        let tail = if ends_line { tail } else { [&b"\n"[..], &tail].concat().into() };
+                        let _ = session.write_response_body(Some(tail), true).await;
+                    } else {
+                        session.set_keepalive(None);
+                        session.shutdown().await;
+                    }
+                    return Outcome::Answered;
+                }
+            }
+        }
+        if session.write_response_body(None, true).await.is_err() {
+            return Outcome::ClientGone;
+        }
+        if up.response_done() {
+            self.connector.release_http_session(*up, &peer, peer.options.idle_timeout).await;
+        }
+        Outcome::Answered
+    }
+}
+
+impl From<Outcome> for Attempt {
+    fn from(o: Outcome) -> Attempt {
+        match o {
+            Outcome::ClientGone => Attempt::ClientGone,
+            _ => Attempt::Done,
+        }
+    }
+}
+
+/// The upstream request: the client's, minus hop-by-hop headers, with the server's Host and the new length.
+fn upstream_request(client: &RequestHeader, server: &Server, len: usize, request_id: &str) -> RequestHeader {
+    let pq = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path = format!("{}{}", server.url.base_path, pq);
+    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 3))
+        .expect("path from a parsed URI is valid");
+    for (name, value) in client.headers.iter() {
+        if !HOP_BY_HOP.contains(name) && name != header::HOST && name != header::CONTENT_LENGTH && name != header::EXPECT {
+            req.append_header(name.clone(), value.clone()).expect("valid header");
+        }
+    }
+    req.insert_header(header::HOST, server.url.authority()).expect("authority is a valid header");
+    req.insert_header(header::CONTENT_LENGTH, len.to_string()).expect("number");
+    req.insert_header("x-request-id", request_id).expect("request id is a valid header");
+    req
+}
+
+async fn send(up: &mut HttpSession, request: RequestHeader, payload: Bytes) -> pingora::Result<()> {
+    up.write_request_header(Box::new(request)).await?;
+    up.write_request_body(payload, true).await?;
+    up.finish_request_body().await
+}
+
+/// Reads the response header, skipping 1xx interim responses.
+async fn read_final_header(up: &mut HttpSession) -> pingora::Result<u16> {
+    loop {
+        up.read_response_header().await?;
+        let status = up.response_header().expect("header was read").status;
+        if !status.is_informational() {
+            return Ok(status.as_u16());
+        }
+    }
+}
+
+/// Resolves when the client has gone away (it never sends more once the body is read).
+pub async fn client_gone(session: &mut Session) {
+    loop {
+        match session.read_body_or_idle(true).await {
+            Err(_) => return,
+            // Bytes of a pipelined next request: not a hang-up, keep watching.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A 404 that lists the models a client can ask for.
+pub fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
+    let names = fleet.model_names();
+    let known = if names.is_empty() {
+        "no models are available yet (no server reported any)".to_string()
+    } else {
+        let shown: Vec<&str> = names.iter().take(50).map(String::as_str).collect();
+        format!("available models: {}", shown.join(", "))
+    };
+    ApiError::new(404, "model_not_found", format!("model {model:?} not found on any server; {known}"))
+}

@@ -1,0 +1,42 @@
+//! The `drover` command line: `serve` runs the balancer.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "A load balancer for fleets of Ollama servers, built on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer (Ollama API under /api, OpenAI-compatible API under /v1).
+    Serve {
+        /// Configuration file [default: conf/drover.yaml when it exists, else built-in defaults]
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Take over the listening sockets of a running drover (send it SIGQUIT)
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Run in the background, writing pingora.pid_file
+        #[arg(short, long)]
+        daemon: bool,
+        /// Validate the configuration, print every error, and exit (1 on errors)
+        #[arg(short, long)]
+        test: bool,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve { config, upgrade, daemon, test } => {
+            drover::serve::run(drover::serve::ServeArgs { config, upgrade, daemon, test })
+        }
+    };
+    std::process::exit(code);
+}

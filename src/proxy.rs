@@ -1,0 +1,253 @@
+//! The Pingora service: every request is classified, then answered from the fleet view or forwarded by model.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use serde_json::Value;
+
+use crate::api::{classify, Api, ApiError, Endpoint};
+use crate::body::{read_bounded, RoutableBody};
+use crate::config::Settings;
+use crate::fleet::Fleet;
+use crate::forward::{Forwarder, Outcome};
+use crate::view;
+
+/// What one request did, for the log line written when it ends.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub api: Api,
+    pub model: Option<String>,
+    pub actual_model: Option<String>,
+    pub server: Option<String>,
+    pub attempts: u32,
+    pub status: u16,
+    pub ttfb: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<String>,
+}
+
+pub struct Drover {
+    fleet: Arc<ArcSwap<Fleet>>,
+    forwarder: Forwarder,
+    max_body_bytes: usize,
+    config_source: Option<String>,
+    database: String,
+    started: Instant,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+impl Drover {
+    pub fn new(settings: &Settings, fleet: Arc<ArcSwap<Fleet>>) -> Drover {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Drover {
+            fleet,
+            forwarder: Forwarder::new(settings),
+            max_body_bytes: settings.load_balancer.max_body_bytes,
+            config_source: settings.source.as_ref().map(|p| p.display().to_string()),
+            database: crate::redact_url(&settings.database_url),
+            started: Instant::now(),
+            next_id: AtomicU64::new(0),
+            id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
+        }
+    }
+
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let endpoint = {
+            let req = session.req_header();
+            classify(&req.method, req.uri.path())
+        };
+        let fleet = self.fleet.load_full();
+        match endpoint {
+            Endpoint::Routed { api, native } => {
+                ctx.api = api;
+                self.route(session, ctx, &fleet, native).await
+            }
+            Endpoint::Tags => self.json(session, ctx, 200, &view::tags(&fleet)).await,
+            Endpoint::Ps => self.json(session, ctx, 200, &view::ps(&fleet)).await,
+            Endpoint::Models => {
+                ctx.api = Api::OpenAi;
+                self.json(session, ctx, 200, &view::models(&fleet)).await
+            }
+            Endpoint::Model(name) => {
+                ctx.api = Api::OpenAi;
+                match view::model(&fleet, &name) {
+                    Some(m) => self.json(session, ctx, 200, &m).await,
+                    None => self.error(session, ctx, crate::forward::unknown_model(&fleet, &name)).await,
+                }
+            }
+            Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
+            Endpoint::Root => self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await,
+            Endpoint::Health => {
+                let (code, body) = view::health(&fleet);
+                self.json(session, ctx, code, &body).await
+            }
+            Endpoint::Status => {
+                let body = view::status(&fleet, self.started.elapsed(), self.config_source.as_deref(), &self.database);
+                self.json(session, ctx, 200, &body).await
+            }
+            Endpoint::LbStats => {
+                let body = view::lb_stats(&fleet, self.forwarder.queue_len());
+                self.json(session, ctx, 200, &body).await
+            }
+            Endpoint::Management => {
+                let e = ApiError::new(
+                    403,
+                    "management_not_proxied",
+                    "model management (pull, push, create, copy, delete) changes one server's disk; \
+                     run it against that server directly, then drover discovers the change",
+                );
+                self.error(session, ctx, e).await
+            }
+            Endpoint::NotFound(api) => {
+                ctx.api = api;
+                let path = session.req_header().uri.path().to_string();
+                self.error(session, ctx, ApiError::new(404, "not_found", format!("no such endpoint: {path}"))).await
+            }
+            Endpoint::MethodNotAllowed(api) => {
+                ctx.api = api;
+                let req = session.req_header();
+                let msg = format!("{} is not allowed on {}", req.method, req.uri.path());
+                self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await
+            }
+        }
+    }
+
+    /// A model-routed call: read and parse the body, then forward it.
+    async fn route(&self, session: &mut Session, ctx: &mut RequestCtx, fleet: &Fleet, native: bool) {
+        let body = match read_bounded(session, self.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The rest of the body is unread: this connection cannot carry another request.
+                session.set_keepalive(None);
+                return self.error(session, ctx, e.into()).await;
+            }
+        };
+        ctx.bytes_in = body.len() as u64;
+        let body = match RoutableBody::parse(body) {
+            Ok(b) => b,
+            Err(e) => return self.error(session, ctx, e.into()).await,
+        };
+        ctx.model = Some(body.model.clone());
+        match self.forwarder.forward(session, ctx, fleet, &body, native).await {
+            Outcome::Answered => {}
+            Outcome::ClientGone => {
+                ctx.error = Some("client disconnected".into());
+                session.set_keepalive(None);
+            }
+            Outcome::Refused(e) => self.error(session, ctx, e).await,
+        }
+    }
+
+    async fn json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, value: &Value) {
+        let body = serde_json::to_vec(value).expect("json values serialise");
+        self.send(session, ctx, status, "application/json; charset=utf-8", body.into()).await
+    }
+
+    async fn error(&self, session: &mut Session, ctx: &mut RequestCtx, e: ApiError) {
+        let body = e.body(ctx.api);
+        ctx.error = Some(e.message.clone());
+        ctx.status = e.status;
+        let mut header = e.header(body.len());
+        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+        if ctx.attempts > 0 {
+            header.insert_header("x-drover-attempts", ctx.attempts.to_string()).expect("number");
+        }
+        self.write(session, ctx, header, body).await
+    }
+
+    async fn send(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, content_type: &str, body: Bytes) {
+        let mut header = ResponseHeader::build(status, Some(3)).expect("valid status");
+        header.insert_header(http::header::CONTENT_TYPE, content_type).expect("static header");
+        header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string()).expect("number");
+        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+        ctx.status = status;
+        self.write(session, ctx, header, body).await
+    }
+
+    async fn write(&self, session: &mut Session, ctx: &mut RequestCtx, header: ResponseHeader, body: Bytes) {
+        let head = session.req_header().method == http::Method::HEAD;
+        ctx.bytes_out += if head { 0 } else { body.len() as u64 };
+        if session.write_response_header(Box::new(header), head).await.is_ok() && !head {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+
+    /// The client's X-Request-Id when it sent a usable one, else a new one.
+    fn request_id(&self, session: &Session) -> String {
+        session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("{}-{n:x}", self.id_prefix)
+            })
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Drover {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+            api: Api::Ollama,
+            model: None,
+            actual_model: None,
+            server: None,
+            attempts: 0,
+            status: 0,
+            ttfb: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        ctx.started = Instant::now();
+        ctx.request_id = self.request_id(session);
+        self.answer(session, ctx).await;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter (see forward.rs for why).
+        Error::e_explain(ErrorType::InternalError, "drover answers every request in request_filter")
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        log::info!(
+            "{} {} {} {} model={} actual={} server={} attempts={} ms={}{}",
+            ctx.request_id,
+            req.method,
+            req.uri.path(),
+            ctx.status,
+            ctx.model.as_deref().unwrap_or("-"),
+            ctx.actual_model.as_deref().unwrap_or("-"),
+            ctx.server.as_deref().unwrap_or("-"),
+            ctx.attempts,
+            ctx.started.elapsed().as_millis(),
+            ctx.error.as_deref().map(|e| format!(" error={e:?}")).unwrap_or_default(),
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Choosing a server for one attempt: eligibility, priority tiers, and the split inside a tier.
+//!
+//! The selector proposes; eligibility is policy: a route is a candidate when it is active,
+//! its server is healthy, not cooling down, not yet tried for this request and speaks the
+//! request's API. The lowest priority with a candidate under its concurrency limit wins;
+//! inside it the strategy (weighted by default) picks one and takes a slot atomically.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::config::Strategy;
+use crate::fleet::{canonical_model, Fleet, Kind, ModelRoutes, Route, Server, Slot};
+
+/// Why a route was not used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    Inactive,
+    AlreadyTried,
+    Down,
+    CoolingDown(std::time::Duration),
+    /// An openai-kind server cannot answer Ollama's native /api calls.
+    WrongApi,
+    Busy,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Inactive => write!(f, "inactive"),
+            Skip::AlreadyTried => write!(f, "already tried for this request"),
+            Skip::Down => write!(f, "down"),
+            Skip::CoolingDown(d) => write!(f, "cooling down ({}s left)", d.as_secs() + 1),
+            Skip::WrongApi => write!(f, "openai-kind server cannot serve the Ollama /api"),
+            Skip::Busy => write!(f, "busy (at max_concurrency)"),
+        }
+    }
+}
+
+/// The result of one selection.
+pub enum Selection {
+    /// A route with a slot taken on its server.
+    Chosen(Arc<Route>, Slot),
+    /// Some routes are eligible but every one is at its concurrency limit: wait and retry.
+    AllBusy,
+    /// Routes exist but none can be used; the text says why, server by server.
+    Unavailable(String),
+    /// No route names the model and no server lists it.
+    UnknownModel,
+}
+
+/// What a request needs from a server.
+pub struct Request<'a> {
+    pub model: &'a str,
+    /// True for Ollama's native /api endpoints, which openai-kind servers lack.
+    pub native_api: bool,
+    /// Servers already tried for this request.
+    pub tried: &'a [Arc<Server>],
+}
+
+/// Why `route` cannot take this request now, ignoring its concurrency limit.
+pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
+    let s = &route.server;
+    if !route.is_active {
+        Some(Skip::Inactive)
+    } else if req.tried.iter().any(|t| Arc::ptr_eq(t, s)) {
+        Some(Skip::AlreadyTried)
+    } else if req.native_api && s.kind == Kind::OpenAi {
+        Some(Skip::WrongApi)
+    } else if !s.healthy() {
+        Some(Skip::Down)
+    } else {
+        s.cooling_down().map(Skip::CoolingDown)
+    }
+}
+
+pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request) -> Selection {
+    match fleet.routes.get(req.model).filter(|mr| mr.routes.iter().any(|r| r.is_active)) {
+        Some(mr) => select_among(mr, strategy, req),
+        None => {
+            let found = fleet.discover(req.model);
+            if found.is_empty() {
+                return Selection::UnknownModel;
+            }
+            // Discovered routes are all equal: rotate a shared counter instead of keeping weights.
+            let turn = fleet.discovery_turn.fetch_add(1, Ordering::Relaxed);
+            let n = found.len();
+            let rotated: Vec<Arc<Route>> = (0..n).map(|i| found[(turn + i) % n].clone()).collect();
+            select_among(&ModelRoutes::new(rotated), Strategy::Weighted, req)
+        }
+    }
+}
+
+fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request) -> Selection {
+    let mut eligible: Vec<usize> = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    for (i, r) in mr.routes.iter().enumerate() {
+        match ineligible(r, req) {
+            None => eligible.push(i),
+            Some(Skip::Inactive) => {}
+            Some(why) => reasons.push(format!("{} {}", r.server.url.as_str(), why)),
+        }
+    }
+    if eligible.is_empty() {
+        return Selection::Unavailable(reasons.join("; "));
+    }
+    let mut tiers: Vec<u32> = eligible.iter().map(|&i| mr.routes[i].priority).collect();
+    tiers.sort_unstable();
+    tiers.dedup();
+    for tier in tiers {
+        let mut open: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| mr.routes[i].priority == tier && !mr.routes[i].server.at_capacity())
+            .collect();
+        // A slot can be taken by another request between the check and the pick: drop and repick.
+        while !open.is_empty() {
+            let i = pick(mr, strategy, &open);
+            let route = &mr.routes[i];
+            if let Some(slot) = route.server.try_acquire() {
+                return Selection::Chosen(route.clone(), slot);
+            }
+            open.retain(|&j| j != i);
+        }
+    }
+    Selection::AllBusy
+}
+
+/// Picks one of `open` (indices into `mr.routes`, non-empty) by the strategy.
+fn pick(mr: &ModelRoutes, strategy: Strategy, open: &[usize]) -> usize {
+    match strategy {
+        Strategy::Weighted => smooth_weighted(mr, open),
+        Strategy::LeastBusy => *open
+            .iter()
+            .min_by(|&&a, &&b| {
+                let load = |i: usize| {
+                    let r = &mr.routes[i];
+                    (r.server.in_flight() as f64 + 1.0) / r.weight as f64
+                };
+                load(a).total_cmp(&load(b))
+            })
+            .expect("open is not empty"),
+        Strategy::WarmFirst => {
+            let warm: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let r = &mr.routes[i];
+                    r.server.inventory().loaded_names.contains(&canonical_model(&r.actual_model))
+                })
+                .collect();
+            smooth_weighted(mr, if warm.is_empty() { open } else { &warm })
+        }
+    }
+}
+
+/// nginx's smooth weighted round robin over a subset: deterministic, and weights 30/70
+/// give exactly 3 of 10 and 7 of 10 in every run of ten picks, interleaved.
+fn smooth_weighted(mr: &ModelRoutes, open: &[usize]) -> usize {
+    let mut current = mr.current.lock().unwrap();
+    let total: i64 = open.iter().map(|&i| mr.routes[i].weight as i64).sum();
+    let mut best = open[0];
+    for &i in open {
+        current[i] += mr.routes[i].weight as i64;
+        if current[i] > current[best] {
+            best = i;
+        }
+    }
+    current[best] -= total;
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Env, Settings};
+    use std::time::Duration;
+
+    fn fleet(yaml: &str) -> Fleet {
+        Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), None)
+    }
+
+    const TWO_TIERS: &str = "routes:\n\
+      - { virtual_model_name: m, server_url: 'http://a:1', actual_model_name: 'm:7b', weight: 30, priority: 1 }\n\
+      - { virtual_model_name: m, server_url: 'http://b:1', actual_model_name: 'm:7b', weight: 70, priority: 1 }\n\
+      - { virtual_model_name: m, server_url: 'http://c:1', actual_model_name: 'm:3b', weight: 1, priority: 2 }\n";
+
+    fn pick_server(f: &Fleet, tried: &[Arc<Server>]) -> Option<String> {
+        let req = Request { model: "m", native_api: true, tried };
+        match select(f, Strategy::Weighted, &req) {
+            Selection::Chosen(r, _slot) => Some(r.server.url.as_str().to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn weights_split_exactly_and_interleave() {
+        let f = fleet(TWO_TIERS);
+        let picks: Vec<String> = (0..1000).map(|_| pick_server(&f, &[]).unwrap()).collect();
+        let a = picks.iter().filter(|p| p.as_str() == "http://a:1").count();
+        assert_eq!(a, 300);
+        assert!(picks.iter().all(|p| p != "http://c:1"), "backup tier unused while primary is up");
+        // Smooth: never more than three b's in a row with 30/70.
+        let longest_b = picks
+            .split(|p| p.as_str() == "http://a:1")
+            .map(|run| run.len())
+            .max()
+            .unwrap();
+        assert!(longest_b <= 3, "runs of b up to {longest_b}");
+    }
+
+    #[test]
+    fn backup_tier_takes_over_and_hands_back() {
+        let f = fleet(TWO_TIERS);
+        for s in &f.servers[..2] {
+            s.record_check(false, 1, 1, Some("down"));
+        }
+        assert_eq!(pick_server(&f, &[]).as_deref(), Some("http://c:1"));
+        f.servers[0].record_check(true, 1, 1, None);
+        assert_eq!(pick_server(&f, &[]).as_deref(), Some("http://a:1"));
+    }
+
+    #[test]
+    fn tried_and_cooling_servers_are_skipped() {
+        let f = fleet(TWO_TIERS);
+        f.servers[1].record_failure("503", Duration::from_secs(60));
+        let tried = vec![f.servers[0].clone()];
+        assert_eq!(pick_server(&f, &tried).as_deref(), Some("http://c:1"));
+        let tried = vec![f.servers[0].clone(), f.servers[2].clone()];
+        let req = Request { model: "m", native_api: true, tried: &tried };
+        match select(&f, Strategy::Weighted, &req) {
+            Selection::Unavailable(why) => {
+                assert!(why.contains("http://a:1 already tried"), "{why}");
+                assert!(why.contains("cooling down"), "{why}");
+            }
+            _ => panic!("expected unavailable"),
+        }
+    }
+
+    #[test]
+    fn full_tier_overflows_then_reports_busy() {
+        let f = fleet(
+            "load_balancer: { max_concurrency: 1 }\nroutes:\n\
+             - { virtual_model_name: m, server_url: 'http://a:1', priority: 1 }\n\
+             - { virtual_model_name: m, server_url: 'http://b:1', priority: 2 }\n",
+        );
+        let req = Request { model: "m", native_api: true, tried: &[] };
+        let Selection::Chosen(first, _s1) = select(&f, Strategy::Weighted, &req) else { panic!() };
+        let Selection::Chosen(second, _s2) = select(&f, Strategy::Weighted, &req) else { panic!() };
+        assert_eq!(first.server.url.as_str(), "http://a:1");
+        assert_eq!(second.server.url.as_str(), "http://b:1");
+        assert!(matches!(select(&f, Strategy::Weighted, &req), Selection::AllBusy));
+    }
+
+    #[test]
+    fn unknown_and_discovered_models() {
+        let f = fleet("servers: [ 'http://a:1', 'http://b:1' ]\n");
+        let req = Request { model: "llama3", native_api: true, tried: &[] };
+        assert!(matches!(select(&f, Strategy::Weighted, &req), Selection::UnknownModel));
+        for s in &f.servers {
+            let mut inv = crate::fleet::Inventory::default();
+            inv.names.insert("llama3:latest".into());
+            s.set_inventory(inv);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            if let Selection::Chosen(r, _) = select(&f, Strategy::Weighted, &req) {
+                assert_eq!(r.actual_model, "llama3");
+                seen.insert(r.server.url.as_str().to_string());
+            }
+        }
+        assert_eq!(seen.len(), 2, "discovery rotates over servers that list the model");
+    }
+
+    #[test]
+    fn openai_servers_only_serve_v1() {
+        let f = fleet(
+            "servers: [ { url: 'http://o:1', kind: openai } ]\nroutes:\n\
+             - { virtual_model_name: m, server_url: 'http://o:1' }\n",
+        );
+        let native = Request { model: "m", native_api: true, tried: &[] };
+        assert!(matches!(select(&f, Strategy::Weighted, &native), Selection::Unavailable(_)));
+        let v1 = Request { model: "m", native_api: false, tried: &[] };
+        assert!(matches!(select(&f, Strategy::Weighted, &v1), Selection::Chosen(..)));
+    }
+
+    #[test]
+    fn warm_first_prefers_loaded_model() {
+        let f = fleet(
+            "routes:\n\
+             - { virtual_model_name: m, server_url: 'http://a:1', actual_model_name: 'm:7b', weight: 90 }\n\
+             - { virtual_model_name: m, server_url: 'http://b:1', actual_model_name: 'm:7b', weight: 10 }\n",
+        );
+        let mut inv = crate::fleet::Inventory::default();
+        inv.loaded_names.insert("m:7b".into());
+        f.servers[1].set_inventory(inv);
+        let req = Request { model: "m", native_api: true, tried: &[] };
+        for _ in 0..10 {
+            let Selection::Chosen(r, _) = select(&f, Strategy::WarmFirst, &req) else { panic!() };
+            assert_eq!(r.server.url.as_str(), "http://b:1");
+        }
+    }
+}
