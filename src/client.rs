@@ -38,6 +38,8 @@ impl Client {
             .get_http_session(&peer)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        up.set_read_timeout(Some(timeout));
+        up.set_write_timeout(Some(timeout));
         let full = format!("{}{path}", server.url.base_path);
         let mut req = RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| e.to_string())?;
         req.insert_header(http::header::HOST, server.url.authority()).map_err(|e| e.to_string())?;

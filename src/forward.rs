@@ -271,6 +271,9 @@ impl Forwarder {
                 Err(e) => return Attempt::Failed(format!("connect: {e}")),
             };
             let reused = reused && !fresh_only;
+            // Pingora's client sessions do not take these from the peer options.
+            up.set_read_timeout(peer.options.read_timeout);
+            up.set_write_timeout(peer.options.write_timeout);
             let sent = send(&mut up, request.clone(), payload.clone()).await;
             let header = match sent {
                 Err(e) if reused => {

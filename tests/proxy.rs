@@ -1,0 +1,491 @@
+//! drover on real sockets in front of mock Ollama servers: routing, rewrite, selection, failover, streaming, fleet view.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use support::mock_ollama::{MockOllama, Mode};
+use support::{eventually, Drover, FAST};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+async fn post(d: &Drover, path: &str, body: Value) -> reqwest::Response {
+    client().post(format!("{}{path}", d.url)).json(&body).send().await.unwrap()
+}
+
+fn route(model: &str, server: &MockOllama, actual: &str, weight: u32, priority: u32) -> String {
+    format!(
+        "  - {{ virtual_model_name: {model}, server_url: \"{}\", actual_model_name: \"{actual}\", weight: {weight}, priority: {priority} }}\n",
+        server.url
+    )
+}
+
+#[tokio::test]
+async fn rewrites_the_model_and_leaves_the_rest_of_the_body() {
+    let gpu = MockOllama::start("gpu", &["qwen3:14b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("chat", &gpu, "qwen3:14b", 1, 1))).await;
+    let body = json!({ "model": "chat", "messages": [{ "role": "user", "content": "héllo \"model\": x" }],
+                       "stream": false, "options": { "temperature": 0.2, "model": "inner" }, "keep_alive": "5m" });
+    let r = post(&d, "/api/chat", body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-drover-server"), gpu.url);
+    assert_eq!(header(&r, "x-drover-attempts"), "1");
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["model"], "qwen3:14b", "the server saw the actual model name");
+    let mut expected = body.clone();
+    expected["model"] = json!("qwen3:14b");
+    assert_eq!(gpu.last_json(), expected, "only the model field changed");
+    assert!(gpu.last_header("x-request-id").is_some_and(|id| !id.is_empty()));
+
+    // The OpenAI API routes by the same table.
+    let r = post(&d, "/v1/chat/completions", json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }] })).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["model"], "qwen3:14b");
+    assert_eq!(answer["object"], "chat.completion");
+
+    // Every model-routed endpoint forwards.
+    for (path, key) in [("/api/generate", "response"), ("/api/embed", "embeddings"), ("/api/show", "details"),
+                        ("/api/embeddings", "embedding"), ("/v1/completions", "choices"), ("/v1/embeddings", "data")] {
+        let r = post(&d, path, json!({ "model": "chat", "prompt": "p", "input": "i", "stream": false })).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let answer: Value = r.json().await.unwrap();
+        assert!(answer.get(key).is_some(), "{path}: {answer}");
+        assert_eq!(gpu.last_json()["model"], "qwen3:14b", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_in_the_clients_format_and_reaches_no_server() {
+    let m = MockOllama::start("m", &["llama3:latest"]).await;
+    let d = Drover::start(&format!(
+        "{FAST}  max_body_bytes: 1024\nservers: [ \"{}\" ]\nroutes:\n{}",
+        m.url,
+        route("chat", &m, "llama3:latest", 1, 1)
+    ))
+    .await;
+    let c = client();
+    let send = |path: &'static str, body: Vec<u8>| {
+        let c = c.clone();
+        let url = format!("{}{path}", d.url);
+        async move {
+            let r = c.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, e) = send("/api/chat", b"{\"model\": \"chat\", ".to_vec()).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("not valid JSON"), "{e}");
+    let (s, e) = send("/api/chat", b"{\"messages\": []}".to_vec()).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("model is required"), "{e}");
+    let (s, e) = send("/api/generate", b"{\"model\": 42}".to_vec()).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("must be a string"), "{e}");
+    let big = format!("{{\"model\":\"chat\",\"prompt\":\"{}\"}}", "x".repeat(2000)).into_bytes();
+    let (s, e) = send("/api/generate", big).await;
+    assert_eq!(s, 413);
+    assert!(e["error"].as_str().unwrap().contains("1024 bytes"), "{e}");
+
+    // Eventually the inventory is known, and an unknown model's 404 lists what exists.
+    assert!(eventually(Duration::from_secs(5), || m.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3).await);
+    let (s, e) = send("/api/chat", b"{\"model\": \"nope\"}".to_vec()).await;
+    assert_eq!(s, 404);
+    let msg = e["error"].as_str().unwrap();
+    assert!(msg.contains("\"nope\" not found") && msg.contains("chat") && msg.contains("llama3:latest"), "{msg}");
+
+    // The OpenAI API gets OpenAI-shaped errors.
+    let (s, e) = send("/v1/chat/completions", b"{\"model\": \"nope\"}".to_vec()).await;
+    assert_eq!(s, 404);
+    assert_eq!(e["error"]["code"], "model_not_found");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(e["error"]["message"].as_str().unwrap().contains("available models"));
+    let (s, e) = send("/v1/chat/completions", b"[]".to_vec()).await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["code"], "invalid_json");
+
+    let r = c.get(format!("{}/api/chat", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = c.get(format!("{}/v1/nothing", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("/v1/nothing"));
+
+    assert_eq!(m.requests(), 0, "no bad request reached a server");
+    // And drover still serves.
+    let r = post(&d, "/api/chat", json!({ "model": "chat", "stream": false })).await;
+    assert_eq!(r.status(), 200);
+}
+
+/// An 8 MiB body, sent both with Content-Length and chunked, survives a 503 and a retry intact.
+#[tokio::test]
+async fn large_bodies_are_resent_on_retry() {
+    let busy = MockOllama::start("busy", &["big:1b"]).await;
+    let good = MockOllama::start("good", &["big:1b"]).await;
+    busy.set_mode(Mode::Busy);
+    let d = Drover::start(&format!(
+        "{FAST}routes:\n{}{}",
+        route("big", &busy, "big:1b", 1000, 1),
+        route("big", &good, "big:1b", 1, 1)
+    ))
+    .await;
+    let filler = "y".repeat(8 * 1024 * 1024);
+    let text = format!("{{\"model\":\"big\",\"stream\":false,\"prompt\":\"{filler}\"}}");
+    let expected_len = text.len() + "big:1b".len() - "big".len();
+    for chunked in [false, true] {
+        let before = good.requests();
+        let body = if chunked {
+            let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+                text.as_bytes().chunks(256 * 1024).map(|c| Ok(c.to_vec())).collect();
+            reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+        } else {
+            reqwest::Body::from(text.clone())
+        };
+        let started = Instant::now();
+        let r = client().post(format!("{}/api/generate", d.url)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "chunked={chunked}: {}", d.log());
+        let attempts = header(&r, "x-drover-attempts");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["model"], "big:1b");
+        assert_eq!(good.requests(), before + 1);
+        let got = good.last_body().unwrap();
+        assert_eq!(got.len(), expected_len, "chunked={chunked}");
+        assert!(got.ends_with(format!("{filler}\"}}").as_bytes()));
+        if !chunked {
+            // The first request went to the heavy-weighted busy server and failed over.
+            assert_eq!(attempts, "2");
+            assert_eq!(busy.last_body().unwrap().len(), expected_len, "the busy server got the whole body too");
+        }
+        eprintln!("8 MiB body, chunked={chunked}, attempts={attempts}: {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn weights_30_70_split_within_two_points_over_1000_requests() {
+    let a = MockOllama::start("a", &["m:7b"]).await;
+    let b = MockOllama::start("b", &["m:7b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}{}", route("m", &a, "m:7b", 30, 1), route("m", &b, "m:7b", 70, 1))).await;
+    let c = client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let body = json!({ "model": "m", "stream": false });
+    let results = futures::stream::iter(0..1000)
+        .map(|_| {
+            let c = c.clone();
+            let body = body.clone();
+            let url = format!("{}/api/chat", d.url);
+            async move {
+                let r = c.post(url).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                header(&r, "x-drover-server")
+            }
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await;
+    for s in results {
+        *counts.entry(s).or_default() += 1;
+    }
+    let share_a = counts[&a.url] as f64 / 10.0;
+    eprintln!("split over 1000 requests: a={share_a}% b={}%", counts[&b.url] as f64 / 10.0);
+    assert!((28.0..=32.0).contains(&share_a), "a got {share_a}%");
+    assert_eq!(a.requests() + b.requests(), 1000);
+}
+
+#[tokio::test]
+async fn backup_tier_takes_over_and_hands_back() {
+    let primary = MockOllama::start("primary", &["m:7b"]).await;
+    let backup = MockOllama::start("backup", &["m:3b"]).await;
+    let d = Drover::start(&format!(
+        "{FAST}routes:\n{}{}",
+        route("m", &primary, "m:7b", 1, 1),
+        route("m", &backup, "m:3b", 1, 2)
+    ))
+    .await;
+    let ask = || async {
+        let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
+        assert_eq!(r.status(), 200);
+        let server = header(&r, "x-drover-server");
+        let model = r.json::<Value>().await.unwrap()["model"].as_str().unwrap().to_string();
+        (server, model)
+    };
+    for _ in 0..5 {
+        assert_eq!(ask().await, (primary.url.clone(), "m:7b".to_string()));
+    }
+    primary.stop();
+    // Every request still succeeds: the first after the stop fails over, later ones skip the dead server.
+    for _ in 0..10 {
+        assert_eq!(ask().await, (backup.url.clone(), "m:3b".to_string()));
+    }
+    primary.restart().await;
+    let mut back = false;
+    for _ in 0..60 {
+        if ask().await.0 == primary.url {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "primary is used again once it answers health checks");
+    for _ in 0..5 {
+        assert_eq!(ask().await.0, primary.url, "and keeps the traffic");
+    }
+}
+
+/// Each way a server can fail before answering is retried on the other one.
+#[tokio::test]
+async fn fails_over_on_refused_500_503_and_hang() {
+    for mode in ["refused", "500", "503", "hang"] {
+        let bad = MockOllama::start("bad", &["m:1b"]).await;
+        let good = MockOllama::start("good", &["m:1b"]).await;
+        match mode {
+            "refused" => bad.stop(),
+            "500" => bad.set_mode(Mode::Error),
+            "503" => bad.set_mode(Mode::Busy),
+            _ => bad.set_mode(Mode::Hang),
+        }
+        // Health checks slow enough that the request itself meets the failure.
+        let d = Drover::start(&format!(
+            "load_balancer: {{ health_check_interval: 60s, cooldown: 30s }}\nhttp_client: {{ read_timeout: 1s }}\nroutes:\n{}{}",
+            route("m", &bad, "m:1b", 100, 1),
+            route("m", &good, "m:1b", 1, 1)
+        ))
+        .await;
+        let started = Instant::now();
+        let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
+        let took = started.elapsed();
+        assert_eq!(r.status(), 200, "{mode}");
+        assert_eq!(header(&r, "x-drover-server"), good.url, "{mode}");
+        assert_eq!(header(&r, "x-drover-attempts"), "2", "{mode}");
+        eprintln!("failover after {mode}: {took:?}");
+        // The failed server cools down: the next request goes straight to the good one.
+        let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
+        assert_eq!(header(&r, "x-drover-attempts"), "1", "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn every_server_failing_gives_the_last_servers_answer_or_a_502() {
+    let a = MockOllama::start("a", &["m:1b"]).await;
+    let b = MockOllama::start("b", &["m:1b"]).await;
+    a.set_mode(Mode::Error);
+    b.set_mode(Mode::Busy);
+    let d = Drover::start(&format!(
+        "load_balancer: {{ health_check_interval: 60s }}\nroutes:\n{}{}",
+        route("m", &a, "m:1b", 10, 1),
+        route("m", &b, "m:1b", 1, 1)
+    ))
+    .await;
+    let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
+    assert_eq!(r.status(), 503, "the last server's own answer is passed on");
+    assert_eq!(header(&r, "x-drover-attempts"), "2");
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("server busy"));
+    // Both now cool down: a new request is refused with the reason.
+    let r = post(&d, "/v1/chat/completions", json!({ "model": "m" })).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("cooling down"), "{e}");
+
+    a.stop();
+    b.stop();
+    let d = Drover::start(&format!(
+        "load_balancer: {{ health_check_interval: 60s }}\nroutes:\n{}{}",
+        route("m", &a, "m:1b", 10, 1),
+        route("m", &b, "m:1b", 1, 1)
+    ))
+    .await;
+    let r = post(&d, "/api/chat", json!({ "model": "m" })).await;
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("every server tried failed"), "{e}");
+}
+
+/// Reads a streamed response, returning each chunk with the time it arrived.
+async fn timed_chunks(r: reqwest::Response) -> Vec<(Duration, Vec<u8>)> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => out.push((started.elapsed(), c.to_vec())),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn streams_arrive_chunk_by_chunk_as_written() {
+    let m = MockOllama::start("m", &["s:1b"]).await;
+    m.set_stream(5, Duration::from_millis(150));
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("s", &m, "s:1b", 1, 1))).await;
+
+    let r = post(&d, "/api/chat", json!({ "model": "s", "messages": [] })).await;
+    assert_eq!(header(&r, "content-type"), "application/x-ndjson");
+    let chunks = timed_chunks(r).await;
+    let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c).to_string()).collect();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[5]["done"], true);
+    assert!(lines.iter().all(|l| l["model"] == "s:1b"));
+    let first = chunks.first().unwrap().0;
+    let last = chunks.last().unwrap().0;
+    eprintln!("NDJSON: {} chunks, first at {first:?}, last at {last:?}", chunks.len());
+    assert!(chunks.len() >= 5, "chunks were not merged: {}", chunks.len());
+    assert!(last - first >= Duration::from_millis(600), "spread over time: {first:?}..{last:?}");
+
+    let r = post(&d, "/v1/chat/completions", json!({ "model": "s", "stream": true, "messages": [] })).await;
+    assert_eq!(header(&r, "content-type"), "text/event-stream");
+    let chunks = timed_chunks(r).await;
+    let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c).to_string()).collect();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(text.matches("data: ").count(), 7);
+    assert!(chunks.last().unwrap().0 - chunks[0].0 >= Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_ends_with_an_error_in_its_own_format() {
+    let m = MockOllama::start("m", &["s:1b"]).await;
+    m.set_stream(5, Duration::from_millis(20));
+    m.set_mode(Mode::DropMidStream);
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("s", &m, "s:1b", 1, 1))).await;
+
+    let r = post(&d, "/api/chat", json!({ "model": "s" })).await;
+    assert_eq!(r.status(), 200);
+    let text = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("every line is JSON")).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0]["done"], false);
+    assert!(lines[2]["error"].as_str().unwrap().contains("broke off"), "{text}");
+
+    // The break cooled the server down (1s in FAST): wait it out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let r = post(&d, "/v1/chat/completions", json!({ "model": "s", "stream": true })).await;
+    let text = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() >= 2, "{text:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "server_error", "{text}");
+    assert!(!text.contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_stops_the_upstream_request() {
+    let m = MockOllama::start("m", &["s:1b"]).await;
+    m.set_stream(50, Duration::from_millis(100));
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("s", &m, "s:1b", 1, 1))).await;
+    let r = post(&d, "/api/chat", json!({ "model": "s" })).await;
+    let mut stream = r.bytes_stream();
+    assert!(stream.next().await.is_some());
+    drop(stream);
+    let cancelled = eventually(Duration::from_secs(3), || m.state.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    assert!(cancelled, "the mock saw its reader leave");
+    assert_eq!(m.state.completed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let stats: Value = client().get(format!("{}/lb-stats", d.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["servers"][0]["in_flight"], 0, "the slot was released");
+}
+
+#[tokio::test]
+async fn fleet_wide_answers_merge_the_servers() {
+    let a = MockOllama::start("a", &["llama3:latest", "qwen3:14b"]).await;
+    let b = MockOllama::start("b", &["llama3:latest", "phi4:latest"]).await;
+    b.set_loaded(&["phi4:latest"]);
+    let d = Drover::start(&format!(
+        "{FAST}servers: [ \"{}\", \"{}\" ]\nroutes:\n{}",
+        a.url,
+        b.url,
+        route("chat", &a, "qwen3:14b", 1, 1)
+    ))
+    .await;
+    let c = client();
+    let get = |path: &'static str| {
+        let c = c.clone();
+        let url = format!("{}{path}", d.url);
+        async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert!(eventually(Duration::from_secs(5), || a.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3
+        && b.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3).await);
+    let tags = get("/api/tags").await;
+    let names: Vec<&str> = tags["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["chat", "llama3:latest", "phi4:latest", "qwen3:14b"]);
+    assert_eq!(tags["models"][0]["details"]["family"], "mock", "virtual entry has real details");
+    let ps = get("/api/ps").await;
+    assert_eq!(ps["models"][0]["name"], "phi4:latest");
+    let models = get("/v1/models").await;
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, names);
+    assert_eq!(get("/api/version").await["version"], "0.6.5");
+    assert_eq!(get("/v1/models/phi4:latest").await["id"], "phi4:latest");
+
+    let r = c.get(format!("{}/", d.url)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "Ollama is running");
+    let r = c.head(format!("{}/", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Discovery: a model no route names goes to the server that lists it.
+    let r = post(&d, "/api/chat", json!({ "model": "phi4", "stream": false })).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-drover-server"), b.url);
+    assert_eq!(r.json::<Value>().await.unwrap()["model"], "phi4");
+
+    // A server going down leaves the fleet view.
+    a.stop();
+    assert!(eventually(Duration::from_secs(5), || true).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let tags = get("/api/tags").await;
+    let names: Vec<&str> = tags["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"qwen3:14b"), "{names:?}");
+    let health = get("/health").await;
+    assert_eq!(health["status"], "degraded");
+}
+
+/// One server dies under concurrent load; no request fails.
+#[tokio::test]
+async fn a_killed_server_under_load_fails_no_request() {
+    let mocks = [
+        MockOllama::start("a", &["m:1b"]).await,
+        MockOllama::start("b", &["m:1b"]).await,
+        MockOllama::start("c", &["m:1b"]).await,
+    ];
+    for m in &mocks {
+        m.set_answer_delay(Duration::from_millis(20));
+    }
+    let routes: String = mocks.iter().map(|m| route("m", m, "m:1b", 1, 1)).collect();
+    let d = Drover::start(&format!("{FAST}  max_concurrency: 64\nroutes:\n{routes}")).await;
+    let c = client();
+    let url = format!("{}/api/chat", d.url);
+    let load = futures::stream::iter(0..600)
+        .map(|i| {
+            let c = c.clone();
+            let url = url.clone();
+            async move {
+                let body = json!({ "model": "m", "stream": false, "messages": [{ "role": "user", "content": i.to_string() }] });
+                let r = c.post(url).json(&body).send().await.unwrap();
+                r.status().as_u16()
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        mocks[0].stop();
+    };
+    let (statuses, ()) = tokio::join!(load, killer);
+    let failed = statuses.iter().filter(|&&s| s != 200).count();
+    eprintln!("killed one of 3 servers under load: {} requests, {failed} failed", statuses.len());
+    assert_eq!(failed, 0);
+    assert!(mocks[0].requests() > 0, "the killed server served before it died");
+    assert!(mocks[1].requests() + mocks[2].requests() > 400);
+}

@@ -1,0 +1,387 @@
+//! A mock Ollama server on a real socket: the Ollama and OpenAI APIs, streaming with delays, and failures on demand.
+//!
+//! It answers /api/chat, /api/generate, /api/embed, /api/embeddings, /api/show,
+//! /v1/chat/completions, /v1/completions, /v1/embeddings, /api/tags, /api/ps, /v1/models and
+//! /api/version. Every answer names the model it received, so tests can see the rewrite.
+//! `stop()` closes the listener and every open connection (a dead host); `restart()` binds
+//! the same port again.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How the mock answers model-routed calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Normal = 0,
+    /// 503, as Ollama when OLLAMA_MAX_QUEUE is exceeded.
+    Busy = 1,
+    /// 500 with an error body.
+    Error = 2,
+    /// Accept the request and never answer.
+    Hang = 3,
+    /// Send two chunks, then break the connection.
+    DropMidStream = 4,
+}
+
+pub struct Recorded {
+    pub path: String,
+    pub body: Bytes,
+    pub headers: HeaderMap,
+}
+
+pub struct MockState {
+    pub name: String,
+    mode: AtomicU8,
+    pub models: Mutex<Vec<String>>,
+    pub loaded: Mutex<Vec<String>>,
+    /// Gap between streamed chunks, in milliseconds.
+    pub chunk_delay_ms: AtomicU64,
+    /// Content chunks per streamed answer (the final "done" object comes on top).
+    pub chunks: AtomicUsize,
+    /// Delay before a non-streamed answer, in milliseconds.
+    pub answer_delay_ms: AtomicU64,
+    /// Model-routed requests received.
+    pub requests: AtomicUsize,
+    /// Health and inventory calls received.
+    pub probes: AtomicUsize,
+    /// Streams whose reader went away before the end.
+    pub cancelled: AtomicUsize,
+    pub completed: AtomicUsize,
+    pub last: Mutex<Option<Recorded>>,
+    pub version: String,
+    pub healthy: AtomicBool,
+}
+
+pub struct MockOllama {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub state: Arc<MockState>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl MockOllama {
+    pub async fn start(name: &str, models: &[&str]) -> MockOllama {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MockState {
+            name: name.to_string(),
+            mode: AtomicU8::new(Mode::Normal as u8),
+            models: Mutex::new(models.iter().map(|m| m.to_string()).collect()),
+            loaded: Mutex::new(Vec::new()),
+            chunk_delay_ms: AtomicU64::new(10),
+            chunks: AtomicUsize::new(3),
+            answer_delay_ms: AtomicU64::new(0),
+            requests: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            last: Mutex::new(None),
+            version: "0.6.5".into(),
+            healthy: AtomicBool::new(true),
+        });
+        let mock = MockOllama {
+            addr,
+            url: format!("http://{addr}"),
+            state: state.clone(),
+            server: Mutex::new(None),
+        };
+        *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
+        mock
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    pub fn set_stream(&self, chunks: usize, delay: Duration) {
+        self.state.chunks.store(chunks, Ordering::SeqCst);
+        self.state.chunk_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.state.answer_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_loaded(&self, models: &[&str]) {
+        *self.state.loaded.lock().unwrap() = models.iter().map(|m| m.to_string()).collect();
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last_body(&self) -> Option<Bytes> {
+        self.state.last.lock().unwrap().as_ref().map(|r| r.body.clone())
+    }
+
+    pub fn last_json(&self) -> Value {
+        serde_json::from_slice(&self.last_body().expect("a request was received")).unwrap()
+    }
+
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let last = self.state.last.lock().unwrap();
+        last.as_ref()?.headers.get(name)?.to_str().ok().map(str::to_string)
+    }
+
+    /// Closes the listener and every connection, as a host that died.
+    pub fn stop(&self) {
+        if let Some(task) = self.server.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&self) {
+        self.stop();
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.state.clone())));
+    }
+}
+
+impl Drop for MockOllama {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Accepts connections; aborting this task drops the JoinSet and so every connection.
+async fn serve(listener: TcpListener, state: Arc<MockState>) {
+    let app = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { "Ollama is running" }))
+        .route("/api/version", get(version))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(ps))
+        .route("/v1/models", get(v1_models))
+        .route("/api/chat", post(routed))
+        .route("/api/generate", post(routed))
+        .route("/api/embed", post(routed))
+        .route("/api/embeddings", post(routed))
+        .route("/api/show", post(routed))
+        .route("/v1/chat/completions", post(routed))
+        .route("/v1/completions", post(routed))
+        .route("/v1/embeddings", post(routed))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn unhealthy(s: &MockState) -> Option<Response> {
+    s.probes.fetch_add(1, Ordering::SeqCst);
+    (!s.healthy.load(Ordering::SeqCst)).then(|| (StatusCode::SERVICE_UNAVAILABLE, "unhealthy").into_response())
+}
+
+async fn version(State(s): State<Arc<MockState>>) -> Response {
+    unhealthy(&s).unwrap_or_else(|| axum::Json(json!({ "version": s.version })).into_response())
+}
+
+fn model_entry(name: &str) -> Value {
+    json!({ "name": name, "model": name, "modified_at": "2026-01-01T00:00:00Z", "size": 1000, "digest": format!("sha-{name}"),
+            "details": { "format": "gguf", "family": "mock", "parameter_size": "1B", "quantization_level": "Q4_0" } })
+}
+
+async fn tags(State(s): State<Arc<MockState>>) -> Response {
+    if let Some(r) = unhealthy(&s) {
+        return r;
+    }
+    let models: Vec<Value> = s.models.lock().unwrap().iter().map(|m| model_entry(m)).collect();
+    axum::Json(json!({ "models": models })).into_response()
+}
+
+async fn ps(State(s): State<Arc<MockState>>) -> Response {
+    if let Some(r) = unhealthy(&s) {
+        return r;
+    }
+    let models: Vec<Value> = s
+        .loaded
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let mut e = model_entry(m);
+            e["size_vram"] = json!(1000);
+            e["expires_at"] = json!("2030-01-01T00:00:00Z");
+            e
+        })
+        .collect();
+    axum::Json(json!({ "models": models })).into_response()
+}
+
+async fn v1_models(State(s): State<Arc<MockState>>) -> Response {
+    if let Some(r) = unhealthy(&s) {
+        return r;
+    }
+    let data: Vec<Value> = s
+        .models
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| json!({ "id": m, "object": "model", "created": 0, "owned_by": "library" }))
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    let path = uri.path().to_string();
+    *s.last.lock().unwrap() = Some(Recorded { path: path.clone(), body: body.clone(), headers });
+    let mode = s.mode.load(Ordering::SeqCst);
+    if mode == Mode::Busy as u8 {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server busy, please try again.  maximum pending requests exceeded");
+    }
+    if mode == Mode::Error as u8 {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "mock failure");
+    }
+    if mode == Mode::Hang as u8 {
+        std::future::pending::<()>().await;
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid JSON");
+    };
+    let model = req["model"].as_str().unwrap_or_default().to_string();
+    let known = s.models.lock().unwrap().iter().any(|m| m == &model || *m == format!("{model}:latest"));
+    if !known {
+        return error(StatusCode::NOT_FOUND, &format!("model \"{model}\" not found, try pulling it first"));
+    }
+    {
+        let mut loaded = s.loaded.lock().unwrap();
+        if !loaded.contains(&model) {
+            loaded.push(model.clone());
+        }
+    }
+    let openai = path.starts_with("/v1/");
+    if path.ends_with("embed") || path.ends_with("embeddings") || path == "/api/show" {
+        let answer = match path.as_str() {
+            "/api/show" => json!({ "model": model, "details": { "family": "mock" }, "modelfile": "" }),
+            "/api/embeddings" => json!({ "embedding": [0.1, 0.2, 0.3] }),
+            "/v1/embeddings" => json!({ "object": "list", "model": model, "data": [{ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] }],
+                                        "usage": { "prompt_tokens": 2, "total_tokens": 2 } }),
+            _ => json!({ "model": model, "embeddings": [[0.1, 0.2, 0.3]], "prompt_eval_count": 2 }),
+        };
+        return axum::Json(answer).into_response();
+    }
+    let streaming = req["stream"].as_bool().unwrap_or(!openai);
+    if !streaming {
+        let delay = s.answer_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        s.completed.fetch_add(1, Ordering::SeqCst);
+        return axum::Json(whole_answer(&s, &path, &model)).into_response();
+    }
+    stream_answer(s, path, model, mode == Mode::DropMidStream as u8)
+}
+
+fn content(s: &MockState) -> String {
+    (0..s.chunks.load(Ordering::SeqCst)).map(|i| format!("tok{i} ")).collect::<String>() + &format!("from {}", s.name)
+}
+
+fn whole_answer(s: &MockState, path: &str, model: &str) -> Value {
+    let text = content(s);
+    match path {
+        "/v1/chat/completions" => json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+            "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 } }),
+        "/v1/completions" => json!({
+            "id": "cmpl-1", "object": "text_completion", "created": 0, "model": model,
+            "choices": [{ "index": 0, "text": text, "finish_reason": "stop" }],
+            "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 } }),
+        "/api/generate" => json!({ "model": model, "response": text, "done": true, "done_reason": "stop",
+            "total_duration": 1_000_000, "load_duration": 1000, "prompt_eval_count": 5, "eval_count": 4, "eval_duration": 500 }),
+        _ => json!({ "model": model, "message": { "role": "assistant", "content": text }, "done": true, "done_reason": "stop",
+            "total_duration": 1_000_000, "load_duration": 1000, "prompt_eval_count": 5, "eval_count": 4, "eval_duration": 500 }),
+    }
+}
+
+/// Streams NDJSON (Ollama) or SSE (OpenAI), one chunk per gap; counts readers that leave early.
+fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let sse = path.starts_with("/v1/");
+    tokio::spawn(async move {
+        let n = s.chunks.load(Ordering::SeqCst);
+        let gap = Duration::from_millis(s.chunk_delay_ms.load(Ordering::SeqCst));
+        let mut lines: Vec<String> = Vec::new();
+        for i in 0..n {
+            let piece = format!("tok{i} ");
+            lines.push(if sse {
+                let c = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+                                "choices": [{ "index": 0, "delta": { "content": piece }, "finish_reason": null }] });
+                format!("data: {c}\n\n")
+            } else if path == "/api/generate" {
+                format!("{}\n", json!({ "model": model, "response": piece, "done": false }))
+            } else {
+                format!("{}\n", json!({ "model": model, "message": { "role": "assistant", "content": piece }, "done": false }))
+            });
+        }
+        if sse {
+            let last = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+                               "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }],
+                               "usage": { "prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n } });
+            lines.push(format!("data: {last}\n\n"));
+            lines.push("data: [DONE]\n\n".into());
+        } else {
+            lines.push(format!(
+                "{}\n",
+                json!({ "model": model, "done": true, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 1000,
+                        "prompt_eval_count": 5, "eval_count": n, "eval_duration": 500, "message": { "role": "assistant", "content": "" } })
+            ));
+        }
+        for (i, line) in lines.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            if drop_mid && i == 2 {
+                let _ = tx.send(Err(std::io::Error::other("mock drops the stream"))).await;
+                return;
+            }
+            if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                s.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        s.completed.fetch_add(1, Ordering::SeqCst);
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
+    Response::builder()
+        .header("content-type", content_type)
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
