@@ -18,7 +18,10 @@ pub enum Api {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// Routed by the `model` field of the JSON body. `native` is true for Ollama's /api calls.
-    Routed { api: Api, native: bool },
+    Routed {
+        api: Api,
+        native: bool,
+    },
     Tags,
     Ps,
     Models,
@@ -44,9 +47,7 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         "/api/generate" | "/api/chat" | "/api/embed" | "/api/embeddings" | "/api/show" => {
             post(Endpoint::Routed { api, native: true })
         }
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => {
-            post(Endpoint::Routed { api, native: false })
-        }
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => post(Endpoint::Routed { api, native: false }),
         "/api/tags" => get(Endpoint::Tags),
         "/api/ps" => get(Endpoint::Ps),
         "/v1/models" => get(Endpoint::Models),
@@ -139,10 +140,7 @@ mod tests {
 
     #[test]
     fn classifies_paths() {
-        assert_eq!(
-            classify(&Method::POST, "/api/chat"),
-            Endpoint::Routed { api: Api::Ollama, native: true }
-        );
+        assert_eq!(classify(&Method::POST, "/api/chat"), Endpoint::Routed { api: Api::Ollama, native: true });
         assert_eq!(
             classify(&Method::POST, "/v1/chat/completions"),
             Endpoint::Routed { api: Api::OpenAi, native: false }

@@ -31,21 +31,23 @@ impl From<BodyError> for ApiError {
             BodyError::TooLarge { limit } => ApiError::new(
                 413,
                 "body_too_large",
-                format!("request body is larger than the {limit} bytes this server accepts (load_balancer.max_body_bytes)"),
+                format!(
+                    "request body is larger than the {limit} bytes this server accepts (load_balancer.max_body_bytes)"
+                ),
             ),
             BodyError::Malformed(why) => {
                 ApiError::new(400, "invalid_json", format!("request body is not valid JSON: {why}"))
             }
             BodyError::NotAnObject => ApiError::new(400, "invalid_json", "request body must be a JSON object"),
-            BodyError::MissingModel => ApiError::new(
-                400,
-                "missing_model",
-                "model is required: add a \"model\" field naming the model to use",
-            ),
+            BodyError::MissingModel => {
+                ApiError::new(400, "missing_model", "model is required: add a \"model\" field naming the model to use")
+            }
             BodyError::ModelNotString => {
                 ApiError::new(400, "missing_model", "\"model\" must be a string naming the model to use")
             }
-            BodyError::Read(why) => ApiError::new(400, "body_read_failed", format!("could not read the request body: {why}")),
+            BodyError::Read(why) => {
+                ApiError::new(400, "body_read_failed", format!("could not read the request body: {why}"))
+            }
         }
     }
 }

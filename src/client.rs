@@ -33,11 +33,7 @@ impl Client {
     async fn get(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
         let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
         let peer = server.peer(addr, timeout, timeout);
-        let (mut up, _) = self
-            .connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let (mut up, _) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
         let full = format!("{}{path}", server.url.base_path);

@@ -345,37 +345,23 @@ impl Settings {
 
         let listen_text = env.listen.clone().or(server.listen);
         let listen = v.addr("server.listen", listen_text.as_deref().unwrap_or("0.0.0.0:8083"));
-        let metrics_listen = v.addr(
-            "server.metrics_listen",
-            server.metrics_listen.as_deref().unwrap_or("127.0.0.1:9091"),
-        );
+        let metrics_listen =
+            v.addr("server.metrics_listen", server.metrics_listen.as_deref().unwrap_or("127.0.0.1:9091"));
         let threads = server.threads.unwrap_or(2);
         if threads == 0 {
             v.error("server.threads", "must be at least 1, got 0");
         }
 
-        let database_url = env
-            .database_url
-            .clone()
-            .or(database.url)
-            .unwrap_or_else(|| "sqlite://drover.db".to_string());
-        if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]
-            .iter()
-            .any(|p| database_url.starts_with(p))
-        {
+        let database_url =
+            env.database_url.clone().or(database.url).unwrap_or_else(|| "sqlite://drover.db".to_string());
+        if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"].iter().any(|p| database_url.starts_with(p)) {
             v.error(
                 "database.url",
-                format!(
-                    "{:?}: expected sqlite://, postgres:// or mysql://",
-                    crate::redact_url(&database_url)
-                ),
+                format!("{:?}: expected sqlite://, postgres:// or mysql://", crate::redact_url(&database_url)),
             );
         }
 
-        let default_concurrency = v.positive(
-            "load_balancer.max_concurrency",
-            lb.max_concurrency.unwrap_or(4),
-        );
+        let default_concurrency = v.positive("load_balancer.max_concurrency", lb.max_concurrency.unwrap_or(4));
         let servers = match &env.servers {
             Some(list) => list
                 .split(',')
@@ -390,11 +376,8 @@ impl Settings {
                 .filter_map(|(i, s)| v.server(&format!("servers[{i}]"), s))
                 .collect::<Vec<_>>(),
         };
-        let routes: Vec<RouteSpec> = raw_routes
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, r)| v.route(&format!("routes[{i}]"), r))
-            .collect();
+        let routes: Vec<RouteSpec> =
+            raw_routes.into_iter().enumerate().filter_map(|(i, r)| v.route(&format!("routes[{i}]"), r)).collect();
         let mut seen = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             if !seen.insert(s.url.as_str().to_string()) {
@@ -416,10 +399,7 @@ impl Settings {
             "warm_first" => Strategy::WarmFirst,
             "least_busy" => Strategy::LeastBusy,
             other => {
-                v.error(
-                    "load_balancer.strategy",
-                    format!("{other:?}: expected weighted, warm_first or least_busy"),
-                );
+                v.error("load_balancer.strategy", format!("{other:?}: expected weighted, warm_first or least_busy"));
                 Strategy::Weighted
             }
         };
@@ -452,10 +432,7 @@ impl Settings {
 
         let memory_threshold = res.memory_threshold.unwrap_or(90.0);
         if !(memory_threshold > 0.0 && memory_threshold <= 100.0) {
-            v.error(
-                "resources.memory_threshold",
-                format!("{memory_threshold}: expected a percentage in (0, 100]"),
-            );
+            v.error("resources.memory_threshold", format!("{memory_threshold}: expected a percentage in (0, 100]"));
         }
         let resources = Resources {
             memory_threshold,
@@ -489,9 +466,7 @@ impl Settings {
                 admin_token,
                 access_log: logging.access_log.unwrap_or_else(|| "logs/access.log".into()),
                 grace_period_seconds: pingora.grace_period_seconds.unwrap_or(30),
-                upgrade_sock: pingora
-                    .upgrade_sock
-                    .unwrap_or_else(|| "/tmp/drover_upgrade.sock".into()),
+                upgrade_sock: pingora.upgrade_sock.unwrap_or_else(|| "/tmp/drover_upgrade.sock".into()),
                 pid_file: pingora.pid_file.unwrap_or_else(|| "/tmp/drover.pid".into()),
             })
         } else {
@@ -600,9 +575,7 @@ impl Validator {
             }
         };
         let probe_url = obj.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
-        let max_concurrency = obj
-            .max_concurrency
-            .map(|n| self.positive(&format!("{key}.max_concurrency"), n));
+        let max_concurrency = obj.max_concurrency.map(|n| self.positive(&format!("{key}.max_concurrency"), n));
         Some(ServerSpec { url: url?, kind, probe_url, max_concurrency })
     }
 
@@ -641,9 +614,7 @@ impl Validator {
             self.error(format!("{key}.performance"), format!("{performance}: must be >= 0 (GB)"));
         }
         let probe_url = r.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
-        let max_concurrency = r
-            .max_concurrency
-            .map(|n| self.positive(&format!("{key}.max_concurrency"), n));
+        let max_concurrency = r.max_concurrency.map(|n| self.positive(&format!("{key}.max_concurrency"), n));
         if self.errors.len() != before {
             return None;
         }
@@ -685,10 +656,9 @@ mod tests {
 
     #[test]
     fn servers_as_strings_and_objects() {
-        let s = parse(
-            "servers:\n  - http://a:11434/\n  - { url: 'http://b:8080', kind: openai, max_concurrency: 8 }\n",
-        )
-        .unwrap();
+        let s =
+            parse("servers:\n  - http://a:11434/\n  - { url: 'http://b:8080', kind: openai, max_concurrency: 8 }\n")
+                .unwrap();
         assert_eq!(s.servers[0].url.as_str(), "http://a:11434");
         assert_eq!(s.servers[1].kind, Kind::OpenAi);
         assert_eq!(s.servers[1].max_concurrency, Some(8));

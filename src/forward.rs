@@ -54,9 +54,7 @@ impl Drop for Ticket<'_> {
 
 impl Queue {
     fn enter(&self) -> Option<Ticket<'_>> {
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1))
-            .ok()?;
+        self.waiting.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).ok()?;
         Some(Ticket(self))
     }
 }
@@ -78,7 +76,7 @@ enum Attempt {
     /// Failed before any byte reached the client: try another server.
     Failed(String),
     /// The server answered 5xx; kept in case no other server can be tried.
-    ServerError(Box<HttpSession>, HttpPeer),
+    ServerError(Box<(HttpSession, HttpPeer)>),
 }
 
 /// Headers that belong to one connection, not to the message (RFC 9110 7.6.1), plus those drover sets itself.
@@ -175,13 +173,14 @@ impl Forwarder {
                     route.server.record_failure(&why, self.cooldown);
                     last_failure = Some(format!("{}: {why}", route.server.url.as_str()));
                 }
-                Attempt::ServerError(up, peer) => {
+                Attempt::ServerError(failed) => {
+                    let (up, peer) = *failed;
                     let status = up.response_header().map_or(0, |h| h.status.as_u16());
                     let why = format!("answered HTTP {status}");
                     log::warn!("{} {} {why} (attempt {})", ctx.request_id, route.server.url.as_str(), ctx.attempts);
                     route.server.record_failure(&why, self.cooldown);
                     last_failure = Some(format!("{}: {why}", route.server.url.as_str()));
-                    pending = Some((up, peer, route.clone()));
+                    pending = Some((Box::new(up), peer, route.clone()));
                 }
             }
             drop(slot);
@@ -254,7 +253,13 @@ impl Forwarder {
     }
 
     /// One try on one server: send, wait for the response header, then relay or report.
-    async fn attempt(&self, session: &mut Session, ctx: &mut RequestCtx, route: &Arc<Route>, payload: Bytes) -> Attempt {
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+        payload: Bytes,
+    ) -> Attempt {
         let server = &route.server;
         let addr = match server.resolve().await {
             Ok(a) => a,
@@ -294,7 +299,7 @@ impl Forwarder {
                     continue;
                 }
                 Err(e) => return Attempt::Failed(format!("waiting for the response: {e}")),
-                Ok(status) if status >= 500 => return Attempt::ServerError(Box::new(up), peer),
+                Ok(status) if status >= 500 => return Attempt::ServerError(Box::new((up, peer))),
                 Ok(_) => return self.relay(session, ctx, route, Box::new(up), peer).await.into(),
             }
         }
@@ -311,12 +316,7 @@ impl Forwarder {
     ) -> Outcome {
         let uh = up.response_header().expect("header was read");
         let status = uh.status.as_u16();
-        let content_type = uh
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = uh.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let mut resp = ResponseHeader::build(uh.status, Some(uh.headers.len() + 4)).expect("valid status");
         for (name, value) in uh.headers.iter() {
             if !HOP_BY_HOP.contains(name) {
@@ -396,7 +396,11 @@ fn upstream_request(client: &RequestHeader, server: &Server, len: usize, request
     let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 3))
         .expect("path from a parsed URI is valid");
     for (name, value) in client.headers.iter() {
-        if !HOP_BY_HOP.contains(name) && name != header::HOST && name != header::CONTENT_LENGTH && name != header::EXPECT {
+        if !HOP_BY_HOP.contains(name)
+            && name != header::HOST
+            && name != header::CONTENT_LENGTH
+            && name != header::EXPECT
+        {
             req.append_header(name.clone(), value.clone()).expect("valid header");
         }
     }

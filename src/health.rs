@@ -55,11 +55,9 @@ impl HealthChecker {
         };
         let reason = result.as_ref().err().map(String::as_str);
         match server.record_check(result.is_ok(), self.rise, self.fall, reason) {
-            Some(Transition::Down) => log::warn!(
-                "server {} is down: {}",
-                server.url.as_str(),
-                reason.unwrap_or("health check failed")
-            ),
+            Some(Transition::Down) => {
+                log::warn!("server {} is down: {}", server.url.as_str(), reason.unwrap_or("health check failed"))
+            }
             Some(Transition::Up) => log::info!("server {} is up", server.url.as_str()),
             None => {}
         }
@@ -83,13 +81,7 @@ impl HealthChecker {
                 // Keep the last good list when one refresh fails: a slow answer is not an empty server.
                 let tags = tags.map(|v| models_of(&v)).unwrap_or_else(|_| previous.tags.clone());
                 let loaded = ps.map(|v| models_of(&v)).unwrap_or_else(|_| previous.loaded.clone());
-                Inventory {
-                    names: names_of(&tags),
-                    loaded_names: names_of(&loaded),
-                    tags,
-                    loaded,
-                    version,
-                }
+                Inventory { names: names_of(&tags), loaded_names: names_of(&loaded), tags, loaded, version }
             }
         };
         server.set_inventory(inventory);

@@ -49,9 +49,7 @@ pub struct Drover {
 
 impl Drover {
     pub fn new(settings: &Settings, fleet: Arc<ArcSwap<Fleet>>) -> Drover {
-        let boot = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Drover {
             fleet,
             forwarder: Forwarder::new(settings),
@@ -89,7 +87,9 @@ impl Drover {
                 }
             }
             Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
-            Endpoint::Root => self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await,
+            Endpoint::Root => {
+                self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
+            }
             Endpoint::Health => {
                 let (code, body) = view::health(&fleet);
                 self.json(session, ctx, code, &body).await

@@ -200,11 +200,7 @@ mod tests {
         assert_eq!(a, 300);
         assert!(picks.iter().all(|p| p != "http://c:1"), "backup tier unused while primary is up");
         // Smooth: never more than three b's in a row with 30/70.
-        let longest_b = picks
-            .split(|p| p.as_str() == "http://a:1")
-            .map(|run| run.len())
-            .max()
-            .unwrap();
+        let longest_b = picks.split(|p| p.as_str() == "http://a:1").map(|run| run.len()).max().unwrap();
         assert!(longest_b <= 3, "runs of b up to {longest_b}");
     }
 

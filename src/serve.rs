@@ -78,9 +78,6 @@ pub fn run(args: ServeArgs) -> i32 {
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Drover::new(&settings, fleet.clone()));
     proxy.add_tcp(&settings.listen.to_string());
     server.add_service(proxy);
-    server.add_service(background_service(
-        "health checks",
-        HealthChecker::new(fleet, &settings.load_balancer),
-    ));
+    server.add_service(background_service("health checks", HealthChecker::new(fleet, &settings.load_balancer)));
     server.run_forever()
 }

@@ -12,7 +12,11 @@ fn healthy(fleet: &Fleet) -> impl Iterator<Item = &std::sync::Arc<Server>> {
 }
 
 /// Entries keyed by canonical name, first server wins; then one entry per virtual model.
-fn merged(fleet: &Fleet, pick: impl Fn(&crate::fleet::Inventory) -> &Vec<Value>, virtual_only_if_present: bool) -> Vec<Value> {
+fn merged(
+    fleet: &Fleet,
+    pick: impl Fn(&crate::fleet::Inventory) -> &Vec<Value>,
+    virtual_only_if_present: bool,
+) -> Vec<Value> {
     let mut by_name: BTreeMap<String, Value> = BTreeMap::new();
     for s in healthy(fleet) {
         let inv = s.inventory();
@@ -29,9 +33,7 @@ fn merged(fleet: &Fleet, pick: impl Fn(&crate::fleet::Inventory) -> &Vec<Value>,
             continue;
         }
         let active = mr.routes.iter().filter(|r| r.is_active);
-        let template = active
-            .clone()
-            .find_map(|r| by_name.get(&canonical_model(&r.actual_model)).cloned());
+        let template = active.clone().find_map(|r| by_name.get(&canonical_model(&r.actual_model)).cloned());
         let entry = match template {
             Some(mut t) => {
                 t["name"] = json!(virtual_name);
@@ -150,12 +152,7 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
         .servers
         .iter()
         .map(|s| {
-            let loaded: Vec<Value> = s
-                .inventory()
-                .loaded
-                .iter()
-                .filter_map(|m| m.get("name").cloned())
-                .collect();
+            let loaded: Vec<Value> = s.inventory().loaded.iter().filter_map(|m| m.get("name").cloned()).collect();
             json!({
                 "url": s.url.as_str(),
                 "kind": s.kind.as_str(),
@@ -187,7 +184,10 @@ mod tests {
             - { virtual_model_name: chat, server_url: 'http://a:1', actual_model_name: 'qwen3:14b' }\n\
             - { virtual_model_name: ghost, server_url: 'http://a:1', actual_model_name: 'none:1b' }\n";
         let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), None);
-        for (s, models, ver) in [(&f.servers[0], vec!["qwen3:14b", "llama3:latest"], "0.6.2"), (&f.servers[1], vec!["llama3:latest"], "0.5.10")] {
+        for (s, models, ver) in [
+            (&f.servers[0], vec!["qwen3:14b", "llama3:latest"], "0.6.2"),
+            (&f.servers[1], vec!["llama3:latest"], "0.5.10"),
+        ] {
             let tags: Vec<Value> = models.iter().map(|m| json!({"name": m, "model": m, "size": 7})).collect();
             s.set_inventory(Inventory {
                 names: models.iter().map(|m| m.to_string()).collect(),

@@ -47,15 +47,23 @@ async fn rewrites_the_model_and_leaves_the_rest_of_the_body() {
     assert!(gpu.last_header("x-request-id").is_some_and(|id| !id.is_empty()));
 
     // The OpenAI API routes by the same table.
-    let r = post(&d, "/v1/chat/completions", json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }] })).await;
+    let r =
+        post(&d, "/v1/chat/completions", json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }] }))
+            .await;
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["model"], "qwen3:14b");
     assert_eq!(answer["object"], "chat.completion");
 
     // Every model-routed endpoint forwards.
-    for (path, key) in [("/api/generate", "response"), ("/api/embed", "embeddings"), ("/api/show", "details"),
-                        ("/api/embeddings", "embedding"), ("/v1/completions", "choices"), ("/v1/embeddings", "data")] {
+    for (path, key) in [
+        ("/api/generate", "response"),
+        ("/api/embed", "embeddings"),
+        ("/api/show", "details"),
+        ("/api/embeddings", "embedding"),
+        ("/v1/completions", "choices"),
+        ("/v1/embeddings", "data"),
+    ] {
         let r = post(&d, path, json!({ "model": "chat", "prompt": "p", "input": "i", "stream": false })).await;
         assert_eq!(r.status(), 200, "{path}");
         let answer: Value = r.json().await.unwrap();
@@ -174,7 +182,9 @@ async fn large_bodies_are_resent_on_retry() {
 async fn weights_30_70_split_within_two_points_over_1000_requests() {
     let a = MockOllama::start("a", &["m:7b"]).await;
     let b = MockOllama::start("b", &["m:7b"]).await;
-    let d = Drover::start(&format!("{FAST}routes:\n{}{}", route("m", &a, "m:7b", 30, 1), route("m", &b, "m:7b", 70, 1))).await;
+    let d =
+        Drover::start(&format!("{FAST}routes:\n{}{}", route("m", &a, "m:7b", 30, 1), route("m", &b, "m:7b", 70, 1)))
+            .await;
     let c = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     let body = json!({ "model": "m", "stream": false });
@@ -390,7 +400,8 @@ async fn a_client_that_hangs_up_stops_the_upstream_request() {
     let mut stream = r.bytes_stream();
     assert!(stream.next().await.is_some());
     drop(stream);
-    let cancelled = eventually(Duration::from_secs(3), || m.state.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    let cancelled =
+        eventually(Duration::from_secs(3), || m.state.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
     assert!(cancelled, "the mock saw its reader leave");
     assert_eq!(m.state.completed.load(std::sync::atomic::Ordering::SeqCst), 0);
     let stats: Value = client().get(format!("{}/lb-stats", d.url)).send().await.unwrap().json().await.unwrap();
@@ -415,8 +426,11 @@ async fn fleet_wide_answers_merge_the_servers() {
         let url = format!("{}{path}", d.url);
         async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
     };
-    assert!(eventually(Duration::from_secs(5), || a.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3
-        && b.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3).await);
+    assert!(
+        eventually(Duration::from_secs(5), || a.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3
+            && b.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3)
+        .await
+    );
     let tags = get("/api/tags").await;
     let names: Vec<&str> = tags["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["chat", "llama3:latest", "phi4:latest", "qwen3:14b"]);

