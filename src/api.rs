@@ -34,6 +34,8 @@ pub enum Endpoint {
     LbStats,
     /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change a server's disk.
     Management,
+    /// /admin/...: drover's admin API.
+    Admin,
     NotFound(Api),
     MethodNotAllowed(Api),
 }
@@ -57,6 +59,7 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         "/status" => get(Endpoint::Status),
         "/lb-stats" => get(Endpoint::LbStats),
         "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => Endpoint::Management,
+        p if p.starts_with("/admin/") => Endpoint::Admin,
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
             get(Endpoint::Model(p["/v1/models/".len()..].to_string()))
         }
@@ -150,6 +153,7 @@ mod tests {
         assert_eq!(classify(&Method::GET, "/v1/models/qwen3:14b"), Endpoint::Model("qwen3:14b".into()));
         assert_eq!(classify(&Method::GET, "/v1/nothing"), Endpoint::NotFound(Api::OpenAi));
         assert_eq!(classify(&Method::DELETE, "/api/delete"), Endpoint::Management);
+        assert_eq!(classify(&Method::PUT, "/admin/servers/3"), Endpoint::Admin);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::fleet::{Device, Kind, ServerUrl};
 
-/// The fleet used when neither `servers:` nor `routes:` names one: a local Ollama.
+/// The fleet used when neither `servers:`, `routes:` nor the store names one: a local Ollama.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:11434";
 
 /// One configuration error: where it is and what is wrong with it.
@@ -384,15 +384,6 @@ impl Settings {
                 v.error(format!("servers[{i}].url"), format!("{:?} is listed twice", s.url.as_str()));
             }
         }
-        let mut servers = servers;
-        if servers.is_empty() && routes.is_empty() {
-            servers.push(ServerSpec {
-                url: ServerUrl::parse(DEFAULT_SERVER).expect("default server URL is valid"),
-                kind: Kind::Ollama,
-                probe_url: None,
-                max_concurrency: None,
-            });
-        }
 
         let strategy = match lb.strategy.as_deref().unwrap_or("weighted") {
             "weighted" => Strategy::Weighted,
@@ -581,40 +572,27 @@ impl Validator {
 
     fn route(&mut self, key: &str, r: RawRoute) -> Option<RouteSpec> {
         let before = self.errors.len();
-        let name_ok = |s: &str| !s.trim().is_empty() && s.chars().count() <= 100;
-        if !name_ok(&r.virtual_model_name) {
-            self.error(
-                format!("{key}.virtual_model_name"),
-                format!("{:?}: must be 1 to 100 characters", r.virtual_model_name),
-            );
-        }
-        let actual = r.actual_model_name.unwrap_or_else(|| r.virtual_model_name.clone());
-        if !name_ok(&actual) {
-            self.error(format!("{key}.actual_model_name"), format!("{actual:?}: must be 1 to 100 characters"));
-        }
-        let server_url = self.url(&format!("{key}.server_url"), &r.server_url);
-        let weight = r.weight.unwrap_or(1);
-        if weight < 1 || weight > u32::MAX as i64 {
-            self.error(format!("{key}.weight"), format!("{weight}: must be at least 1"));
-        }
-        let priority = r.priority.unwrap_or(1);
-        if priority < 1 || priority > u32::MAX as i64 {
-            self.error(format!("{key}.priority"), format!("{priority}: must be at least 1"));
-        }
-        let device = match r.device.as_deref().unwrap_or("GPU") {
-            "GPU" | "gpu" => Device::Gpu,
-            "CPU" | "cpu" => Device::Cpu,
-            other => {
-                self.error(format!("{key}.type"), format!("{other:?}: expected CPU or GPU"));
-                Device::Gpu
+        let mut check = |field: &str, result: Result<(), String>| {
+            if let Err(e) = result {
+                self.error(format!("{key}.{field}"), e);
             }
         };
+        check("virtual_model_name", rules::name(&r.virtual_model_name));
+        let actual = r.actual_model_name.unwrap_or_else(|| r.virtual_model_name.clone());
+        check("actual_model_name", rules::name(&actual));
+        let weight = r.weight.unwrap_or(1);
+        check("weight", rules::at_least_one(weight));
+        let priority = r.priority.unwrap_or(1);
+        check("priority", rules::at_least_one(priority));
+        let device = rules::device(r.device.as_deref().unwrap_or("GPU"));
+        check("type", device.clone().map(|_| ()));
         let performance = r.performance.unwrap_or(0.0);
-        if !(performance >= 0.0 && performance.is_finite()) {
-            self.error(format!("{key}.performance"), format!("{performance}: must be >= 0 (GB)"));
+        check("performance", rules::performance(performance));
+        if let Some(n) = r.max_concurrency {
+            check("max_concurrency", rules::at_least_one(n));
         }
+        let server_url = self.url(&format!("{key}.server_url"), &r.server_url);
         let probe_url = r.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
-        let max_concurrency = r.max_concurrency.map(|n| self.positive(&format!("{key}.max_concurrency"), n));
         if self.errors.len() != before {
             return None;
         }
@@ -624,14 +602,51 @@ impl Validator {
             actual_model_name: actual,
             weight: weight as u32,
             priority: priority as u32,
-            device,
+            device: device.ok()?,
             performance,
             description: r.description.unwrap_or_default(),
             is_active: r.is_active.unwrap_or(true),
             skip_resource_check: r.skip_resource_check.unwrap_or(false),
             probe_url,
-            max_concurrency,
+            max_concurrency: r.max_concurrency.map(|n| n as usize),
         })
+    }
+}
+
+/// The rules a route's fields obey, wherever the route comes from (config file or admin API).
+pub mod rules {
+    use crate::fleet::Device;
+
+    pub fn name(s: &str) -> Result<(), String> {
+        if s.trim().is_empty() || s.chars().count() > 100 {
+            Err(format!("{s:?}: must be 1 to 100 characters"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn at_least_one(n: i64) -> Result<(), String> {
+        if (1..=u32::MAX as i64).contains(&n) {
+            Ok(())
+        } else {
+            Err(format!("{n}: must be at least 1"))
+        }
+    }
+
+    pub fn device(s: &str) -> Result<Device, String> {
+        match s {
+            "GPU" | "gpu" => Ok(Device::Gpu),
+            "CPU" | "cpu" => Ok(Device::Cpu),
+            other => Err(format!("{other:?}: expected CPU or GPU")),
+        }
+    }
+
+    pub fn performance(gb: f64) -> Result<(), String> {
+        if gb >= 0.0 && gb.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("{gb}: must be >= 0 (GB)"))
+        }
     }
 }
 
@@ -649,8 +664,7 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:8083".parse().unwrap());
         assert_eq!(s.load_balancer.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(s.load_balancer.cooldown, Duration::from_secs(10));
-        assert_eq!(s.servers.len(), 1);
-        assert_eq!(s.servers[0].url.as_str(), DEFAULT_SERVER);
+        assert!(s.servers.is_empty(), "the default fleet is decided with the stored routes");
         assert_eq!(s.database_url, "sqlite://drover.db");
     }
 

@@ -16,7 +16,8 @@ use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::config::{RouteSpec, ServerSpec, Settings};
+use crate::config::{rules, RouteSpec, ServerSpec, Settings};
+use crate::store::StoredRoute;
 
 /// What API a server speaks: a full Ollama, or only the OpenAI-compatible /v1 (llama.cpp, vLLM...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,12 +317,16 @@ impl Drop for Slot {
 pub enum Origin {
     /// `routes:` in the config file: read-only for the admin API.
     Config,
+    /// A row of the `ollama_servers` table.
+    Store,
     /// A server that lists the model in /api/tags, with no route naming it.
     Discovered,
 }
 
 /// One way to serve a virtual model: a server and the name it knows the model by.
 pub struct Route {
+    /// Row id for stored routes; position in `routes:` for config routes.
+    pub id: Option<i64>,
     pub virtual_model: String,
     pub actual_model: String,
     pub server: Arc<Server>,
@@ -361,8 +366,8 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Builds the fleet from settings, reusing live state of servers in `previous`.
-    pub fn build(settings: &Settings, previous: Option<&Fleet>) -> Fleet {
+    /// Builds the fleet from settings and stored routes, reusing live state of servers in `previous`.
+    pub fn build(settings: &Settings, stored: &[StoredRoute], previous: Option<&Fleet>) -> Fleet {
         let default_limit = settings.load_balancer.max_concurrency;
         let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
         let mut servers: Vec<Arc<Server>> = Vec::new();
@@ -391,9 +396,10 @@ impl Fleet {
             add(spec.clone());
         }
         let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
-        for r in &settings.routes {
+        for (i, r) in settings.routes.iter().enumerate() {
             let server = add(server_spec_of_route(r));
             grouped.entry(r.virtual_model_name.clone()).or_default().push(Arc::new(Route {
+                id: Some(i as i64),
                 virtual_model: r.virtual_model_name.clone(),
                 actual_model: r.actual_model_name.clone(),
                 server,
@@ -407,6 +413,22 @@ impl Fleet {
                 origin: Origin::Config,
             }));
         }
+        for row in stored {
+            // Rows were validated when written through the admin API; one edited by hand in
+            // SQL may not be: skip it with a warning rather than refuse the whole table.
+            let Some((spec, make_route)) = stored_route(row) else { continue };
+            let route = make_route(add(spec));
+            grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
+        }
+        if settings.servers.is_empty() && grouped.is_empty() {
+            // Nothing names a fleet: front the local Ollama, serving what it lists.
+            add(ServerSpec {
+                url: ServerUrl::parse(crate::config::DEFAULT_SERVER).expect("default server URL is valid"),
+                kind: Kind::Ollama,
+                probe_url: None,
+                max_concurrency: None,
+            });
+        }
         let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
         Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released }
     }
@@ -419,6 +441,7 @@ impl Fleet {
             .filter(|s| s.inventory().names.contains(&wanted))
             .map(|s| {
                 Arc::new(Route {
+                    id: None,
                     virtual_model: model.to_string(),
                     actual_model: model.to_string(),
                     server: s.clone(),
@@ -450,6 +473,42 @@ impl Fleet {
         names.sort();
         names
     }
+}
+
+/// The server a stored row names, and how to make its route once that server is in the fleet.
+fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, impl FnOnce(Arc<Server>) -> Route + '_)> {
+    let invalid = |why: String| {
+        log::warn!("ollama_servers row {} ignored: {why}", row.id);
+    };
+    let url = ServerUrl::parse(&row.server_url).map_err(invalid).ok()?;
+    let probe_url = match &row.probe_url {
+        Some(p) if !p.is_empty() => Some(ServerUrl::parse(p).map_err(invalid).ok()?),
+        _ => None,
+    };
+    let device = rules::device(&row.device).map_err(|e| invalid(format!("type {e}"))).ok()?;
+    rules::at_least_one(row.weight).map_err(|e| invalid(format!("weight {e}"))).ok()?;
+    rules::at_least_one(row.priority).map_err(|e| invalid(format!("priority {e}"))).ok()?;
+    let spec = ServerSpec {
+        url,
+        kind: Kind::Ollama,
+        probe_url,
+        max_concurrency: row.max_concurrency.filter(|&n| n >= 1).map(|n| n as usize),
+    };
+    let make_route = move |server| Route {
+        id: Some(row.id),
+        virtual_model: row.virtual_model_name.clone(),
+        actual_model: row.actual_model_name.clone(),
+        server,
+        weight: row.weight as u32,
+        priority: row.priority as u32,
+        device,
+        performance: row.performance,
+        description: row.description.clone().unwrap_or_default(),
+        is_active: row.is_active,
+        skip_resource_check: row.skip_resource_check,
+        origin: Origin::Store,
+    };
+    Some((spec, make_route))
 }
 
 fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {

@@ -22,8 +22,9 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::api::{stream_error_tail, ApiError};
 use crate::body::RoutableBody;
 use crate::config::{Settings, Strategy};
-use crate::fleet::{Fleet, Route, Server, Slot};
+use crate::fleet::{Fleet, Origin, Route, Server, Slot};
 use crate::proxy::RequestCtx;
+use crate::reload::Tally;
 use crate::select::{select, Request, Selection};
 
 /// How a forwarded request ended.
@@ -61,6 +62,7 @@ impl Queue {
 
 pub struct Forwarder {
     connector: Connector,
+    tally: Arc<Tally>,
     connect_timeout: Duration,
     read_timeout: Duration,
     max_retry_count: u32,
@@ -93,12 +95,13 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 impl Forwarder {
-    pub fn new(settings: &Settings) -> Forwarder {
+    pub fn new(settings: &Settings, tally: Arc<Tally>) -> Forwarder {
         let mut options = pingora::connectors::ConnectorOptions::new(settings.http_client.keepalive_pool);
         options.keepalive_pool_size = settings.http_client.keepalive_pool;
         let lb = &settings.load_balancer;
         Forwarder {
             connector: Connector::new(Some(options)),
+            tally,
             connect_timeout: settings.http_client.connect_timeout,
             read_timeout: settings.http_client.read_timeout,
             max_retry_count: lb.max_retry_count,
@@ -332,6 +335,9 @@ impl Forwarder {
         resp.insert_header("x-request-id", ctx.request_id.as_str()).expect("request id is a valid header");
         ctx.status = status;
         ctx.ttfb = Some(ctx.started.elapsed());
+        if let (Origin::Store, Some(id)) = (route.origin, route.id) {
+            self.tally.add(id);
+        }
         if session.write_response_header(Box::new(resp), false).await.is_err() {
             return Outcome::ClientGone;
         }

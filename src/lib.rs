@@ -5,6 +5,7 @@
 //! retry, stream back). `fleet` holds the snapshot they read; `health` keeps it current;
 //! `view` answers fleet-wide calls; `proxy` is the Pingora service; `serve` starts it all.
 
+pub mod admin;
 pub mod api;
 pub mod body;
 pub mod client;
@@ -13,8 +14,10 @@ pub mod fleet;
 pub mod forward;
 pub mod health;
 pub mod proxy;
+pub mod reload;
 pub mod select;
 pub mod serve;
+pub mod store;
 pub mod view;
 
 /// A database URL fit for logs and errors: the password replaced by `***`.

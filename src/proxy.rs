@@ -13,12 +13,17 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use serde_json::Value;
 
+use crate::admin::Admin;
 use crate::api::{classify, Api, ApiError, Endpoint};
 use crate::body::{read_bounded, RoutableBody};
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::forward::{Forwarder, Outcome};
+use crate::reload::Reloader;
 use crate::view;
+
+/// Admin requests are small JSON objects.
+const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What one request did, for the log line written when it ends.
 pub struct RequestCtx {
@@ -39,6 +44,7 @@ pub struct RequestCtx {
 pub struct Drover {
     fleet: Arc<ArcSwap<Fleet>>,
     forwarder: Forwarder,
+    admin: Admin,
     max_body_bytes: usize,
     config_source: Option<String>,
     database: String,
@@ -48,11 +54,12 @@ pub struct Drover {
 }
 
 impl Drover {
-    pub fn new(settings: &Settings, fleet: Arc<ArcSwap<Fleet>>) -> Drover {
+    pub fn new(settings: Arc<Settings>, fleet: Arc<ArcSwap<Fleet>>, reloader: Arc<Reloader>) -> Drover {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Drover {
+            forwarder: Forwarder::new(&settings, reloader.tally.clone()),
+            admin: Admin { settings: settings.clone(), fleet: fleet.clone(), reloader },
             fleet,
-            forwarder: Forwarder::new(settings),
             max_body_bytes: settings.load_balancer.max_body_bytes,
             config_source: settings.source.as_ref().map(|p| p.display().to_string()),
             database: crate::redact_url(&settings.database_url),
@@ -91,7 +98,7 @@ impl Drover {
                 self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
             Endpoint::Health => {
-                let (code, body) = view::health(&fleet);
+                let (code, body) = view::health(&fleet, &self.admin.reloader.state());
                 self.json(session, ctx, code, &body).await
             }
             Endpoint::Status => {
@@ -102,6 +109,7 @@ impl Drover {
                 let body = view::lb_stats(&fleet, self.forwarder.queue_len());
                 self.json(session, ctx, 200, &body).await
             }
+            Endpoint::Admin => self.admin(session, ctx).await,
             Endpoint::Management => {
                 let e = ApiError::new(
                     403,
@@ -123,6 +131,33 @@ impl Drover {
                 self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await
             }
         }
+    }
+
+    async fn admin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let auth = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err((code, body)) = self.admin.authorize(client, auth) {
+            session.set_keepalive(None);
+            return self.json(session, ctx, code, &body).await;
+        }
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let body = if method == http::Method::POST || method == http::Method::PUT {
+            match read_bounded(session, ADMIN_BODY_LIMIT).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    session.set_keepalive(None);
+                    return self.error(session, ctx, e.into()).await;
+                }
+            }
+        } else {
+            None
+        };
+        let (code, reply) = self.admin.handle(&method, &path, body.as_deref()).await;
+        if code >= 400 {
+            ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
+        }
+        self.json(session, ctx, code, &reply).await
     }
 
     /// A model-routed call: read and parse the body, then forward it.

@@ -176,7 +176,7 @@ mod tests {
     use std::time::Duration;
 
     fn fleet(yaml: &str) -> Fleet {
-        Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), None)
+        Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], None)
     }
 
     const TWO_TIERS: &str = "routes:\n\

@@ -12,6 +12,8 @@ use crate::config::{Env, Settings};
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
 use crate::proxy::Drover;
+use crate::reload::Reloader;
+use crate::store::{Store, StoredRoute};
 
 /// Command-line switches of `drover serve`.
 pub struct ServeArgs {
@@ -67,7 +69,15 @@ pub fn run(args: ServeArgs) -> i32 {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, None)));
+    let (rows, marker) = match load_store(&settings) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("drover: {e}");
+            return 1;
+        }
+    };
+    let settings = Arc::new(settings);
+    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, None)));
     log::info!(
         "drover {} listening on {} with {} servers and {} virtual models",
         env!("CARGO_PKG_VERSION"),
@@ -75,9 +85,41 @@ pub fn run(args: ServeArgs) -> i32 {
         fleet.load().servers.len(),
         fleet.load().routes.len()
     );
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Drover::new(&settings, fleet.clone()));
+    let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), marker));
+    let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone());
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, drover);
     proxy.add_tcp(&settings.listen.to_string());
     server.add_service(proxy);
+    server.add_service(background_service("routes reload", ReloaderService(reloader)));
     server.add_service(background_service("health checks", HealthChecker::new(fleet, &settings.load_balancer)));
     server.run_forever()
+}
+
+/// Opens the store once at start: creates and migrates it, and reads the routes and marker.
+/// The connection made here is closed; the reloader opens its own on its own runtime.
+fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, i64), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let store = Store::connect(&settings.database_url, 1).await?;
+        store.migrate().await?;
+        let what = |e: String| format!("database {}: {e}", store.url);
+        let marker = store.marker().await.map_err(what)?;
+        let rows = store.list().await.map_err(what)?;
+        log::info!("database {} ({}): {} stored routes", store.url, store.backend.as_str(), rows.len());
+        store.close().await;
+        Ok((rows, marker))
+    })
+}
+
+/// Runs the reloader, shared with the proxy, as a Pingora background service.
+struct ReloaderService(Arc<Reloader>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for ReloaderService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        self.0.start(shutdown).await
+    }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fleet::{canonical_model, Fleet, Kind, Server};
+use crate::fleet::{canonical_model, Fleet, Kind, Origin, Server};
+use crate::reload::StoreState;
 
 fn healthy(fleet: &Fleet) -> impl Iterator<Item = &std::sync::Arc<Server>> {
     fleet.servers.iter().filter(|s| s.healthy())
@@ -115,33 +116,45 @@ fn server_state(s: &Server) -> Value {
     })
 }
 
-/// GET /health: ok when every server is up, degraded when some are, down when none is.
-pub fn health(fleet: &Fleet) -> (u16, Value) {
+/// GET /health: ok when every server is up and the store answers, degraded when some
+/// server is down or the store is unreachable (drover then serves its last good routes),
+/// down when no server is up.
+pub fn health(fleet: &Fleet, store: &StoreState) -> (u16, Value) {
     let up = healthy(fleet).count();
-    let status = if up == fleet.servers.len() {
-        "ok"
-    } else if up > 0 {
+    let status = if up == 0 {
+        "down"
+    } else if up < fleet.servers.len() || *store != StoreState::Ok {
         "degraded"
     } else {
-        "down"
+        "ok"
     };
     let servers: Vec<Value> = fleet.servers.iter().map(|s| server_state(s)).collect();
+    let store = match store {
+        StoreState::Ok => json!({ "state": "ok" }),
+        StoreState::Unreachable(why) => {
+            json!({ "state": "unreachable", "error": why, "serving": "last good routing table" })
+        }
+    };
     let code = if status == "down" { 503 } else { 200 };
-    (code, json!({ "status": status, "servers": servers }))
+    (code, json!({ "status": status, "servers": servers, "store": store }))
 }
 
 /// GET /status: what this drover is and runs on.
 pub fn status(fleet: &Fleet, uptime: Duration, config: Option<&str>, database: &str) -> Value {
     let routes: usize = fleet.routes.values().map(|mr| mr.routes.len()).sum();
+    let stored = fleet.routes.values().flat_map(|mr| &mr.routes).filter(|r| r.origin == Origin::Store).count();
     json!({
         "name": "drover",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime.as_secs(),
         "config_file": config,
         "database": database,
+        "database_kind": crate::store::Backend::of(database).map(|b| b.as_str()),
         "servers": fleet.servers.len(),
         "healthy_servers": healthy(fleet).count(),
         "routes": routes,
+        "stored_routes": stored,
+        "config_routes": routes - stored,
         "virtual_models": fleet.routes.len(),
     })
 }
@@ -183,7 +196,7 @@ mod tests {
         let yaml = "servers: [ 'http://a:1', 'http://b:1' ]\nroutes:\n\
             - { virtual_model_name: chat, server_url: 'http://a:1', actual_model_name: 'qwen3:14b' }\n\
             - { virtual_model_name: ghost, server_url: 'http://a:1', actual_model_name: 'none:1b' }\n";
-        let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), None);
+        let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], None);
         for (s, models, ver) in [
             (&f.servers[0], vec!["qwen3:14b", "llama3:latest"], "0.6.2"),
             (&f.servers[1], vec!["llama3:latest"], "0.5.10"),
@@ -229,11 +242,14 @@ mod tests {
     #[test]
     fn health_degrades_then_goes_down() {
         let f = fleet();
-        assert_eq!(health(&f).1["status"], "ok");
+        assert_eq!(health(&f, &StoreState::Ok).1["status"], "ok");
+        let outage = StoreState::Unreachable("connection refused".into());
+        let (_, h) = health(&f, &outage);
+        assert_eq!((h["status"].as_str(), h["store"]["state"].as_str()), (Some("degraded"), Some("unreachable")));
         f.servers[0].record_check(false, 1, 1, Some("refused"));
-        assert_eq!(health(&f).1["status"], "degraded");
+        assert_eq!(health(&f, &StoreState::Ok).1["status"], "degraded");
         f.servers[1].record_check(false, 1, 1, Some("refused"));
-        let (code, h) = health(&f);
+        let (code, h) = health(&f, &StoreState::Ok);
         assert_eq!((code, h["status"].as_str()), (503, Some("down")));
         assert_eq!(h["servers"][0]["last_error"], "refused");
     }

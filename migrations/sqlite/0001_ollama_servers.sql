@@ -1,0 +1,34 @@
+-- The routing table of the original system, plus probe_url and max_concurrency.
+CREATE TABLE IF NOT EXISTS ollama_servers (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    virtual_model_name  VARCHAR(100) NOT NULL,
+    server_url          VARCHAR(255) NOT NULL,
+    actual_model_name   VARCHAR(100) NOT NULL,
+    weight              INTEGER NOT NULL DEFAULT 1,
+    priority            INTEGER NOT NULL DEFAULT 1,
+    type                VARCHAR(3) NOT NULL DEFAULT 'GPU' CHECK (type IN ('CPU', 'GPU')),
+    performance         DOUBLE PRECISION NOT NULL DEFAULT 0,
+    description         TEXT,
+    is_active           BOOLEAN NOT NULL DEFAULT 1,
+    created_at          TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    updated_at          TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    count               BIGINT NOT NULL DEFAULT 0,
+    skip_resource_check BOOLEAN NOT NULL DEFAULT 0,
+    probe_url           VARCHAR(255),
+    max_concurrency     INTEGER
+);
+CREATE INDEX IF NOT EXISTS idx_ollama_servers_model ON ollama_servers (virtual_model_name);
+
+-- A change marker drover polls instead of reading the table: bumped by any change to
+-- routing columns, whether made through the admin API or by hand in SQL.
+CREATE TABLE IF NOT EXISTS drover_changes (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+INSERT INTO drover_changes (id, version) VALUES (1, 0);
+
+CREATE TRIGGER ollama_servers_insert AFTER INSERT ON ollama_servers
+BEGIN UPDATE drover_changes SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER ollama_servers_delete AFTER DELETE ON ollama_servers
+BEGIN UPDATE drover_changes SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER ollama_servers_update AFTER UPDATE OF
+    id, virtual_model_name, server_url, actual_model_name, weight, priority, type, performance,
+    description, is_active, skip_resource_check, probe_url, max_concurrency ON ollama_servers
+BEGIN UPDATE drover_changes SET version = version + 1 WHERE id = 1; END;

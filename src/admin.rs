@@ -1,0 +1,518 @@
+//! The admin API: routes in the store (list, add, change, remove), and why a model would go where.
+//!
+//! Bearer-token auth (admin.token); with no token configured only loopback clients are
+//! answered. Every field is checked before anything is written; a bad request is a 400
+//! naming each bad field and writes nothing. Config-file routes are listed read-only
+//! (ids `config-N`) and any change to them is a 409. A write is applied to the routing
+//! table before the answer is sent.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::Method;
+use serde_json::{json, Map, Value};
+
+use crate::config::{rules, RouteSpec, Settings, Strategy};
+use crate::fleet::{Fleet, Kind, ModelRoutes, Origin, Route, ServerUrl};
+use crate::reload::Reloader;
+use crate::select::{ineligible, Request, Skip};
+use crate::store::{RouteFields, StoredRoute};
+
+/// An admin answer: status and JSON body.
+pub type Reply = (u16, Value);
+
+fn error(status: u16, message: impl Into<String>) -> Reply {
+    (status, json!({ "error": message.into() }))
+}
+
+pub struct Admin {
+    pub settings: Arc<Settings>,
+    pub fleet: Arc<ArcSwap<Fleet>>,
+    pub reloader: Arc<Reloader>,
+}
+
+impl Admin {
+    /// Who may call: the configured bearer token, or with none configured, loopback clients.
+    pub fn authorize(&self, client: Option<IpAddr>, authorization: Option<&str>) -> Result<(), Reply> {
+        match &self.settings.admin_token {
+            Some(token) => {
+                let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+                if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(error(401, "admin API: send Authorization: Bearer <admin.token>"))
+                }
+            }
+            None if client.is_some_and(|ip| ip.is_loopback()) => Ok(()),
+            None => Err(error(
+                403,
+                "admin API answers only loopback clients when no admin.token (DROVER_ADMIN_TOKEN) is set",
+            )),
+        }
+    }
+
+    pub async fn handle(&self, method: &Method, path: &str, body: Option<&[u8]>) -> Reply {
+        let rest = path.trim_start_matches("/admin/");
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        match (method, parts.as_slice()) {
+            (&Method::GET, ["servers"]) => self.list().await,
+            (&Method::POST, ["servers"]) => self.create(body).await,
+            (&Method::GET, ["servers", id]) => self.get(id).await,
+            (&Method::PUT, ["servers", id]) => self.update(id, body).await,
+            (&Method::DELETE, ["servers", id]) => self.delete(id).await,
+            (&Method::GET, ["server-priority", "check", model]) => (200, self.check(&decode(model))),
+            (&Method::GET, ["server-priority", "overview"]) => (200, self.overview()),
+            (&Method::GET, ["resource-cache", "stats"]) => {
+                (200, json!({ "probes": [], "message": "no probes configured: resource checks are not enabled yet" }))
+            }
+            (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": 0 })),
+            _ => error(404, format!("no such admin endpoint: {method} {path}")),
+        }
+    }
+
+    async fn list(&self) -> Reply {
+        let stored = match self.reloader.store().await {
+            Ok(store) => store.list().await,
+            Err(e) => Err(e),
+        };
+        let stored = match stored {
+            Ok(rows) => rows,
+            Err(e) => return error(503, format!("store unreachable: {e}")),
+        };
+        let mut out: Vec<Value> = stored.iter().map(stored_json).collect();
+        out.extend(self.settings.routes.iter().enumerate().map(|(i, r)| config_json(i, r)));
+        (200, json!({ "servers": out }))
+    }
+
+    async fn get(&self, id: &str) -> Reply {
+        let id = match self.stored_id(id) {
+            Ok(id) => id,
+            Err(reply) if reply.0 == 409 => return self.config_route(id),
+            Err(reply) => return reply,
+        };
+        match self.reloader.store().await {
+            Err(e) => error(503, format!("store unreachable: {e}")),
+            Ok(store) => match store.get(id).await {
+                Ok(Some(row)) => (200, stored_json(&row)),
+                Ok(None) => error(404, format!("no route with id {id}")),
+                Err(e) => error(503, format!("store unreachable: {e}")),
+            },
+        }
+    }
+
+    fn config_route(&self, id: &str) -> Reply {
+        let index: Option<usize> = id.strip_prefix("config-").and_then(|n| n.parse().ok());
+        match index.and_then(|i| self.settings.routes.get(i).map(|r| (i, r))) {
+            Some((i, r)) => (200, config_json(i, r)),
+            None => error(404, format!("no route with id {id}")),
+        }
+    }
+
+    async fn create(&self, body: Option<&[u8]>) -> Reply {
+        let fields = match parse_body(body).and_then(|m| parse_fields(&m, true)) {
+            Ok(f) => f,
+            Err(reply) => return reply,
+        };
+        self.write(|store| async move { store.insert(&fields).await.map(Some) }, 201).await
+    }
+
+    async fn update(&self, id: &str, body: Option<&[u8]>) -> Reply {
+        let id = match self.stored_id(id) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
+        let fields = match parse_body(body).and_then(|m| parse_fields(&m, false)) {
+            Ok(f) => f,
+            Err(reply) => return reply,
+        };
+        if fields == RouteFields::default() {
+            return error(400, "nothing to change: send at least one field");
+        }
+        match self.write(|store| async move { store.update(id, &fields).await }, 200).await {
+            (200, Value::Null) => error(404, format!("no route with id {id}")),
+            reply => reply,
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Reply {
+        let id = match self.stored_id(id) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
+        let reply = self
+            .write(
+                |store| async move {
+                    let gone = store.get(id).await?;
+                    if gone.is_some() {
+                        store.delete(id).await?;
+                    }
+                    Ok(gone)
+                },
+                200,
+            )
+            .await;
+        match reply {
+            (200, Value::Null) => error(404, format!("no route with id {id}")),
+            (200, row) => (200, json!({ "deleted": row })),
+            other => other,
+        }
+    }
+
+    /// Runs one write, then applies it to the routing table before answering.
+    async fn write<'a, F, Fut>(&'a self, op: F, status: u16) -> Reply
+    where
+        F: FnOnce(&'a crate::store::Store) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<StoredRoute>, String>>,
+    {
+        let store = match self.reloader.store().await {
+            Ok(s) => s,
+            Err(e) => return error(503, format!("store unreachable, nothing was changed: {e}")),
+        };
+        let row = match op(store).await {
+            Ok(row) => row,
+            Err(e) => return error(503, format!("store write failed, nothing was changed: {e}")),
+        };
+        if let Err(e) = self.reloader.reload().await {
+            log::warn!("route change stored but not yet applied (next poll retries): {e}");
+        }
+        (status, row.as_ref().map_or(Value::Null, stored_json))
+    }
+
+    /// A numeric store id, or the error for a config route or a malformed id.
+    fn stored_id(&self, id: &str) -> Result<i64, Reply> {
+        if id.starts_with("config-") {
+            return Err(error(
+                409,
+                format!("route {id} comes from the config file and is read-only; edit the file instead"),
+            ));
+        }
+        id.parse().map_err(|_| error(404, format!("no route with id {id}")))
+    }
+
+    /// Which routes a request for `model` would try, in order, and why every other is skipped.
+    pub fn check(&self, model: &str) -> Value {
+        let fleet = self.fleet.load_full();
+        let (source, routes) = match fleet.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active)) {
+            Some(mr) => ("routes", mr.routes.clone()),
+            None => {
+                let found = fleet.discover(model);
+                (if found.is_empty() { "unknown" } else { "discovery" }, found)
+            }
+        };
+        let req = Request { model, native_api: false, tried: &[] };
+        let reasons: Vec<Option<Skip>> = routes.iter().map(|r| ineligible(r, &req)).collect();
+        let winning = routes
+            .iter()
+            .zip(&reasons)
+            .filter(|(r, why)| why.is_none() && !r.server.at_capacity())
+            .map(|(r, _)| r.priority)
+            .min();
+        let mut order: Vec<&Arc<Route>> = Vec::new();
+        let mut skipped = Vec::new();
+        for (r, why) in routes.iter().zip(&reasons) {
+            let reason = match why {
+                Some(skip) => Some(skip.to_string()),
+                None if r.server.at_capacity() => Some(Skip::Busy.to_string()),
+                None if Some(r.priority) != winning => Some(format!(
+                    "wrong tier: priority {} is a fallback while priority {} has routes available",
+                    r.priority,
+                    winning.unwrap_or(0)
+                )),
+                None => None,
+            };
+            match reason {
+                None => order.push(r),
+                Some(reason) => skipped.push(json!({
+                    "id": route_id(r), "server_url": r.server.url.as_str(), "actual_model_name": r.actual_model,
+                    "priority": r.priority, "reason": reason,
+                })),
+            }
+        }
+        order.sort_by_key(|r| std::cmp::Reverse(r.weight));
+        let total: u64 = order.iter().map(|r| r.weight as u64).sum();
+        let order: Vec<Value> = order
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": route_id(r), "server_url": r.server.url.as_str(), "actual_model_name": r.actual_model,
+                    "priority": r.priority, "weight": r.weight,
+                    "share_percent": percent(r.weight as u64, total),
+                    "in_flight": r.server.in_flight(), "max_concurrency": r.server.max_concurrency,
+                    "serves": if r.server.kind == Kind::OpenAi { "/v1 only" } else { "/api and /v1" },
+                })
+            })
+            .collect();
+        json!({ "model": model, "source": source, "strategy": strategy_name(self.settings.load_balancer.strategy),
+                "order": order, "skipped": skipped })
+    }
+
+    /// Per virtual model: tiers, weights, and the share of traffic each route gets now.
+    pub fn overview(&self) -> Value {
+        let fleet = self.fleet.load_full();
+        let models: Vec<Value> = fleet.routes.iter().map(|(name, mr)| model_overview(name, mr)).collect();
+        json!({ "models": models })
+    }
+}
+
+fn model_overview(name: &str, mr: &ModelRoutes) -> Value {
+    let req = Request { model: name, native_api: false, tried: &[] };
+    let usable = |r: &Arc<Route>| ineligible(r, &req).is_none();
+    let winning = mr.routes.iter().filter(|r| usable(r)).map(|r| r.priority).min();
+    let live_total: u64 =
+        mr.routes.iter().filter(|r| usable(r) && Some(r.priority) == winning).map(|r| r.weight as u64).sum();
+    let mut tiers: Vec<u32> = mr.routes.iter().map(|r| r.priority).collect();
+    tiers.sort_unstable();
+    tiers.dedup();
+    let tiers: Vec<Value> = tiers
+        .into_iter()
+        .map(|p| {
+            let in_tier: Vec<&Arc<Route>> = mr.routes.iter().filter(|r| r.priority == p && r.is_active).collect();
+            let configured: u64 = in_tier.iter().map(|r| r.weight as u64).sum();
+            let routes: Vec<Value> = mr
+                .routes
+                .iter()
+                .filter(|r| r.priority == p)
+                .map(|r| {
+                    let live = usable(r) && Some(p) == winning;
+                    json!({
+                        "id": route_id(r), "server_url": r.server.url.as_str(), "actual_model_name": r.actual_model,
+                        "weight": r.weight, "is_active": r.is_active, "healthy": r.server.healthy(),
+                        "weight_share_percent": if r.is_active { percent(r.weight as u64, configured) } else { 0.0 },
+                        "traffic_share_percent": if live { percent(r.weight as u64, live_total) } else { 0.0 },
+                    })
+                })
+                .collect();
+            json!({ "priority": p, "routes": routes })
+        })
+        .collect();
+    json!({ "virtual_model_name": name, "serving_priority": winning, "tiers": tiers })
+}
+
+fn percent(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        (part as f64 * 1000.0 / total as f64).round() / 10.0
+    }
+}
+
+fn route_id(r: &Route) -> Value {
+    match (r.origin, r.id) {
+        (Origin::Store, Some(id)) => json!(id),
+        (Origin::Config, Some(i)) => json!(format!("config-{i}")),
+        _ => Value::Null,
+    }
+}
+
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Weighted => "weighted",
+        Strategy::WarmFirst => "warm_first",
+        Strategy::LeastBusy => "least_busy",
+    }
+}
+
+fn config_json(i: usize, r: &RouteSpec) -> Value {
+    json!({
+        "id": format!("config-{i}"),
+        "virtual_model_name": r.virtual_model_name,
+        "server_url": r.server_url.as_str(),
+        "actual_model_name": r.actual_model_name,
+        "weight": r.weight,
+        "priority": r.priority,
+        "type": r.device.as_str(),
+        "performance": r.performance,
+        "description": r.description,
+        "is_active": r.is_active,
+        "skip_resource_check": r.skip_resource_check,
+        "probe_url": r.probe_url.as_ref().map(ServerUrl::as_str),
+        "max_concurrency": r.max_concurrency,
+        "count": null,
+        "source": "config",
+        "read_only": true,
+    })
+}
+
+fn stored_json(row: &StoredRoute) -> Value {
+    let mut v = serde_json::to_value(row).expect("rows serialise");
+    v["source"] = json!("store");
+    v["read_only"] = json!(false);
+    v
+}
+
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_body(body: Option<&[u8]>) -> Result<Map<String, Value>, Reply> {
+    let body = body.filter(|b| !b.is_empty()).ok_or_else(|| error(400, "a JSON object body is required"))?;
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(400, "the body must be a JSON object")),
+        Err(e) => Err(error(400, format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// Fields drover writes itself; sent back unchanged by clients that PUT what they GOT.
+const IGNORED_FIELDS: [&str; 6] = ["id", "created_at", "updated_at", "count", "source", "read_only"];
+
+/// Checks every field of an admin request; on any error, a 400 naming each bad field.
+pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteFields, Reply> {
+    let mut f = RouteFields::default();
+    let mut bad: Map<String, Value> = Map::new();
+    let mut fail = |field: &str, why: String| {
+        bad.insert(field.to_string(), json!(why));
+    };
+    for (key, v) in m {
+        let k = key.as_str();
+        match k {
+            "virtual_model_name" | "actual_model_name" => match v.as_str().map(|s| (s, rules::name(s))) {
+                Some((s, Ok(()))) => {
+                    let s = Some(s.to_string());
+                    if k == "virtual_model_name" {
+                        f.virtual_model_name = s
+                    } else {
+                        f.actual_model_name = s
+                    }
+                }
+                Some((_, Err(e))) => fail(k, e),
+                None => fail(k, format!("{v}: must be a string")),
+            },
+            "server_url" => match v.as_str().map(ServerUrl::parse) {
+                Some(Ok(u)) => f.server_url = Some(u.as_str().to_string()),
+                Some(Err(e)) => fail(k, e),
+                None => fail(k, format!("{v}: must be a string URL")),
+            },
+            "probe_url" => match v {
+                Value::Null => f.probe_url = Some(None),
+                Value::String(s) => match ServerUrl::parse(s) {
+                    Ok(u) => f.probe_url = Some(Some(u.as_str().to_string())),
+                    Err(e) => fail(k, e),
+                },
+                _ => fail(k, format!("{v}: must be a URL or null")),
+            },
+            "weight" | "priority" => match v.as_i64().map(|n| (n, rules::at_least_one(n))) {
+                Some((n, Ok(()))) => {
+                    if k == "weight" {
+                        f.weight = Some(n)
+                    } else {
+                        f.priority = Some(n)
+                    }
+                }
+                Some((_, Err(e))) => fail(k, e),
+                None => fail(k, format!("{v}: must be an integer >= 1")),
+            },
+            "max_concurrency" => match v {
+                Value::Null => f.max_concurrency = Some(None),
+                _ => match v.as_i64().map(|n| (n, rules::at_least_one(n))) {
+                    Some((n, Ok(()))) => f.max_concurrency = Some(Some(n)),
+                    Some((_, Err(e))) => fail(k, e),
+                    None => fail(k, format!("{v}: must be an integer >= 1 or null")),
+                },
+            },
+            "type" => match v.as_str().map(rules::device) {
+                Some(Ok(d)) => f.device = Some(d.as_str().to_string()),
+                Some(Err(e)) => fail(k, e),
+                None => fail(k, format!("{v}: expected \"CPU\" or \"GPU\"")),
+            },
+            "performance" => match v.as_f64().map(|n| (n, rules::performance(n))) {
+                Some((n, Ok(()))) => f.performance = Some(n),
+                Some((_, Err(e))) => fail(k, e),
+                None => fail(k, format!("{v}: must be a number of GB >= 0")),
+            },
+            "description" => match v {
+                Value::Null => f.description = Some(None),
+                Value::String(s) => f.description = Some(Some(s.clone())),
+                _ => fail(k, format!("{v}: must be a string or null")),
+            },
+            "is_active" | "skip_resource_check" => {
+                let b = match v {
+                    Value::Bool(b) => Some(*b),
+                    Value::Number(n) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => Some(n.as_i64() == Some(1)),
+                    _ => None,
+                };
+                match b {
+                    Some(b) if k == "is_active" => f.is_active = Some(b),
+                    Some(b) => f.skip_resource_check = Some(b),
+                    None => fail(k, format!("{v}: must be true or false")),
+                }
+            }
+            _ if IGNORED_FIELDS.contains(&k) => {}
+            _ => fail(k, "unknown field".into()),
+        }
+    }
+    if creating {
+        for required in ["virtual_model_name", "server_url"] {
+            if !m.contains_key(required) {
+                fail(required, "is required".into());
+            }
+        }
+        if f.actual_model_name.is_none() {
+            f.actual_model_name = f.virtual_model_name.clone();
+        }
+    }
+    if bad.is_empty() {
+        Ok(f)
+    } else {
+        let names: Vec<String> = bad.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect();
+        Err((
+            400,
+            json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": bad }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: Value, creating: bool) -> Result<RouteFields, Reply> {
+        parse_fields(v.as_object().unwrap(), creating)
+    }
+
+    #[test]
+    fn good_fields_are_normalised() {
+        let f = fields(
+            json!({ "virtual_model_name": "chat", "server_url": "http://A:11434/", "type": "cpu", "weight": 3,
+                    "is_active": 1, "id": 99, "count": 7 }),
+            true,
+        )
+        .unwrap();
+        assert_eq!(f.server_url.as_deref(), Some("http://a:11434"));
+        assert_eq!(f.actual_model_name.as_deref(), Some("chat"));
+        assert_eq!(f.device.as_deref(), Some("CPU"));
+        assert_eq!(f.is_active, Some(true));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let (status, body) = fields(
+            json!({ "server_url": "ftp://x", "weight": 0, "priority": "high", "type": "TPU", "performance": -1,
+                    "virtual_model_name": "", "colour": "red" }),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(status, 400);
+        let bad = body["fields"].as_object().unwrap();
+        for f in ["server_url", "weight", "priority", "type", "performance", "virtual_model_name", "colour"] {
+            assert!(bad.contains_key(f), "{f} not named in {body}");
+        }
+        let long = "x".repeat(101);
+        let (_, body) = fields(json!({ "virtual_model_name": long, "server_url": "http://a" }), true).unwrap_err();
+        assert!(body["fields"]["virtual_model_name"].as_str().unwrap().contains("1 to 100"));
+        let (_, body) = fields(json!({ "weight": 2 }), true).unwrap_err();
+        assert_eq!(body["fields"]["server_url"], "is required");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Hot reload from the store: poll a change marker, rebuild and swap the fleet when it moves, write counts in batches.
+//!
+//! Every db_check_interval the reloader reads one number (`drover_changes.version`, bumped
+//! by triggers on any change to a routing column, from drover or from hand-written SQL).
+//! Only when it moved is the table read and a new `Fleet` built and swapped in; requests
+//! in flight keep the snapshot they started with. If the database cannot be reached,
+//! drover keeps the last good table, reports `degraded` in /health, logs once per change
+//! of state, and recovers by itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::OnceCell;
+
+use crate::config::Settings;
+use crate::fleet::Fleet;
+use crate::store::Store;
+
+/// Requests served per stored route, not yet written to `count`.
+#[derive(Default)]
+pub struct Tally {
+    pending: Mutex<HashMap<i64, u64>>,
+}
+
+impl Tally {
+    pub fn add(&self, route_id: i64) {
+        *self.pending.lock().unwrap().entry(route_id).or_default() += 1;
+    }
+
+    fn take(&self) -> Vec<(i64, u64)> {
+        self.pending.lock().unwrap().drain().collect()
+    }
+
+    /// Puts back counts a failed write did not store.
+    fn restore(&self, counts: Vec<(i64, u64)>) {
+        let mut pending = self.pending.lock().unwrap();
+        for (id, n) in counts {
+            *pending.entry(id).or_default() += n;
+        }
+    }
+}
+
+/// What /health says about the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreState {
+    Ok,
+    Unreachable(String),
+}
+
+pub struct Reloader {
+    settings: Arc<Settings>,
+    fleet: Arc<ArcSwap<Fleet>>,
+    pub tally: Arc<Tally>,
+    store: OnceCell<Store>,
+    /// The marker of the table the current fleet was built from.
+    seen: AtomicI64,
+    state: Mutex<StoreState>,
+    /// One reload at a time, so an older table never overwrites a newer one.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// `seen` is the marker the starting fleet was built from.
+    pub fn new(settings: Arc<Settings>, fleet: Arc<ArcSwap<Fleet>>, seen: i64) -> Reloader {
+        Reloader {
+            settings,
+            fleet,
+            tally: Arc::new(Tally::default()),
+            store: OnceCell::new(),
+            seen: AtomicI64::new(seen),
+            state: Mutex::new(StoreState::Ok),
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The store, connecting on first use (and again after a failed first connection).
+    pub async fn store(&self) -> Result<&Store, String> {
+        self.store
+            .get_or_try_init(|| Store::connect(&self.settings.database_url, self.settings.database_pool_size))
+            .await
+    }
+
+    pub fn state(&self) -> StoreState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// Reads the whole table and swaps in a new fleet; returns the number of stored routes.
+    pub async fn reload(&self) -> Result<usize, String> {
+        let store = self.store().await?;
+        let _one_at_a_time = self.reloading.lock().await;
+        // The marker is read first: a change made while the table is read moves it again.
+        let marker = store.marker().await?;
+        let rows = store.list().await?;
+        let previous = self.fleet.load_full();
+        self.fleet.store(Arc::new(Fleet::build(&self.settings, &rows, Some(&previous))));
+        self.seen.store(marker, Ordering::SeqCst);
+        Ok(rows.len())
+    }
+
+    /// One poll: reload if the marker moved, then write pending counts.
+    pub async fn poll(&self) {
+        let result = self.poll_once().await;
+        self.set_state(match result {
+            Ok(()) => StoreState::Ok,
+            Err(e) => StoreState::Unreachable(e),
+        });
+    }
+
+    async fn poll_once(&self) -> Result<(), String> {
+        let store = self.store().await?;
+        let marker = store.marker().await?;
+        if marker != self.seen.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let n = self.reload().await?;
+            log::info!("routes reloaded from {}: {n} stored routes in {:?}", store.url, started.elapsed());
+        }
+        self.flush_counts(store).await
+    }
+
+    async fn flush_counts(&self, store: &Store) -> Result<(), String> {
+        let counts = self.tally.take();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = store.add_counts(&counts).await {
+            self.tally.restore(counts);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Records the store's state, logging only when it changes.
+    fn set_state(&self, new: StoreState) {
+        let mut state = self.state.lock().unwrap();
+        if *state == new {
+            return;
+        }
+        match (&*state, &new) {
+            (_, StoreState::Unreachable(why)) => log::error!(
+                "database {} unreachable, serving with the last good routes: {why}",
+                crate::redact_url(&self.settings.database_url)
+            ),
+            (StoreState::Unreachable(_), StoreState::Ok) => {
+                log::info!("database {} reachable again", crate::redact_url(&self.settings.database_url))
+            }
+            _ => {}
+        }
+        *state = new;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let interval = self.settings.load_balancer.db_check_interval;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => self.poll().await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Counts served since the last poll are not lost on a graceful stop.
+        if let Ok(store) = self.store().await {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.flush_counts(store)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_takes_and_restores() {
+        let t = Tally::default();
+        t.add(1);
+        t.add(1);
+        t.add(2);
+        let mut taken = t.take();
+        taken.sort();
+        assert_eq!(taken, [(1, 2), (2, 1)]);
+        assert!(t.take().is_empty());
+        t.restore(vec![(1, 2)]);
+        t.add(1);
+        assert_eq!(t.take(), [(1, 3)]);
+    }
+}

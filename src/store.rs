@@ -1,0 +1,452 @@
+//! The routes store: the `ollama_servers` table in SQLite, PostgreSQL or MySQL/MariaDB, through sqlx.
+//!
+//! One code path serves all three through sqlx's `Any` driver; the few places where their
+//! SQL differs (placeholders, text casts, how an insert returns its id) are in `Backend`.
+//! Migrations are embedded, one set per database, and applied on start.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Option<Backend> {
+        let scheme = url.split(':').next()?;
+        match scheme {
+            "sqlite" => Some(Backend::Sqlite),
+            "postgres" | "postgresql" => Some(Backend::Postgres),
+            "mysql" | "mariadb" => Some(Backend::MySql),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::MySql => "mysql",
+        }
+    }
+
+    /// Queries are written with `?`; PostgreSQL numbers its placeholders.
+    fn sql<'a>(self, query: &'a str) -> Cow<'a, str> {
+        if self != Backend::Postgres {
+            return Cow::Borrowed(query);
+        }
+        let mut out = String::with_capacity(query.len() + 8);
+        let mut n = 0;
+        for c in query.chars() {
+            if c == '?' {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    fn text_type(self) -> &'static str {
+        match self {
+            Backend::MySql => "CHAR",
+            _ => "TEXT",
+        }
+    }
+
+    fn migrations(self) -> &'static [(i64, &'static str, &'static str)] {
+        match self {
+            Backend::Sqlite => &[(1, "ollama_servers", include_str!("../migrations/sqlite/0001_ollama_servers.sql"))],
+            Backend::Postgres => {
+                &[(1, "ollama_servers", include_str!("../migrations/postgres/0001_ollama_servers.sql"))]
+            }
+            Backend::MySql => &[(1, "ollama_servers", include_str!("../migrations/mysql/0001_ollama_servers.sql"))],
+        }
+    }
+}
+
+/// One row of `ollama_servers`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredRoute {
+    pub id: i64,
+    pub virtual_model_name: String,
+    pub server_url: String,
+    pub actual_model_name: String,
+    pub weight: i64,
+    pub priority: i64,
+    #[serde(rename = "type")]
+    pub device: String,
+    pub performance: f64,
+    pub description: Option<String>,
+    pub is_active: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub count: i64,
+    pub skip_resource_check: bool,
+    pub probe_url: Option<String>,
+    pub max_concurrency: Option<i64>,
+}
+
+/// The writable fields of a route; `None` leaves a field as it is (or at its default on insert).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteFields {
+    pub virtual_model_name: Option<String>,
+    pub server_url: Option<String>,
+    pub actual_model_name: Option<String>,
+    pub weight: Option<i64>,
+    pub priority: Option<i64>,
+    pub device: Option<String>,
+    pub performance: Option<f64>,
+    pub description: Option<Option<String>>,
+    pub is_active: Option<bool>,
+    pub skip_resource_check: Option<bool>,
+    pub probe_url: Option<Option<String>>,
+    pub max_concurrency: Option<Option<i64>>,
+}
+
+/// A value to bind, so one dynamic UPDATE can carry any mix of columns.
+enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Float(f64),
+    Bool(bool),
+}
+
+impl RouteFields {
+    fn columns(&self) -> Vec<(&'static str, Value)> {
+        let mut cols = Vec::new();
+        let text = |v: &Option<String>| Value::Text(v.clone());
+        if let Some(v) = &self.virtual_model_name {
+            cols.push(("virtual_model_name", text(&Some(v.clone()))));
+        }
+        if let Some(v) = &self.server_url {
+            cols.push(("server_url", text(&Some(v.clone()))));
+        }
+        if let Some(v) = &self.actual_model_name {
+            cols.push(("actual_model_name", text(&Some(v.clone()))));
+        }
+        if let Some(v) = self.weight {
+            cols.push(("weight", Value::Int(Some(v))));
+        }
+        if let Some(v) = self.priority {
+            cols.push(("priority", Value::Int(Some(v))));
+        }
+        if let Some(v) = &self.device {
+            cols.push(("type", text(&Some(v.clone()))));
+        }
+        if let Some(v) = self.performance {
+            cols.push(("performance", Value::Float(v)));
+        }
+        if let Some(v) = &self.description {
+            cols.push(("description", text(v)));
+        }
+        if let Some(v) = self.is_active {
+            cols.push(("is_active", Value::Bool(v)));
+        }
+        if let Some(v) = self.skip_resource_check {
+            cols.push(("skip_resource_check", Value::Bool(v)));
+        }
+        if let Some(v) = &self.probe_url {
+            cols.push(("probe_url", text(v)));
+        }
+        if let Some(v) = self.max_concurrency {
+            cols.push(("max_concurrency", Value::Int(v)));
+        }
+        cols
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind(q: Query<'_>, v: Value) -> Query<'_> {
+    match v {
+        Value::Text(t) => q.bind(t),
+        Value::Int(i) => q.bind(i),
+        Value::Float(f) => q.bind(f),
+        Value::Bool(b) => q.bind(b),
+    }
+}
+
+pub struct Store {
+    pool: AnyPool,
+    pub backend: Backend,
+    /// The URL with its password hidden, for messages.
+    pub url: String,
+}
+
+impl Store {
+    /// Connects (creating an SQLite file when missing); errors name the URL, password hidden.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Store, String> {
+        sqlx::any::install_default_drivers();
+        let shown = crate::redact_url(url);
+        let backend = Backend::of(url).ok_or_else(|| format!("database {shown}: unsupported URL scheme"))?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => format!("{url}?mode=rwc"),
+            Backend::MySql if url.starts_with("mariadb:") => url.replacen("mariadb:", "mysql:", 1),
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(3))
+            .idle_timeout(Duration::from_secs(60))
+            .connect(&url)
+            .await
+            .map_err(|e| format!("database {shown}: cannot connect: {e}"))?;
+        Ok(Store { pool, backend, url: shown })
+    }
+
+    /// Applies the migrations not yet applied, in order.
+    pub async fn migrate(&self) -> Result<(), String> {
+        let fail = |e: sqlx::Error| format!("database {}: migration failed: {e}", self.url);
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS drover_migrations (version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(fail)?;
+        for &(version, name, sql) in self.backend.migrations() {
+            let done = sqlx::query(&self.backend.sql("SELECT COUNT(*) FROM drover_migrations WHERE version = ?"))
+                .bind(version)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(fail)?;
+            if int(&done, 0)? > 0 {
+                continue;
+            }
+            log::info!("database {}: applying migration {version} ({name})", self.url);
+            sqlx::raw_sql(sql).execute(&self.pool).await.map_err(fail)?;
+            sqlx::query(&self.backend.sql("INSERT INTO drover_migrations (version, name) VALUES (?, ?)"))
+                .bind(version)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// The change marker: a number that moves whenever a routing column changes.
+    pub async fn marker(&self) -> Result<i64, String> {
+        let row = sqlx::query("SELECT version FROM drover_changes WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        int(&row, 0)
+    }
+
+    fn select(&self) -> String {
+        let t = self.backend.text_type();
+        format!(
+            "SELECT id, virtual_model_name, server_url, actual_model_name, weight, priority, CAST(type AS {t}) AS type, \
+             performance, description, CASE WHEN is_active THEN 1 ELSE 0 END AS is_active, \
+             CAST(created_at AS {t}) AS created_at, CAST(updated_at AS {t}) AS updated_at, count, \
+             CASE WHEN skip_resource_check THEN 1 ELSE 0 END AS skip_resource_check, probe_url, max_concurrency \
+             FROM ollama_servers"
+        )
+    }
+
+    pub async fn list(&self) -> Result<Vec<StoredRoute>, String> {
+        let rows = sqlx::query(&format!("{} ORDER BY id", self.select()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        rows.iter().map(row_to_route).collect()
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<StoredRoute>, String> {
+        let sql = format!("{} WHERE id = ?", self.select());
+        let row = sqlx::query(&self.backend.sql(&sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        row.as_ref().map(row_to_route).transpose()
+    }
+
+    /// Inserts a route (fields already validated) and returns it as stored.
+    pub async fn insert(&self, fields: &RouteFields) -> Result<StoredRoute, String> {
+        let cols = fields.columns();
+        let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+        let marks = vec!["?"; cols.len()].join(", ");
+        let mut sql = format!("INSERT INTO ollama_servers ({}) VALUES ({marks})", names.join(", "));
+        // MySQL has no RETURNING; the others do, and Any does not surface SQLite's last id.
+        let returning = self.backend != Backend::MySql;
+        if returning {
+            sql.push_str(" RETURNING id");
+        }
+        let sql = self.backend.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for (_, v) in cols {
+            q = bind(q, v);
+        }
+        let id = if returning {
+            let row = q.fetch_one(&self.pool).await.map_err(|e| e.to_string())?;
+            int(&row, 0)?
+        } else {
+            let done = q.execute(&self.pool).await.map_err(|e| e.to_string())?;
+            done.last_insert_id().ok_or("the database did not return the new id")?
+        };
+        self.get(id).await?.ok_or_else(|| format!("route {id} vanished after insert"))
+    }
+
+    /// Changes the given fields of a route; None when no route has that id.
+    pub async fn update(&self, id: i64, fields: &RouteFields) -> Result<Option<StoredRoute>, String> {
+        let cols = fields.columns();
+        let mut sets: Vec<String> = cols.iter().map(|(n, _)| format!("{n} = ?")).collect();
+        sets.push("updated_at = CURRENT_TIMESTAMP".into());
+        let sql = format!("UPDATE ollama_servers SET {} WHERE id = ?", sets.join(", "));
+        let sql = self.backend.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for (_, v) in cols {
+            q = bind(q, v);
+        }
+        let done = q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
+        // MySQL counts changed rows, not matched ones: read back to tell "unchanged" from "absent".
+        if done.rows_affected() == 0 {
+            return self.get(id).await;
+        }
+        self.get(id).await
+    }
+
+    pub async fn delete(&self, id: i64) -> Result<bool, String> {
+        let done = sqlx::query(&self.backend.sql("DELETE FROM ollama_servers WHERE id = ?"))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Adds served-request counts to `count`, all in one transaction.
+    pub async fn add_counts(&self, counts: &[(i64, u64)]) -> Result<(), String> {
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        let sql = self.backend.sql("UPDATE ollama_servers SET count = count + ? WHERE id = ?");
+        for &(id, n) in counts {
+            sqlx::query(&sql).bind(n as i64).bind(id).execute(&mut *tx).await.map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// An integer column, whichever width the database gave it.
+fn int(row: &AnyRow, i: usize) -> Result<i64, String> {
+    row.try_get::<i64, _>(i)
+        .or_else(|_| row.try_get::<i32, _>(i).map(i64::from))
+        .or_else(|_| row.try_get::<i16, _>(i).map(i64::from))
+        .or_else(|_| row.try_get::<bool, _>(i).map(i64::from))
+        .map_err(|e| format!("column {i}: {e}"))
+}
+
+fn opt_int(row: &AnyRow, i: usize) -> Result<Option<i64>, String> {
+    match row.try_get::<Option<i64>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(_) => match row.try_get::<Option<i32>, _>(i) {
+            Ok(v) => Ok(v.map(i64::from)),
+            Err(e) => Err(format!("column {i}: {e}")),
+        },
+    }
+}
+
+fn text(row: &AnyRow, i: usize) -> Result<String, String> {
+    row.try_get::<String, _>(i).map_err(|e| format!("column {i}: {e}"))
+}
+
+fn opt_text(row: &AnyRow, i: usize) -> Result<Option<String>, String> {
+    row.try_get::<Option<String>, _>(i).map_err(|e| format!("column {i}: {e}"))
+}
+
+/// Timestamps differ in precision between databases; drover shows them to the second.
+fn timestamp(row: &AnyRow, i: usize) -> Result<String, String> {
+    let t = text(row, i)?;
+    Ok(t.chars().take(19).collect::<String>().replacen(' ', "T", 1))
+}
+
+fn row_to_route(row: &AnyRow) -> Result<StoredRoute, String> {
+    Ok(StoredRoute {
+        id: int(row, 0)?,
+        virtual_model_name: text(row, 1)?,
+        server_url: text(row, 2)?,
+        actual_model_name: text(row, 3)?,
+        weight: int(row, 4)?,
+        priority: int(row, 5)?,
+        device: text(row, 6)?,
+        performance: row
+            .try_get::<f64, _>(7)
+            .or_else(|_| row.try_get::<f32, _>(7).map(f64::from))
+            .or_else(|_| int(row, 7).map(|v| v as f64))
+            .map_err(|e| format!("performance: {e}"))?,
+        description: opt_text(row, 8)?,
+        is_active: int(row, 9)? != 0,
+        created_at: timestamp(row, 10)?,
+        updated_at: timestamp(row, 11)?,
+        count: int(row, 12)?,
+        skip_resource_check: int(row, 13)? != 0,
+        probe_url: opt_text(row, 14)?,
+        max_concurrency: opt_int(row, 15)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_from_urls() {
+        assert_eq!(Backend::of("sqlite://drover.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mariadb://h/db"), Some(Backend::MySql));
+        assert_eq!(Backend::of("redis://h"), None);
+    }
+
+    #[test]
+    fn postgres_numbers_placeholders() {
+        assert_eq!(Backend::Postgres.sql("a = ? AND b = ?"), "a = $1 AND b = $2");
+        assert_eq!(Backend::MySql.sql("a = ?"), "a = ?");
+    }
+
+    #[tokio::test]
+    async fn sqlite_round_trip_and_marker() {
+        let dir = std::env::temp_dir().join(format!("drover-store-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        let m0 = store.marker().await.unwrap();
+        let fields = RouteFields {
+            virtual_model_name: Some("chat".into()),
+            server_url: Some("http://a:1".into()),
+            actual_model_name: Some("qwen3:14b".into()),
+            weight: Some(30),
+            ..Default::default()
+        };
+        let r = store.insert(&fields).await.unwrap();
+        assert_eq!((r.weight, r.priority, r.device.as_str(), r.is_active), (30, 1, "GPU", true));
+        let m1 = store.marker().await.unwrap();
+        assert!(m1 > m0);
+        store.add_counts(&[(r.id, 5)]).await.unwrap();
+        assert_eq!(store.marker().await.unwrap(), m1, "counts do not look like a routing change");
+        assert_eq!(store.get(r.id).await.unwrap().unwrap().count, 5);
+        let patch = RouteFields { is_active: Some(false), ..Default::default() };
+        assert!(!store.update(r.id, &patch).await.unwrap().unwrap().is_active);
+        assert!(store.marker().await.unwrap() > m1);
+        assert!(store.update(999, &patch).await.unwrap().is_none());
+        assert!(store.delete(r.id).await.unwrap());
+        assert!(!store.delete(r.id).await.unwrap());
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
