@@ -364,8 +364,11 @@ fn text(row: &AnyRow, i: usize) -> Result<String, String> {
     row.try_get::<String, _>(i).map_err(|e| format!("column {i}: {e}"))
 }
 
+/// A nullable text column; MySQL sends TEXT columns with the BLOB wire type, so bytes are accepted too.
 fn opt_text(row: &AnyRow, i: usize) -> Result<Option<String>, String> {
-    row.try_get::<Option<String>, _>(i).map_err(|e| format!("column {i}: {e}"))
+    row.try_get::<Option<String>, _>(i)
+        .or_else(|_| row.try_get::<Option<Vec<u8>>, _>(i).map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned())))
+        .map_err(|e| format!("column {i}: {e}"))
 }
 
 /// Timestamps differ in precision between databases; drover shows them to the second.

@@ -10,6 +10,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// An HTTP client with a bounded timeout.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A config line for one route.
+pub fn route_yaml(model: &str, server_url: &str, actual: &str, weight: u32, priority: u32) -> String {
+    format!(
+        "  - {{ virtual_model_name: {model}, server_url: \"{server_url}\", actual_model_name: \"{actual}\", weight: {weight}, priority: {priority} }}\n"
+    )
+}
+
 /// A free loopback port (bound, then released for the child to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -41,12 +53,18 @@ pub struct Drover {
 impl Drover {
     /// Starts drover with `yaml` (the listen address, socket and pid paths are added) and waits until it answers.
     pub async fn start(yaml: &str) -> Drover {
+        Self::start_with_db(yaml, None).await
+    }
+
+    /// As `start`, with the routes store at `database_url` (default: an SQLite file of its own).
+    pub async fn start_with_db(yaml: &str, database_url: Option<&str>) -> Drover {
         let dir = scratch_dir("drover");
+        let database_url = database_url.map_or_else(|| format!("sqlite://{}/drover.db", dir.display()), str::to_string);
         let port = free_port();
         let config = format!(
             "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n\
              pingora:\n  upgrade_sock: \"{dir}/upgrade.sock\"\n  pid_file: \"{dir}/drover.pid\"\n  grace_period_seconds: 1\n\
-             database:\n  url: \"sqlite://{dir}/drover.db\"\n{yaml}",
+             database:\n  url: \"{database_url}\"\n{yaml}",
             dir = dir.display()
         );
         let path = dir.join("drover.yaml");
@@ -113,4 +131,97 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A TCP relay on loopback in front of a database: `stop()` makes the database unreachable
+/// for drover (connections cut, new ones refused) without touching the server itself.
+pub struct TcpRelay {
+    pub port: u16,
+    target: SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl TcpRelay {
+    pub async fn start(target: SocketAddr) -> TcpRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = TcpRelay { port, target, task: std::sync::Mutex::new(None) };
+        *relay.task.lock().unwrap() = Some(tokio::spawn(relay_loop(listener, target)));
+        relay
+    }
+
+    pub fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+
+    pub async fn restart(&self) {
+        self.stop();
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        *self.task.lock().unwrap() = Some(tokio::spawn(relay_loop(listener, self.target)));
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn relay_loop(listener: tokio::net::TcpListener, target: SocketAddr) {
+    let mut pipes = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        pipes.spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+        while pipes.try_join_next().is_some() {}
+    }
+}
+
+/// The databases to test against: SQLite always; PostgreSQL and MariaDB when
+/// DROVER_TEST_POSTGRES_URL / DROVER_TEST_MYSQL_URL name a server (scripts/databases starts
+/// them). With DROVER_REQUIRE_DATABASES=1 (CI) a missing one is a failure, not a skip.
+pub fn database_urls() -> Vec<(&'static str, String)> {
+    let mut out = vec![("sqlite", String::new())];
+    let required = std::env::var("DROVER_REQUIRE_DATABASES").is_ok_and(|v| v == "1");
+    for (name, var) in [("postgres", "DROVER_TEST_POSTGRES_URL"), ("mysql", "DROVER_TEST_MYSQL_URL")] {
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => out.push((name, url)),
+            _ if required => panic!("{var} is not set but DROVER_REQUIRE_DATABASES=1"),
+            _ => eprintln!("{var} not set: skipping {name} (run scripts/databases start)"),
+        }
+    }
+    out
+}
+
+/// A new, empty database on the server `base` names (an SQLite file for "sqlite").
+pub async fn fresh_database(kind: &str, base: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("drover_t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    if kind == "sqlite" {
+        return format!("sqlite://{}/{name}.db", scratch_dir("sqlite").display());
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(base).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+    pool.close().await;
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
+}
+
+/// Runs one SQL statement (or several, without parameters) against `url`.
+pub async fn sql(url: &str, statement: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    sqlx::raw_sql(statement).execute(&pool).await.unwrap();
+    pool.close().await;
 }
