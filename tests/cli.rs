@@ -61,3 +61,25 @@ fn test_flag_prints_every_error_with_key_and_value() {
     assert!(err.contains("cannot read config file"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn an_unreachable_database_at_start_is_named_with_its_password_hidden() {
+    let dir = std::env::temp_dir().join(format!("drover-cli-db-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("db.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: '127.0.0.1:0' }}\ndatabase: {{ url: 'postgres://drover:hunter2@127.0.0.1:1/drover' }}\n\
+             pingora: {{ upgrade_sock: '{0}/u.sock', pid_file: '{0}/p.pid' }}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = drover(&["serve", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("postgres://drover:***@127.0.0.1:1/drover"), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
