@@ -28,6 +28,7 @@ fn error(status: u16, message: impl Into<String>) -> Reply {
 
 pub struct Admin {
     pub settings: Arc<Settings>,
+    pub resources: Arc<crate::resources::ResourceCheck>,
     pub fleet: Arc<ArcSwap<Fleet>>,
     pub reloader: Arc<Reloader>,
 }
@@ -63,10 +64,8 @@ impl Admin {
             (&Method::DELETE, ["servers", id]) => self.delete(id).await,
             (&Method::GET, ["server-priority", "check", model]) => (200, self.check(&decode(model))),
             (&Method::GET, ["server-priority", "overview"]) => (200, self.overview()),
-            (&Method::GET, ["resource-cache", "stats"]) => {
-                (200, json!({ "probes": [], "message": "no probes configured: resource checks are not enabled yet" }))
-            }
-            (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": 0 })),
+            (&Method::GET, ["resource-cache", "stats"]) => (200, self.resources.stats()),
+            (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": self.resources.clear() })),
             _ => error(404, format!("no such admin endpoint: {method} {path}")),
         }
     }

@@ -6,7 +6,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde_json::Value;
 
-use crate::fleet::Server;
+use crate::fleet::{Server, ServerUrl};
 
 /// Responses larger than this are not inventories: refuse them rather than buffer them.
 const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
@@ -24,21 +24,45 @@ impl Default for Client {
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
-        match tokio::time::timeout(timeout, self.get(server, path, timeout)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("GET {path}: no answer within {timeout:?}")),
-        }
+        let get = async {
+            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+            self.get(&server.url, addr, path, timeout).await
+        };
+        tokio::time::timeout(timeout, get)
+            .await
+            .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {timeout:?}")))
     }
 
-    async fn get(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
-        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
-        let peer = server.peer(addr, timeout, timeout);
+    /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
+    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
+        let get = async {
+            let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("cannot resolve {}", url.host))?;
+            self.get(url, addr, path, timeout).await
+        };
+        tokio::time::timeout(timeout, get)
+            .await
+            .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {timeout:?}")))
+    }
+
+    async fn get(
+        &self,
+        url: &ServerUrl,
+        addr: std::net::SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
+        peer.options.connection_timeout = Some(timeout);
         let (mut up, _) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
-        let full = format!("{}{path}", server.url.base_path);
+        let full = format!("{}{path}", url.base_path);
         let mut req = RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| e.to_string())?;
-        req.insert_header(http::header::HOST, server.url.authority()).map_err(|e| e.to_string())?;
+        req.insert_header(http::header::HOST, url.authority()).map_err(|e| e.to_string())?;
         up.write_request_header(Box::new(req)).await.map_err(|e| format!("GET {path}: {e}"))?;
         up.finish_request_body().await.map_err(|e| format!("GET {path}: {e}"))?;
         up.read_response_header().await.map_err(|e| format!("GET {path}: {e}"))?;

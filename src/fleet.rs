@@ -101,7 +101,7 @@ impl ServerUrl {
 }
 
 /// What a server reported at its last refresh.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Inventory {
     /// Entries of /api/tags (or synthesised from /v1/models for openai servers).
     pub tags: Vec<Value>,
@@ -165,7 +165,7 @@ pub struct Server {
     pub kind: Kind,
     pub probe_url: Option<ServerUrl>,
     pub max_concurrency: usize,
-    pub state: ServerState,
+    pub state: Arc<ServerState>,
     /// Shared by the whole fleet: notified whenever any slot is released.
     released: Arc<Notify>,
 }
@@ -196,6 +196,17 @@ impl Server {
 
     pub fn inventory(&self) -> Arc<Inventory> {
         self.state.inventory.load_full()
+    }
+
+    /// Records that `model` is loaded here (it just answered), until the next /api/ps says otherwise.
+    pub fn mark_loaded(&self, model: &str) {
+        let name = canonical_model(model);
+        let current = self.inventory();
+        if !current.loaded_names.contains(&name) {
+            let mut updated = (*current).clone();
+            updated.loaded_names.insert(name);
+            self.set_inventory(updated);
+        }
     }
 
     pub fn set_inventory(&self, inv: Inventory) {
@@ -367,67 +378,77 @@ pub struct Fleet {
 
 impl Fleet {
     /// Builds the fleet from settings and stored routes, reusing live state of servers in `previous`.
+    ///
+    /// A server's probe_url and max_concurrency come from `servers:` or, failing that, from
+    /// the first route naming it that sets them.
     pub fn build(settings: &Settings, stored: &[StoredRoute], previous: Option<&Fleet>) -> Fleet {
-        let default_limit = settings.load_balancer.max_concurrency;
-        let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
-        let mut servers: Vec<Arc<Server>> = Vec::new();
-        let mut by_url: HashMap<String, Arc<Server>> = HashMap::new();
-        let mut add = |spec: ServerSpec| {
+        let mut specs: Vec<ServerSpec> = Vec::new();
+        let mut merge = |spec: ServerSpec| -> String {
             let key = spec.url.as_str().to_string();
-            if let Some(existing) = by_url.get(&key) {
-                return existing.clone();
+            match specs.iter_mut().find(|s| s.url == spec.url) {
+                Some(known) => {
+                    known.probe_url = known.probe_url.take().or(spec.probe_url);
+                    known.max_concurrency = known.max_concurrency.or(spec.max_concurrency);
+                }
+                None => specs.push(spec),
             }
-            let server = match previous.and_then(|p| p.by_url.get(&key)) {
-                Some(old) if old.kind == spec.kind => old.clone(),
-                _ => Arc::new(Server {
-                    url: spec.url,
-                    kind: spec.kind,
-                    probe_url: spec.probe_url,
-                    max_concurrency: spec.max_concurrency.unwrap_or(default_limit),
-                    state: ServerState::default(),
-                    released: released.clone(),
-                }),
-            };
-            servers.push(server.clone());
-            by_url.insert(key, server.clone());
-            server
+            key
         };
         for spec in &settings.servers {
-            add(spec.clone());
+            merge(spec.clone());
         }
-        let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
+        let mut drafts: Vec<(String, Draft)> = Vec::new();
         for (i, r) in settings.routes.iter().enumerate() {
-            let server = add(server_spec_of_route(r));
-            grouped.entry(r.virtual_model_name.clone()).or_default().push(Arc::new(Route {
-                id: Some(i as i64),
-                virtual_model: r.virtual_model_name.clone(),
-                actual_model: r.actual_model_name.clone(),
-                server,
-                weight: r.weight,
-                priority: r.priority,
-                device: r.device,
-                performance: r.performance,
-                description: r.description.clone(),
-                is_active: r.is_active,
-                skip_resource_check: r.skip_resource_check,
-                origin: Origin::Config,
-            }));
+            drafts.push((merge(server_spec_of_route(r)), Draft::from_config(i, r)));
         }
         for row in stored {
             // Rows were validated when written through the admin API; one edited by hand in
             // SQL may not be: skip it with a warning rather than refuse the whole table.
-            let Some((spec, make_route)) = stored_route(row) else { continue };
-            let route = make_route(add(spec));
-            grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
+            if let Some((spec, draft)) = stored_route(row) {
+                drafts.push((merge(spec), draft));
+            }
         }
-        if settings.servers.is_empty() && grouped.is_empty() {
+        if settings.servers.is_empty() && drafts.is_empty() {
             // Nothing names a fleet: front the local Ollama, serving what it lists.
-            add(ServerSpec {
+            merge(ServerSpec {
                 url: ServerUrl::parse(crate::config::DEFAULT_SERVER).expect("default server URL is valid"),
                 kind: Kind::Ollama,
                 probe_url: None,
                 max_concurrency: None,
             });
+        }
+
+        let default_limit = settings.load_balancer.max_concurrency;
+        let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
+        let mut servers: Vec<Arc<Server>> = Vec::new();
+        let mut by_url: HashMap<String, Arc<Server>> = HashMap::new();
+        for spec in specs {
+            let key = spec.url.as_str().to_string();
+            let max_concurrency = spec.max_concurrency.unwrap_or(default_limit);
+            let old = previous.and_then(|p| p.by_url.get(&key));
+            let server = match old {
+                Some(o)
+                    if o.kind == spec.kind && o.probe_url == spec.probe_url && o.max_concurrency == max_concurrency =>
+                {
+                    o.clone()
+                }
+                // Settings changed: a new server, carrying on the old one's live state.
+                _ => Arc::new(Server {
+                    url: spec.url,
+                    kind: spec.kind,
+                    probe_url: spec.probe_url,
+                    max_concurrency,
+                    state: old.map_or_else(Arc::default, |o| o.state.clone()),
+                    released: released.clone(),
+                }),
+            };
+            servers.push(server.clone());
+            by_url.insert(key, server);
+        }
+        let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
+        for (key, draft) in drafts {
+            let route = draft.into_route(by_url[&key].clone());
+            grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
         }
         let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
         Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released }
@@ -475,8 +496,58 @@ impl Fleet {
     }
 }
 
-/// The server a stored row names, and how to make its route once that server is in the fleet.
-fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, impl FnOnce(Arc<Server>) -> Route + '_)> {
+/// A route before its server exists.
+struct Draft {
+    id: i64,
+    virtual_model: String,
+    actual_model: String,
+    weight: u32,
+    priority: u32,
+    device: Device,
+    performance: f64,
+    description: String,
+    is_active: bool,
+    skip_resource_check: bool,
+    origin: Origin,
+}
+
+impl Draft {
+    fn from_config(i: usize, r: &RouteSpec) -> Draft {
+        Draft {
+            id: i as i64,
+            virtual_model: r.virtual_model_name.clone(),
+            actual_model: r.actual_model_name.clone(),
+            weight: r.weight,
+            priority: r.priority,
+            device: r.device,
+            performance: r.performance,
+            description: r.description.clone(),
+            is_active: r.is_active,
+            skip_resource_check: r.skip_resource_check,
+            origin: Origin::Config,
+        }
+    }
+
+    fn into_route(self, server: Arc<Server>) -> Route {
+        Route {
+            id: Some(self.id),
+            virtual_model: self.virtual_model,
+            actual_model: self.actual_model,
+            server,
+            weight: self.weight,
+            priority: self.priority,
+            device: self.device,
+            performance: self.performance,
+            description: self.description,
+            is_active: self.is_active,
+            skip_resource_check: self.skip_resource_check,
+            origin: self.origin,
+        }
+    }
+}
+
+/// The server a stored row names, and the route it describes.
+fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, Draft)> {
     let invalid = |why: String| {
         log::warn!("ollama_servers row {} ignored: {why}", row.id);
     };
@@ -494,11 +565,10 @@ fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, impl FnOnce(Arc<Server
         probe_url,
         max_concurrency: row.max_concurrency.filter(|&n| n >= 1).map(|n| n as usize),
     };
-    let make_route = move |server| Route {
-        id: Some(row.id),
+    let draft = Draft {
+        id: row.id,
         virtual_model: row.virtual_model_name.clone(),
         actual_model: row.actual_model_name.clone(),
-        server,
         weight: row.weight as u32,
         priority: row.priority as u32,
         device,
@@ -508,7 +578,7 @@ fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, impl FnOnce(Arc<Server
         skip_resource_check: row.skip_resource_check,
         origin: Origin::Store,
     };
-    Some((spec, make_route))
+    Some((spec, draft))
 }
 
 fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
@@ -549,7 +619,7 @@ mod tests {
             kind: Kind::Ollama,
             probe_url: None,
             max_concurrency: limit,
-            state: ServerState::default(),
+            state: Arc::default(),
             released: Arc::new(Notify::new()),
         })
     }

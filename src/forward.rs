@@ -25,6 +25,7 @@ use crate::config::{Settings, Strategy};
 use crate::fleet::{Fleet, Origin, Route, Server, Slot};
 use crate::proxy::RequestCtx;
 use crate::reload::Tally;
+use crate::resources::{Reservation, ResourceCheck};
 use crate::select::{select, Request, Selection};
 
 /// How a forwarded request ended.
@@ -63,6 +64,7 @@ impl Queue {
 pub struct Forwarder {
     connector: Connector,
     tally: Arc<Tally>,
+    pub resources: Arc<ResourceCheck>,
     connect_timeout: Duration,
     read_timeout: Duration,
     max_retry_count: u32,
@@ -102,6 +104,7 @@ impl Forwarder {
         Forwarder {
             connector: Connector::new(Some(options)),
             tally,
+            resources: ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout),
             connect_timeout: settings.http_client.connect_timeout,
             read_timeout: settings.http_client.read_timeout,
             max_retry_count: lb.max_retry_count,
@@ -134,7 +137,7 @@ impl Forwarder {
             } else {
                 None
             };
-            let (route, slot) = match next {
+            let (route, slot, _reservation) = match next {
                 Some(Ok(chosen)) => chosen,
                 Some(Err(Outcome::ClientGone)) => return Outcome::ClientGone,
                 other => {
@@ -197,15 +200,19 @@ impl Forwarder {
         fleet: &Fleet,
         req: &Request<'_>,
         retrying: bool,
-    ) -> Result<(Arc<Route>, Slot), Outcome> {
+    ) -> Result<(Arc<Route>, Slot, Option<Reservation>), Outcome> {
         let deadline = Instant::now() + self.queue.timeout;
         let mut ticket = None;
+        let admit = |r: &Route| self.resources.admit(r);
         loop {
             let released = fleet.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match select(fleet, self.strategy, req) {
-                Selection::Chosen(route, slot) => return Ok((route, slot)),
+            if let Some(mr) = fleet.routes.get(req.model) {
+                self.resources.refresh(&mr.routes).await;
+            }
+            match select(fleet, self.strategy, req, &admit) {
+                Selection::Chosen(route, slot, reservation) => return Ok((route, slot, reservation)),
                 Selection::UnknownModel => return Err(Outcome::Refused(unknown_model(fleet, req.model))),
                 Selection::Unavailable(why) => {
                     let what = if retrying { "no other server can serve" } else { "no server can serve" };
@@ -214,7 +221,7 @@ impl Forwarder {
                             .retry_after(self.cooldown.as_secs().max(1)),
                     ));
                 }
-                Selection::AllBusy => {
+                Selection::AllBusy { memory } => {
                     if ticket.is_none() {
                         ticket = Some(self.queue.enter().ok_or_else(|| {
                             Outcome::Refused(
@@ -232,16 +239,19 @@ impl Forwarder {
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        let message = match memory {
+                            Some(why) => format!(
+                                "no server had the memory to load model {:?} within {:?} (load_balancer.queue_timeout): {why}",
+                                req.model, self.queue.timeout
+                            ),
+                            None => format!(
+                                "every server for model {:?} stayed busy for {:?} (load_balancer.queue_timeout); retry later",
+                                req.model, self.queue.timeout
+                            ),
+                        };
                         return Err(Outcome::Refused(
-                            ApiError::new(
-                                503,
-                                "queue_timeout",
-                                format!(
-                                    "every server for model {:?} stayed busy for {:?} (load_balancer.queue_timeout); retry later",
-                                    req.model, self.queue.timeout
-                                ),
-                            )
-                            .retry_after(self.queue.timeout.as_secs().max(1)),
+                            ApiError::new(503, "queue_timeout", message)
+                                .retry_after(self.queue.timeout.as_secs().max(1)),
                         ));
                     }
                     // Wake on a freed slot, and now and then anyway: health and cooldowns change too.
@@ -337,6 +347,10 @@ impl Forwarder {
         ctx.ttfb = Some(ctx.started.elapsed());
         if let (Origin::Store, Some(id)) = (route.origin, route.id) {
             self.tally.add(id);
+        }
+        if status < 400 {
+            // It answered, so the model is loaded there now, whatever /api/ps said last.
+            route.server.mark_loaded(&route.actual_model);
         }
         if session.write_response_header(Box::new(resp), false).await.is_err() {
             return Outcome::ClientGone;

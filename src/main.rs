@@ -1,4 +1,4 @@
-//! The `drover` command line: `serve` runs the balancer.
+//! The `drover` command line: `serve` runs the balancer, `probe` the resource agent on each host.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,15 @@ enum Command {
         #[arg(short, long)]
         test: bool,
     },
+    /// Run the resource agent on an Ollama host: GET /resources reports free RAM and VRAM.
+    Probe {
+        /// Address to listen on
+        #[arg(long, default_value = "0.0.0.0:8005", value_name = "ADDR")]
+        listen: String,
+        /// Which memory to report
+        #[arg(long, value_enum, default_value_t = drover::probe::DeviceMode::Auto)]
+        device: drover::probe::DeviceMode,
+    },
 }
 
 fn main() {
@@ -37,6 +46,7 @@ fn main() {
         Command::Serve { config, upgrade, daemon, test } => {
             drover::serve::run(drover::serve::ServeArgs { config, upgrade, daemon, test })
         }
+        Command::Probe { listen, device } => drover::probe::run(&listen, device),
     };
     std::process::exit(code);
 }

@@ -56,9 +56,15 @@ pub struct Drover {
 impl Drover {
     pub fn new(settings: Arc<Settings>, fleet: Arc<ArcSwap<Fleet>>, reloader: Arc<Reloader>) -> Drover {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let forwarder = Forwarder::new(&settings, reloader.tally.clone());
         Drover {
-            forwarder: Forwarder::new(&settings, reloader.tally.clone()),
-            admin: Admin { settings: settings.clone(), fleet: fleet.clone(), reloader },
+            admin: Admin {
+                settings: settings.clone(),
+                resources: forwarder.resources.clone(),
+                fleet: fleet.clone(),
+                reloader,
+            },
+            forwarder,
             fleet,
             max_body_bytes: settings.load_balancer.max_body_bytes,
             config_source: settings.source.as_ref().map(|p| p.display().to_string()),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::Strategy;
 use crate::fleet::{canonical_model, Fleet, Kind, ModelRoutes, Route, Server, Slot};
+use crate::resources::Reservation;
 
 /// Why a route was not used.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +22,10 @@ pub enum Skip {
     /// An openai-kind server cannot answer Ollama's native /api calls.
     WrongApi,
     Busy,
+    /// The resource check failed: the model would not fit (the text says why).
+    NoMemory(String),
+    /// The server's probe did not answer and resources.fail_open is false.
+    ProbeUnreachable,
 }
 
 impl std::fmt::Display for Skip {
@@ -32,16 +37,19 @@ impl std::fmt::Display for Skip {
             Skip::CoolingDown(d) => write!(f, "cooling down ({}s left)", d.as_secs() + 1),
             Skip::WrongApi => write!(f, "openai-kind server cannot serve the Ollama /api"),
             Skip::Busy => write!(f, "busy (at max_concurrency)"),
+            Skip::NoMemory(why) => write!(f, "not enough memory ({why})"),
+            Skip::ProbeUnreachable => write!(f, "probe unreachable (resources.fail_open is false)"),
         }
     }
 }
 
 /// The result of one selection.
 pub enum Selection {
-    /// A route with a slot taken on its server.
-    Chosen(Arc<Route>, Slot),
-    /// Some routes are eligible but every one is at its concurrency limit: wait and retry.
-    AllBusy,
+    /// A route with a slot taken on its server, and the memory reserved for a cold load.
+    Chosen(Arc<Route>, Slot, Option<Reservation>),
+    /// Routes are eligible but each is at its concurrency limit or lacks the memory now:
+    /// wait and retry. `memory` says why, when memory is what stands in the way.
+    AllBusy { memory: Option<String> },
     /// Routes exist but none can be used; the text says why, server by server.
     Unavailable(String),
     /// No route names the model and no server lists it.
@@ -73,24 +81,57 @@ pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
     }
 }
 
-pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request) -> Selection {
-    match fleet.routes.get(req.model).filter(|mr| mr.routes.iter().any(|r| r.is_active)) {
-        Some(mr) => select_among(mr, strategy, req),
+/// Admission policy applied to a route once it has a slot (the resource check).
+pub type Admit<'a> = &'a dyn Fn(&Route) -> Result<Option<Reservation>, Skip>;
+
+/// Admits every route: no resource check.
+pub fn admit_all(_: &Route) -> Result<Option<Reservation>, Skip> {
+    Ok(None)
+}
+
+/// The routes a model has: its active rows, else (discovery) the servers that list it, rotated.
+pub fn routes_of(fleet: &Fleet, model: &str) -> Option<ModelRoutesRef> {
+    match fleet.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active)) {
+        Some(_) => Some(ModelRoutesRef::Named),
         None => {
-            let found = fleet.discover(req.model);
+            let found = fleet.discover(model);
             if found.is_empty() {
-                return Selection::UnknownModel;
+                return None;
             }
             // Discovered routes are all equal: rotate a shared counter instead of keeping weights.
             let turn = fleet.discovery_turn.fetch_add(1, Ordering::Relaxed);
             let n = found.len();
-            let rotated: Vec<Arc<Route>> = (0..n).map(|i| found[(turn + i) % n].clone()).collect();
-            select_among(&ModelRoutes::new(rotated), Strategy::Weighted, req)
+            Some(ModelRoutesRef::Discovered(ModelRoutes::new((0..n).map(|i| found[(turn + i) % n].clone()).collect())))
         }
     }
 }
 
-fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request) -> Selection {
+/// Where a model's routes come from for one request.
+pub enum ModelRoutesRef {
+    Named,
+    Discovered(ModelRoutes),
+}
+
+impl ModelRoutesRef {
+    pub fn get<'a>(&'a self, fleet: &'a Fleet, model: &str) -> &'a ModelRoutes {
+        match self {
+            ModelRoutesRef::Named => &fleet.routes[model],
+            ModelRoutesRef::Discovered(mr) => mr,
+        }
+    }
+}
+
+pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request, admit: Admit) -> Selection {
+    match routes_of(fleet, req.model) {
+        None => Selection::UnknownModel,
+        Some(found) => {
+            let strategy = if matches!(found, ModelRoutesRef::Discovered(_)) { Strategy::Weighted } else { strategy };
+            select_among(found.get(fleet, req.model), strategy, req, admit)
+        }
+    }
+}
+
+fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admit) -> Selection {
     let mut eligible: Vec<usize> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     for (i, r) in mr.routes.iter().enumerate() {
@@ -100,29 +141,42 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request) -> Selectio
             Some(why) => reasons.push(format!("{} {}", r.server.url.as_str(), why)),
         }
     }
-    if eligible.is_empty() {
-        return Selection::Unavailable(reasons.join("; "));
-    }
     let mut tiers: Vec<u32> = eligible.iter().map(|&i| mr.routes[i].priority).collect();
     tiers.sort_unstable();
     tiers.dedup();
+    let mut busy = false;
+    let mut short_of_memory: Vec<String> = Vec::new();
     for tier in tiers {
-        let mut open: Vec<usize> = eligible
-            .iter()
-            .copied()
-            .filter(|&i| mr.routes[i].priority == tier && !mr.routes[i].server.at_capacity())
-            .collect();
-        // A slot can be taken by another request between the check and the pick: drop and repick.
+        let mut open: Vec<usize> = Vec::new();
+        for &i in eligible.iter().filter(|&&i| mr.routes[i].priority == tier) {
+            if mr.routes[i].server.at_capacity() {
+                busy = true;
+            } else {
+                open.push(i);
+            }
+        }
+        // A slot can be taken by another request between the check and the pick, and the
+        // resource check can refuse the pick: drop that route and pick again.
         while !open.is_empty() {
             let i = pick(mr, strategy, &open);
-            let route = &mr.routes[i];
-            if let Some(slot) = route.server.try_acquire() {
-                return Selection::Chosen(route.clone(), slot);
-            }
             open.retain(|&j| j != i);
+            let route = &mr.routes[i];
+            let Some(slot) = route.server.try_acquire() else {
+                busy = true;
+                continue;
+            };
+            match admit(route) {
+                Ok(reservation) => return Selection::Chosen(route.clone(), slot, reservation),
+                Err(why @ Skip::NoMemory(_)) => short_of_memory.push(format!("{} {why}", route.server.url.as_str())),
+                Err(why) => reasons.push(format!("{} {why}", route.server.url.as_str())),
+            }
         }
     }
-    Selection::AllBusy
+    if busy || !short_of_memory.is_empty() {
+        let memory = (!short_of_memory.is_empty()).then(|| short_of_memory.join("; "));
+        return Selection::AllBusy { memory };
+    }
+    Selection::Unavailable(reasons.join("; "))
 }
 
 /// Picks one of `open` (indices into `mr.routes`, non-empty) by the strategy.
@@ -186,8 +240,8 @@ mod tests {
 
     fn pick_server(f: &Fleet, tried: &[Arc<Server>]) -> Option<String> {
         let req = Request { model: "m", native_api: true, tried };
-        match select(f, Strategy::Weighted, &req) {
-            Selection::Chosen(r, _slot) => Some(r.server.url.as_str().to_string()),
+        match select(f, Strategy::Weighted, &req, &admit_all) {
+            Selection::Chosen(r, _slot, _) => Some(r.server.url.as_str().to_string()),
             _ => None,
         }
     }
@@ -223,7 +277,7 @@ mod tests {
         assert_eq!(pick_server(&f, &tried).as_deref(), Some("http://c:1"));
         let tried = vec![f.servers[0].clone(), f.servers[2].clone()];
         let req = Request { model: "m", native_api: true, tried: &tried };
-        match select(&f, Strategy::Weighted, &req) {
+        match select(&f, Strategy::Weighted, &req, &admit_all) {
             Selection::Unavailable(why) => {
                 assert!(why.contains("http://a:1 already tried"), "{why}");
                 assert!(why.contains("cooling down"), "{why}");
@@ -240,18 +294,18 @@ mod tests {
              - { virtual_model_name: m, server_url: 'http://b:1', priority: 2 }\n",
         );
         let req = Request { model: "m", native_api: true, tried: &[] };
-        let Selection::Chosen(first, _s1) = select(&f, Strategy::Weighted, &req) else { panic!() };
-        let Selection::Chosen(second, _s2) = select(&f, Strategy::Weighted, &req) else { panic!() };
+        let Selection::Chosen(first, _s1, _) = select(&f, Strategy::Weighted, &req, &admit_all) else { panic!() };
+        let Selection::Chosen(second, _s2, _) = select(&f, Strategy::Weighted, &req, &admit_all) else { panic!() };
         assert_eq!(first.server.url.as_str(), "http://a:1");
         assert_eq!(second.server.url.as_str(), "http://b:1");
-        assert!(matches!(select(&f, Strategy::Weighted, &req), Selection::AllBusy));
+        assert!(matches!(select(&f, Strategy::Weighted, &req, &admit_all), Selection::AllBusy { memory: None }));
     }
 
     #[test]
     fn unknown_and_discovered_models() {
         let f = fleet("servers: [ 'http://a:1', 'http://b:1' ]\n");
         let req = Request { model: "llama3", native_api: true, tried: &[] };
-        assert!(matches!(select(&f, Strategy::Weighted, &req), Selection::UnknownModel));
+        assert!(matches!(select(&f, Strategy::Weighted, &req, &admit_all), Selection::UnknownModel));
         for s in &f.servers {
             let mut inv = crate::fleet::Inventory::default();
             inv.names.insert("llama3:latest".into());
@@ -259,7 +313,7 @@ mod tests {
         }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
-            if let Selection::Chosen(r, _) = select(&f, Strategy::Weighted, &req) {
+            if let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &req, &admit_all) {
                 assert_eq!(r.actual_model, "llama3");
                 seen.insert(r.server.url.as_str().to_string());
             }
@@ -274,9 +328,9 @@ mod tests {
              - { virtual_model_name: m, server_url: 'http://o:1' }\n",
         );
         let native = Request { model: "m", native_api: true, tried: &[] };
-        assert!(matches!(select(&f, Strategy::Weighted, &native), Selection::Unavailable(_)));
+        assert!(matches!(select(&f, Strategy::Weighted, &native, &admit_all), Selection::Unavailable(_)));
         let v1 = Request { model: "m", native_api: false, tried: &[] };
-        assert!(matches!(select(&f, Strategy::Weighted, &v1), Selection::Chosen(..)));
+        assert!(matches!(select(&f, Strategy::Weighted, &v1, &admit_all), Selection::Chosen(..)));
     }
 
     #[test]
@@ -291,7 +345,7 @@ mod tests {
         f.servers[1].set_inventory(inv);
         let req = Request { model: "m", native_api: true, tried: &[] };
         for _ in 0..10 {
-            let Selection::Chosen(r, _) = select(&f, Strategy::WarmFirst, &req) else { panic!() };
+            let Selection::Chosen(r, _, _) = select(&f, Strategy::WarmFirst, &req, &admit_all) else { panic!() };
             assert_eq!(r.server.url.as_str(), "http://b:1");
         }
     }
