@@ -136,6 +136,8 @@ pub struct ServerState {
     inventory: ArcSwap<Inventory>,
     last_error: Mutex<Option<String>>,
     resolved: Mutex<Option<SocketAddr>>,
+    /// Requests in flight per model (canonical name): a loaded model with none is idle.
+    active_models: Mutex<HashMap<String, usize>>,
     epoch: Instant,
 }
 
@@ -154,6 +156,7 @@ impl Default for ServerState {
             inventory: ArcSwap::from_pointee(Inventory::default()),
             last_error: Mutex::new(None),
             resolved: Mutex::new(None),
+            active_models: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         }
     }
@@ -260,15 +263,32 @@ impl Server {
         None
     }
 
-    /// Takes one concurrency slot if the server is under its limit.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+    /// Takes one concurrency slot for `model` if the server is under its limit.
+    pub fn try_acquire(self: &Arc<Self>, model: &str) -> Option<Slot> {
         let limit = self.max_concurrency;
         self.state
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
             .ok()?;
         self.state.requests.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { server: self.clone() })
+        let model = canonical_model(model);
+        *self.state.active_models.lock().unwrap().entry(model.clone()).or_default() += 1;
+        Some(Slot { server: self.clone(), model })
+    }
+
+    /// Bytes held by models loaded here that no request through drover is using: Ollama
+    /// evicts such models to make room for a new one. `gpu` picks VRAM (size_vram) or RAM (size).
+    pub fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
+        let active = self.state.active_models.lock().unwrap();
+        self.inventory()
+            .loaded
+            .iter()
+            .filter(|m| {
+                let name = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).map(canonical_model);
+                name.is_some_and(|n| active.get(&n).copied().unwrap_or(0) == 0)
+            })
+            .filter_map(|m| m.get(if gpu { "size_vram" } else { "size" }).and_then(Value::as_u64))
+            .sum()
     }
 
     pub fn at_capacity(&self) -> bool {
@@ -305,20 +325,36 @@ impl Server {
     }
 }
 
-/// A concurrency slot on a server, released when dropped.
+/// A concurrency slot on a server for one model, released when dropped.
 pub struct Slot {
     server: Arc<Server>,
+    model: String,
 }
 
 impl Slot {
     pub fn server(&self) -> &Arc<Server> {
         &self.server
     }
+
+    /// Gives the slot back without waking queued requests: for a slot held only for an
+    /// instant during selection, whose release frees nothing a waiter could use. (Waking
+    /// them would also wake the selecting request itself, which would spin.)
+    pub fn give_back_quietly(mut self) {
+        self.release();
+        std::mem::forget(self);
+    }
+
+    fn release(&mut self) {
+        self.server.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(n) = self.server.state.active_models.lock().unwrap().get_mut(&self.model) {
+            *n -= 1;
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.server.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.release();
         self.server.released.notify_waiters();
     }
 }
@@ -627,12 +663,29 @@ mod tests {
     #[test]
     fn slots_respect_the_limit_and_release_on_drop() {
         let s = server(2);
-        let a = s.try_acquire().unwrap();
-        let _b = s.try_acquire().unwrap();
-        assert!(s.try_acquire().is_none());
+        let a = s.try_acquire("m").unwrap();
+        let _b = s.try_acquire("m").unwrap();
+        assert!(s.try_acquire("m").is_none());
         drop(a);
-        assert!(s.try_acquire().is_some());
+        assert!(s.try_acquire("m").is_some());
         assert_eq!(s.request_count(), 3);
+    }
+
+    #[test]
+    fn idle_loaded_models_are_reclaimable() {
+        let s = server(4);
+        s.set_inventory(Inventory {
+            loaded: vec![
+                serde_json::json!({"name": "a:1b", "size": 100, "size_vram": 60}),
+                serde_json::json!({"name": "b:1b", "size": 200, "size_vram": 150}),
+            ],
+            ..Inventory::default()
+        });
+        assert_eq!(s.idle_loaded_bytes(true), 210);
+        let busy = s.try_acquire("b:1b").unwrap();
+        assert_eq!((s.idle_loaded_bytes(true), s.idle_loaded_bytes(false)), (60, 100));
+        drop(busy);
+        assert_eq!(s.idle_loaded_bytes(true), 210);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! reached the client goes to the next server, and a client that hangs up drops the
 //! upstream request at once (so Ollama stops generating).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use tokio::sync::Notify;
 
 use crate::api::{stream_error_tail, ApiError};
 use crate::body::RoutableBody;
@@ -38,26 +40,56 @@ pub enum Outcome {
     Refused(ApiError),
 }
 
-/// Requests waiting for a server with a free slot, fleet-wide.
+/// Requests waiting for a server with a free slot: bounded fleet-wide, first come first
+/// served per model (a waiter takes a slot only at the head of its model's line, and a
+/// newcomer joins the line rather than overtaking it).
 struct Queue {
+    lines: Mutex<HashMap<String, VecDeque<u64>>>,
     waiting: AtomicUsize,
+    next: AtomicU64,
     size: usize,
     timeout: Duration,
 }
 
 /// A place in the queue, left when dropped.
-struct Ticket<'a>(&'a Queue);
+struct Ticket<'a> {
+    queue: &'a Queue,
+    model: String,
+    number: u64,
+    released: Arc<Notify>,
+}
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        let mut lines = self.queue.lines.lock().unwrap();
+        if let Some(line) = lines.get_mut(&self.model) {
+            line.retain(|&n| n != self.number);
+            if line.is_empty() {
+                lines.remove(&self.model);
+            }
+        }
+        self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        // The next in line may now be at the head.
+        self.released.notify_waiters();
+    }
+}
+
+impl Ticket<'_> {
+    fn at_head(&self) -> bool {
+        self.queue.lines.lock().unwrap().get(&self.model).and_then(|l| l.front()) == Some(&self.number)
     }
 }
 
 impl Queue {
-    fn enter(&self) -> Option<Ticket<'_>> {
+    fn enter(&self, model: &str, released: &Arc<Notify>) -> Option<Ticket<'_>> {
         self.waiting.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).ok()?;
-        Some(Ticket(self))
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lines.lock().unwrap().entry(model.to_string()).or_default().push_back(number);
+        Some(Ticket { queue: self, model: model.to_string(), number, released: released.clone() })
+    }
+
+    fn has_line(&self, model: &str) -> bool {
+        self.lines.lock().unwrap().contains_key(model)
     }
 }
 
@@ -110,7 +142,13 @@ impl Forwarder {
             max_retry_count: lb.max_retry_count,
             cooldown: lb.cooldown,
             strategy: lb.strategy,
-            queue: Queue { waiting: AtomicUsize::new(0), size: lb.queue_size, timeout: lb.queue_timeout },
+            queue: Queue {
+                lines: Mutex::new(HashMap::new()),
+                waiting: AtomicUsize::new(0),
+                next: AtomicU64::new(0),
+                size: lb.queue_size,
+                timeout: lb.queue_timeout,
+            },
         }
     }
 
@@ -204,14 +242,37 @@ impl Forwarder {
         let deadline = Instant::now() + self.queue.timeout;
         let mut ticket = None;
         let admit = |r: &Route| self.resources.admit(r);
+        let queue_full = || {
+            Outcome::Refused(
+                ApiError::new(
+                    503,
+                    "queue_full",
+                    format!(
+                        "every server for model {:?} is busy and {} requests are already waiting (load_balancer.queue_size); retry later",
+                        req.model, self.queue.size
+                    ),
+                )
+                .retry_after(1),
+            )
+        };
+        if self.queue.has_line(req.model) {
+            // Others are already waiting for this model: no overtaking them.
+            ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
+        }
         loop {
             let released = fleet.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(mr) = fleet.routes.get(req.model) {
-                self.resources.refresh(&mr.routes).await;
-            }
-            match select(fleet, self.strategy, req, &admit) {
+            let my_turn = ticket.as_ref().is_none_or(|t| t.at_head());
+            let selection = if my_turn {
+                if let Some(mr) = fleet.routes.get(req.model) {
+                    self.resources.refresh(&mr.routes).await;
+                }
+                select(fleet, self.strategy, req, &admit)
+            } else {
+                Selection::AllBusy { memory: None }
+            };
+            match selection {
                 Selection::Chosen(route, slot, reservation) => return Ok((route, slot, reservation)),
                 Selection::UnknownModel => return Err(Outcome::Refused(unknown_model(fleet, req.model))),
                 Selection::Unavailable(why) => {
@@ -223,19 +284,7 @@ impl Forwarder {
                 }
                 Selection::AllBusy { memory } => {
                     if ticket.is_none() {
-                        ticket = Some(self.queue.enter().ok_or_else(|| {
-                            Outcome::Refused(
-                                ApiError::new(
-                                    503,
-                                    "queue_full",
-                                    format!(
-                                        "every server for model {:?} is busy and {} requests are already waiting (load_balancer.queue_size); retry later",
-                                        req.model, self.queue.size
-                                    ),
-                                )
-                                .retry_after(1),
-                            )
-                        })?);
+                        ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {

@@ -226,12 +226,16 @@ impl ResourceCheck {
             }
             reserved += h.bytes;
         }
-        let (free, total) = reading.free_and_total(route.device == Device::Gpu);
+        let gpu = route.device == Device::Gpu;
+        let (probed_free, total) = reading.free_and_total(gpu);
+        // Ollama unloads idle models to fit a new one: their memory counts as free.
+        let idle = route.server.idle_loaded_bytes(gpu && !reading.gpus.is_empty());
+        let free = (probed_free + idle).min(total);
         let need = (route.performance * GB) as u64;
         let which = if route.device == Device::Gpu && !reading.gpus.is_empty() { "VRAM" } else { "RAM" };
         if free < reserved + need {
             return Err(Skip::NoMemory(format!(
-                "needs {:.1} GB {which}, {:.1} GB free, {:.1} GB promised to loads in flight",
+                "needs {:.1} GB {which}, {:.1} GB free or held by idle models, {:.1} GB promised to loads in flight",
                 route.performance,
                 free as f64 / GB,
                 reserved as f64 / GB

@@ -161,7 +161,7 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admi
             let i = pick(mr, strategy, &open);
             open.retain(|&j| j != i);
             let route = &mr.routes[i];
-            let Some(slot) = route.server.try_acquire() else {
+            let Some(slot) = route.server.try_acquire(&route.actual_model) else {
                 busy = true;
                 continue;
             };
@@ -170,6 +170,7 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admi
                 Err(why @ Skip::NoMemory(_)) => short_of_memory.push(format!("{} {why}", route.server.url.as_str())),
                 Err(why) => reasons.push(format!("{} {why}", route.server.url.as_str())),
             }
+            slot.give_back_quietly();
         }
     }
     if busy || !short_of_memory.is_empty() {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mock_ollama;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

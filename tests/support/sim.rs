@@ -1,0 +1,266 @@
+//! A simulated Ollama server for scheduling tests and the scheduling benchmark.
+//!
+//! It models what matters to a balancer: a memory capacity; models of given sizes that take
+//! time to load (proportional to size); idle models unloaded after keep_alive, or earlier,
+//! least recently used first, when a new load needs the memory; a load that cannot fit
+//! (memory held by busy models) fails with a 500 as Ollama's does; OLLAMA_NUM_PARALLEL
+//! requests at once per model, the rest queue; a per-token delay. /api/ps tells the truth
+//! and GET /resources answers in `drover probe`'s format with the simulated free memory.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub const GB: u64 = 1_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub name: String,
+    pub capacity_bytes: u64,
+    /// Model name and size in bytes.
+    pub models: Vec<(String, u64)>,
+    pub load_time_per_gb: Duration,
+    pub token_delay: Duration,
+    pub num_parallel: usize,
+    pub keep_alive: Duration,
+}
+
+struct Loaded {
+    size: u64,
+    active: usize,
+    last_used: Instant,
+    /// False while loading; flips to true when the load is done.
+    ready: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+pub struct SimStats {
+    pub requests: AtomicUsize,
+    pub cold_loads: AtomicUsize,
+    pub failed_loads: AtomicUsize,
+    pub evictions: AtomicUsize,
+    /// GET /resources calls.
+    pub probes: AtomicUsize,
+    /// Largest memory ever held by loaded (or loading) models.
+    pub peak_bytes: AtomicUsize,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    loaded: Mutex<HashMap<String, Loaded>>,
+    stats: SimStats,
+}
+
+pub struct SimServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    sim: Arc<Sim>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimServer {
+    pub async fn start(cfg: SimConfig) -> SimServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sim = Arc::new(Sim { cfg, loaded: Mutex::new(HashMap::new()), stats: SimStats::default() });
+        let app = Router::new()
+            .route("/api/version", get(|| async { axum::Json(json!({ "version": "0.6.5" })) }))
+            .route("/api/tags", get(tags))
+            .route("/api/ps", get(ps))
+            .route("/resources", get(resources))
+            .route("/api/chat", post(generate))
+            .route("/api/generate", post(generate))
+            .route("/v1/chat/completions", post(generate))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(sim.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        SimServer { url: format!("http://{addr}"), addr, sim, task }
+    }
+
+    pub fn stats(&self) -> &SimStats {
+        &self.sim.stats
+    }
+
+    pub fn loaded_models(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.sim.loaded.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sim {
+    fn size_of(&self, model: &str) -> Option<u64> {
+        let wanted = if model.contains(':') { model.to_string() } else { format!("{model}:latest") };
+        self.cfg.models.iter().find(|(m, _)| *m == wanted || m == model).map(|(_, s)| *s)
+    }
+
+    /// Drops idle models whose keep_alive ran out.
+    fn expire(&self, loaded: &mut HashMap<String, Loaded>) {
+        let keep = self.cfg.keep_alive;
+        let before = loaded.len();
+        loaded.retain(|_, l| l.active > 0 || !*l.ready.borrow() || l.last_used.elapsed() < keep);
+        self.stats.evictions.fetch_add(before - loaded.len(), Ordering::Relaxed);
+    }
+
+    fn used(loaded: &HashMap<String, Loaded>) -> u64 {
+        loaded.values().map(|l| l.size).sum()
+    }
+
+    /// Makes `model` loaded and takes a request on it; Err when it cannot fit.
+    /// Returns the load time spent by this request, if it loaded the model.
+    async fn begin(&self, model: &str, size: u64) -> Result<(Arc<Semaphore>, Option<Duration>), String> {
+        let (mut ready, slots, loader) = {
+            let mut loaded = self.loaded.lock().unwrap();
+            self.expire(&mut loaded);
+            if let Some(l) = loaded.get_mut(model) {
+                l.active += 1;
+                l.last_used = Instant::now();
+                (l.ready.clone(), l.slots.clone(), None)
+            } else {
+                // Unload idle models, least recently used first, until the new one fits.
+                while Self::used(&loaded) + size > self.cfg.capacity_bytes {
+                    let victim = loaded
+                        .iter()
+                        .filter(|(_, l)| l.active == 0 && *l.ready.borrow())
+                        .min_by_key(|(_, l)| l.last_used)
+                        .map(|(m, _)| m.clone());
+                    match victim {
+                        Some(m) => {
+                            loaded.remove(&m);
+                            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            self.stats.failed_loads.fetch_add(1, Ordering::Relaxed);
+                            return Err(format!(
+                                "model requires more system memory ({:.1} GiB) than is available ({:.1} GiB)",
+                                size as f64 / GB as f64,
+                                (self.cfg.capacity_bytes - Self::used(&loaded)) as f64 / GB as f64
+                            ));
+                        }
+                    }
+                }
+                let (tx, rx) = watch::channel(false);
+                let slots = Arc::new(Semaphore::new(self.cfg.num_parallel));
+                loaded.insert(
+                    model.to_string(),
+                    Loaded { size, active: 1, last_used: Instant::now(), ready: rx.clone(), slots: slots.clone() },
+                );
+                let used = Self::used(&loaded) as usize;
+                self.stats.peak_bytes.fetch_max(used, Ordering::Relaxed);
+                self.stats.cold_loads.fetch_add(1, Ordering::Relaxed);
+                (rx, slots, Some(tx))
+            }
+        };
+        let mut load_time = None;
+        if let Some(tx) = loader {
+            let t = self.cfg.load_time_per_gb.mul_f64(size as f64 / GB as f64);
+            tokio::time::sleep(t).await;
+            let _ = tx.send(true);
+            load_time = Some(t);
+        } else {
+            let _ = ready.wait_for(|r| *r).await;
+        }
+        Ok((slots, load_time))
+    }
+
+    fn end(&self, model: &str) {
+        if let Some(l) = self.loaded.lock().unwrap().get_mut(model) {
+            l.active -= 1;
+            l.last_used = Instant::now();
+        }
+    }
+}
+
+async fn tags(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
+    let models: Vec<Value> = sim.cfg.models.iter().map(|(m, s)| json!({ "name": m, "model": m, "size": s })).collect();
+    axum::Json(json!({ "models": models }))
+}
+
+async fn ps(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
+    let mut loaded = sim.loaded.lock().unwrap();
+    sim.expire(&mut loaded);
+    let models: Vec<Value> = loaded
+        .iter()
+        .filter(|(_, l)| *l.ready.borrow())
+        .map(|(m, l)| json!({ "name": m, "model": m, "size": l.size, "size_vram": l.size }))
+        .collect();
+    axum::Json(json!({ "models": models }))
+}
+
+async fn resources(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
+    sim.stats.probes.fetch_add(1, Ordering::Relaxed);
+    let mut loaded = sim.loaded.lock().unwrap();
+    sim.expire(&mut loaded);
+    let used = Sim::used(&loaded);
+    let total = sim.cfg.capacity_bytes;
+    axum::Json(json!({
+        "device": "GPU",
+        "memory": { "total_bytes": 64 * GB, "available_bytes": 48 * GB },
+        "gpus": [{ "index": 0, "name": format!("sim-{}", sim.cfg.name), "total_bytes": total,
+                   "free_bytes": total - used.min(total), "used_bytes": used }],
+        "at": "2026-01-01T00:00:00.000Z",
+    }))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+async fn generate(State(sim): State<Arc<Sim>>, uri: Uri, body: Bytes) -> Response {
+    sim.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid JSON");
+    };
+    let model = req["model"].as_str().unwrap_or_default().to_string();
+    let Some(size) = sim.size_of(&model) else {
+        return error(StatusCode::NOT_FOUND, &format!("model \"{model}\" not found, try pulling it first"));
+    };
+    let tokens = req["options"]["num_predict"].as_u64().or(req["max_tokens"].as_u64()).unwrap_or(8) as usize;
+    let started = Instant::now();
+    let (slots, load_time) = match sim.begin(&model, size).await {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let permit = slots.acquire_owned().await.expect("semaphore stays open");
+    for _ in 0..tokens {
+        tokio::time::sleep(sim.cfg.token_delay).await;
+    }
+    drop(permit);
+    sim.end(&model);
+    let load_ns = load_time.map_or(0, |t| t.as_nanos() as u64);
+    let answer = if uri.path().starts_with("/v1/") {
+        json!({ "object": "chat.completion", "model": model,
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": "x" }, "finish_reason": "stop" }],
+                "usage": { "prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1 } })
+    } else {
+        json!({ "model": model, "done": true, "message": { "role": "assistant", "content": "x" },
+                "total_duration": started.elapsed().as_nanos() as u64, "load_duration": load_ns, "eval_count": tokens })
+    };
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+        .unwrap()
+}
