@@ -131,6 +131,7 @@ struct LbSection {
     cooldown: Option<RawDuration>,
     max_body_bytes: Option<u64>,
     strategy: Option<String>,
+    model_strategies: Option<std::collections::BTreeMap<String, String>>,
     max_concurrency: Option<i64>,
     queue_size: Option<usize>,
     queue_timeout: Option<RawDuration>,
@@ -218,6 +219,8 @@ pub struct LoadBalancing {
     pub cooldown: Duration,
     pub max_body_bytes: usize,
     pub strategy: Strategy,
+    /// Per virtual model, overriding `strategy`.
+    pub model_strategies: std::collections::HashMap<String, Strategy>,
     pub max_concurrency: usize,
     pub queue_size: usize,
     pub queue_timeout: Duration,
@@ -385,15 +388,16 @@ impl Settings {
             }
         }
 
-        let strategy = match lb.strategy.as_deref().unwrap_or("weighted") {
-            "weighted" => Strategy::Weighted,
-            "warm_first" => Strategy::WarmFirst,
-            "least_busy" => Strategy::LeastBusy,
-            other => {
-                v.error("load_balancer.strategy", format!("{other:?}: expected weighted, warm_first or least_busy"));
-                Strategy::Weighted
-            }
-        };
+        let strategy = v.strategy("load_balancer.strategy", lb.strategy.as_deref().unwrap_or("weighted"));
+        let model_strategies = lb
+            .model_strategies
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(model, s)| {
+                let parsed = v.strategy(&format!("load_balancer.model_strategies.{model}"), &s);
+                (model, parsed)
+            })
+            .collect();
         let rise = lb.rise.unwrap_or(2);
         let fall = lb.fall.unwrap_or(2);
         if rise == 0 {
@@ -416,6 +420,7 @@ impl Settings {
             cooldown: v.duration("load_balancer.cooldown", lb.cooldown, "10s"),
             max_body_bytes: max_body_bytes as usize,
             strategy,
+            model_strategies,
             max_concurrency: default_concurrency,
             queue_size: lb.queue_size.unwrap_or(1000),
             queue_timeout: v.duration("load_balancer.queue_timeout", lb.queue_timeout, "30s"),
@@ -505,6 +510,18 @@ impl Validator {
             }
         }
         out
+    }
+
+    fn strategy(&mut self, key: &str, text: &str) -> Strategy {
+        match text {
+            "weighted" => Strategy::Weighted,
+            "warm_first" => Strategy::WarmFirst,
+            "least_busy" => Strategy::LeastBusy,
+            other => {
+                self.error(key, format!("{other:?}: expected weighted, warm_first or least_busy"));
+                Strategy::Weighted
+            }
+        }
     }
 
     fn addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
@@ -726,6 +743,15 @@ mod tests {
         assert_eq!(urls, ["http://x:1", "http://y:2"]);
         assert_eq!(s.admin_token.as_deref(), Some("secret"));
         assert!(s.database_url.starts_with("postgres://"));
+    }
+
+    #[test]
+    fn strategies_per_model() {
+        let s = parse("load_balancer: { strategy: least_busy, model_strategies: { qwen3: warm_first } }\n").unwrap();
+        assert_eq!(s.load_balancer.strategy, Strategy::LeastBusy);
+        assert_eq!(s.load_balancer.model_strategies["qwen3"], Strategy::WarmFirst);
+        let err = parse("load_balancer: { model_strategies: { qwen3: fastest } }\n").unwrap_err();
+        assert_eq!(err.0[0].key, "load_balancer.model_strategies.qwen3");
     }
 
     #[test]

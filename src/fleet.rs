@@ -123,6 +123,19 @@ pub fn canonical_model(name: &str) -> String {
     }
 }
 
+#[derive(Default, Clone, Copy)]
+struct ModelUse {
+    in_flight: usize,
+    last_used: Option<Instant>,
+}
+
+/// A loaded model no request through drover is using.
+pub struct IdleModel {
+    pub name: String,
+    pub bytes: u64,
+    pub last_used: Option<Instant>,
+}
+
 /// Live state of one server, shared across snapshots.
 pub struct ServerState {
     healthy: AtomicBool,
@@ -136,8 +149,9 @@ pub struct ServerState {
     inventory: ArcSwap<Inventory>,
     last_error: Mutex<Option<String>>,
     resolved: Mutex<Option<SocketAddr>>,
-    /// Requests in flight per model (canonical name): a loaded model with none is idle.
-    active_models: Mutex<HashMap<String, usize>>,
+    /// Per model (canonical name): requests in flight and when the last one ended. A
+    /// loaded model with none in flight is idle; the longest idle is unloaded first.
+    active_models: Mutex<HashMap<String, ModelUse>>,
     epoch: Instant,
 }
 
@@ -199,6 +213,14 @@ impl Server {
 
     pub fn inventory(&self) -> Arc<Inventory> {
         self.state.inventory.load_full()
+    }
+
+    /// Replaces what is loaded here with a fresh /api/ps list, keeping the rest of the inventory.
+    pub fn set_loaded(&self, loaded: Vec<Value>) {
+        let mut updated = (*self.inventory()).clone();
+        updated.loaded_names = crate::health::names_of(&loaded);
+        updated.loaded = loaded;
+        self.set_inventory(updated);
     }
 
     /// Records that `model` is loaded here (it just answered), until the next /api/ps says otherwise.
@@ -272,23 +294,46 @@ impl Server {
             .ok()?;
         self.state.requests.fetch_add(1, Ordering::Relaxed);
         let model = canonical_model(model);
-        *self.state.active_models.lock().unwrap().entry(model.clone()).or_default() += 1;
+        self.state.active_models.lock().unwrap().entry(model.clone()).or_default().in_flight += 1;
         Some(Slot { server: self.clone(), model })
     }
 
-    /// Bytes held by models loaded here that no request through drover is using: Ollama
-    /// evicts such models to make room for a new one. `gpu` picks VRAM (size_vram) or RAM (size).
-    pub fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
+    /// Models loaded here that no request through drover is using, least recently used
+    /// first: Ollama unloads such models to make room. `gpu` picks VRAM (size_vram) or RAM (size).
+    pub fn idle_models(&self, gpu: bool) -> Vec<IdleModel> {
         let active = self.state.active_models.lock().unwrap();
-        self.inventory()
+        let mut idle: Vec<IdleModel> = self
+            .inventory()
             .loaded
             .iter()
-            .filter(|m| {
-                let name = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).map(canonical_model);
-                name.is_some_and(|n| active.get(&n).copied().unwrap_or(0) == 0)
+            .filter_map(|m| {
+                let name = canonical_model(m.get("name").or_else(|| m.get("model")).and_then(Value::as_str)?);
+                let used = active.get(&name).copied().unwrap_or_default();
+                let bytes = m.get(if gpu { "size_vram" } else { "size" }).and_then(Value::as_u64)?;
+                (used.in_flight == 0).then_some(IdleModel { name, bytes, last_used: used.last_used })
             })
-            .filter_map(|m| m.get(if gpu { "size_vram" } else { "size" }).and_then(Value::as_u64))
-            .sum()
+            .collect();
+        idle.sort_by_key(|m| m.last_used);
+        idle
+    }
+
+    /// Bytes held by idle models (see `idle_models`).
+    pub fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
+        self.idle_models(gpu).iter().map(|m| m.bytes).sum()
+    }
+
+    /// Drops models from what drover believes is loaded here: the server is about to unload
+    /// them to fit a load drover just admitted, so they are no longer warm.
+    pub fn forget_loaded(&self, models: &[String]) {
+        let mut updated = (*self.inventory()).clone();
+        updated.loaded.retain(|m| {
+            let name = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).map(canonical_model);
+            !name.is_some_and(|n| models.contains(&n))
+        });
+        for m in models {
+            updated.loaded_names.remove(m);
+        }
+        self.set_inventory(updated);
     }
 
     pub fn at_capacity(&self) -> bool {
@@ -346,8 +391,9 @@ impl Slot {
 
     fn release(&mut self) {
         self.server.state.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if let Some(n) = self.server.state.active_models.lock().unwrap().get_mut(&self.model) {
-            *n -= 1;
+        if let Some(u) = self.server.state.active_models.lock().unwrap().get_mut(&self.model) {
+            u.in_flight -= 1;
+            u.last_used = Some(Instant::now());
         }
     }
 }

@@ -91,6 +91,10 @@ impl Queue {
     fn has_line(&self, model: &str) -> bool {
         self.lines.lock().unwrap().contains_key(model)
     }
+
+    fn line_len(&self, model: &str) -> usize {
+        self.lines.lock().unwrap().get(model).map_or(0, VecDeque::len)
+    }
 }
 
 pub struct Forwarder {
@@ -102,6 +106,7 @@ pub struct Forwarder {
     max_retry_count: u32,
     cooldown: Duration,
     strategy: Strategy,
+    model_strategies: HashMap<String, Strategy>,
     queue: Queue,
 }
 
@@ -142,6 +147,7 @@ impl Forwarder {
             max_retry_count: lb.max_retry_count,
             cooldown: lb.cooldown,
             strategy: lb.strategy,
+            model_strategies: lb.model_strategies.clone(),
             queue: Queue {
                 lines: Mutex::new(HashMap::new()),
                 waiting: AtomicUsize::new(0),
@@ -170,7 +176,7 @@ impl Forwarder {
         loop {
             let can_retry = ctx.attempts <= self.max_retry_count;
             let next = if can_retry {
-                let req = Request { model: &body.model, native_api: native, tried: &tried };
+                let req = Request { model: &body.model, native_api: native, tried: &tried, waiting: 0 };
                 Some(self.acquire(session, fleet, &req, !tried.is_empty()).await)
             } else {
                 None
@@ -241,7 +247,6 @@ impl Forwarder {
     ) -> Result<(Arc<Route>, Slot, Option<Reservation>), Outcome> {
         let deadline = Instant::now() + self.queue.timeout;
         let mut ticket = None;
-        let admit = |r: &Route| self.resources.admit(r);
         let queue_full = || {
             Outcome::Refused(
                 ApiError::new(
@@ -268,7 +273,9 @@ impl Forwarder {
                 if let Some(mr) = fleet.routes.get(req.model) {
                     self.resources.refresh(&mr.routes).await;
                 }
-                select(fleet, self.strategy, req, &admit)
+                let strategy = self.model_strategies.get(req.model).copied().unwrap_or(self.strategy);
+                let req = Request { waiting: self.queue.line_len(req.model), ..*req };
+                select(fleet, strategy, &req, &self.resources)
             } else {
                 Selection::AllBusy { memory: None }
             };

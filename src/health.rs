@@ -102,11 +102,11 @@ impl BackgroundService for HealthChecker {
 }
 
 /// The `models` array of an /api/tags or /api/ps answer.
-fn models_of(answer: &Value) -> Vec<Value> {
+pub fn models_of(answer: &Value) -> Vec<Value> {
     answer.get("models").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-fn names_of(models: &[Value]) -> std::collections::HashSet<String> {
+pub fn names_of(models: &[Value]) -> std::collections::HashSet<String> {
     models
         .iter()
         .filter_map(|m| m.get("name").or_else(|| m.get("model")).and_then(Value::as_str))

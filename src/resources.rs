@@ -16,9 +16,20 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::config::Resources as Settings;
-use crate::fleet::{canonical_model, Device, Route, ServerUrl};
+use crate::fleet::{canonical_model, Device, Route, Server, ServerUrl};
 use crate::probe::Resources;
 use crate::select::Skip;
+
+/// The resource check as selection's policy.
+impl crate::select::Policy for Arc<ResourceCheck> {
+    fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip> {
+        ResourceCheck::admit(self, route)
+    }
+
+    fn warm(&self, route: &Route) -> bool {
+        self.is_warm(route)
+    }
+}
 
 /// `performance` is in GB.
 const GB: f64 = 1e9;
@@ -136,19 +147,23 @@ impl ResourceCheck {
 
     /// Brings the readings the routes need up to date, all probes at once, one probe per server.
     pub async fn refresh(&self, routes: &[Arc<Route>]) {
-        let mut wanted: Vec<Arc<Probe>> = Vec::new();
+        let mut wanted: Vec<(Arc<Probe>, Arc<Server>)> = Vec::new();
         for r in routes.iter().filter(|r| r.is_active && self.needs_reading(r)) {
             if let Some(p) = self.probe(r) {
-                if !wanted.iter().any(|w| Arc::ptr_eq(w, &p)) {
-                    wanted.push(p);
+                if !wanted.iter().any(|(w, _)| Arc::ptr_eq(w, &p)) {
+                    wanted.push((p, r.server.clone()));
                 }
             }
         }
-        futures::future::join_all(wanted.iter().map(|p| self.reading(p))).await;
+        futures::future::join_all(wanted.iter().map(|(p, server)| self.reading(p, server))).await;
     }
 
     /// A fresh enough reading of `probe`, probing at most once for all concurrent callers.
-    async fn reading(&self, probe: &Probe) -> Option<Resources> {
+    ///
+    /// The server's loaded models (/api/ps) are read again at the same moment: idle models
+    /// count as reclaimable, and a list older than the reading could count a model the
+    /// server has since unloaded twice (once in free memory, once as idle).
+    async fn reading(&self, probe: &Probe, server: &Server) -> Option<Resources> {
         if let Some(r) = self.fresh(probe) {
             return Some(r);
         }
@@ -156,7 +171,13 @@ impl ResourceCheck {
         if let Some(r) = self.fresh(probe) {
             return Some(r);
         }
-        let result = self.client.get_json_at(&probe.url, "/resources", self.probe_timeout).await;
+        let (result, ps) = futures::join!(
+            self.client.get_json_at(&probe.url, "/resources", self.probe_timeout),
+            self.client.get_json(server, "/api/ps", self.probe_timeout)
+        );
+        if let Ok(ps) = ps {
+            server.set_loaded(crate::health::models_of(&ps));
+        }
         let result = result.and_then(|v| serde_json::from_value::<Resources>(v).map_err(|e| e.to_string()));
         let mut c = probe.cached.lock().unwrap();
         c.misses += 1;
@@ -229,7 +250,8 @@ impl ResourceCheck {
         let gpu = route.device == Device::Gpu;
         let (probed_free, total) = reading.free_and_total(gpu);
         // Ollama unloads idle models to fit a new one: their memory counts as free.
-        let idle = route.server.idle_loaded_bytes(gpu && !reading.gpus.is_empty());
+        let idle_models = route.server.idle_models(gpu && !reading.gpus.is_empty());
+        let idle: u64 = idle_models.iter().map(|m| m.bytes).sum();
         let free = (probed_free + idle).min(total);
         let need = (route.performance * GB) as u64;
         let which = if route.device == Device::Gpu && !reading.gpus.is_empty() { "VRAM" } else { "RAM" };
@@ -249,9 +271,33 @@ impl ResourceCheck {
                 self.settings.memory_threshold
             )));
         }
+        // Memory beyond what is free comes from idle models, which the server unloads
+        // least recently used first: they stop being warm now, not at the next /api/ps.
+        let mut shortfall = (reserved + need).saturating_sub(probed_free);
+        let mut evicted = Vec::new();
+        for m in &idle_models {
+            if shortfall == 0 {
+                break;
+            }
+            shortfall = shortfall.saturating_sub(m.bytes);
+            evicted.push(m.name.clone());
+        }
+        if !evicted.is_empty() {
+            log::debug!("{server}: loading {model} should unload idle {evicted:?}");
+            route.server.forget_loaded(&evicted);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None });
         Ok(Some(Reservation { check: self.clone(), id }))
+    }
+
+    /// Whether `route`'s model is loaded on its server, or being loaded there by a request in flight.
+    fn is_warm(&self, route: &Route) -> bool {
+        let model = canonical_model(&route.actual_model);
+        route.server.inventory().loaded_names.contains(&model) || {
+            let server = route.server.url.as_str();
+            self.held.lock().unwrap().iter().any(|h| h.server == server && h.model == model)
+        }
     }
 
     /// GET /admin/resource-cache/stats.

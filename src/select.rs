@@ -63,6 +63,9 @@ pub struct Request<'a> {
     pub native_api: bool,
     /// Servers already tried for this request.
     pub tried: &'a [Arc<Server>],
+    /// Requests queued for this model (warm_first loads it elsewhere when its warm servers
+    /// cannot take them all).
+    pub waiting: usize,
 }
 
 /// Why `route` cannot take this request now, ignoring its concurrency limit.
@@ -81,12 +84,25 @@ pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
     }
 }
 
-/// Admission policy applied to a route once it has a slot (the resource check).
-pub type Admit<'a> = &'a dyn Fn(&Route) -> Result<Option<Reservation>, Skip>;
+/// What selection asks of the rest of drover: the resource check, and where a model is warm.
+pub trait Policy {
+    /// Admits `route` once it has a slot; a cold load gets its memory reserved.
+    fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip>;
+    /// Whether the route's model is loaded (or loading) on its server.
+    fn warm(&self, route: &Route) -> bool;
+}
 
-/// Admits every route: no resource check.
-pub fn admit_all(_: &Route) -> Result<Option<Reservation>, Skip> {
-    Ok(None)
+/// No resource check; warm means listed by the server's last /api/ps.
+pub struct NoChecks;
+
+impl Policy for NoChecks {
+    fn admit(&self, _: &Route) -> Result<Option<Reservation>, Skip> {
+        Ok(None)
+    }
+
+    fn warm(&self, route: &Route) -> bool {
+        route.server.inventory().loaded_names.contains(&canonical_model(&route.actual_model))
+    }
 }
 
 /// The routes a model has: its active rows, else (discovery) the servers that list it, rotated.
@@ -121,17 +137,17 @@ impl ModelRoutesRef {
     }
 }
 
-pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request, admit: Admit) -> Selection {
+pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
     match routes_of(fleet, req.model) {
         None => Selection::UnknownModel,
         Some(found) => {
             let strategy = if matches!(found, ModelRoutesRef::Discovered(_)) { Strategy::Weighted } else { strategy };
-            select_among(found.get(fleet, req.model), strategy, req, admit)
+            select_among(found.get(fleet, req.model), strategy, req, policy)
         }
     }
 }
 
-fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admit) -> Selection {
+fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
     let mut eligible: Vec<usize> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     for (i, r) in mr.routes.iter().enumerate() {
@@ -147,12 +163,18 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admi
     let mut busy = false;
     let mut short_of_memory: Vec<String> = Vec::new();
     for tier in tiers {
-        let mut open: Vec<usize> = Vec::new();
-        for &i in eligible.iter().filter(|&&i| mr.routes[i].priority == tier) {
-            if mr.routes[i].server.at_capacity() {
-                busy = true;
-            } else {
-                open.push(i);
+        let in_tier: Vec<usize> = eligible.iter().copied().filter(|&i| mr.routes[i].priority == tier).collect();
+        let mut open: Vec<usize> = in_tier.iter().copied().filter(|&i| !mr.routes[i].server.at_capacity()).collect();
+        busy |= open.len() < in_tier.len();
+        if strategy == Strategy::WarmFirst {
+            let warm: Vec<usize> = in_tier.iter().copied().filter(|&i| policy.warm(&mr.routes[i])).collect();
+            let warm_open: Vec<usize> = open.iter().copied().filter(|i| warm.contains(i)).collect();
+            let warm_capacity: usize = warm.iter().map(|&i| mr.routes[i].server.max_concurrency).sum();
+            if !warm_open.is_empty() {
+                open = warm_open;
+            } else if !warm.is_empty() && req.waiting < warm_capacity {
+                // Waiting for a warm server beats loading the model again elsewhere.
+                return Selection::AllBusy { memory: None };
             }
         }
         // A slot can be taken by another request between the check and the pick, and the
@@ -165,7 +187,7 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admi
                 busy = true;
                 continue;
             };
-            match admit(route) {
+            match policy.admit(route) {
                 Ok(reservation) => return Selection::Chosen(route.clone(), slot, reservation),
                 Err(why @ Skip::NoMemory(_)) => short_of_memory.push(format!("{} {why}", route.server.url.as_str())),
                 Err(why) => reasons.push(format!("{} {why}", route.server.url.as_str())),
@@ -183,7 +205,8 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, admit: Admi
 /// Picks one of `open` (indices into `mr.routes`, non-empty) by the strategy.
 fn pick(mr: &ModelRoutes, strategy: Strategy, open: &[usize]) -> usize {
     match strategy {
-        Strategy::Weighted => smooth_weighted(mr, open),
+        // warm_first has already narrowed `open` to warm routes where it could.
+        Strategy::Weighted | Strategy::WarmFirst => smooth_weighted(mr, open),
         Strategy::LeastBusy => *open
             .iter()
             .min_by(|&&a, &&b| {
@@ -194,17 +217,6 @@ fn pick(mr: &ModelRoutes, strategy: Strategy, open: &[usize]) -> usize {
                 load(a).total_cmp(&load(b))
             })
             .expect("open is not empty"),
-        Strategy::WarmFirst => {
-            let warm: Vec<usize> = open
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let r = &mr.routes[i];
-                    r.server.inventory().loaded_names.contains(&canonical_model(&r.actual_model))
-                })
-                .collect();
-            smooth_weighted(mr, if warm.is_empty() { open } else { &warm })
-        }
     }
 }
 
@@ -240,8 +252,8 @@ mod tests {
       - { virtual_model_name: m, server_url: 'http://c:1', actual_model_name: 'm:3b', weight: 1, priority: 2 }\n";
 
     fn pick_server(f: &Fleet, tried: &[Arc<Server>]) -> Option<String> {
-        let req = Request { model: "m", native_api: true, tried };
-        match select(f, Strategy::Weighted, &req, &admit_all) {
+        let req = Request { model: "m", native_api: true, tried, waiting: 0 };
+        match select(f, Strategy::Weighted, &req, &NoChecks) {
             Selection::Chosen(r, _slot, _) => Some(r.server.url.as_str().to_string()),
             _ => None,
         }
@@ -277,8 +289,8 @@ mod tests {
         let tried = vec![f.servers[0].clone()];
         assert_eq!(pick_server(&f, &tried).as_deref(), Some("http://c:1"));
         let tried = vec![f.servers[0].clone(), f.servers[2].clone()];
-        let req = Request { model: "m", native_api: true, tried: &tried };
-        match select(&f, Strategy::Weighted, &req, &admit_all) {
+        let req = Request { model: "m", native_api: true, tried: &tried, waiting: 0 };
+        match select(&f, Strategy::Weighted, &req, &NoChecks) {
             Selection::Unavailable(why) => {
                 assert!(why.contains("http://a:1 already tried"), "{why}");
                 assert!(why.contains("cooling down"), "{why}");
@@ -294,19 +306,19 @@ mod tests {
              - { virtual_model_name: m, server_url: 'http://a:1', priority: 1 }\n\
              - { virtual_model_name: m, server_url: 'http://b:1', priority: 2 }\n",
         );
-        let req = Request { model: "m", native_api: true, tried: &[] };
-        let Selection::Chosen(first, _s1, _) = select(&f, Strategy::Weighted, &req, &admit_all) else { panic!() };
-        let Selection::Chosen(second, _s2, _) = select(&f, Strategy::Weighted, &req, &admit_all) else { panic!() };
+        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0 };
+        let Selection::Chosen(first, _s1, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
+        let Selection::Chosen(second, _s2, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
         assert_eq!(first.server.url.as_str(), "http://a:1");
         assert_eq!(second.server.url.as_str(), "http://b:1");
-        assert!(matches!(select(&f, Strategy::Weighted, &req, &admit_all), Selection::AllBusy { memory: None }));
+        assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::AllBusy { memory: None }));
     }
 
     #[test]
     fn unknown_and_discovered_models() {
         let f = fleet("servers: [ 'http://a:1', 'http://b:1' ]\n");
-        let req = Request { model: "llama3", native_api: true, tried: &[] };
-        assert!(matches!(select(&f, Strategy::Weighted, &req, &admit_all), Selection::UnknownModel));
+        let req = Request { model: "llama3", native_api: true, tried: &[], waiting: 0 };
+        assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::UnknownModel));
         for s in &f.servers {
             let mut inv = crate::fleet::Inventory::default();
             inv.names.insert("llama3:latest".into());
@@ -314,7 +326,7 @@ mod tests {
         }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
-            if let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &req, &admit_all) {
+            if let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &req, &NoChecks) {
                 assert_eq!(r.actual_model, "llama3");
                 seen.insert(r.server.url.as_str().to_string());
             }
@@ -328,10 +340,10 @@ mod tests {
             "servers: [ { url: 'http://o:1', kind: openai } ]\nroutes:\n\
              - { virtual_model_name: m, server_url: 'http://o:1' }\n",
         );
-        let native = Request { model: "m", native_api: true, tried: &[] };
-        assert!(matches!(select(&f, Strategy::Weighted, &native, &admit_all), Selection::Unavailable(_)));
-        let v1 = Request { model: "m", native_api: false, tried: &[] };
-        assert!(matches!(select(&f, Strategy::Weighted, &v1, &admit_all), Selection::Chosen(..)));
+        let native = Request { model: "m", native_api: true, tried: &[], waiting: 0 };
+        assert!(matches!(select(&f, Strategy::Weighted, &native, &NoChecks), Selection::Unavailable(_)));
+        let v1 = Request { model: "m", native_api: false, tried: &[], waiting: 0 };
+        assert!(matches!(select(&f, Strategy::Weighted, &v1, &NoChecks), Selection::Chosen(..)));
     }
 
     #[test]
@@ -344,9 +356,9 @@ mod tests {
         let mut inv = crate::fleet::Inventory::default();
         inv.loaded_names.insert("m:7b".into());
         f.servers[1].set_inventory(inv);
-        let req = Request { model: "m", native_api: true, tried: &[] };
+        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0 };
         for _ in 0..10 {
-            let Selection::Chosen(r, _, _) = select(&f, Strategy::WarmFirst, &req, &admit_all) else { panic!() };
+            let Selection::Chosen(r, _, _) = select(&f, Strategy::WarmFirst, &req, &NoChecks) else { panic!() };
             assert_eq!(r.server.url.as_str(), "http://b:1");
         }
     }
