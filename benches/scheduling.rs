@@ -1,7 +1,8 @@
 //! Scheduling benchmark: drover's strategies against a plain round robin (what nginx would do)
 //! on a simulated fleet, with the same bursty, skewed workload for each.
 //!
-//! Run: `cargo bench --bench scheduling` (add `-- --quick` for a shorter run). Each
+//! Run: `cargo bench --bench scheduling` (add `-- --quick` for a shorter run; under
+//! `cargo test` it makes a small smoke run). Each
 //! contestant gets fresh simulated servers (tests/support/sim.rs) and its own drover
 //! process. Prints a Markdown table: cold loads, loads that failed for lack of memory,
 //! failed requests, p50/p95 latency and tokens/s, with ratios to round robin.
@@ -173,8 +174,15 @@ async fn run(c: &Contestant, work: &[(Duration, usize)]) -> Outcome {
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let work = if quick { workload(6, 20) } else { workload(15, 24) };
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it: a smoke run.
+    let work = if !args.iter().any(|a| a == "--bench") {
+        workload(2, 8)
+    } else if args.iter().any(|a| a == "--quick") {
+        workload(6, 20)
+    } else {
+        workload(15, 24)
+    };
     println!(
         "\nScheduling benchmark: {} servers x {} GB, {} models of 4-14 GB (54 GB in all), load 100 ms/GB, \
          10 ms/token, {} tokens/answer, OLLAMA_NUM_PARALLEL 4; {} requests in bursts, skewed popularity.\n",

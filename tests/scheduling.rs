@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::mock_ollama::MockOllama;
 use support::sim::{SimConfig, SimServer, GB};
-use support::{free_port, http, Drover, FAST};
+use support::{chat, free_port, http, Drover, FAST};
 
 fn sim(name: &str, capacity_gb: u64, models: &[(&str, u64)], load_ms_per_gb: u64) -> SimConfig {
     SimConfig {
@@ -29,18 +29,6 @@ fn probed_route(model: &str, s: &SimServer, actual: &str, gb: f64, extra: &str) 
         "  - {{ virtual_model_name: {model}, server_url: \"{0}\", probe_url: \"{0}\", actual_model_name: \"{actual}\", performance: {gb}{extra} }}\n",
         s.url
     )
-}
-
-async fn chat(d: &Drover, model: &str) -> (u16, String, Value) {
-    let r = http()
-        .post(format!("{}/api/chat", d.url))
-        .json(&json!({ "model": model, "stream": false, "options": { "num_predict": 4 } }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let server = r.headers().get("x-drover-server").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    (status, server, r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]

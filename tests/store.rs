@@ -47,15 +47,7 @@ impl Api<'_> {
     }
 
     async fn chat(&self, model: &str) -> (u16, String, Value) {
-        let r = http()
-            .post(format!("{}/api/chat", self.d.url))
-            .json(&json!({ "model": model, "stream": false }))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let server = r.headers().get("x-drover-server").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        (status, server, r.json().await.unwrap_or(Value::Null))
+        support::chat(self.d, model).await
     }
 }
 

@@ -147,12 +147,7 @@ impl MockOllama {
     /// Listens again on the same port.
     pub async fn restart(&self) {
         self.stop();
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = bind_again(self.addr).await;
         *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.state.clone())));
     }
 }
@@ -160,6 +155,16 @@ impl MockOllama {
 impl Drop for MockOllama {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Binds `addr` again once the previous listener on it is gone.
+pub async fn bind_again(addr: SocketAddr) -> TcpListener {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 

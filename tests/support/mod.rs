@@ -16,6 +16,15 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
+/// POST /api/chat (not streamed) for `model`: status, X-Drover-Server, and the JSON answer.
+pub async fn chat(d: &Drover, model: &str) -> (u16, String, serde_json::Value) {
+    let body = serde_json::json!({ "model": model, "stream": false, "options": { "num_predict": 4 } });
+    let r = http().post(format!("{}/api/chat", d.url)).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let server = r.headers().get("x-drover-server").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, server, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// A config line for one route.
 pub fn route_yaml(model: &str, server_url: &str, actual: &str, weight: u32, priority: u32) -> String {
     format!(
@@ -159,12 +168,7 @@ impl TcpRelay {
 
     pub async fn restart(&self) {
         self.stop();
-        let listener = loop {
-            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = mock_ollama::bind_again(SocketAddr::from(([127, 0, 0, 1], self.port))).await;
         *self.task.lock().unwrap() = Some(tokio::spawn(relay_loop(listener, self.target)));
     }
 }
