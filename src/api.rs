@@ -32,6 +32,7 @@ pub enum Endpoint {
     Health,
     Status,
     LbStats,
+    Metrics,
     /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change a server's disk.
     Management,
     /// /admin/...: drover's admin API.
@@ -58,6 +59,7 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         "/health" => get(Endpoint::Health),
         "/status" => get(Endpoint::Status),
         "/lb-stats" => get(Endpoint::LbStats),
+        "/metrics" => get(Endpoint::Metrics),
         "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => Endpoint::Management,
         p if p.starts_with("/admin/") => Endpoint::Admin,
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {

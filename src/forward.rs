@@ -25,10 +25,12 @@ use crate::api::{stream_error_tail, ApiError};
 use crate::body::RoutableBody;
 use crate::config::{Settings, Strategy};
 use crate::fleet::{Fleet, Origin, Route, Server, Slot};
+use crate::metrics::{self, RetryReason};
 use crate::proxy::RequestCtx;
 use crate::reload::Tally;
 use crate::resources::{Reservation, ResourceCheck};
 use crate::select::{select, Request, Selection};
+use crate::usage::UsageScan;
 
 /// How a forwarded request ended.
 pub enum Outcome {
@@ -57,6 +59,7 @@ struct Ticket<'a> {
     model: String,
     number: u64,
     released: Arc<Notify>,
+    entered: Instant,
 }
 
 impl Drop for Ticket<'_> {
@@ -69,6 +72,8 @@ impl Drop for Ticket<'_> {
             }
         }
         self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        metrics::QUEUE_LENGTH.dec();
+        metrics::QUEUE_WAIT.observe(self.entered.elapsed().as_secs_f64());
         // The next in line may now be at the head.
         self.released.notify_waiters();
     }
@@ -85,7 +90,14 @@ impl Queue {
         self.waiting.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).ok()?;
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         self.lines.lock().unwrap().entry(model.to_string()).or_default().push_back(number);
-        Some(Ticket { queue: self, model: model.to_string(), number, released: released.clone() })
+        metrics::QUEUE_LENGTH.inc();
+        Some(Ticket {
+            queue: self,
+            model: model.to_string(),
+            number,
+            released: released.clone(),
+            entered: Instant::now(),
+        })
     }
 
     fn has_line(&self, model: &str) -> bool {
@@ -115,7 +127,7 @@ enum Attempt {
     Done,
     ClientGone,
     /// Failed before any byte reached the client: try another server.
-    Failed(String),
+    Failed(RetryReason, String),
     /// The server answered 5xx; kept in case no other server can be tried.
     ServerError(Box<(HttpSession, HttpPeer)>),
 }
@@ -213,7 +225,8 @@ impl Forwarder {
             match self.attempt(session, ctx, &route, payload).await {
                 Attempt::Done => return Outcome::Answered,
                 Attempt::ClientGone => return Outcome::ClientGone,
-                Attempt::Failed(why) => {
+                Attempt::Failed(reason, why) => {
+                    metrics::RETRIES.with_label_values(&[reason.as_str()]).inc();
                     log::warn!(
                         "{} failed on {} (attempt {}): {why}",
                         ctx.request_id,
@@ -224,6 +237,7 @@ impl Forwarder {
                     last_failure = Some(format!("{}: {why}", route.server.url.as_str()));
                 }
                 Attempt::ServerError(failed) => {
+                    metrics::RETRIES.with_label_values(&[RetryReason::Status5xx.as_str()]).inc();
                     let (up, peer) = *failed;
                     let status = up.response_header().map_or(0, |h| h.status.as_u16());
                     let why = format!("answered HTTP {status}");
@@ -332,7 +346,7 @@ impl Forwarder {
         let server = &route.server;
         let addr = match server.resolve().await {
             Ok(a) => a,
-            Err(e) => return Attempt::Failed(format!("cannot resolve {}: {e}", server.url.host)),
+            Err(e) => return Attempt::Failed(RetryReason::Connect, format!("cannot resolve {}: {e}", server.url.host)),
         };
         let peer = server.peer(addr, self.connect_timeout, self.read_timeout);
         let request = upstream_request(session.req_header(), server, payload.len(), &ctx.request_id);
@@ -342,7 +356,7 @@ impl Forwarder {
         loop {
             let (mut up, reused) = match self.connector.get_http_session(&peer).await {
                 Ok(s) => s,
-                Err(e) => return Attempt::Failed(format!("connect: {e}")),
+                Err(e) => return Attempt::Failed(RetryReason::Connect, format!("connect: {e}")),
             };
             let reused = reused && !fresh_only;
             // Pingora's client sessions do not take these from the peer options.
@@ -355,7 +369,7 @@ impl Forwarder {
                     fresh_only = true;
                     continue;
                 }
-                Err(e) => return Attempt::Failed(format!("sending request: {e}")),
+                Err(e) => return Attempt::Failed(RetryReason::Send, format!("sending request: {e}")),
                 Ok(()) => tokio::select! {
                     r = read_final_header(&mut up) => r,
                     _ = client_gone(session) => return Attempt::ClientGone,
@@ -367,7 +381,13 @@ impl Forwarder {
                     fresh_only = true;
                     continue;
                 }
-                Err(e) => return Attempt::Failed(format!("waiting for the response: {e}")),
+                Err(e) => {
+                    let reason = match e.etype() {
+                        pingora::ErrorType::ReadTimedout => RetryReason::Timeout,
+                        _ => RetryReason::Response,
+                    };
+                    return Attempt::Failed(reason, format!("waiting for the response: {e}"));
+                }
                 Ok(status) if status >= 500 => return Attempt::ServerError(Box::new((up, peer))),
                 Ok(_) => return self.relay(session, ctx, route, Box::new(up), peer).await.into(),
             }
@@ -412,6 +432,7 @@ impl Forwarder {
             return Outcome::ClientGone;
         }
         let mut ends_line = true;
+        let mut usage = UsageScan::new(&content_type);
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -424,11 +445,17 @@ impl Forwarder {
                         ends_line = last == b'\n';
                     }
                     ctx.bytes_out += data.len() as u64;
+                    // Forwarded first, read after: the scan never delays a chunk.
+                    let scanned = data.clone();
                     if session.write_response_body(Some(data), false).await.is_err() {
                         return Outcome::ClientGone;
                     }
+                    usage.feed(&scanned);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    ctx.usage = usage.finish();
+                    break;
+                }
                 Err(e) => {
                     // Bytes already reached the client: say so in the stream's own format, never cut silently.
                     let why = format!("{} broke off mid-response: {e}", route.server.url.as_str());

@@ -5,6 +5,7 @@
 //! retry, stream back). `fleet` holds the snapshot they read; `health` keeps it current;
 //! `view` answers fleet-wide calls; `proxy` is the Pingora service; `serve` starts it all.
 
+pub mod accesslog;
 pub mod admin;
 pub mod api;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod fleet;
 pub mod forward;
 pub mod health;
+pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod reload;
@@ -20,6 +22,7 @@ pub mod resources;
 pub mod select;
 pub mod serve;
 pub mod store;
+pub mod usage;
 pub mod view;
 
 /// A database URL fit for logs and errors: the password replaced by `***`.

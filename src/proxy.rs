@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::forward::{Forwarder, Outcome};
 use crate::reload::Reloader;
+use crate::usage::Usage;
 use crate::view;
 
 /// Admin requests are small JSON objects.
@@ -39,10 +40,13 @@ pub struct RequestCtx {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub error: Option<String>,
+    /// What the answer said it used (tokens, load time).
+    pub usage: Usage,
 }
 
 pub struct Drover {
     fleet: Arc<ArcSwap<Fleet>>,
+    access_log: crate::accesslog::AccessLog,
     forwarder: Forwarder,
     admin: Admin,
     max_body_bytes: usize,
@@ -58,6 +62,7 @@ impl Drover {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let forwarder = Forwarder::new(&settings, reloader.tally.clone());
         Drover {
+            access_log: crate::accesslog::AccessLog::new(&settings.access_log),
             admin: Admin {
                 settings: settings.clone(),
                 resources: forwarder.resources.clone(),
@@ -73,6 +78,11 @@ impl Drover {
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
         }
+    }
+
+    /// The resource check, for the metrics collector.
+    pub fn resources(&self) -> Arc<crate::resources::ResourceCheck> {
+        self.forwarder.resources.clone()
     }
 
     async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) {
@@ -100,6 +110,10 @@ impl Drover {
                 }
             }
             Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
+            Endpoint::Metrics => {
+                let (body, content_type) = crate::metrics::render();
+                self.send(session, ctx, 200, &content_type, body.into()).await
+            }
             Endpoint::Root => {
                 self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
@@ -226,6 +240,27 @@ impl Drover {
         }
     }
 
+    /// Counts a finished request in the metrics (model-routed requests only: the rest are drover's own pages).
+    fn account(&self, ctx: &RequestCtx) {
+        let Some(model) = ctx.model.as_deref() else { return };
+        let server = ctx.server.as_deref().unwrap_or("none");
+        let status = ctx.status.to_string();
+        crate::metrics::REQUESTS.with_label_values(&[model, server, &status]).inc();
+        crate::metrics::REQUEST_DURATION.with_label_values(&[model]).observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.ttfb {
+            crate::metrics::TTFB.with_label_values(&[model]).observe(t.as_secs_f64());
+        }
+        let u = &ctx.usage;
+        for (kind, n) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
+            if let Some(n) = n {
+                crate::metrics::TOKENS.with_label_values(&[model, server, kind]).inc_by(n);
+            }
+        }
+        if let Some(load) = u.load_seconds {
+            crate::metrics::MODEL_LOAD.with_label_values(&[model, server]).observe(load);
+        }
+    }
+
     /// The client's X-Request-Id when it sent a usable one, else a new one.
     fn request_id(&self, session: &Session) -> String {
         session
@@ -260,6 +295,7 @@ impl ProxyHttp for Drover {
             bytes_in: 0,
             bytes_out: 0,
             error: None,
+            usage: Usage::default(),
         }
     }
 
@@ -276,19 +312,28 @@ impl ProxyHttp for Drover {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        self.account(ctx);
         let req = session.req_header();
-        log::info!(
-            "{} {} {} {} model={} actual={} server={} attempts={} ms={}{}",
-            ctx.request_id,
-            req.method,
-            req.uri.path(),
-            ctx.status,
-            ctx.model.as_deref().unwrap_or("-"),
-            ctx.actual_model.as_deref().unwrap_or("-"),
-            ctx.server.as_deref().unwrap_or("-"),
-            ctx.attempts,
-            ctx.started.elapsed().as_millis(),
-            ctx.error.as_deref().map(|e| format!(" error={e:?}")).unwrap_or_default(),
-        );
+        let client = session.client_addr().map(|a| a.to_string());
+        let line = serde_json::json!({
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "request_id": ctx.request_id,
+            "client": client,
+            "method": req.method.as_str(),
+            "path": req.uri.path(),
+            "model": ctx.model,
+            "actual_model": ctx.actual_model,
+            "server": ctx.server,
+            "status": ctx.status,
+            "attempts": ctx.attempts,
+            "ttfb_ms": ctx.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
+            "bytes_in": ctx.bytes_in,
+            "bytes_out": ctx.bytes_out,
+            "prompt_tokens": ctx.usage.prompt_tokens,
+            "completion_tokens": ctx.usage.completion_tokens,
+            "error": ctx.error,
+        });
+        self.access_log.write(line.to_string());
     }
 }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::client::Client;
 use crate::config::Resources as Settings;
 use crate::fleet::{canonical_model, Device, Route, Server, ServerUrl};
+use crate::metrics::{self, CheckResult};
 use crate::probe::Resources;
 use crate::select::Skip;
 
@@ -234,7 +235,13 @@ impl ResourceCheck {
             (c.reading.clone(), c.fetched)
         };
         let Some(reading) = reading else {
-            return if self.settings.fail_open { Ok(None) } else { Err(Skip::ProbeUnreachable) };
+            return if self.settings.fail_open {
+                metrics::resource_check(CheckResult::FailOpen);
+                Ok(None)
+            } else {
+                metrics::resource_check(CheckResult::ProbeUnreachable);
+                Err(Skip::ProbeUnreachable)
+            };
         };
         // Memory promised to loads in flight here, until a reading taken after they loaded covers them.
         let mut reserved = 0u64;
@@ -256,6 +263,7 @@ impl ResourceCheck {
         let need = (route.performance * GB) as u64;
         let which = if route.device == Device::Gpu && !reading.gpus.is_empty() { "VRAM" } else { "RAM" };
         if free < reserved + need {
+            metrics::resource_check(CheckResult::NoMemory);
             return Err(Skip::NoMemory(format!(
                 "needs {:.1} GB {which}, {:.1} GB free or held by idle models, {:.1} GB promised to loads in flight",
                 route.performance,
@@ -265,6 +273,7 @@ impl ResourceCheck {
         }
         let used_after = total.saturating_sub(free) + reserved + need;
         if total == 0 || used_after as f64 * 100.0 > self.settings.memory_threshold * total as f64 {
+            metrics::resource_check(CheckResult::NoMemory);
             return Err(Skip::NoMemory(format!(
                 "loading would fill {:.0}% of {which}, over memory_threshold {}%",
                 used_after as f64 * 100.0 / total.max(1) as f64,
@@ -286,6 +295,7 @@ impl ResourceCheck {
             log::debug!("{server}: loading {model} should unload idle {evicted:?}");
             route.server.forget_loaded(&evicted);
         }
+        metrics::resource_check(CheckResult::Pass);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None });
         Ok(Some(Reservation { check: self.clone(), id }))
@@ -298,6 +308,20 @@ impl ResourceCheck {
             let server = route.server.url.as_str();
             self.held.lock().unwrap().iter().any(|h| h.server == server && h.model == model)
         }
+    }
+
+    /// Per server with a reading: free RAM, and free VRAM when it has GPUs.
+    pub fn free_memory(&self) -> Vec<(String, u64, Option<u64>)> {
+        let probes = self.probes.lock().unwrap();
+        probes
+            .iter()
+            .filter_map(|(server, p)| {
+                let c = p.cached.lock().unwrap();
+                let r = c.reading.as_ref()?;
+                let vram = (!r.gpus.is_empty()).then(|| r.free_and_total(true).0);
+                Some((server.clone(), r.memory.available_bytes, vram))
+            })
+            .collect()
     }
 
     /// GET /admin/resource-cache/stats.

@@ -87,6 +87,11 @@ pub fn run(args: ServeArgs) -> i32 {
     );
     let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), marker));
     let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone());
+    crate::metrics::init();
+    crate::metrics::FleetCollector::register(fleet.clone(), drover.resources());
+    let mut prometheus = pingora_prometheus::prometheus_http_service();
+    prometheus.add_tcp(&settings.metrics_listen.to_string());
+    server.add_service(prometheus);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, drover);
     proxy.add_tcp(&settings.listen.to_string());
     server.add_service(proxy);

@@ -48,7 +48,7 @@ def fleet():
     procs = []
     tmp = tempfile.mkdtemp(prefix="drover-e2e-")
     try:
-        mock_port, llama_port, drover_port = free_port(), free_port(), free_port()
+        mock_port, llama_port, drover_port, metrics_port = free_port(), free_port(), free_port(), free_port()
         mock = subprocess.Popen([str(TARGET / "examples" / "mock_ollama"), str(mock_port), "qwen3:14b,llama3:latest"])
         procs.append(mock)
         llama = subprocess.Popen(
@@ -60,7 +60,7 @@ def fleet():
         wait_http(f"http://127.0.0.1:{mock_port}/api/version", 20, mock)
         wait_http(f"http://127.0.0.1:{llama_port}/v1/models", 120, llama)
         config = f"""
-server: {{ listen: "127.0.0.1:{drover_port}" }}
+server: {{ listen: "127.0.0.1:{drover_port}", metrics_listen: "127.0.0.1:{metrics_port}" }}
 database: {{ url: "sqlite://{tmp}/drover.db" }}
 pingora: {{ upgrade_sock: "{tmp}/upgrade.sock", pid_file: "{tmp}/drover.pid" }}
 load_balancer: {{ health_check_interval: 300ms }}

@@ -57,6 +57,8 @@ pub struct Drover {
     child: Child,
     pub addr: SocketAddr,
     pub url: String,
+    /// The Prometheus service (server.metrics_listen).
+    pub metrics_url: String,
     pub dir: PathBuf,
 }
 
@@ -71,9 +73,11 @@ impl Drover {
         let dir = scratch_dir("drover");
         let database_url = database_url.map_or_else(|| format!("sqlite://{}/drover.db", dir.display()), str::to_string);
         let port = free_port();
+        let metrics = free_port();
         let config = format!(
-            "server:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n\
+            "server:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics}\"\n  threads: 2\n\
              pingora:\n  upgrade_sock: \"{dir}/upgrade.sock\"\n  pid_file: \"{dir}/drover.pid\"\n  grace_period_seconds: 1\n\
+             logging:\n  access_log: \"{dir}/access.log\"\n\
              database:\n  url: \"{database_url}\"\n{yaml}",
             dir = dir.display()
         );
@@ -92,7 +96,13 @@ impl Drover {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut d = Drover { child, addr, url: format!("http://{addr}"), dir };
+        let mut d = Drover {
+            child,
+            addr,
+            url: format!("http://{addr}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}"),
+            dir,
+        };
         d.wait_ready().await;
         d
     }
@@ -112,8 +122,56 @@ impl Drover {
         panic!("drover did not answer within 15s: {}", self.log());
     }
 
+    /// A graceful upgrade: starts `drover serve -u` with the same config, waits until it is
+    /// ready for the listening sockets, and sends SIGQUIT to this process, which hands them
+    /// over and drains. Returns the new process.
+    pub async fn upgrade(&self) -> Drover {
+        let sock = self.dir.join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::File::create(self.dir.join("drover-upgraded.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "-u", "-c"])
+            .arg(self.dir.join("drover.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !sock.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sock.exists(), "the new process listens on {}", sock.display());
+        let ok = Command::new("kill").args(["-QUIT", &self.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "SIGQUIT to the old process");
+        Drover {
+            child,
+            addr: self.addr,
+            url: self.url.clone(),
+            metrics_url: self.metrics_url.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("drover.log")).unwrap_or_default()
+    }
+
+    /// Whether the process has exited (and reaps it: `kill -0` would see a zombie as alive).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub async fn exits_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.has_exited() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,204 @@
+//! Prometheus metrics, in the default registry that pingora-prometheus serves on metrics_listen
+//! (and drover at GET /metrics). Per-server gauges are read from the fleet snapshot at
+//! scrape time, so the request path only counts.
+
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwap;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, Histogram,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+};
+
+use crate::fleet::Fleet;
+use crate::resources::ResourceCheck;
+
+/// LLM latencies: tens of milliseconds (a cached embedding) to minutes (a cold 70B load).
+const LATENCY_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_requests_total",
+        "Requests answered, by model asked, server and status",
+        &["model", "server", "status"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "drover_request_duration_seconds",
+        "Time from request to the end of the answer",
+        &["model"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static TTFB: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "drover_time_to_first_byte_seconds",
+        "Time from request to the answer's header",
+        &["model"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_upstream_retries_total",
+        "Attempts that failed before any byte reached the client, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_tokens_total",
+        "Tokens the servers reported, by kind (prompt, completion)",
+        &["model", "server", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub static MODEL_LOAD: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "drover_model_load_seconds",
+        "Model load time Ollama reported (load_duration)",
+        &["model", "server"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static RESOURCE_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("drover_resource_checks_total", "Resource checks, by result", &["result"])
+        .expect("metric registers once")
+});
+
+pub static QUEUE_LENGTH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("drover_queue_length", "Requests waiting for a server").expect("metric registers once")
+});
+
+pub static QUEUE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!("drover_queue_wait_seconds", "Time requests spent in the queue", LATENCY_BUCKETS.to_vec())
+        .expect("metric registers once")
+});
+
+/// Registers every metric at start, so each is exported (at zero) before its first event.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&TTFB);
+    LazyLock::force(&RETRIES);
+    LazyLock::force(&TOKENS);
+    LazyLock::force(&MODEL_LOAD);
+    LazyLock::force(&RESOURCE_CHECKS);
+    LazyLock::force(&QUEUE_LENGTH);
+    LazyLock::force(&QUEUE_WAIT);
+}
+
+/// Why an attempt failed before any byte reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    Connect,
+    Timeout,
+    Send,
+    Response,
+    Status5xx,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Send => "send",
+            RetryReason::Response => "response",
+            RetryReason::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// Outcome of one resource check.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckResult {
+    Pass,
+    NoMemory,
+    FailOpen,
+    ProbeUnreachable,
+}
+
+pub fn resource_check(result: CheckResult) {
+    let label = match result {
+        CheckResult::Pass => "pass",
+        CheckResult::NoMemory => "no_memory",
+        CheckResult::FailOpen => "fail_open",
+        CheckResult::ProbeUnreachable => "probe_unreachable",
+    };
+    RESOURCE_CHECKS.with_label_values(&[label]).inc();
+}
+
+/// Server up, requests in flight and free memory, read from the current snapshot when scraped.
+pub struct FleetCollector {
+    fleet: Arc<ArcSwap<Fleet>>,
+    resources: Arc<ResourceCheck>,
+    descs: Vec<Desc>,
+}
+
+impl FleetCollector {
+    fn gauges() -> (IntGaugeVec, IntGaugeVec, IntGaugeVec) {
+        let up =
+            IntGaugeVec::new(Opts::new("drover_server_up", "1 when the server passes its health checks"), &["server"]);
+        let in_flight =
+            IntGaugeVec::new(Opts::new("drover_server_in_flight", "Requests in flight on the server"), &["server"]);
+        let free = IntGaugeVec::new(
+            Opts::new("drover_resource_free_bytes", "Free memory the server's probe last reported"),
+            &["server", "kind"],
+        );
+        (up.expect("valid metric"), in_flight.expect("valid metric"), free.expect("valid metric"))
+    }
+
+    /// Registers the collector in the default registry (once per process).
+    pub fn register(fleet: Arc<ArcSwap<Fleet>>, resources: Arc<ResourceCheck>) {
+        let (up, in_flight, free) = Self::gauges();
+        let descs = [up.desc(), in_flight.desc(), free.desc()].into_iter().flatten().cloned().collect();
+        if let Err(e) = prometheus::register(Box::new(FleetCollector { fleet, resources, descs })) {
+            log::warn!("fleet metrics not registered: {e}");
+        }
+    }
+}
+
+impl Collector for FleetCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (up, in_flight, free) = Self::gauges();
+        for s in &self.fleet.load().servers {
+            up.with_label_values(&[s.url.as_str()]).set(s.healthy() as i64);
+            in_flight.with_label_values(&[s.url.as_str()]).set(s.in_flight() as i64);
+        }
+        for (server, ram, vram) in self.resources.free_memory() {
+            free.with_label_values(&[&server, "ram"]).set(ram as i64);
+            if let Some(v) = vram {
+                free.with_label_values(&[&server, "vram"]).set(v as i64);
+            }
+        }
+        [up.collect(), in_flight.collect(), free.collect()].concat()
+    }
+}
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> (Vec<u8>, String) {
+    let encoder = TextEncoder::new();
+    let mut out = Vec::new();
+    encoder.encode(&prometheus::gather(), &mut out).expect("text encoding of gathered metrics");
+    (out, encoder.format_type().to_string())
+}

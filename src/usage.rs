@@ -1,0 +1,181 @@
+//! What an answer says it used (tokens, load and total time), read from the bytes as they pass.
+//!
+//! Streams are never held back: each chunk is forwarded first and scanned after. Only the
+//! last, unfinished line is kept between chunks, and only lines that can carry the figures
+//! are parsed: Ollama's final `"done":true` object, or an SSE event with `"usage"`. A
+//! non-streamed answer is one JSON object, parsed at the end if it is not too large.
+
+use memchr::memmem;
+use serde_json::Value;
+
+/// Lines or bodies longer than this are not scanned (an answer's figures are in short objects).
+const MAX_HELD: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Seconds Ollama spent loading the model for this request.
+    pub load_seconds: Option<f64>,
+    pub total_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Ndjson,
+    Sse,
+    Json,
+    Other,
+}
+
+pub struct UsageScan {
+    format: Format,
+    held: Vec<u8>,
+    overflow: bool,
+    pub usage: Usage,
+}
+
+impl UsageScan {
+    pub fn new(content_type: &str) -> UsageScan {
+        let ct = content_type.to_ascii_lowercase();
+        let format = if ct.starts_with("application/x-ndjson") {
+            Format::Ndjson
+        } else if ct.starts_with("text/event-stream") {
+            Format::Sse
+        } else if ct.starts_with("application/json") {
+            Format::Json
+        } else {
+            Format::Other
+        };
+        UsageScan { format, held: Vec::new(), overflow: false, usage: Usage::default() }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self.format {
+            Format::Other => {}
+            Format::Json => self.hold(chunk),
+            Format::Ndjson | Format::Sse => {
+                let mut rest = chunk;
+                while let Some(nl) = memchr::memchr(b'\n', rest) {
+                    self.hold(&rest[..nl]);
+                    let line = std::mem::take(&mut self.held);
+                    if !std::mem::take(&mut self.overflow) {
+                        self.line(&line);
+                    }
+                    rest = &rest[nl + 1..];
+                }
+                self.hold(rest);
+            }
+        }
+    }
+
+    /// Call when the answer ended; returns what it said it used.
+    pub fn finish(mut self) -> Usage {
+        let held = std::mem::take(&mut self.held);
+        if !self.overflow && !held.is_empty() {
+            match self.format {
+                Format::Json => {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&held) {
+                        self.read(&v);
+                    }
+                }
+                Format::Ndjson | Format::Sse => self.line(&held),
+                Format::Other => {}
+            }
+        }
+        self.usage
+    }
+
+    fn hold(&mut self, bytes: &[u8]) {
+        if self.overflow || self.held.len() + bytes.len() > MAX_HELD {
+            self.overflow = true;
+            self.held.clear();
+        } else {
+            self.held.extend_from_slice(bytes);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let json = match self.format {
+            Format::Ndjson
+                if memmem::find(line, b"\"done\":true").is_some()
+                    || memmem::find(line, b"\"done\": true").is_some() =>
+            {
+                line
+            }
+            Format::Sse if memmem::find(line, b"\"usage\"").is_some() => match line.strip_prefix(b"data:") {
+                Some(rest) => rest,
+                None => return,
+            },
+            _ => return,
+        };
+        if let Ok(v) = serde_json::from_slice::<Value>(json) {
+            self.read(&v);
+        }
+    }
+
+    /// Ollama's final object (counts and durations in ns) or OpenAI's `usage`.
+    fn read(&mut self, v: &Value) {
+        let u = &mut self.usage;
+        if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+            u.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64).or(u.prompt_tokens);
+            u.completion_tokens = usage.get("completion_tokens").and_then(Value::as_u64).or(u.completion_tokens);
+        }
+        let ns = |k: &str| v.get(k).and_then(Value::as_u64).map(|n| n as f64 / 1e9);
+        u.prompt_tokens = v.get("prompt_eval_count").and_then(Value::as_u64).or(u.prompt_tokens);
+        u.completion_tokens = v.get("eval_count").and_then(Value::as_u64).or(u.completion_tokens);
+        u.load_seconds = ns("load_duration").or(u.load_seconds);
+        u.total_seconds = ns("total_duration").or(u.total_seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(content_type: &str, chunks: &[&str]) -> Usage {
+        let mut s = UsageScan::new(content_type);
+        for c in chunks {
+            s.feed(c.as_bytes());
+        }
+        s.finish()
+    }
+
+    #[test]
+    fn ollama_stream_final_object_split_across_chunks() {
+        let u = scan(
+            "application/x-ndjson",
+            &[
+                "{\"model\":\"m\",\"message\":{\"content\":\"done\"},\"done\":false}\n{\"model\":\"m\",\"do",
+                "ne\":true,\"prompt_eval_count\":12,\"eval_count\":34,\"load_duration\":2500000000,\"total_duration\":4000000000}\n",
+            ],
+        );
+        assert_eq!(u.prompt_tokens, Some(12));
+        assert_eq!(u.completion_tokens, Some(34));
+        assert_eq!(u.load_seconds, Some(2.5));
+        assert_eq!(u.total_seconds, Some(4.0));
+    }
+
+    #[test]
+    fn openai_sse_usage_and_plain_json() {
+        let u = scan(
+            "text/event-stream",
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}],\"usage\":null}\n\n",
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n",
+            ],
+        );
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(5), Some(7)));
+        let u =
+            scan("application/json; charset=utf-8", &["{\"usage\":{\"prompt_tokens\":3,", "\"completion_tokens\":4}}"]);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(3), Some(4)));
+        let u = scan("application/json", &["{\"model\":\"m\",\"done\":true,\"prompt_eval_count\":9,\"eval_count\":1}"]);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(9), Some(1)));
+    }
+
+    #[test]
+    fn nothing_to_read_is_nothing() {
+        assert_eq!(scan("text/plain", &["eval_count 5\n"]), Usage::default());
+        assert_eq!(scan("application/x-ndjson", &["{\"done\":false,\"eval_count\":3}\n"]), Usage::default());
+    }
+}
