@@ -7,9 +7,8 @@
 //! reached the client goes to the next server, and a client that hangs up drops the
 //! upstream request at once (so Ollama stops generating).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +18,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use tokio::sync::Notify;
 
 use crate::api::{stream_error_tail, ApiError};
 use crate::body::RoutableBody;
@@ -27,6 +25,7 @@ use crate::config::{Settings, Strategy};
 use crate::fleet::{Fleet, Origin, Route, Server, Slot};
 use crate::metrics::{self, RetryReason};
 use crate::proxy::RequestCtx;
+use crate::queue::Queue;
 use crate::reload::Tally;
 use crate::resources::{Reservation, ResourceCheck};
 use crate::select::{select, Request, Selection};
@@ -40,73 +39,6 @@ pub enum Outcome {
     ClientGone,
     /// Nothing was written yet; the caller answers with this error.
     Refused(ApiError),
-}
-
-/// Requests waiting for a server with a free slot: bounded fleet-wide, first come first
-/// served per model (a waiter takes a slot only at the head of its model's line, and a
-/// newcomer joins the line rather than overtaking it).
-struct Queue {
-    lines: Mutex<HashMap<String, VecDeque<u64>>>,
-    waiting: AtomicUsize,
-    next: AtomicU64,
-    size: usize,
-    timeout: Duration,
-}
-
-/// A place in the queue, left when dropped.
-struct Ticket<'a> {
-    queue: &'a Queue,
-    model: String,
-    number: u64,
-    released: Arc<Notify>,
-    entered: Instant,
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        let mut lines = self.queue.lines.lock().unwrap();
-        if let Some(line) = lines.get_mut(&self.model) {
-            line.retain(|&n| n != self.number);
-            if line.is_empty() {
-                lines.remove(&self.model);
-            }
-        }
-        self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
-        metrics::QUEUE_LENGTH.dec();
-        metrics::QUEUE_WAIT.observe(self.entered.elapsed().as_secs_f64());
-        // The next in line may now be at the head.
-        self.released.notify_waiters();
-    }
-}
-
-impl Ticket<'_> {
-    fn at_head(&self) -> bool {
-        self.queue.lines.lock().unwrap().get(&self.model).and_then(|l| l.front()) == Some(&self.number)
-    }
-}
-
-impl Queue {
-    fn enter(&self, model: &str, released: &Arc<Notify>) -> Option<Ticket<'_>> {
-        self.waiting.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).ok()?;
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lines.lock().unwrap().entry(model.to_string()).or_default().push_back(number);
-        metrics::QUEUE_LENGTH.inc();
-        Some(Ticket {
-            queue: self,
-            model: model.to_string(),
-            number,
-            released: released.clone(),
-            entered: Instant::now(),
-        })
-    }
-
-    fn has_line(&self, model: &str) -> bool {
-        self.lines.lock().unwrap().contains_key(model)
-    }
-
-    fn line_len(&self, model: &str) -> usize {
-        self.lines.lock().unwrap().get(model).map_or(0, VecDeque::len)
-    }
 }
 
 pub struct Forwarder {
@@ -160,18 +92,12 @@ impl Forwarder {
             cooldown: lb.cooldown,
             strategy: lb.strategy,
             model_strategies: lb.model_strategies.clone(),
-            queue: Queue {
-                lines: Mutex::new(HashMap::new()),
-                waiting: AtomicUsize::new(0),
-                next: AtomicU64::new(0),
-                size: lb.queue_size,
-                timeout: lb.queue_timeout,
-            },
+            queue: Queue::new(lb.queue_size, lb.queue_timeout),
         }
     }
 
     pub fn queue_len(&self) -> usize {
-        self.queue.waiting.load(Ordering::Relaxed)
+        self.queue.len()
     }
 
     pub async fn forward(

@@ -17,6 +17,7 @@ pub mod health;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod queue;
 pub mod reload;
 pub mod resources;
 pub mod select;

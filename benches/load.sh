@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The load benchmark: drover against direct access, nginx and LiteLLM, in one run, with the
+# same load generators and the same request bodies. Loopback only.
+#
+#   benches/load.sh            # installs what it needs (as root), builds, measures, prints
+#                              # the tables, and writes them to bench-results/load.md
+#
+# Backends that are never the bottleneck: nginx answering canned Ollama /api/chat and OpenAI
+# /v1/chat/completions JSON (two of them, for the round-robin proxies), and a streaming
+# backend (the tests' mock Ollama, release build) that emits N chunks with a fixed gap.
+# Contestants: (a) direct to the backend, (b) drover, (c) nginx as a plain round-robin
+# proxy over the two backends, (d) LiteLLM's proxy (fewer requests: it is slow).
+# Figures: requests/s at fixed concurrency (wrk); p50/p99 latency at a fixed moderate rate
+# (loadgen, open loop); for streams, time to first byte and the delay each chunk gains
+# (loadgen); drover's RSS idle and with 2,000 open streams. Every figure also as a ratio
+# to direct and to nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$ROOT/bench-results
+WORK=$(mktemp -d /tmp/drover-load.XXXXXX)
+DURATION=${DURATION:-10}          # seconds per wrk run
+CONNS=${CONNS:-32}                # wrk connections
+RATE=${RATE:-500}                 # requests/s for the latency runs
+RATE_SECONDS=${RATE_SECONDS:-10}
+LITELLM_DURATION=${LITELLM_DURATION:-5}
+STREAM_CHUNKS=20
+STREAM_GAP_MS=20
+HOLD_STREAMS=2000
+mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; }
+trap cleanup EXIT
+log() { echo "load: $*" >&2; }
+
+# ---- what it needs ----------------------------------------------------------------------
+scripts/setup --no-python
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! .venv-bench/bin/python -c "import litellm" 2>/dev/null; then
+  log "installing litellm[proxy] into .venv-bench"
+  python3 -m venv .venv-bench
+  .venv-bench/bin/pip install -q 'litellm[proxy]'
+fi
+cargo build --release --bin drover --example mock_ollama --example loadgen
+BIN=$ROOT/target/release
+ulimit -n 65536
+
+# ---- backends and proxies ---------------------------------------------------------------
+OLLAMA_JSON='{"model":"bench:1b","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello there, how can I help?"},"done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":12,"eval_count":8,"eval_duration":500000}'
+OPENAI_JSON='{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench:1b","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}'
+backend_block() {
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$1 reuseport; keepalive_requests 1000000;
+    default_type application/json;
+    location = /api/chat { return 200 '$OLLAMA_JSON'; }
+    location = /v1/chat/completions { return 200 '$OPENAI_JSON'; }
+    location = /api/version { return 200 '{"version":"0.6.5"}'; }
+    location = /api/tags { return 200 '{"models":[{"name":"bench:1b","model":"bench:1b","size":1}]}'; }
+    location = /api/ps { return 200 '{"models":[]}'; }
+    location = /v1/models { return 200 '{"object":"list","data":[{"id":"bench:1b","object":"model"}]}'; }
+  }
+EOF
+}
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_buffer_size 1m;
+$(backend_block 18181)
+$(backend_block 18182)
+  upstream backends { server 127.0.0.1:18181; server 127.0.0.1:18182; keepalive 256; }
+  upstream stream_backend { server 127.0.0.1:18190; keepalive 256; }
+  server {
+    listen 127.0.0.1:18180; keepalive_requests 1000000;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:18185; keepalive_requests 1000000;
+    location / { proxy_pass http://stream_backend; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; }
+  }
+}
+EOF
+nginx -c "$WORK/nginx.conf"
+
+"$BIN/examples/mock_ollama" 18190 bench:1b "$STREAM_GAP_MS" "$STREAM_CHUNKS" >/dev/null &
+PIDS+=($!)
+
+cat > "$WORK/drover.yaml" <<EOF
+server: { listen: "127.0.0.1:18183", metrics_listen: "127.0.0.1:18193", threads: 2 }
+database: { url: "sqlite://$WORK/drover.db" }
+logging: { access_log: "$WORK/access.log" }
+pingora: { upgrade_sock: "$WORK/upgrade.sock", pid_file: "$WORK/drover.pid" }
+load_balancer: { max_concurrency: 100000, queue_timeout: 60s }
+servers: [ "http://127.0.0.1:18181", "http://127.0.0.1:18182", "http://127.0.0.1:18190" ]
+routes:
+  - { virtual_model_name: bench, server_url: "http://127.0.0.1:18181", actual_model_name: "bench:1b" }
+  - { virtual_model_name: bench, server_url: "http://127.0.0.1:18182", actual_model_name: "bench:1b" }
+  - { virtual_model_name: stream, server_url: "http://127.0.0.1:18190", actual_model_name: "bench:1b" }
+EOF
+RUST_LOG=warn "$BIN/drover" serve -c "$WORK/drover.yaml" 2>"$WORK/drover.log" &
+DROVER_PID=$!
+PIDS+=($DROVER_PID)
+
+cat > "$WORK/litellm.yaml" <<EOF
+model_list:
+  - model_name: bench
+    litellm_params: { model: openai/bench:1b, api_base: "http://127.0.0.1:18181/v1", api_key: unused }
+EOF
+(cd "$WORK" && "$ROOT/.venv-bench/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port 18184 --num_workers 1 \
+  >"$WORK/litellm.log" 2>&1) &
+PIDS+=($!)
+
+wait_http() { for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; log "$1 did not answer"; return 1; }
+wait_http http://127.0.0.1:18181/api/version
+wait_http http://127.0.0.1:18183/status
+wait_http http://127.0.0.1:18190/api/version
+sleep 1
+
+# ---- bodies -----------------------------------------------------------------------------
+echo '{"model":"bench","stream":false,"messages":[{"role":"user","content":"Say hello in one short sentence, please."}]}' > "$WORK/chat.json"
+echo '{"model":"bench","messages":[{"role":"user","content":"Say hello in one short sentence, please."}]}' > "$WORK/openai.json"
+echo '{"model":"stream","messages":[{"role":"user","content":"Say hello."}]}' > "$WORK/stream.json"
+sed 's/"stream"/"bench:1b"/' "$WORK/stream.json" > "$WORK/stream-direct.json"
+cat > "$WORK/post.lua" <<'EOF'
+local f = io.open(os.getenv("BODY"), "r"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
+EOF
+
+# wrk requests/s; non-2xx answers are reported and make the figure invalid.
+rps() { # URL BODY SECONDS CONNS
+  local out; out=$(BODY=$2 wrk -t2 -c"$4" -d"$3"s -s "$WORK/post.lua" "$1" 2>&1)
+  if grep -q "Non-2xx" <<<"$out"; then log "non-2xx answers from $1: $(grep Non-2xx <<<"$out")"; fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+RSS_IDLE=$(rss_kb "$DROVER_PID")
+
+# ---- throughput at fixed concurrency ----------------------------------------------------
+log "throughput: wrk -c$CONNS for ${DURATION}s each"
+# Warm each path (connection pools, JIT of nothing, page cache).
+for url in 18181/api/chat 18183/api/chat 18180/api/chat; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
+D_API=$(rps http://127.0.0.1:18181/api/chat "$WORK/chat.json" "$DURATION" "$CONNS")
+R_API=$(rps http://127.0.0.1:18183/api/chat "$WORK/chat.json" "$DURATION" "$CONNS")
+N_API=$(rps http://127.0.0.1:18180/api/chat "$WORK/chat.json" "$DURATION" "$CONNS")
+D_V1=$(rps http://127.0.0.1:18181/v1/chat/completions "$WORK/openai.json" "$DURATION" "$CONNS")
+R_V1=$(rps http://127.0.0.1:18183/v1/chat/completions "$WORK/openai.json" "$DURATION" "$CONNS")
+N_V1=$(rps http://127.0.0.1:18180/v1/chat/completions "$WORK/openai.json" "$DURATION" "$CONNS")
+if wait_http http://127.0.0.1:18184/health/liveliness 2>/dev/null; then
+  rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" 2 8 >/dev/null
+  L_V1=$(rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LITELLM_DURATION" 8)
+else
+  L_V1=0
+fi
+
+# ---- latency at a fixed moderate rate ---------------------------------------------------
+log "latency: $RATE requests/s for ${RATE_SECONDS}s each"
+LG=$BIN/examples/loadgen
+read -r D_P50 D_P99 _ D_FAIL <<<"$("$LG" rate http://127.0.0.1:18181/api/chat "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
+read -r R_P50 R_P99 _ R_FAIL <<<"$("$LG" rate http://127.0.0.1:18183/api/chat "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
+read -r N_P50 N_P99 _ N_FAIL <<<"$("$LG" rate http://127.0.0.1:18180/api/chat "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
+LRATE=$((RATE / 10))
+read -r L_P50 L_P99 _ L_FAIL <<<"$("$LG" rate http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LRATE" "$RATE_SECONDS" 2>/dev/null || echo "nan nan 0 0")"
+
+# ---- streams: time to first byte and the delay each chunk gains -------------------------
+log "streams: $STREAM_CHUNKS chunks ${STREAM_GAP_MS} ms apart, 20 streams each"
+S_D=$("$LG" stream http://127.0.0.1:18190/api/chat "$WORK/stream-direct.json" 20)
+S_R=$("$LG" stream http://127.0.0.1:18183/api/chat "$WORK/stream.json" 20)
+S_N=$("$LG" stream http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json" 20)
+# Mean over chunks of (arrival through the proxy - arrival direct), from median arrival times.
+gain() { paste <(tr ' ' '\n' <<<"$1" | tail -n +2) <(tr ' ' '\n' <<<"$2" | tail -n +2) | awk '{ s += $1 - $2; n++ } END { printf "%.3f", s / n }'; }
+ttfb() { cut -d' ' -f1 <<<"$1"; }
+GAIN_R=$(gain "$S_R" "$S_D"); GAIN_N=$(gain "$S_N" "$S_D")
+
+# ---- drover's memory with 2,000 open streams --------------------------------------------
+log "memory: $HOLD_STREAMS streams held open through drover"
+pkill -f "mock_ollama 18190" || true
+"$BIN/examples/mock_ollama" 18190 bench:1b 1000 30 >/dev/null &
+PIDS+=($!)
+wait_http http://127.0.0.1:18190/api/version
+"$LG" hold http://127.0.0.1:18183/api/chat "$WORK/stream.json" "$HOLD_STREAMS" 8 > "$WORK/hold.txt" &
+HOLD=$!
+PEAK=0
+for _ in $(seq 1 70); do r=$(rss_kb "$DROVER_PID"); [ "$r" -gt "$PEAK" ] && PEAK=$r; sleep 0.1; done
+wait $HOLD
+OPENED=$(awk '{print $2}' "$WORK/hold.txt")
+
+# ---- report -----------------------------------------------------------------------------
+{
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); drover threads 2, nginx workers 2; $(date -u +%Y-%m-%d)."
+  echo
+  echo "### Throughput (wrk -t2 -c$CONNS, ${DURATION}s; LiteLLM -c8, ${LITELLM_DURATION}s)"
+  echo
+  echo "| path | target | requests/s | vs direct | vs nginx |"
+  echo "|---|---|---|---|---|"
+  echo "| /api/chat | direct | $D_API | 1.00 | $(ratio "$D_API" "$N_API") |"
+  echo "| /api/chat | drover | $R_API | $(ratio "$R_API" "$D_API") | $(ratio "$R_API" "$N_API") |"
+  echo "| /api/chat | nginx | $N_API | $(ratio "$N_API" "$D_API") | 1.00 |"
+  echo "| /v1/chat/completions | direct | $D_V1 | 1.00 | $(ratio "$D_V1" "$N_V1") |"
+  echo "| /v1/chat/completions | drover | $R_V1 | $(ratio "$R_V1" "$D_V1") | $(ratio "$R_V1" "$N_V1") |"
+  echo "| /v1/chat/completions | nginx | $N_V1 | $(ratio "$N_V1" "$D_V1") | 1.00 |"
+  echo "| /v1/chat/completions | LiteLLM | $L_V1 | $(ratio "$L_V1" "$D_V1") | $(ratio "$L_V1" "$N_V1") |"
+  echo
+  echo "drover / LiteLLM throughput: $(ratio "$R_V1" "$L_V1")x"
+  echo
+  echo "### Latency at $RATE requests/s (LiteLLM at $LRATE/s), ${RATE_SECONDS}s, open loop"
+  echo
+  echo "| target | p50 ms | p99 ms | failed | p99 added vs direct (ms) | p99 vs nginx |"
+  echo "|---|---|---|---|---|---|"
+  echo "| direct | $D_P50 | $D_P99 | $D_FAIL | 0 | $(ratio "$D_P99" "$N_P99") |"
+  echo "| drover | $R_P50 | $R_P99 | $R_FAIL | $(awk -v a="$R_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | $(ratio "$R_P99" "$N_P99") |"
+  echo "| nginx | $N_P50 | $N_P99 | $N_FAIL | $(awk -v a="$N_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | 1.00 |"
+  echo "| LiteLLM | $L_P50 | $L_P99 | $L_FAIL | $(awk -v a="$L_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | $(ratio "$L_P99" "$N_P99") |"
+  echo
+  echo "### Streams ($STREAM_CHUNKS NDJSON chunks, ${STREAM_GAP_MS} ms apart; medians of 20)"
+  echo
+  echo "| target | time to first byte ms | delay each chunk gains ms (vs direct) |"
+  echo "|---|---|---|"
+  echo "| direct | $(ttfb "$S_D") | 0 |"
+  echo "| drover | $(ttfb "$S_R") | $GAIN_R |"
+  echo "| nginx (proxy_buffering off) | $(ttfb "$S_N") | $GAIN_N |"
+  echo
+  echo "### drover memory"
+  echo
+  echo "| state | RSS MB |"
+  echo "|---|---|"
+  echo "| idle | $(awk -v k="$RSS_IDLE" 'BEGIN{printf "%.1f", k/1024}') |"
+  echo "| $OPENED streams open at once (peak) | $(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}') |"
+} | tee "$OUT/load.md"

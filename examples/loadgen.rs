@@ -1,0 +1,129 @@
+//! The load benchmark's generator for what wrk does not measure: latency at a fixed request
+//! rate (open loop), stream timing (time to first byte, when each chunk arrives), and many
+//! streams held open at once. Used by benches/load.sh; loopback targets only.
+//!
+//! loadgen rate   URL BODY_FILE RPS SECONDS   -> "p50_ms p99_ms ok failed"
+//! loadgen stream URL BODY_FILE COUNT         -> "ttfb_ms chunk_offsets_ms..." (medians over COUNT streams)
+//! loadgen hold   URL BODY_FILE N SECONDS     -> opens N streams, holds them SECONDS, prints "open N"
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+async fn rate(client: reqwest::Client, url: String, body: Vec<u8>, rps: u64, seconds: u64) {
+    let gap = Duration::from_secs_f64(1.0 / rps as f64);
+    let start = tokio::time::Instant::now();
+    let n = rps * seconds;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + gap * i as u32).await;
+                let sent = Instant::now();
+                let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+                let ok = match r {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                (ok, sent.elapsed().as_secs_f64() * 1000.0)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (true, ms) => lat.push(ms),
+            _ => failed += 1,
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    println!("{:.3} {:.3} {} {}", percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len(), failed);
+}
+
+/// One stream: time to the header, then the time each chunk arrived (ms from sending).
+async fn one_stream(client: &reqwest::Client, url: &str, body: &[u8]) -> Option<(f64, Vec<f64>)> {
+    let sent = Instant::now();
+    let r = client.post(url).header("content-type", "application/json").body(body.to_vec()).send().await.ok()?;
+    let ttfb = sent.elapsed().as_secs_f64() * 1000.0;
+    let mut chunks = Vec::new();
+    let mut s = r.bytes_stream();
+    while let Some(c) = s.next().await {
+        c.ok()?;
+        chunks.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    Some((ttfb, chunks))
+}
+
+async fn stream(client: reqwest::Client, url: String, body: Vec<u8>, count: usize) {
+    let mut ttfbs = Vec::new();
+    let mut offsets: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..count {
+        if let Some((ttfb, chunks)) = one_stream(&client, &url, &body).await {
+            ttfbs.push(ttfb);
+            for (i, t) in chunks.into_iter().enumerate() {
+                if offsets.len() <= i {
+                    offsets.push(Vec::new());
+                }
+                offsets[i].push(t);
+            }
+        }
+    }
+    let cols: Vec<String> = offsets.into_iter().map(|v| format!("{:.3}", median(v))).collect();
+    println!("{:.3} {}", median(ttfbs), cols.join(" "));
+}
+
+async fn hold(client: reqwest::Client, url: String, body: Vec<u8>, n: usize, seconds: u64) {
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, body, opened) = (client.clone(), url.clone(), body.clone(), opened.clone());
+            tokio::spawn(async move {
+                let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+                if let Ok(r) = r {
+                    if r.status().is_success() {
+                        opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let mut s = r.bytes_stream();
+                        let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+                        while let Ok(Some(_)) = tokio::time::timeout_at(until, s.next()).await {}
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    println!("open {}", opened.load(std::sync::atomic::Ordering::SeqCst));
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let usage = "usage: loadgen rate|stream|hold URL BODY_FILE ...";
+    let (mode, url) = (a.get(1).expect(usage).as_str(), a.get(2).expect(usage).clone());
+    assert!(url.starts_with("http://127.0.0.1:"), "loopback targets only");
+    let body = std::fs::read(a.get(3).expect(usage)).expect("body file");
+    let num = |i: usize| a.get(i).and_then(|v| v.parse::<u64>().ok()).expect(usage);
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(4096).timeout(Duration::from_secs(600)).build().unwrap();
+    match mode {
+        "rate" => rate(client, url, body, num(4), num(5)).await,
+        "stream" => stream(client, url, body, num(4) as usize).await,
+        "hold" => hold(client, url, body, num(4) as usize, num(5)).await,
+        _ => panic!("{usage}"),
+    }
+}
