@@ -49,7 +49,7 @@ if ! .venv-bench/bin/python -c "import litellm" 2>/dev/null; then
 fi
 cargo build --release --bin drover --example mock_ollama --example loadgen
 BIN=$ROOT/target/release
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drover
 
 # ---- backends and proxies ---------------------------------------------------------------
 OLLAMA_JSON='{"model":"bench:1b","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello there, how can I help?"},"done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":12,"eval_count":8,"eval_duration":500000}'
@@ -116,6 +116,9 @@ cat > "$WORK/litellm.yaml" <<EOF
 model_list:
   - model_name: bench
     litellm_params: { model: openai/bench:1b, api_base: "http://127.0.0.1:18181/v1", api_key: unused }
+general_settings:
+  # No auth, as for drover and nginx here (LiteLLM refuses to start without a key otherwise).
+  dangerously_permit_weak_or_unset_master_key: true
 EOF
 (cd "$WORK" && "$ROOT/.venv-bench/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port 18184 --num_workers 1 \
   >"$WORK/litellm.log" 2>&1) &

@@ -14,7 +14,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Lines waiting for the writer; beyond this they are dropped.
-const BACKLOG: usize = 16 * 1024;
+const BACKLOG: usize = 64 * 1024;
+
+/// How long the writer rests after a batch (lines wait at most this long to be written).
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 pub struct AccessLog {
     target: String,
@@ -52,12 +55,15 @@ impl AccessLog {
         let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
-                    // Everything already waiting goes out with it, then one flush.
+                    // Everything already waiting goes out with it, then one flush; then a
+                    // pause, so that under load the writer wakes a few dozen times a
+                    // second, not once per request (the channel holds the lines meanwhile).
                     for line in std::iter::once(line).chain(rx.try_iter()) {
                         let _ = out.write_all(line.as_bytes());
                         let _ = out.write_all(b"\n");
                     }
                     let _ = out.flush();
+                    std::thread::sleep(BATCH_PAUSE);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = out.flush();
