@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use support::mock_ollama::MockOllama;
-use support::{http, route_yaml, Drover, FAST};
+use support::{chat, http, route_yaml, Drover, FAST};
 
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
@@ -150,13 +150,7 @@ async fn retries_are_counted_by_reason() {
         route_yaml("m", &good.url, "m:1b", 1, 1)
     ))
     .await;
-    let r = http()
-        .post(format!("{}/api/chat", d.url))
-        .json(&json!({ "model": "m", "stream": false }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat(&d, "m").await.0, 200);
     let text = http().get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
     assert_eq!(sum(&samples(&text), "drover_upstream_retries_total", &["reason=\"status_5xx\""]), 1.0, "{text}");
 }
@@ -295,13 +289,7 @@ async fn graceful_upgrade_under_load_fails_nothing() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(results.len() > 20);
     assert!(old.exits_within(Duration::from_secs(10)).await, "the old process exited after draining");
-    let r = http()
-        .post(format!("{}/api/chat", new.url))
-        .json(&json!({ "model": "m", "stream": false }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the new process serves");
+    assert_eq!(chat(&new, "m").await.0, 200, "the new process serves");
 }
 
 #[tokio::test]
@@ -339,13 +327,7 @@ async fn a_bad_config_at_upgrade_leaves_the_old_process_serving() {
     let out = Command::new(env!("CARGO_BIN_EXE_drover")).args(["serve", "-u", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("load_balancer.cooldown"));
-    let r = http()
-        .post(format!("{}/api/chat", d.url))
-        .json(&json!({ "model": "m", "stream": false }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(chat(&d, "m").await.0, 200);
 }
 
 #[tokio::test]
