@@ -510,6 +510,39 @@ mod tests {
         assert_eq!(body["fields"]["server_url"], "is required");
     }
 
+    fn admin(token: Option<&str>) -> Admin {
+        let env = crate::config::Env { admin_token: token.map(str::to_string), ..Default::default() };
+        let settings = Arc::new(Settings::parse("", None, &env).unwrap());
+        let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &[], None)));
+        Admin {
+            resources: crate::resources::ResourceCheck::new(
+                settings.resources.clone(),
+                std::time::Duration::from_secs(1),
+            ),
+            reloader: Arc::new(Reloader::new(settings.clone(), fleet.clone(), 0)),
+            settings,
+            fleet,
+        }
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_clients_are_answered() {
+        let a = admin(None);
+        assert!(a.authorize(Some("127.0.0.1".parse().unwrap()), None).is_ok());
+        assert!(a.authorize(Some("::1".parse().unwrap()), None).is_ok());
+        assert_eq!(a.authorize(Some("192.0.2.7".parse().unwrap()), None).unwrap_err().0, 403);
+        assert_eq!(a.authorize(None, None).unwrap_err().0, 403);
+    }
+
+    #[test]
+    fn with_a_token_every_client_needs_it() {
+        let a = admin(Some("s3cret"));
+        assert!(a.authorize(Some("192.0.2.7".parse().unwrap()), Some("Bearer s3cret")).is_ok());
+        assert_eq!(a.authorize(Some("127.0.0.1".parse().unwrap()), None).unwrap_err().0, 401);
+        assert_eq!(a.authorize(Some("127.0.0.1".parse().unwrap()), Some("Bearer s3cre")).unwrap_err().0, 401);
+        assert_eq!(a.authorize(Some("127.0.0.1".parse().unwrap()), Some("s3cret")).unwrap_err().0, 401);
+    }
+
     #[test]
     fn tokens_compare_whole() {
         assert!(constant_time_eq(b"secret", b"secret"));
