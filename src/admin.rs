@@ -192,7 +192,7 @@ impl Admin {
     /// Which routes a request for `model` would try, in order, and why every other is skipped.
     pub fn check(&self, model: &str) -> Value {
         let fleet = self.fleet.load_full();
-        let (source, routes) = match fleet.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active)) {
+        let (source, routes) = match fleet.named_routes(model) {
             Some(mr) => ("routes", mr.routes.clone()),
             None => {
                 let found = fleet.discover(model);

@@ -536,6 +536,12 @@ impl Fleet {
         Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released }
     }
 
+    /// The model's own routes, when at least one of them is active; otherwise it is served
+    /// by discovery.
+    pub fn named_routes(&self, model: &str) -> Option<&ModelRoutes> {
+        self.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active))
+    }
+
     /// Routes a model has when no route names it: every server that lists it.
     pub fn discover(&self, model: &str) -> Vec<Arc<Route>> {
         let wanted = canonical_model(model);

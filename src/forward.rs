@@ -210,7 +210,7 @@ impl Forwarder {
             released.as_mut().enable();
             let my_turn = ticket.as_ref().is_none_or(|t| t.at_head());
             let selection = if my_turn {
-                if let Some(mr) = fleet.routes.get(req.model) {
+                if let Some(mr) = fleet.named_routes(req.model) {
                     self.resources.refresh(&mr.routes).await;
                 }
                 let strategy = self.model_strategies.get(req.model).copied().unwrap_or(self.strategy);

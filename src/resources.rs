@@ -114,20 +114,17 @@ impl ResourceCheck {
     fn probe(&self, route: &Route) -> Option<Arc<Probe>> {
         let url = route.server.probe_url.as_ref()?;
         let mut probes = self.probes.lock().unwrap();
-        let p = probes.entry(route.server.url.as_str().to_string()).or_insert_with(|| {
+        let fresh = || {
             Arc::new(Probe {
                 url: url.clone(),
                 cached: Mutex::new(Cached { ttl: self.settings.cache_ttl_min, ..Cached::default() }),
                 fetching: tokio::sync::Mutex::new(()),
             })
-        });
+        };
+        let p = probes.entry(route.server.url.as_str().to_string()).or_insert_with(fresh);
         if p.url != *url {
             // The server's probe_url changed in a reload: start over.
-            *p = Arc::new(Probe {
-                url: url.clone(),
-                cached: Mutex::new(Cached { ttl: self.settings.cache_ttl_min, ..Cached::default() }),
-                fetching: tokio::sync::Mutex::new(()),
-            });
+            *p = fresh();
         }
         Some(p.clone())
     }

@@ -107,7 +107,7 @@ impl Policy for NoChecks {
 
 /// The routes a model has: its active rows, else (discovery) the servers that list it, rotated.
 pub fn routes_of(fleet: &Fleet, model: &str) -> Option<ModelRoutesRef> {
-    match fleet.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active)) {
+    match fleet.named_routes(model) {
         Some(_) => Some(ModelRoutesRef::Named),
         None => {
             let found = fleet.discover(model);

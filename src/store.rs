@@ -309,11 +309,9 @@ impl Store {
         for (_, v) in cols {
             q = bind(q, v);
         }
-        let done = q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
-        // MySQL counts changed rows, not matched ones: read back to tell "unchanged" from "absent".
-        if done.rows_affected() == 0 {
-            return self.get(id).await;
-        }
+        q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
+        // Read back rather than trust rows_affected: MySQL counts changed rows, not matched
+        // ones, so an update that changes nothing would look like an absent id.
         self.get(id).await
     }
 
