@@ -188,7 +188,20 @@ async fn the_queue_is_fifo_bounded_in_time_and_left_on_disconnect() {
             assert_eq!(r.status(), 200);
             (i, Instant::now())
         }));
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        // Send the next one only once this one is in service (the first) or queued (the
+        // rest), so that the arrival order is the order above, however loaded the machine.
+        let arrived = async {
+            loop {
+                let stats: Value =
+                    http().get(format!("{}/lb-stats", d.url)).send().await.unwrap().json().await.unwrap();
+                let here = if i == 0 { m.requests() == 1 } else { stats["queued_requests"] == i };
+                if here {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), arrived).await.expect("request reached drover");
     }
     let mut done = Vec::new();
     for h in handles {
