@@ -16,8 +16,10 @@ use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use tokio::io::AsyncWriteExt;
 
 use crate::api::{stream_error_tail, ApiError};
 use crate::body::RoutableBody;
@@ -280,26 +282,25 @@ impl Forwarder {
         // before any response byte is retried once on a fresh connection, not counted as a try.
         let mut fresh_only = false;
         loop {
-            let (mut up, reused) = match self.connector.get_http_session(&peer).await {
+            let (up, reused) = match self.connector.get_http_session(&peer).await {
                 Ok(s) => s,
                 Err(e) => return Attempt::Failed(RetryReason::Connect, format!("connect: {e}")),
             };
             let reused = reused && !fresh_only;
-            // Pingora's client sessions do not take these from the peer options.
-            up.set_read_timeout(peer.options.read_timeout);
-            up.set_write_timeout(peer.options.write_timeout);
-            let sent = send(&mut up, request.clone(), payload.clone()).await;
-            let header = match sent {
+            let (up, header) = match send(up, &peer, request.clone(), payload.clone()).await {
                 Err(e) if reused => {
                     log::debug!("stale pooled connection to {}: {e}", server.url.as_str());
                     fresh_only = true;
                     continue;
                 }
                 Err(e) => return Attempt::Failed(RetryReason::Send, format!("sending request: {e}")),
-                Ok(()) => tokio::select! {
-                    r = read_final_header(&mut up) => r,
-                    _ = client_gone(session) => return Attempt::ClientGone,
-                },
+                Ok(mut up) => {
+                    let header = tokio::select! {
+                        r = read_final_header(&mut up) => r,
+                        _ = client_gone(session) => return Attempt::ClientGone,
+                    };
+                    (up, header)
+                }
             };
             match header {
                 Err(e) if reused && !matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
@@ -439,10 +440,66 @@ fn upstream_request(client: &RequestHeader, server: &Server, len: usize, request
     req
 }
 
-async fn send(up: &mut HttpSession, request: RequestHeader, payload: Bytes) -> pingora::Result<()> {
-    up.write_request_header(Box::new(request)).await?;
-    up.write_request_body(payload, true).await?;
-    up.finish_request_body().await
+/// Bodies up to this size go out in the same write as the request header.
+const ONE_WRITE_MAX: usize = 64 * 1024;
+
+/// Sends the request header and body.
+///
+/// Pingora's client flushes the header on its own, so a small request would cost two sends,
+/// and the server two wake-ups. On HTTP/1.1 the header and body are written here in one
+/// write through the session's stream, and a fresh session (same pooled connection) reads
+/// the response. HEAD is left to Pingora: its session must know the method to read the answer.
+async fn send(
+    up: HttpSession,
+    peer: &HttpPeer,
+    request: RequestHeader,
+    payload: Bytes,
+) -> pingora::Result<HttpSession> {
+    let mut up = match up {
+        HttpSession::H1(h1) if request.method != http::Method::HEAD => h1,
+        mut other => {
+            set_timeouts(&mut other, peer);
+            other.write_request_header(Box::new(request)).await?;
+            other.write_request_body(payload, true).await?;
+            other.finish_request_body().await?;
+            return Ok(other);
+        }
+    };
+    let write_timeout = peer.options.write_timeout;
+    let mut wire = http_req_header_to_wire(&request)
+        .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "request header"))?;
+    let mut stream = up.into_inner();
+    let write = async {
+        if payload.len() <= ONE_WRITE_MAX {
+            wire.extend_from_slice(&payload);
+            stream.write_all(&wire).await?;
+        } else {
+            stream.write_all(&wire).await?;
+            stream.write_all(&payload).await?;
+        }
+        stream.flush().await
+    };
+    let written = match write_timeout {
+        Some(t) => tokio::time::timeout(t, write).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => write.await,
+    };
+    written.map_err(|e| {
+        let etype = match e.kind() {
+            std::io::ErrorKind::TimedOut => pingora::ErrorType::WriteTimedout,
+            _ => pingora::ErrorType::WriteError,
+        };
+        pingora::Error::because(etype, "sending request", e)
+    })?;
+    up = Http1Session::new_with_options(stream, peer);
+    let mut up = HttpSession::H1(up);
+    set_timeouts(&mut up, peer);
+    Ok(up)
+}
+
+/// Pingora's client sessions do not take the timeouts from the peer options.
+fn set_timeouts(up: &mut HttpSession, peer: &HttpPeer) {
+    up.set_read_timeout(peer.options.read_timeout);
+    up.set_write_timeout(peer.options.write_timeout);
 }
 
 /// Reads the response header, skipping 1xx interim responses.
