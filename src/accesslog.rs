@@ -94,6 +94,124 @@ impl AccessLog {
     }
 }
 
+/// One access-log line, a JSON object written straight into a string (no intermediate
+/// value tree: the line is built on the request path, once per request).
+pub struct Line(String);
+
+impl Default for Line {
+    fn default() -> Self {
+        Line::new()
+    }
+}
+
+impl Line {
+    pub fn new() -> Line {
+        let mut s = String::with_capacity(400);
+        s.push('{');
+        Line(s)
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push('"');
+        self.0.push_str(key);
+        self.0.push_str("\":");
+    }
+
+    /// A string field; `None` is written as null.
+    pub fn str(&mut self, key: &str, value: Option<&str>) -> &mut Line {
+        self.key(key);
+        match value {
+            Some(v) => escape_into(&mut self.0, v),
+            None => self.0.push_str("null"),
+        }
+        self
+    }
+
+    /// A number field; `None` is written as null.
+    pub fn num(&mut self, key: &str, value: Option<impl std::fmt::Display>) -> &mut Line {
+        use std::fmt::Write as _;
+        self.key(key);
+        match value {
+            Some(v) => {
+                let _ = write!(self.0, "{v}");
+            }
+            None => self.0.push_str("null"),
+        }
+        self
+    }
+
+    /// A duration in milliseconds with microsecond precision; `None` is written as null.
+    pub fn millis(&mut self, key: &str, value: Option<Duration>) -> &mut Line {
+        use std::fmt::Write as _;
+        self.key(key);
+        match value {
+            Some(d) => {
+                let _ = write!(self.0, "{:.3}", d.as_secs_f64() * 1000.0);
+            }
+            None => self.0.push_str("null"),
+        }
+        self
+    }
+
+    pub fn finish(&mut self) -> String {
+        self.0.push('}');
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_json_with_every_field_and_nulls() {
+        let awkward = "quote \" back \\ nl \n tab \t bell \u{7} é ✓";
+        let line = Line::new()
+            .str("path", Some(awkward))
+            .str("model", None)
+            .num("status", Some(200u16))
+            .num("attempts", None::<u32>)
+            .millis("ttfb_ms", Some(Duration::from_micros(1500)))
+            .millis("duration_ms", None)
+            .finish();
+        let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+        assert_eq!(v["path"], awkward);
+        assert!(v["model"].is_null() && v["attempts"].is_null() && v["duration_ms"].is_null());
+        assert_eq!((v["status"].as_u64(), v["ttfb_ms"].as_f64()), (Some(200), Some(1.5)));
+        assert_eq!(v.as_object().unwrap().len(), 6);
+    }
+}
+
 fn open(target: &str) -> std::io::Result<BufWriter<Box<dyn Write + Send>>> {
     let sink: Box<dyn Write + Send> = if target == "-" {
         Box::new(std::io::stdout())

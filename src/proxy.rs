@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use serde_json::Value;
 
+use crate::accesslog::Line;
 use crate::admin::Admin;
 use crate::api::{classify, Api, ApiError, Endpoint};
 use crate::body::{read_bounded, RoutableBody};
@@ -315,25 +316,27 @@ impl ProxyHttp for Drover {
         self.account(ctx);
         let req = session.req_header();
         let client = session.client_addr().map(|a| a.to_string());
-        let line = serde_json::json!({
-            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "request_id": ctx.request_id,
-            "client": client,
-            "method": req.method.as_str(),
-            "path": req.uri.path(),
-            "model": ctx.model,
-            "actual_model": ctx.actual_model,
-            "server": ctx.server,
-            "status": ctx.status,
-            "attempts": ctx.attempts,
-            "ttfb_ms": ctx.ttfb.map(|t| t.as_secs_f64() * 1000.0),
-            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
-            "bytes_in": ctx.bytes_in,
-            "bytes_out": ctx.bytes_out,
-            "prompt_tokens": ctx.usage.prompt_tokens,
-            "completion_tokens": ctx.usage.completion_tokens,
-            "error": ctx.error,
-        });
-        self.access_log.write(line.to_string());
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let u = &ctx.usage;
+        let line = Line::new()
+            .str("time", Some(&time))
+            .str("request_id", Some(&ctx.request_id))
+            .str("client", client.as_deref())
+            .str("method", Some(req.method.as_str()))
+            .str("path", Some(req.uri.path()))
+            .str("model", ctx.model.as_deref())
+            .str("actual_model", ctx.actual_model.as_deref())
+            .str("server", ctx.server.as_deref())
+            .num("status", Some(ctx.status))
+            .num("attempts", Some(ctx.attempts))
+            .millis("ttfb_ms", ctx.ttfb)
+            .millis("duration_ms", Some(ctx.started.elapsed()))
+            .num("bytes_in", Some(ctx.bytes_in))
+            .num("bytes_out", Some(ctx.bytes_out))
+            .num("prompt_tokens", u.prompt_tokens)
+            .num("completion_tokens", u.completion_tokens)
+            .str("error", ctx.error.as_deref())
+            .finish();
+        self.access_log.write(line);
     }
 }

@@ -6,7 +6,8 @@
 //! non-streamed answer is one JSON object, parsed at the end if it is not too large.
 
 use memchr::memmem;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Lines or bodies longer than this are not scanned (an answer's figures are in short objects).
 const MAX_HELD: usize = 4 * 1024 * 1024;
@@ -74,11 +75,7 @@ impl UsageScan {
         let held = std::mem::take(&mut self.held);
         if !self.overflow && !held.is_empty() {
             match self.format {
-                Format::Json => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&held) {
-                        self.read(&v);
-                    }
-                }
+                Format::Json => self.read(&held),
                 Format::Ndjson | Format::Sse => self.line(&held),
                 Format::Other => {}
             }
@@ -109,24 +106,54 @@ impl UsageScan {
             },
             _ => return,
         };
-        if let Ok(v) = serde_json::from_slice::<Value>(json) {
-            self.read(&v);
-        }
+        self.read(json);
     }
 
     /// Ollama's final object (counts and durations in ns) or OpenAI's `usage`.
-    fn read(&mut self, v: &Value) {
+    ///
+    /// Only the few fields wanted are looked at; the rest of the object is skipped without
+    /// building anything. A field of another type than expected is ignored, not an error.
+    fn read(&mut self, json: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<Figures>(json) else { return };
         let u = &mut self.usage;
-        if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
-            u.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64).or(u.prompt_tokens);
-            u.completion_tokens = usage.get("completion_tokens").and_then(Value::as_u64).or(u.completion_tokens);
+        if let Some(usage) = v.usage.and_then(|raw| serde_json::from_str::<OpenAiUsage>(raw.get()).ok()) {
+            u.prompt_tokens = count(usage.prompt_tokens).or(u.prompt_tokens);
+            u.completion_tokens = count(usage.completion_tokens).or(u.completion_tokens);
         }
-        let ns = |k: &str| v.get(k).and_then(Value::as_u64).map(|n| n as f64 / 1e9);
-        u.prompt_tokens = v.get("prompt_eval_count").and_then(Value::as_u64).or(u.prompt_tokens);
-        u.completion_tokens = v.get("eval_count").and_then(Value::as_u64).or(u.completion_tokens);
-        u.load_seconds = ns("load_duration").or(u.load_seconds);
-        u.total_seconds = ns("total_duration").or(u.total_seconds);
+        let seconds = |raw| count(raw).map(|ns| ns as f64 / 1e9);
+        u.prompt_tokens = count(v.prompt_eval_count).or(u.prompt_tokens);
+        u.completion_tokens = count(v.eval_count).or(u.completion_tokens);
+        u.load_seconds = seconds(v.load_duration).or(u.load_seconds);
+        u.total_seconds = seconds(v.total_duration).or(u.total_seconds);
     }
+}
+
+/// The fields of an answer that carry its figures, as raw JSON (any type, checked on use).
+#[derive(Deserialize)]
+struct Figures<'a> {
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt_eval_count: Option<&'a RawValue>,
+    #[serde(borrow)]
+    eval_count: Option<&'a RawValue>,
+    #[serde(borrow)]
+    load_duration: Option<&'a RawValue>,
+    #[serde(borrow)]
+    total_duration: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage<'a> {
+    #[serde(borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens: Option<&'a RawValue>,
+}
+
+/// A non-negative integer, or nothing for any other JSON value.
+fn count(raw: Option<&RawValue>) -> Option<u64> {
+    raw?.get().parse().ok()
 }
 
 #[cfg(test)]
@@ -171,6 +198,20 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(3), Some(4)));
         let u = scan("application/json", &["{\"model\":\"m\",\"done\":true,\"prompt_eval_count\":9,\"eval_count\":1}"]);
         assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(9), Some(1)));
+    }
+
+    #[test]
+    fn fields_of_another_type_are_skipped_not_fatal() {
+        let u = scan(
+            "application/json",
+            &["{\"usage\":\"n/a\",\"prompt_eval_count\":-1,\"eval_count\":2.5,\"load_duration\":null,\"total_duration\":1000000000,\"message\":{\"content\":\"\\\"eval_count\\\": 9\"}}"],
+        );
+        assert_eq!(u, Usage { total_seconds: Some(1.0), ..Usage::default() });
+        let u = scan(
+            "application/json",
+            &["{\"usage\":{\"prompt_tokens\":\"3\",\"completion_tokens\":4,\"extra\":[1,{}]}}"],
+        );
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (None, Some(4)));
     }
 
     #[test]
