@@ -189,6 +189,18 @@ fn escape_into(out: &mut String, s: &str) {
     out.push('"');
 }
 
+fn open(target: &str) -> std::io::Result<BufWriter<Box<dyn Write + Send>>> {
+    let sink: Box<dyn Write + Send> = if target == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        if let Some(dir) = Path::new(target).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Box::new(OpenOptions::new().create(true).append(true).open(target)?) as Box<dyn Write + Send>
+    };
+    Ok(BufWriter::with_capacity(64 * 1024, sink))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,16 +222,4 @@ mod tests {
         assert_eq!((v["status"].as_u64(), v["ttfb_ms"].as_f64()), (Some(200), Some(1.5)));
         assert_eq!(v.as_object().unwrap().len(), 6);
     }
-}
-
-fn open(target: &str) -> std::io::Result<BufWriter<Box<dyn Write + Send>>> {
-    let sink: Box<dyn Write + Send> = if target == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        if let Some(dir) = Path::new(target).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        Box::new(OpenOptions::new().create(true).append(true).open(target)?) as Box<dyn Write + Send>
-    };
-    Ok(BufWriter::with_capacity(64 * 1024, sink))
 }
