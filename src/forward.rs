@@ -16,7 +16,7 @@ use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::io::AsyncWriteExt;
@@ -277,7 +277,6 @@ impl Forwarder {
             Err(e) => return Attempt::Failed(RetryReason::Connect, format!("cannot resolve {}: {e}", server.url.host)),
         };
         let peer = server.peer(addr, self.connect_timeout, self.read_timeout);
-        let request = upstream_request(session.req_header(), server, payload.len(), &ctx.request_id);
         // A pooled connection may have been closed by the server while idle; such a failure
         // before any response byte is retried once on a fresh connection, not counted as a try.
         let mut fresh_only = false;
@@ -287,7 +286,7 @@ impl Forwarder {
                 Err(e) => return Attempt::Failed(RetryReason::Connect, format!("connect: {e}")),
             };
             let reused = reused && !fresh_only;
-            let (up, header) = match send(up, &peer, request.clone(), payload.clone()).await {
+            let (up, header) = match send(up, &peer, session.req_header(), server, &payload, &ctx.request_id).await {
                 Err(e) if reused => {
                     log::debug!("stale pooled connection to {}: {e}", server.url.as_str());
                     fresh_only = true;
@@ -333,7 +332,7 @@ impl Forwarder {
         let uh = up.response_header().expect("header was read");
         let status = uh.status.as_u16();
         let content_type = uh.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let mut resp = ResponseHeader::build(uh.status, Some(uh.headers.len() + 4)).expect("valid status");
+        let mut resp = ResponseHeader::build_no_case(uh.status, Some(uh.headers.len() + 4)).expect("valid status");
         for (name, value) in uh.headers.iter() {
             if !HOP_BY_HOP.contains(name) {
                 resp.append_header(name.clone(), value.clone()).expect("valid header");
@@ -419,25 +418,60 @@ impl From<Outcome> for Attempt {
     }
 }
 
-/// The upstream request: the client's, minus hop-by-hop headers, with the server's Host and the new length.
+/// Whether a client header is passed upstream: not hop-by-hop, and not one drover sets itself.
+fn passed_on(name: &HeaderName) -> bool {
+    !HOP_BY_HOP.contains(name)
+        && name != header::HOST
+        && name != header::CONTENT_LENGTH
+        && name != header::EXPECT
+        && name.as_str() != "x-request-id"
+}
+
+/// The upstream request as Pingora's header type (for sessions other than HTTP/1.1): the
+/// client's, minus hop-by-hop headers, with the server's Host and the new length.
 fn upstream_request(client: &RequestHeader, server: &Server, len: usize, request_id: &str) -> RequestHeader {
     let pq = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = format!("{}{}", server.url.base_path, pq);
     let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 3))
         .expect("path from a parsed URI is valid");
-    for (name, value) in client.headers.iter() {
-        if !HOP_BY_HOP.contains(name)
-            && name != header::HOST
-            && name != header::CONTENT_LENGTH
-            && name != header::EXPECT
-        {
-            req.append_header(name.clone(), value.clone()).expect("valid header");
-        }
+    for (name, value) in client.headers.iter().filter(|(name, _)| passed_on(name)) {
+        req.append_header(name.clone(), value.clone()).expect("valid header");
     }
     req.insert_header(header::HOST, server.url.authority()).expect("authority is a valid header");
     req.insert_header(header::CONTENT_LENGTH, len.to_string()).expect("number");
     req.insert_header("x-request-id", request_id).expect("request id is a valid header");
     req
+}
+
+/// The same request as HTTP/1.1 bytes, with the body appended when it is small, written
+/// straight from the client's parsed header (every part of it already validated).
+fn upstream_wire(client: &RequestHeader, base_path: &str, authority: &str, body: &[u8], request_id: &str) -> Vec<u8> {
+    let pq = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let inline = body.len() <= ONE_WRITE_MAX;
+    let mut w = Vec::with_capacity(256 + client.headers.len() * 48 + if inline { body.len() } else { 0 });
+    w.extend_from_slice(client.method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(base_path.as_bytes());
+    w.extend_from_slice(pq.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in client.headers.iter().filter(|(name, _)| passed_on(name)) {
+        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            w.extend_from_slice(part);
+        }
+    }
+    let mut length = itoa::Buffer::new();
+    for (name, value) in
+        [("host", authority), ("content-length", length.format(body.len())), ("x-request-id", request_id)]
+    {
+        for part in [name, ": ", value, "\r\n"] {
+            w.extend_from_slice(part.as_bytes());
+        }
+    }
+    w.extend_from_slice(b"\r\n");
+    if inline {
+        w.extend_from_slice(body);
+    }
+    w
 }
 
 /// Bodies up to this size go out in the same write as the request header.
@@ -448,38 +482,35 @@ const ONE_WRITE_MAX: usize = 64 * 1024;
 /// Pingora's client flushes the header on its own, so a small request would cost two sends,
 /// and the server two wake-ups. On HTTP/1.1 the header and body are written here in one
 /// write through the session's stream, and a fresh session (same pooled connection) reads
-/// the response. HEAD is left to Pingora: its session must know the method to read the answer.
+/// the response (for a POST it needs nothing from the request to read the answer).
 async fn send(
     up: HttpSession,
     peer: &HttpPeer,
-    request: RequestHeader,
-    payload: Bytes,
+    client: &RequestHeader,
+    server: &Server,
+    payload: &Bytes,
+    request_id: &str,
 ) -> pingora::Result<HttpSession> {
-    let mut up = match up {
-        HttpSession::H1(h1) if request.method != http::Method::HEAD => h1,
-        mut other => {
-            set_timeouts(&mut other, peer);
-            other.write_request_header(Box::new(request)).await?;
-            other.write_request_body(payload, true).await?;
-            other.finish_request_body().await?;
-            return Ok(other);
-        }
+    debug_assert_eq!(client.method, http::Method::POST, "only POSTs are model-routed");
+    let HttpSession::H1(h1) = up else {
+        let mut other = up;
+        set_timeouts(&mut other, peer);
+        let request = upstream_request(client, server, payload.len(), request_id);
+        other.write_request_header(Box::new(request)).await?;
+        other.write_request_body(payload.clone(), true).await?;
+        other.finish_request_body().await?;
+        return Ok(other);
     };
-    let write_timeout = peer.options.write_timeout;
-    let mut wire = http_req_header_to_wire(&request)
-        .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "request header"))?;
-    let mut stream = up.into_inner();
+    let wire = upstream_wire(client, &server.url.base_path, &server.url.authority(), payload, request_id);
+    let mut stream = h1.into_inner();
     let write = async {
-        if payload.len() <= ONE_WRITE_MAX {
-            wire.extend_from_slice(&payload);
-            stream.write_all(&wire).await?;
-        } else {
-            stream.write_all(&wire).await?;
-            stream.write_all(&payload).await?;
+        stream.write_all(&wire).await?;
+        if payload.len() > ONE_WRITE_MAX {
+            stream.write_all(payload).await?;
         }
         stream.flush().await
     };
-    let written = match write_timeout {
+    let written = match peer.options.write_timeout {
         Some(t) => tokio::time::timeout(t, write).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
         None => write.await,
     };
@@ -490,8 +521,7 @@ async fn send(
         };
         pingora::Error::because(etype, "sending request", e)
     })?;
-    up = Http1Session::new_with_options(stream, peer);
-    let mut up = HttpSession::H1(up);
+    let mut up = HttpSession::H1(Http1Session::new_with_options(stream, peer));
     set_timeouts(&mut up, peer);
     Ok(up)
 }
@@ -534,4 +564,55 @@ pub fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
         format!("available models: {}", shown.join(", "))
     };
     ApiError::new(404, "model_not_found", format!("model {model:?} not found on any server; {known}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_wire_drops_hop_by_hop_and_sets_host_length_and_id() {
+        let mut client = RequestHeader::build("POST", b"/api/chat?x=1", None).unwrap();
+        for (name, value) in [
+            ("host", "drover:11434"),
+            ("content-type", "application/json"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "999"),
+            ("expect", "100-continue"),
+            ("x-request-id", "from-client"),
+            ("authorization", "Bearer t"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+        ] {
+            client.append_header(name, value).unwrap();
+        }
+        let body = br#"{"model":"qwen3:14b"}"#;
+        let wire = upstream_wire(&client, "/ollama", "gpu1:11434", body, "req-1");
+        let text = String::from_utf8(wire).unwrap();
+        let (head, sent_body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(sent_body.as_bytes(), body);
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("POST /ollama/api/chat?x=1 HTTP/1.1"));
+        let mut headers: Vec<&str> = lines.collect();
+        headers.sort();
+        assert_eq!(
+            headers,
+            [
+                "authorization: Bearer t",
+                "content-length: 21",
+                "content-type: application/json",
+                "host: gpu1:11434",
+                "x-custom: a",
+                "x-custom: b",
+                "x-request-id: req-1",
+            ]
+        );
+        // A large body is sent after the header, not copied into it.
+        let big = vec![b' '; ONE_WRITE_MAX + 1];
+        let wire = upstream_wire(&client, "", "gpu1:11434", &big, "req-2");
+        assert!(wire.ends_with(b"\r\n\r\n") && wire.len() < 1024);
+        assert!(String::from_utf8(wire).unwrap().contains(&format!("content-length: {}\r\n", big.len())));
+    }
 }
