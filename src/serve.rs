@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -93,7 +94,10 @@ pub fn run(args: ServeArgs) -> i32 {
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, drover);
-    proxy.add_tcp(&settings.listen.to_string());
+    // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
+    // buffers of its own, so the 64 KiB default only costs memory per open connection.
+    let listener = ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));
+    proxy.add_listener(listener);
     server.add_service(proxy);
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     server.add_service(background_service("health checks", HealthChecker::new(fleet, &settings.load_balancer)));
