@@ -182,7 +182,7 @@ log "streams: $STREAM_CHUNKS chunks ${STREAM_GAP_MS} ms apart, 20 streams each"
 S_D=$("$LG" stream http://127.0.0.1:18190/api/chat "$WORK/stream-direct.json" 20)
 S_R=$("$LG" stream http://127.0.0.1:18183/api/chat "$WORK/stream.json" 20)
 S_N=$("$LG" stream http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json" 20)
-# Mean over chunks of (arrival through the proxy - arrival direct), from median arrival times.
+# Mean over streamed lines of (arrival through the proxy - arrival direct), from median arrival times.
 gain() { paste <(tr ' ' '\n' <<<"$1" | tail -n +2) <(tr ' ' '\n' <<<"$2" | tail -n +2) | awk '{ s += $1 - $2; n++ } END { printf "%.3f", s / n }'; }
 ttfb() { cut -d' ' -f1 <<<"$1"; }
 GAIN_R=$(gain "$S_R" "$S_D"); GAIN_N=$(gain "$S_N" "$S_D")

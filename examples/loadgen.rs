@@ -1,9 +1,9 @@
 //! The load benchmark's generator for what wrk does not measure: latency at a fixed request
-//! rate (open loop), stream timing (time to first byte, when each chunk arrives), and many
+//! rate (open loop), stream timing (time to first byte, when each streamed line arrives), and many
 //! streams held open at once. Used by benches/load.sh; loopback targets only.
 //!
 //! loadgen rate   URL BODY_FILE RPS SECONDS   -> "p50_ms p99_ms ok failed"
-//! loadgen stream URL BODY_FILE COUNT         -> "ttfb_ms chunk_offsets_ms..." (medians over COUNT streams)
+//! loadgen stream URL BODY_FILE COUNT         -> "ttfb_ms line_offsets_ms..." (medians over COUNT streams)
 //! loadgen hold   URL BODY_FILE N SECONDS     -> opens N streams, holds them SECONDS, prints "open N"
 
 use std::time::{Duration, Instant};
@@ -53,27 +53,29 @@ async fn rate(client: reqwest::Client, url: String, body: Vec<u8>, rps: u64, sec
     println!("{:.3} {:.3} {} {}", percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len(), failed);
 }
 
-/// One stream: time to the header, then the time each chunk arrived (ms from sending).
+/// One stream: time to the header, then the time each NDJSON line was complete (ms from
+/// sending). Lines, not transport chunks: a proxy may split or merge chunks, and comparing
+/// the i-th chunk of one path with the i-th chunk of another would compare different lines.
 async fn one_stream(client: &reqwest::Client, url: &str, body: &[u8]) -> Option<(f64, Vec<f64>)> {
     let sent = Instant::now();
     let r = client.post(url).header("content-type", "application/json").body(body.to_vec()).send().await.ok()?;
     let ttfb = sent.elapsed().as_secs_f64() * 1000.0;
-    let mut chunks = Vec::new();
+    let mut lines = Vec::new();
     let mut s = r.bytes_stream();
     while let Some(c) = s.next().await {
-        c.ok()?;
-        chunks.push(sent.elapsed().as_secs_f64() * 1000.0);
+        let at = sent.elapsed().as_secs_f64() * 1000.0;
+        lines.extend(std::iter::repeat_n(at, memchr::memchr_iter(b'\n', &c.ok()?).count()));
     }
-    Some((ttfb, chunks))
+    Some((ttfb, lines))
 }
 
 async fn stream(client: reqwest::Client, url: String, body: Vec<u8>, count: usize) {
     let mut ttfbs = Vec::new();
     let mut offsets: Vec<Vec<f64>> = Vec::new();
     for _ in 0..count {
-        if let Some((ttfb, chunks)) = one_stream(&client, &url, &body).await {
+        if let Some((ttfb, lines)) = one_stream(&client, &url, &body).await {
             ttfbs.push(ttfb);
-            for (i, t) in chunks.into_iter().enumerate() {
+            for (i, t) in lines.into_iter().enumerate() {
                 if offsets.len() <= i {
                     offsets.push(Vec::new());
                 }

@@ -174,6 +174,10 @@ async fn serve(listener: TcpListener, state: Arc<MockState>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        // As Ollama (Go's net/http sets TCP_NODELAY on every connection): without it, a
+        // streamed chunk written while the previous one is unacknowledged waits for the
+        // peer's delayed ACK (up to 40 ms), which would be charged to whoever proxies it.
+        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         connections.spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
