@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=$ROOT/bench-results
 WORK=$(mktemp -d /tmp/drover-load.XXXXXX)
-DURATION=${DURATION:-10}          # seconds per wrk run
+DURATION=${DURATION:-5}           # seconds per wrk run
+ROUNDS=${ROUNDS:-3}               # runs per throughput and latency figure (the median is reported)
 CONNS=${CONNS:-32}                # wrk connections
 RATE=${RATE:-500}                 # requests/s for the latency runs
 RATE_SECONDS=${RATE_SECONDS:-10}
@@ -29,7 +30,7 @@ STREAM_GAP_MS=20
 HOLD_STREAMS=2000
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for c in backends proxy; do nginx -c "$WORK/$c.conf" -s stop 2>/dev/null || true; done; }
 trap cleanup EXIT
 log() { echo "load: $*" >&2; }
 
@@ -68,16 +69,31 @@ backend_block() {
   }
 EOF
 }
-cat > "$WORK/nginx.conf" <<EOF
+# Backends and the nginx proxy run as two nginx instances, so that the proxy, like drover,
+# hands each request to another process (sharing worker processes with its backends would
+# let nginx serve a proxied request without a context switch).
+nginx_head() {
+  cat <<EOF
 worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
 events { worker_connections 16384; }
+EOF
+}
+cat > "$WORK/backends.conf" <<EOF
+$(nginx_head backends)
 http {
   access_log off;
   client_body_buffer_size 1m;
 $(backend_block 18181)
 $(backend_block 18182)
+}
+EOF
+cat > "$WORK/proxy.conf" <<EOF
+$(nginx_head proxy)
+http {
+  access_log off;
+  client_body_buffer_size 1m;
   upstream backends { server 127.0.0.1:18181; server 127.0.0.1:18182; keepalive 256; }
   upstream stream_backend { server 127.0.0.1:18190; keepalive 256; }
   server {
@@ -91,7 +107,8 @@ $(backend_block 18182)
   }
 }
 EOF
-nginx -c "$WORK/nginx.conf"
+nginx -c "$WORK/backends.conf"
+nginx -c "$WORK/proxy.conf"
 
 "$BIN/examples/mock_ollama" 18190 bench:1b "$STREAM_GAP_MS" "$STREAM_CHUNKS" >/dev/null &
 PIDS+=($!)
@@ -152,15 +169,20 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 RSS_IDLE=$(rss_kb "$DROVER_PID")
 
 # ---- throughput at fixed concurrency ----------------------------------------------------
-log "throughput: wrk -c$CONNS for ${DURATION}s each"
+log "throughput: wrk -c$CONNS for ${DURATION}s each, $ROUNDS rounds"
 # Warm each path (connection pools, JIT of nothing, page cache).
 for url in 18181/api/chat 18183/api/chat 18180/api/chat; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
-D_API=$(rps http://127.0.0.1:18181/api/chat "$WORK/chat.json" "$DURATION" "$CONNS")
-R_API=$(rps http://127.0.0.1:18183/api/chat "$WORK/chat.json" "$DURATION" "$CONNS")
-N_API=$(rps http://127.0.0.1:18180/api/chat "$WORK/chat.json" "$DURATION" "$CONNS")
-D_V1=$(rps http://127.0.0.1:18181/v1/chat/completions "$WORK/openai.json" "$DURATION" "$CONNS")
-R_V1=$(rps http://127.0.0.1:18183/v1/chat/completions "$WORK/openai.json" "$DURATION" "$CONNS")
-N_V1=$(rps http://127.0.0.1:18180/v1/chat/completions "$WORK/openai.json" "$DURATION" "$CONNS")
+# Machine noise moves single runs by 10-20%: each figure is the median of $ROUNDS runs,
+# interleaved (direct, drover, nginx, direct, ...) so that a slow spell hits every target.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+declare -A RUNS
+for _ in $(seq 1 "$ROUNDS"); do
+  for t in D:18181 R:18183 N:18180; do
+    RUNS[${t%%:*}_API]+=" $(rps "http://127.0.0.1:${t#*:}/api/chat" "$WORK/chat.json" "$DURATION" "$CONNS")"
+    RUNS[${t%%:*}_V1]+=" $(rps "http://127.0.0.1:${t#*:}/v1/chat/completions" "$WORK/openai.json" "$DURATION" "$CONNS")"
+  done
+done
+for k in D_API R_API N_API D_V1 R_V1 N_V1; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 if wait_http http://127.0.0.1:18184/health/liveliness 2>/dev/null; then
   rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" 2 8 >/dev/null
   L_V1=$(rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LITELLM_DURATION" 8)
@@ -169,19 +191,23 @@ else
 fi
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
-log "latency: $RATE requests/s for ${RATE_SECONDS}s each"
+log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
 LG=$BIN/examples/loadgen
-read -r D_P50 D_P99 _ D_FAIL <<<"$("$LG" rate http://127.0.0.1:18181/api/chat "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
-read -r R_P50 R_P99 _ R_FAIL <<<"$("$LG" rate http://127.0.0.1:18183/api/chat "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
-read -r N_P50 N_P99 _ N_FAIL <<<"$("$LG" rate http://127.0.0.1:18180/api/chat "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
+for _ in $(seq 1 "$ROUNDS"); do
+  for t in D:18181 R:18183 N:18180; do
+    read -r p50 p99 _ failed <<<"$("$LG" rate "http://127.0.0.1:${t#*:}/api/chat" "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
+    RUNS[${t%%:*}_P50]+=" $p50"; RUNS[${t%%:*}_P99]+=" $p99"; RUNS[${t%%:*}_FAIL]=$(( ${RUNS[${t%%:*}_FAIL]:-0} + failed ))
+  done
+done
+for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}
 LRATE=$((RATE / 10))
 read -r L_P50 L_P99 _ L_FAIL <<<"$("$LG" rate http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LRATE" "$RATE_SECONDS" 2>/dev/null || echo "nan nan 0 0")"
 
 # ---- streams: time to first byte and the delay each chunk gains -------------------------
-log "streams: $STREAM_CHUNKS chunks ${STREAM_GAP_MS} ms apart, 20 streams each"
-S_D=$("$LG" stream http://127.0.0.1:18190/api/chat "$WORK/stream-direct.json" 20)
-S_R=$("$LG" stream http://127.0.0.1:18183/api/chat "$WORK/stream.json" 20)
-S_N=$("$LG" stream http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json" 20)
+log "streams: $STREAM_CHUNKS chunks ${STREAM_GAP_MS} ms apart, 20 streams each, taken in turn"
+{ read -r S_D; read -r S_R; read -r S_N; } < <("$LG" stream http://127.0.0.1:18190/api/chat "$WORK/stream-direct.json" 20 \
+  http://127.0.0.1:18183/api/chat "$WORK/stream.json" http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json")
 # Mean over streamed lines of (arrival through the proxy - arrival direct), from median arrival times.
 gain() { paste <(tr ' ' '\n' <<<"$1" | tail -n +2) <(tr ' ' '\n' <<<"$2" | tail -n +2) | awk '{ s += $1 - $2; n++ } END { printf "%.3f", s / n }'; }
 ttfb() { cut -d' ' -f1 <<<"$1"; }
@@ -204,7 +230,7 @@ OPENED=$(awk '{print $2}' "$WORK/hold.txt")
 {
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); drover threads 2, nginx workers 2; $(date -u +%Y-%m-%d)."
   echo
-  echo "### Throughput (wrk -t2 -c$CONNS, ${DURATION}s; LiteLLM -c8, ${LITELLM_DURATION}s)"
+  echo "### Throughput (wrk -t2 -c$CONNS, median of $ROUNDS interleaved runs of ${DURATION}s; LiteLLM -c8, one run of ${LITELLM_DURATION}s)"
   echo
   echo "| path | target | requests/s | vs direct | vs nginx |"
   echo "|---|---|---|---|---|"
@@ -218,7 +244,7 @@ OPENED=$(awk '{print $2}' "$WORK/hold.txt")
   echo
   echo "drover / LiteLLM throughput: $(ratio "$R_V1" "$L_V1")x"
   echo
-  echo "### Latency at $RATE requests/s (LiteLLM at $LRATE/s), ${RATE_SECONDS}s, open loop"
+  echo "### Latency at $RATE requests/s (LiteLLM at $LRATE/s), open loop, ${RATE_SECONDS}s per run; median of $ROUNDS interleaved runs (LiteLLM: one)"
   echo
   echo "| target | p50 ms | p99 ms | failed | p99 added vs direct (ms) | p99 vs nginx |"
   echo "|---|---|---|---|---|---|"
@@ -227,9 +253,9 @@ OPENED=$(awk '{print $2}' "$WORK/hold.txt")
   echo "| nginx | $N_P50 | $N_P99 | $N_FAIL | $(awk -v a="$N_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | 1.00 |"
   echo "| LiteLLM | $L_P50 | $L_P99 | $L_FAIL | $(awk -v a="$L_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | $(ratio "$L_P99" "$N_P99") |"
   echo
-  echo "### Streams ($STREAM_CHUNKS NDJSON chunks, ${STREAM_GAP_MS} ms apart; medians of 20)"
+  echo "### Streams ($STREAM_CHUNKS NDJSON lines, ${STREAM_GAP_MS} ms apart; medians of 20 streams per target, targets taken in turn)"
   echo
-  echo "| target | time to first byte ms | delay each chunk gains ms (vs direct) |"
+  echo "| target | time to first byte ms | delay each line gains ms (vs direct) |"
   echo "|---|---|---|"
   echo "| direct | $(ttfb "$S_D") | 0 |"
   echo "| drover | $(ttfb "$S_R") | $GAIN_R |"
@@ -241,4 +267,18 @@ OPENED=$(awk '{print $2}' "$WORK/hold.txt")
   echo "|---|---|"
   echo "| idle | $(awk -v k="$RSS_IDLE" 'BEGIN{printf "%.1f", k/1024}') |"
   echo "| $OPENED streams open at once (peak) | $(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}') |"
+  echo
+  echo "### Against the targets"
+  echo
+  # check NAME VALUE OP LIMIT: one table row, "yes" when VALUE OP LIMIT holds.
+  check() { awk -v n="$1" -v v="$2" -v op="$3" -v l="$4" 'BEGIN {
+    ok = (op == ">=") ? (v + 0 >= l + 0) : (v + 0 <= l + 0); printf "| %s | %s | %s %s | %s |\n", n, v, op, l, ok ? "yes" : "no" }'; }
+  echo "| target | measured | wanted | met |"
+  echo "|---|---|---|---|"
+  check "throughput vs nginx, /api/chat" "$(ratio "$R_API" "$N_API")" ">=" 1
+  check "throughput vs nginx, /v1/chat/completions" "$(ratio "$R_V1" "$N_V1")" ">=" 1
+  check "throughput vs LiteLLM" "$(ratio "$R_V1" "$L_V1")" ">=" 50
+  check "added p99 ms at $RATE/s" "$(awk -v a="$R_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}')" "<=" 1
+  check "delay each streamed line gains, ms" "$GAIN_R" "<=" 1
+  check "peak RSS MB, $HOLD_STREAMS open streams" "$(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}')" "<=" 150
 } | tee "$OUT/load.md"

@@ -3,7 +3,9 @@
 //! streams held open at once. Used by benches/load.sh; loopback targets only.
 //!
 //! loadgen rate   URL BODY_FILE RPS SECONDS   -> "p50_ms p99_ms ok failed"
-//! loadgen stream URL BODY_FILE COUNT         -> "ttfb_ms line_offsets_ms..." (medians over COUNT streams)
+//! loadgen stream URL BODY_FILE COUNT [URL BODY_FILE]...
+//!                                            -> per target, "ttfb_ms line_offsets_ms..." (medians over
+//!                                               COUNT streams, the targets taken in turn)
 //! loadgen hold   URL BODY_FILE N SECONDS     -> opens N streams, holds them SECONDS, prints "open N"
 
 use std::time::{Duration, Instant};
@@ -69,22 +71,28 @@ async fn one_stream(client: &reqwest::Client, url: &str, body: &[u8]) -> Option<
     Some((ttfb, lines))
 }
 
-async fn stream(client: reqwest::Client, url: String, body: Vec<u8>, count: usize) {
-    let mut ttfbs = Vec::new();
-    let mut offsets: Vec<Vec<f64>> = Vec::new();
+/// Streams from each target in turn, `count` rounds (interleaved, so that a slow spell of
+/// the machine hits every target alike); one line per target, in the order given.
+async fn stream(client: reqwest::Client, targets: Vec<(String, Vec<u8>)>, count: usize) {
+    let mut ttfbs = vec![Vec::new(); targets.len()];
+    let mut offsets: Vec<Vec<Vec<f64>>> = vec![Vec::new(); targets.len()];
     for _ in 0..count {
-        if let Some((ttfb, lines)) = one_stream(&client, &url, &body).await {
-            ttfbs.push(ttfb);
-            for (i, t) in lines.into_iter().enumerate() {
-                if offsets.len() <= i {
-                    offsets.push(Vec::new());
+        for (k, (url, body)) in targets.iter().enumerate() {
+            if let Some((ttfb, lines)) = one_stream(&client, url, body).await {
+                ttfbs[k].push(ttfb);
+                for (i, t) in lines.into_iter().enumerate() {
+                    if offsets[k].len() <= i {
+                        offsets[k].push(Vec::new());
+                    }
+                    offsets[k][i].push(t);
                 }
-                offsets[i].push(t);
             }
         }
     }
-    let cols: Vec<String> = offsets.into_iter().map(|v| format!("{:.3}", median(v))).collect();
-    println!("{:.3} {}", median(ttfbs), cols.join(" "));
+    for (ttfb, lines) in ttfbs.into_iter().zip(offsets) {
+        let cols: Vec<String> = lines.into_iter().map(|v| format!("{:.3}", median(v))).collect();
+        println!("{:.3} {}", median(ttfb), cols.join(" "));
+    }
 }
 
 async fn hold(client: reqwest::Client, url: String, body: Vec<u8>, n: usize, seconds: u64) {
@@ -124,7 +132,14 @@ async fn main() {
         reqwest::Client::builder().pool_max_idle_per_host(4096).timeout(Duration::from_secs(600)).build().unwrap();
     match mode {
         "rate" => rate(client, url, body, num(4), num(5)).await,
-        "stream" => stream(client, url, body, num(4) as usize).await,
+        "stream" => {
+            let mut targets = vec![(url, body)];
+            for pair in a[5..].chunks(2) {
+                assert!(pair.len() == 2 && pair[0].starts_with("http://127.0.0.1:"), "{usage}");
+                targets.push((pair[0].clone(), std::fs::read(&pair[1]).expect("body file")));
+            }
+            stream(client, targets, num(4) as usize).await
+        }
         "hold" => hold(client, url, body, num(4) as usize, num(5)).await,
         _ => panic!("{usage}"),
     }
