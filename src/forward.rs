@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::protocols::http::v1::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::io::AsyncWriteExt;
@@ -167,7 +166,7 @@ impl Forwarder {
                 Attempt::ServerError(failed) => {
                     metrics::RETRIES.with_label_values(&[RetryReason::Status5xx.as_str()]).inc();
                     let (up, peer) = *failed;
-                    let status = up.response_header().map_or(0, |h| h.status.as_u16());
+                    let status = up.resp_header().map_or(0, |h| h.status.as_u16());
                     let why = format!("answered HTTP {status}");
                     log::warn!("{} {} {why} (attempt {})", ctx.request_id, route.server.url.as_str(), ctx.attempts);
                     route.server.record_failure(&why, self.cooldown);
@@ -281,9 +280,18 @@ impl Forwarder {
         // before any response byte is retried once on a fresh connection, not counted as a try.
         let mut fresh_only = false;
         loop {
-            let (up, reused) = match self.connector.get_http_session(&peer).await {
-                Ok(s) => s,
-                Err(e) => return Attempt::Failed(RetryReason::Connect, format!("connect: {e}")),
+            // A pooled connection first; connecting is boxed, because its future is large
+            // (about 9 KB) and would otherwise be part of every request's state while it streams.
+            let pooled = match fresh_only {
+                false => self.connector.reused_http_session(&peer).await,
+                true => None,
+            };
+            let (up, reused) = match pooled {
+                Some(up) => (up, true),
+                None => match Box::pin(self.connector.get_http_session(&peer)).await {
+                    Ok(s) => s,
+                    Err(e) => return Attempt::Failed(RetryReason::Connect, format!("connect: {e}")),
+                },
             };
             let reused = reused && !fresh_only;
             let (up, header) = match send(up, &peer, session.req_header(), server, &payload, &ctx.request_id).await {
@@ -329,7 +337,7 @@ impl Forwarder {
         mut up: Box<HttpSession>,
         peer: HttpPeer,
     ) -> Outcome {
-        let uh = up.response_header().expect("header was read");
+        let uh = up.resp_header().expect("header was read");
         let status = uh.status.as_u16();
         let content_type = uh.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let mut resp = ResponseHeader::build_no_case(uh.status, Some(uh.headers.len() + 4)).expect("valid status");
@@ -362,7 +370,7 @@ impl Forwarder {
         loop {
             let chunk = tokio::select! {
                 biased;
-                c = up.read_response_body() => c,
+                c = up.read_body_bytes() => c,
                 _ = client_gone(session) => return Outcome::ClientGone,
             };
             match chunk {
@@ -402,7 +410,7 @@ impl Forwarder {
         if session.write_response_body(None, true).await.is_err() {
             return Outcome::ClientGone;
         }
-        if up.response_done() {
+        if up.is_body_done() {
             self.connector.release_http_session(*up, &peer, peer.options.idle_timeout).await;
         }
         Outcome::Answered
@@ -427,24 +435,9 @@ fn passed_on(name: &HeaderName) -> bool {
         && name.as_str() != "x-request-id"
 }
 
-/// The upstream request as Pingora's header type (for sessions other than HTTP/1.1): the
-/// client's, minus hop-by-hop headers, with the server's Host and the new length.
-fn upstream_request(client: &RequestHeader, server: &Server, len: usize, request_id: &str) -> RequestHeader {
-    let pq = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path = format!("{}{}", server.url.base_path, pq);
-    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 3))
-        .expect("path from a parsed URI is valid");
-    for (name, value) in client.headers.iter().filter(|(name, _)| passed_on(name)) {
-        req.append_header(name.clone(), value.clone()).expect("valid header");
-    }
-    req.insert_header(header::HOST, server.url.authority()).expect("authority is a valid header");
-    req.insert_header(header::CONTENT_LENGTH, len.to_string()).expect("number");
-    req.insert_header("x-request-id", request_id).expect("request id is a valid header");
-    req
-}
-
-/// The same request as HTTP/1.1 bytes, with the body appended when it is small, written
-/// straight from the client's parsed header (every part of it already validated).
+/// The upstream request as HTTP/1.1 bytes: the client's, minus hop-by-hop headers, with the
+/// server's Host, the new length and the request id; the body appended when it is small.
+/// Written straight from the client's parsed header (every part of it already validated).
 fn upstream_wire(client: &RequestHeader, base_path: &str, authority: &str, body: &[u8], request_id: &str) -> Vec<u8> {
     let pq = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let inline = body.len() <= ONE_WRITE_MAX;
@@ -480,9 +473,9 @@ const ONE_WRITE_MAX: usize = 64 * 1024;
 /// Sends the request header and body.
 ///
 /// Pingora's client flushes the header on its own, so a small request would cost two sends,
-/// and the server two wake-ups. On HTTP/1.1 the header and body are written here in one
-/// write through the session's stream, and a fresh session (same pooled connection) reads
-/// the response (for a POST it needs nothing from the request to read the answer).
+/// and the server two wake-ups. The header and body are written here in one write through
+/// the session's stream, and a fresh session (same pooled connection) reads the response
+/// (for a POST it needs nothing from the request to read the answer).
 async fn send(
     up: HttpSession,
     peer: &HttpPeer,
@@ -492,17 +485,8 @@ async fn send(
     request_id: &str,
 ) -> pingora::Result<HttpSession> {
     debug_assert_eq!(client.method, http::Method::POST, "only POSTs are model-routed");
-    let HttpSession::H1(h1) = up else {
-        let mut other = up;
-        set_timeouts(&mut other, peer);
-        let request = upstream_request(client, server, payload.len(), request_id);
-        other.write_request_header(Box::new(request)).await?;
-        other.write_request_body(payload.clone(), true).await?;
-        other.finish_request_body().await?;
-        return Ok(other);
-    };
     let wire = upstream_wire(client, &server.url.base_path, &server.url.authority(), payload, request_id);
-    let mut stream = h1.into_inner();
+    let mut stream = up.into_inner();
     let write = async {
         stream.write_all(&wire).await?;
         if payload.len() > ONE_WRITE_MAX {
@@ -521,22 +505,18 @@ async fn send(
         };
         pingora::Error::because(etype, "sending request", e)
     })?;
-    let mut up = HttpSession::H1(Http1Session::new_with_options(stream, peer));
-    set_timeouts(&mut up, peer);
+    let mut up = HttpSession::new_with_options(stream, peer);
+    // Pingora's client sessions do not take the timeouts from the peer options.
+    up.read_timeout = peer.options.read_timeout;
+    up.write_timeout = peer.options.write_timeout;
     Ok(up)
-}
-
-/// Pingora's client sessions do not take the timeouts from the peer options.
-fn set_timeouts(up: &mut HttpSession, peer: &HttpPeer) {
-    up.set_read_timeout(peer.options.read_timeout);
-    up.set_write_timeout(peer.options.write_timeout);
 }
 
 /// Reads the response header, skipping 1xx interim responses.
 async fn read_final_header(up: &mut HttpSession) -> pingora::Result<u16> {
     loop {
-        up.read_response_header().await?;
-        let status = up.response_header().expect("header was read").status;
+        up.read_response().await?;
+        let status = up.resp_header().expect("header was read").status;
         if !status.is_informational() {
             return Ok(status.as_u16());
         }

@@ -503,3 +503,20 @@ async fn a_killed_server_under_load_fails_no_request() {
     assert!(mocks[0].requests() > 0, "the killed server served before it died");
     assert!(mocks[1].requests() + mocks[2].requests() > 400);
 }
+
+/// A pooled connection that the server closes as the next request arrives (its keep-alive
+/// timeout racing the request) is replaced on the spot: the request succeeds on its first
+/// try, and the server is not marked as failing (with one server there is nowhere else to go).
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_server_is_replaced_not_failed() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("m", &m, "m:1b", 1, 1))).await;
+    m.close_reused_connections(true);
+    for round in 0..6 {
+        let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
+        assert_eq!(r.status(), 200, "round {round}");
+        assert_eq!(header(&r, "x-drover-attempts"), "1", "round {round}");
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(m.requests(), 6);
+}

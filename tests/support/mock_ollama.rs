@@ -65,6 +65,9 @@ pub struct MockState {
     pub last: Mutex<Option<Recorded>>,
     pub version: String,
     pub healthy: AtomicBool,
+    /// Serve one request per connection, and close a kept-alive connection unanswered when
+    /// the next request comes on it (a keep-alive timeout racing the client's next request).
+    pub close_reused: AtomicBool,
 }
 
 pub struct MockOllama {
@@ -97,6 +100,7 @@ impl MockOllama {
             last: Mutex::new(None),
             version: "0.6.5".into(),
             healthy: AtomicBool::new(true),
+            close_reused: AtomicBool::new(false),
         });
         let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
         *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
@@ -110,6 +114,11 @@ impl MockOllama {
     pub fn set_stream(&self, chunks: usize, delay: Duration) {
         self.state.chunks.store(chunks, Ordering::SeqCst);
         self.state.chunk_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// See [`MockState::close_reused`].
+    pub fn close_reused_connections(&self, on: bool) {
+        self.state.close_reused.store(on, Ordering::SeqCst);
     }
 
     pub fn set_answer_delay(&self, delay: Duration) {
@@ -170,7 +179,7 @@ pub async fn bind_again(addr: SocketAddr) -> TcpListener {
 
 /// Accepts connections; aborting this task drops the JoinSet and so every connection.
 async fn serve(listener: TcpListener, state: Arc<MockState>) {
-    let app = router(state);
+    let app = router(state.clone());
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
@@ -178,7 +187,20 @@ async fn serve(listener: TcpListener, state: Arc<MockState>) {
         // streamed chunk written while the previous one is unacknowledged waits for the
         // peer's delayed ACK (up to 40 ms), which would be charged to whoever proxies it.
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let inner = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (state, served) = (state.clone(), AtomicUsize::new(0));
+        let service = hyper::service::service_fn(move |req| {
+            use hyper::service::Service as _;
+            let refuse = served.fetch_add(1, Ordering::SeqCst) > 0 && state.close_reused.load(Ordering::SeqCst);
+            let answer = inner.call(req);
+            async move {
+                if refuse {
+                    // An error from the service makes hyper close the connection, unanswered.
+                    return Err(std::io::Error::other("closing a reused connection"));
+                }
+                answer.await.map_err(|never| match never {})
+            }
+        });
         connections.spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
