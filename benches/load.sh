@@ -53,6 +53,14 @@ BIN=$ROOT/target/release
 ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drover
 
 # ---- backends and proxies ---------------------------------------------------------------
+# A port already taken (a run still going, or one that was killed) would measure the wrong
+# process: refuse to start instead.
+for port in 18180 18181 18182 18183 18184 18185 18190 18193; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port is already in use (another run, or what a killed run left behind); stop it first"
+    exit 1
+  fi
+done
 OLLAMA_JSON='{"model":"bench:1b","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello there, how can I help?"},"done":true,"done_reason":"stop","total_duration":1000000,"load_duration":1000,"prompt_eval_count":12,"eval_count":8,"eval_duration":500000}'
 OPENAI_JSON='{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"bench:1b","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}'
 backend_block() {
@@ -137,7 +145,7 @@ general_settings:
   # No auth, as for drover and nginx here (LiteLLM refuses to start without a key otherwise).
   dangerously_permit_weak_or_unset_master_key: true
 EOF
-(cd "$WORK" && "$ROOT/.venv-bench/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port 18184 --num_workers 1 \
+(cd "$WORK" && exec "$ROOT/.venv-bench/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port 18184 --num_workers 1 \
   >"$WORK/litellm.log" 2>&1) &
 PIDS+=($!)
 
