@@ -11,7 +11,7 @@
 # Contestants: (a) direct to the backend, (b) drover, (c) nginx as a plain round-robin
 # proxy over the two backends, (d) LiteLLM's proxy (fewer requests: it is slow).
 # Figures: requests/s at fixed concurrency (wrk); p50/p99 latency at a fixed moderate rate
-# (loadgen, open loop); for streams, time to first byte and the delay each chunk gains
+# (loadgen, open loop); for streams, time to first byte and the delay each line gains
 # (loadgen); drover's RSS idle and with 2,000 open streams. Every figure also as a ratio
 # to direct and to nginx.
 set -euo pipefail
@@ -172,9 +172,12 @@ rps() { # URL BODY SECONDS CONNS
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_kb() { local p; for p in "$@"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{ s += $1 } END { print s }'; }
 
 RSS_IDLE=$(rss_kb "$DROVER_PID")
+# The nginx proxy instance: its master and workers.
+NGINX_PIDS=("$(cat "$WORK/proxy.pid")" $(pgrep -P "$(cat "$WORK/proxy.pid")"))
+N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
 
 # ---- throughput at fixed concurrency ----------------------------------------------------
 log "throughput: wrk -c$CONNS for ${DURATION}s each, $ROUNDS rounds"
@@ -212,27 +215,33 @@ D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}
 LRATE=$((RATE / 10))
 read -r L_P50 L_P99 _ L_FAIL <<<"$("$LG" rate http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LRATE" "$RATE_SECONDS" 2>/dev/null || echo "nan nan 0 0")"
 
-# ---- streams: time to first byte and the delay each chunk gains -------------------------
+# ---- streams: time to first byte and the delay each line gains in transit -------------------------
 log "streams: $STREAM_CHUNKS chunks ${STREAM_GAP_MS} ms apart, 20 streams each, taken in turn"
 { read -r S_D; read -r S_R; read -r S_N; } < <("$LG" stream http://127.0.0.1:18190/api/chat "$WORK/stream-direct.json" 20 \
   http://127.0.0.1:18183/api/chat "$WORK/stream.json" http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json")
-# Mean over streamed lines of (arrival through the proxy - arrival direct), from median arrival times.
+# Mean over streamed lines of (transit through the proxy - transit direct), from median transit
+# times; a line's transit is its arrival minus the created_at the backend stamped on it.
 gain() { paste <(tr ' ' '\n' <<<"$1" | tail -n +2) <(tr ' ' '\n' <<<"$2" | tail -n +2) | awk '{ s += $1 - $2; n++ } END { printf "%.3f", s / n }'; }
 ttfb() { cut -d' ' -f1 <<<"$1"; }
 GAIN_R=$(gain "$S_R" "$S_D"); GAIN_N=$(gain "$S_N" "$S_D")
 
-# ---- drover's memory with 2,000 open streams --------------------------------------------
-log "memory: $HOLD_STREAMS streams held open through drover"
+# ---- memory with 2,000 open streams: drover, and the nginx proxy for reference -----------
+log "memory: $HOLD_STREAMS streams held open through drover, then through nginx"
 pkill -f "mock_ollama 18190" || true
 "$BIN/examples/mock_ollama" 18190 bench:1b 1000 30 >/dev/null &
 PIDS+=($!)
 wait_http http://127.0.0.1:18190/api/version
-"$LG" hold http://127.0.0.1:18183/api/chat "$WORK/stream.json" "$HOLD_STREAMS" 8 > "$WORK/hold.txt" &
-HOLD=$!
-PEAK=0
-for _ in $(seq 1 70); do r=$(rss_kb "$DROVER_PID"); [ "$r" -gt "$PEAK" ] && PEAK=$r; sleep 0.1; done
-wait $HOLD
-OPENED=$(awk '{print $2}' "$WORK/hold.txt")
+# hold URL BODY PIDS...: opens the streams, samples the summed RSS of PIDS; prints "opened peak_kb".
+hold() {
+  local url=$1 body=$2; shift 2
+  "$LG" hold "$url" "$body" "$HOLD_STREAMS" 8 > "$WORK/hold.txt" &
+  local h=$! peak=0 r
+  for _ in $(seq 1 70); do r=$(rss_kb "$@"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.1; done
+  wait $h
+  echo "$(awk '{print $2}' "$WORK/hold.txt") $peak"
+}
+read -r OPENED PEAK <<<"$(hold http://127.0.0.1:18183/api/chat "$WORK/stream.json" "$DROVER_PID")"
+read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json" "${NGINX_PIDS[@]}")"
 
 # ---- report -----------------------------------------------------------------------------
 {
@@ -254,27 +263,31 @@ OPENED=$(awk '{print $2}' "$WORK/hold.txt")
   echo
   echo "### Latency at $RATE requests/s (LiteLLM at $LRATE/s), open loop, ${RATE_SECONDS}s per run; median of $ROUNDS interleaved runs (LiteLLM: one)"
   echo
-  echo "| target | p50 ms | p99 ms | failed | p99 added vs direct (ms) | p99 vs nginx |"
-  echo "|---|---|---|---|---|---|"
-  echo "| direct | $D_P50 | $D_P99 | $D_FAIL | 0 | $(ratio "$D_P99" "$N_P99") |"
-  echo "| drover | $R_P50 | $R_P99 | $R_FAIL | $(awk -v a="$R_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | $(ratio "$R_P99" "$N_P99") |"
-  echo "| nginx | $N_P50 | $N_P99 | $N_FAIL | $(awk -v a="$N_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | 1.00 |"
-  echo "| LiteLLM | $L_P50 | $L_P99 | $L_FAIL | $(awk -v a="$L_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | $(ratio "$L_P99" "$N_P99") |"
+  echo "| target | p50 ms | p99 ms | failed | p99 added vs direct (ms) | p99 vs direct | p99 vs nginx |"
+  echo "|---|---|---|---|---|---|---|"
+  # lat NAME P50 P99 FAILED: one latency row, with the p99 against direct and nginx.
+  lat() { echo "| $1 | $2 | $3 | $4 | $(awk -v a="$3" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}') | $(ratio "$3" "$D_P99") | $(ratio "$3" "$N_P99") |"; }
+  lat direct "$D_P50" "$D_P99" "$D_FAIL"
+  lat drover "$R_P50" "$R_P99" "$R_FAIL"
+  lat nginx "$N_P50" "$N_P99" "$N_FAIL"
+  lat LiteLLM "$L_P50" "$L_P99" "$L_FAIL"
   echo
   echo "### Streams ($STREAM_CHUNKS NDJSON lines, ${STREAM_GAP_MS} ms apart; medians of 20 streams per target, targets taken in turn)"
   echo
-  echo "| target | time to first byte ms | delay each line gains ms (vs direct) |"
-  echo "|---|---|---|"
-  echo "| direct | $(ttfb "$S_D") | 0 |"
-  echo "| drover | $(ttfb "$S_R") | $GAIN_R |"
-  echo "| nginx (proxy_buffering off) | $(ttfb "$S_N") | $GAIN_N |"
+  echo "| target | time to first byte ms | TTFB vs direct | TTFB vs nginx | delay each line gains ms (transit vs direct) |"
+  echo "|---|---|---|---|---|"
+  for row in "direct:$S_D:0" "drover:$S_R:$GAIN_R" "nginx (proxy_buffering off):$S_N:$GAIN_N"; do
+    IFS=: read -r name timings gain <<<"$row"
+    echo "| $name | $(ttfb "$timings") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_D")") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_N")") | $gain |"
+  done
   echo
-  echo "### drover memory"
+  echo "### Memory (RSS; nginx: the proxy instance's master and workers)"
   echo
-  echo "| state | RSS MB |"
-  echo "|---|---|"
-  echo "| idle | $(awk -v k="$RSS_IDLE" 'BEGIN{printf "%.1f", k/1024}') |"
-  echo "| $OPENED streams open at once (peak) | $(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}') |"
+  mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+  echo "| state | drover MB | nginx MB | drover vs nginx |"
+  echo "|---|---|---|---|"
+  echo "| idle | $(mb "$RSS_IDLE") | $(mb "$N_RSS_IDLE") | $(ratio "$RSS_IDLE" "$N_RSS_IDLE") |"
+  echo "| $HOLD_STREAMS streams open at once, peak (opened: drover $OPENED, nginx $N_OPENED) | $(mb "$PEAK") | $(mb "$N_PEAK") | $(ratio "$PEAK" "$N_PEAK") |"
   echo
   echo "### Against the targets"
   echo

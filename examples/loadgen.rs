@@ -1,14 +1,15 @@
 //! The load benchmark's generator for what wrk does not measure: latency at a fixed request
-//! rate (open loop), stream timing (time to first byte, when each streamed line arrives), and many
-//! streams held open at once. Used by benches/load.sh; loopback targets only.
+//! rate (open loop), stream timing (time to first byte, and how long each streamed line took
+//! from the backend), and many streams held open at once. Used by benches/load.sh; loopback
+//! targets only.
 //!
 //! loadgen rate   URL BODY_FILE RPS SECONDS   -> "p50_ms p99_ms ok failed"
 //! loadgen stream URL BODY_FILE COUNT [URL BODY_FILE]...
-//!                                            -> per target, "ttfb_ms line_offsets_ms..." (medians over
+//!                                            -> per target, "ttfb_ms line_transit_ms..." (medians over
 //!                                               COUNT streams, the targets taken in turn)
 //! loadgen hold   URL BODY_FILE N SECONDS     -> opens N streams, holds them SECONDS, prints "open N"
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 
@@ -55,20 +56,35 @@ async fn rate(client: reqwest::Client, url: String, body: Vec<u8>, rps: u64, sec
     println!("{:.3} {:.3} {} {}", percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len(), failed);
 }
 
-/// One stream: time to the header, then the time each NDJSON line was complete (ms from
-/// sending). Lines, not transport chunks: a proxy may split or merge chunks, and comparing
-/// the i-th chunk of one path with the i-th chunk of another would compare different lines.
+/// One stream: time to the header (ms from sending), then for each NDJSON line its transit
+/// time: when it was complete here minus the `created_at` the backend stamped on it when it
+/// sent it (same machine, same clock). Through a proxy, the difference to direct is what the
+/// proxy adds to each line, without the delay it added to the request.
 async fn one_stream(client: &reqwest::Client, url: &str, body: &[u8]) -> Option<(f64, Vec<f64>)> {
     let sent = Instant::now();
     let r = client.post(url).header("content-type", "application/json").body(body.to_vec()).send().await.ok()?;
     let ttfb = sent.elapsed().as_secs_f64() * 1000.0;
-    let mut lines = Vec::new();
+    let mut transit = Vec::new();
+    let mut partial = Vec::new();
     let mut s = r.bytes_stream();
     while let Some(c) = s.next().await {
-        let at = sent.elapsed().as_secs_f64() * 1000.0;
-        lines.extend(std::iter::repeat_n(at, memchr::memchr_iter(b'\n', &c.ok()?).count()));
+        let now = SystemTime::now();
+        partial.extend_from_slice(&c.ok()?);
+        while let Some(nl) = memchr::memchr(b'\n', &partial) {
+            let line: Vec<u8> = partial.drain(..=nl).collect();
+            let made = created_at(&line)?;
+            transit.push(now.duration_since(made).map_or(0.0, |d| d.as_secs_f64() * 1000.0));
+        }
     }
-    Some((ttfb, lines))
+    Some((ttfb, transit))
+}
+
+/// The `created_at` of an Ollama stream line.
+fn created_at(line: &[u8]) -> Option<SystemTime> {
+    const KEY: &[u8] = b"\"created_at\":\"";
+    let at = memchr::memmem::find(line, KEY)? + KEY.len();
+    let end = at + memchr::memchr(b'"', &line[at..])?;
+    humantime::parse_rfc3339(std::str::from_utf8(&line[at..end]).ok()?).ok()
 }
 
 /// Streams from each target in turn, `count` rounds (interleaved, so that a slow spell of

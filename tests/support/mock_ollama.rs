@@ -367,6 +367,9 @@ fn whole_answer(s: &MockState, path: &str, model: &str) -> Value {
     }
 }
 
+/// Stands for the send time in a streamed line's `created_at` until the line is sent.
+const SENT_AT: &str = "@sent-at@";
+
 /// Streams NDJSON (Ollama) or SSE (OpenAI), one chunk per gap; counts readers that leave early.
 fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
@@ -382,11 +385,12 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
                                 "choices": [{ "index": 0, "delta": { "content": piece }, "finish_reason": null }] });
                 format!("data: {c}\n\n")
             } else if path == "/api/generate" {
-                format!("{}\n", json!({ "model": model, "response": piece, "done": false }))
+                format!("{}\n", json!({ "model": model, "created_at": SENT_AT, "response": piece, "done": false }))
             } else {
                 format!(
                     "{}\n",
-                    json!({ "model": model, "message": { "role": "assistant", "content": piece }, "done": false })
+                    json!({ "model": model, "created_at": SENT_AT, "message": { "role": "assistant", "content": piece },
+                            "done": false })
                 )
             });
         }
@@ -399,7 +403,7 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
         } else {
             lines.push(format!(
                 "{}\n",
-                json!({ "model": model, "done": true, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 1000,
+                json!({ "model": model, "created_at": SENT_AT, "done": true, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 1000,
                         "prompt_eval_count": 5, "eval_count": n, "eval_duration": 500, "message": { "role": "assistant", "content": "" } })
             ));
         }
@@ -411,6 +415,9 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
                 let _ = tx.send(Err(std::io::Error::other("mock drops the stream"))).await;
                 return;
             }
+            // As Ollama, each line says when it was made: here, the moment it is handed over.
+            let line =
+                line.replacen(SENT_AT, &humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(), 1);
             if tx.send(Ok(Bytes::from(line))).await.is_err() {
                 s.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
