@@ -166,7 +166,10 @@ impl<'de> Visitor<'de> for ModelFinder {
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_bounded(session: &mut pingora::proxy::Session, limit: usize) -> Result<Bytes, BodyError> {
+pub async fn read_bounded(
+    session: &mut pingora::protocols::http::ServerSession,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
     let declared = session
         .req_header()
         .headers

@@ -2,7 +2,7 @@
 //!
 //! Pingora's proxy loop cannot send a body it did not read itself beyond its 64 KiB retry
 //! buffer, so model-routed requests are forwarded here with Pingora's own upstream
-//! connector (pooled connections, timeouts) from `request_filter`. That gives full control
+//! connector (pooled connections, timeouts), from drover's own request handler. That gives full control
 //! of retries: the rewritten body is re-sent on every attempt, a 5xx before any byte
 //! reached the client goes to the next server, and a client that hangs up drops the
 //! upstream request at once (so Ollama stops generating).
@@ -16,7 +16,7 @@ use http::header::{self, HeaderName};
 use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::HttpSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::io::AsyncWriteExt;
 
@@ -362,7 +362,7 @@ impl Forwarder {
             // It answered, so the model is loaded there now, whatever /api/ps said last.
             route.server.mark_loaded(&route.actual_model);
         }
-        if session.write_response_header(Box::new(resp), false).await.is_err() {
+        if session.write_response_header(Box::new(resp)).await.is_err() {
             return Outcome::ClientGone;
         }
         let mut ends_line = true;
@@ -381,7 +381,7 @@ impl Forwarder {
                     ctx.bytes_out += data.len() as u64;
                     // Forwarded first, read after: the scan never delays a chunk.
                     let scanned = data.clone();
-                    if session.write_response_body(Some(data), false).await.is_err() {
+                    if session.write_response_body(data, false).await.is_err() {
                         return Outcome::ClientGone;
                     }
                     usage.feed(&scanned);
@@ -398,7 +398,7 @@ impl Forwarder {
                     ctx.error = Some(why.clone());
                     if let (false, Some(tail)) = (sized, stream_error_tail(&content_type, &why)) {
                         let tail = if ends_line { tail } else { [&b"\n"[..], &tail].concat().into() };
-                        let _ = session.write_response_body(Some(tail), true).await;
+                        let _ = session.write_response_body(tail, true).await;
                     } else {
                         session.set_keepalive(None);
                         session.shutdown().await;
@@ -407,7 +407,7 @@ impl Forwarder {
                 }
             }
         }
-        if session.write_response_body(None, true).await.is_err() {
+        if session.finish_body().await.is_err() {
             return Outcome::ClientGone;
         }
         if up.is_body_done() {

@@ -1,17 +1,23 @@
 //! The Pingora service: every request is classified, then answered from the fleet view or forwarded by model.
+//!
+//! drover is a Pingora `HttpServerApp`, not a `ProxyHttp`: it answers every request itself
+//! (forwarding model-routed ones with Pingora's connector, see forward.rs), so Pingora's
+//! proxy state machine would be carried for nothing on each request.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::protocols::http::ServerSession as Session;
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::accesslog::Line;
 use crate::admin::Admin;
@@ -56,6 +62,10 @@ pub struct Drover {
     started: Instant,
     next_id: AtomicU64,
     id_prefix: String,
+    /// Set, and `closing` notified, when the service stops: idle kept-alive connections
+    /// waiting for their next request are closed rather than waited for.
+    closed: AtomicBool,
+    closing: Notify,
 }
 
 impl Drover {
@@ -78,6 +88,8 @@ impl Drover {
             started: Instant::now(),
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
         }
     }
 
@@ -236,8 +248,8 @@ impl Drover {
     async fn write(&self, session: &mut Session, ctx: &mut RequestCtx, header: ResponseHeader, body: Bytes) {
         let head = session.req_header().method == http::Method::HEAD;
         ctx.bytes_out += if head { 0 } else { body.len() as u64 };
-        if session.write_response_header(Box::new(header), head).await.is_ok() && !head {
-            let _ = session.write_response_body(Some(body), true).await;
+        if session.write_response_header(Box::new(header)).await.is_ok() {
+            let _ = if head { session.finish_body().await } else { session.write_response_body(body, true).await };
         }
     }
 
@@ -279,12 +291,33 @@ impl Drover {
 }
 
 #[async_trait]
-impl ProxyHttp for Drover {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            request_id: String::new(),
+impl HttpServerApp for Drover {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: Session,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            biased; // a request already buffered is served, not dropped
+            r = session.read_request() => r,
+            _ = self.stopping() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if e.etype() == &ErrorType::InvalidHTTPHeader {
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx {
+            request_id: self.request_id(&session),
             started: Instant::now(),
             api: Api::Ollama,
             model: None,
@@ -297,22 +330,32 @@ impl ProxyHttp for Drover {
             bytes_out: 0,
             error: None,
             usage: Usage::default(),
+        };
+        self.answer(&mut session, &mut ctx).await;
+        self.log(&session, &ctx);
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+    }
+
+    async fn http_cleanup(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
+    }
+}
+
+impl Drover {
+    /// Resolves once the service is stopping.
+    async fn stopping(&self) {
+        let notified = self.closing.notified();
+        if self.closed.load(Ordering::Acquire) {
+            return;
         }
+        notified.await
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        ctx.started = Instant::now();
-        ctx.request_id = self.request_id(session);
-        self.answer(session, ctx).await;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
-        // Every request is answered in request_filter (see forward.rs for why).
-        Error::e_explain(ErrorType::InternalError, "drover answers every request in request_filter")
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    /// Counts the request in the metrics and writes its access-log line.
+    fn log(&self, session: &Session, ctx: &RequestCtx) {
         self.account(ctx);
         let req = session.req_header();
         let client = session.client_addr().map(|a| a.to_string());

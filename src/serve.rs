@@ -8,6 +8,7 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::config::{Env, Settings};
 use crate::fleet::Fleet;
@@ -93,7 +94,7 @@ pub fn run(args: ServeArgs) -> i32 {
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, drover);
+    let mut proxy = Service::new("drover".to_string(), drover);
     // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
     // buffers of its own, so the 64 KiB default only costs memory per open connection.
     let listener = ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));
