@@ -318,6 +318,22 @@ async fn sigterm_lets_streams_in_flight_finish() {
     assert!(http().get(format!("{}/status", d.url)).send().await.is_err(), "and no longer accepts");
 }
 
+/// A kept-alive connection waiting for its next request is closed as soon as drover stops,
+/// not kept open through the grace period (20 s here) for a request that may never come.
+#[tokio::test]
+async fn sigterm_closes_idle_kept_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Drover::start_with_grace(FAST, 20).await;
+    let mut idle = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    idle.write_all(b"GET /api/version HTTP/1.1\r\nHost: drover\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    signal(d.pid(), "TERM");
+    let read = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed at once, without another answer: {read:?}");
+}
+
 #[tokio::test]
 async fn a_bad_config_at_upgrade_leaves_the_old_process_serving() {
     let m = MockOllama::start("m", &["m:1b"]).await;

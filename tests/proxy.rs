@@ -520,3 +520,22 @@ async fn a_pooled_connection_closed_by_the_server_is_replaced_not_failed() {
     }
     assert_eq!(m.requests(), 6);
 }
+
+/// A request that is not valid HTTP gets a 400 and the connection is closed; drover goes on serving.
+#[tokio::test]
+async fn a_malformed_request_gets_400_and_a_closed_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("m", &m, "m:1b", 1, 1))).await;
+    for bad in [&b"POST /api/chat HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..], b"\x16\x03\x01\x00\xa5\r\n\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(bad).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer)).await.expect("closed").unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+    assert_eq!(m.requests(), 0);
+    let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
+    assert_eq!(r.status(), 200);
+}
