@@ -4,7 +4,7 @@
 //! (forwarding model-routed ones with Pingora's connector, see forward.rs), so Pingora's
 //! proxy state machine would be carried for nothing on each request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,6 @@ use pingora::protocols::http::ServerSession as Session;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::accesslog::Line;
 use crate::admin::Admin;
@@ -62,10 +61,6 @@ pub struct Drover {
     started: Instant,
     next_id: AtomicU64,
     id_prefix: String,
-    /// Set, and `closing` notified, when the service stops: idle kept-alive connections
-    /// waiting for their next request are closed rather than waited for.
-    closed: AtomicBool,
-    closing: Notify,
 }
 
 impl Drover {
@@ -88,8 +83,6 @@ impl Drover {
             started: Instant::now(),
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
-            closed: AtomicBool::new(false),
-            closing: Notify::new(),
         }
     }
 
@@ -253,6 +246,35 @@ impl Drover {
         }
     }
 
+    /// Counts the request in the metrics and writes its access-log line.
+    fn log(&self, session: &Session, ctx: &RequestCtx) {
+        self.account(ctx);
+        let req = session.req_header();
+        let client = session.client_addr().map(|a| a.to_string());
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let u = &ctx.usage;
+        let line = Line::new()
+            .str("time", Some(&time))
+            .str("request_id", Some(&ctx.request_id))
+            .str("client", client.as_deref())
+            .str("method", Some(req.method.as_str()))
+            .str("path", Some(req.uri.path()))
+            .str("model", ctx.model.as_deref())
+            .str("actual_model", ctx.actual_model.as_deref())
+            .str("server", ctx.server.as_deref())
+            .num("status", Some(ctx.status))
+            .num("attempts", Some(ctx.attempts))
+            .millis("ttfb_ms", ctx.ttfb)
+            .millis("duration_ms", Some(ctx.started.elapsed()))
+            .num("bytes_in", Some(ctx.bytes_in))
+            .num("bytes_out", Some(ctx.bytes_out))
+            .num("prompt_tokens", u.prompt_tokens)
+            .num("completion_tokens", u.completion_tokens)
+            .str("error", ctx.error.as_deref())
+            .finish();
+        self.access_log.write(line);
+    }
+
     /// Counts a finished request in the metrics (model-routed requests only: the rest are drover's own pages).
     fn account(&self, ctx: &RequestCtx) {
         let Some(model) = ctx.model.as_deref() else { return };
@@ -297,10 +319,13 @@ impl HttpServerApp for Drover {
         mut session: Session,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        // A kept-alive connection waiting for its next request is closed when the service
+        // stops, rather than waited for through the grace period.
+        let mut stopping = shutdown.clone();
         let read = tokio::select! {
             biased; // a request already buffered is served, not dropped
             r = session.read_request() => r,
-            _ = self.stopping() => return None,
+            _ = stopping.wait_for(|stop| *stop) => return None,
         };
         match read {
             Ok(true) => {}
@@ -336,50 +361,5 @@ impl HttpServerApp for Drover {
         let settings = HttpPersistentSettings::for_session(&session);
         let reusable = session.finish().await.ok().flatten()?;
         Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
-    }
-
-    async fn http_cleanup(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.closing.notify_waiters();
-    }
-}
-
-impl Drover {
-    /// Resolves once the service is stopping.
-    async fn stopping(&self) {
-        let notified = self.closing.notified();
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await
-    }
-
-    /// Counts the request in the metrics and writes its access-log line.
-    fn log(&self, session: &Session, ctx: &RequestCtx) {
-        self.account(ctx);
-        let req = session.req_header();
-        let client = session.client_addr().map(|a| a.to_string());
-        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let u = &ctx.usage;
-        let line = Line::new()
-            .str("time", Some(&time))
-            .str("request_id", Some(&ctx.request_id))
-            .str("client", client.as_deref())
-            .str("method", Some(req.method.as_str()))
-            .str("path", Some(req.uri.path()))
-            .str("model", ctx.model.as_deref())
-            .str("actual_model", ctx.actual_model.as_deref())
-            .str("server", ctx.server.as_deref())
-            .num("status", Some(ctx.status))
-            .num("attempts", Some(ctx.attempts))
-            .millis("ttfb_ms", ctx.ttfb)
-            .millis("duration_ms", Some(ctx.started.elapsed()))
-            .num("bytes_in", Some(ctx.bytes_in))
-            .num("bytes_out", Some(ctx.bytes_out))
-            .num("prompt_tokens", u.prompt_tokens)
-            .num("completion_tokens", u.completion_tokens)
-            .str("error", ctx.error.as_deref())
-            .finish();
-        self.access_log.write(line);
     }
 }
