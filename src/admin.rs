@@ -199,7 +199,7 @@ impl Admin {
                 (if found.is_empty() { "unknown" } else { "discovery" }, found)
             }
         };
-        let req = Request { model, native_api: false, tried: &[], waiting: 0 };
+        let req = Request { model, native_api: false, tried: &[], waiting: 0, panic_mode: false };
         let reasons: Vec<Option<Skip>> = routes.iter().map(|r| ineligible(r, &req)).collect();
         let winning = routes
             .iter()
@@ -257,7 +257,7 @@ impl Admin {
 }
 
 fn model_overview(name: &str, mr: &ModelRoutes) -> Value {
-    let req = Request { model: name, native_api: false, tried: &[], waiting: 0 };
+    let req = Request { model: name, native_api: false, tried: &[], waiting: 0, panic_mode: false };
     let usable = |r: &Arc<Route>| ineligible(r, &req).is_none();
     let winning = mr.routes.iter().filter(|r| usable(r)).map(|r| r.priority).min();
     let live_total: u64 =

@@ -12,12 +12,18 @@ use bytes::{Bytes, BytesMut};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use pingora::protocols::http::ServerSession;
+
 use crate::api::ApiError;
 
 /// Why a body cannot be routed.
 #[derive(Debug, PartialEq)]
 pub enum BodyError {
     TooLarge { limit: usize },
+    /// A chunked body too large to be replayed by the proxy (see `read_bounded`).
+    ChunkedTooLarge,
+    /// Arrays and objects nested deeper than `MAX_DEPTH`.
+    TooDeep,
     Malformed(String),
     NotAnObject,
     MissingModel,
@@ -34,6 +40,19 @@ impl From<BodyError> for ApiError {
                 format!(
                     "request body is larger than the {limit} bytes this server accepts (load_balancer.max_body_bytes)"
                 ),
+            ),
+            BodyError::ChunkedTooLarge => ApiError::new(
+                411,
+                "length_required",
+                format!(
+                    "a chunked request body over {} KiB cannot be routed: send it with a Content-Length header",
+                    TAIL_LIMIT / 1024
+                ),
+            ),
+            BodyError::TooDeep => ApiError::new(
+                400,
+                "invalid_json",
+                format!("request body nests arrays or objects deeper than {MAX_DEPTH} levels"),
             ),
             BodyError::Malformed(why) => {
                 ApiError::new(400, "invalid_json", format!("request body is not valid JSON: {why}"))
@@ -68,6 +87,7 @@ impl RoutableBody {
             let raw = match (&mut de).deserialize_any(ModelFinder) {
                 Ok(Found::Object(raw)) => raw,
                 Ok(Found::NotObject) => return Err(BodyError::NotAnObject),
+                Err(e) if e.to_string().starts_with("recursion limit exceeded") => return Err(BodyError::TooDeep),
                 Err(e) => return Err(BodyError::Malformed(e.to_string())),
             };
             de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
@@ -165,37 +185,86 @@ impl<'de> Visitor<'de> for ModelFinder {
     }
 }
 
+/// How deep a body may nest arrays and objects: serde_json's own recursion limit, which
+/// stops a hostile body from exhausting the stack; deeper bodies are refused (400).
+pub const MAX_DEPTH: usize = 128;
+
+/// The size of Pingora's retry buffer: the proxy loop replays a body only when this buffer
+/// holds it whole. See `read_bounded`.
+pub const TAIL_LIMIT: usize = 64 * 1024;
+
 /// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_bounded(
-    session: &mut pingora::protocols::http::ServerSession,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+///
+/// With `keep_tail`, the body's last bytes are kept in Pingora's retry buffer: it is switched
+/// on once at most `TAIL_LIMIT` bytes remain, so it is never truncated. The proxy loop then
+/// calls `request_body_filter` at the start of every attempt, and drover hands it the whole
+/// rewritten body there. A chunked body (length unknown in advance) has to fit the buffer
+/// whole; a larger one gets 411.
+pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: bool) -> Result<Bytes, BodyError> {
+    let headers = &session.req_header().headers;
+    let declared = if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        None
+    } else {
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+    };
+    if declared.is_some_and(|n: usize| n > limit) {
         return Err(BodyError::TooLarge { limit });
     }
-    let expects_continue = session
+    if expects_continue(session) {
+        // Pingora does not answer Expect itself when the body is read from a filter, and by
+        // default closes a connection that was answered before its body was read.
+        session.set_close_on_response_before_downstream_finish(false);
+        let sent = session.write_continue_response().await;
+        session.set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|e| BodyError::Read(e.to_string()))?;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    loop {
+        if keep_tail && declared.is_none_or(|n| n - session.body_bytes_read() <= TAIL_LIMIT) {
+            session.enable_retry_buffering();
+        }
+        match session.read_request_body().await.map_err(|e| BodyError::Read(e.to_string()))? {
+            Some(chunk) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            None => break,
+        }
+    }
+    if keep_tail && !buf.is_empty() && session.get_retry_buffer().is_none() {
+        return Err(BodyError::ChunkedTooLarge);
+    }
+    Ok(buf.freeze())
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+pub fn expects_continue(session: &ServerSession) -> bool {
+    session
         .req_header()
         .headers
         .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        // Pingora does not answer Expect itself when the body is read from a filter.
-        session.write_continue_response().await.map_err(|e| BodyError::Read(e.to_string()))?;
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads and discards what is left of a refused body, so that the client, still sending,
+/// reads the refusal instead of a reset connection. Bounded in bytes and time.
+pub async fn drain(session: &mut ServerSession, max_bytes: usize, within: std::time::Duration) {
+    if session.is_body_done() || (expects_continue(session) && session.body_bytes_read() == 0) {
+        // Done, or the client was never told to send it.
+        return;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-    while let Some(chunk) = session.read_request_body().await.map_err(|e| BodyError::Read(e.to_string()))? {
-        if buf.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge { limit });
+    let _ = tokio::time::timeout(within, async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > max_bytes {
+                break;
+            }
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -250,6 +319,18 @@ mod tests {
         assert_eq!(parse("{\"model\":\"  \"}").unwrap_err(), BodyError::MissingModel);
         assert_eq!(parse("{\"model\":7}").unwrap_err(), BodyError::ModelNotString);
         assert_eq!(parse("{\"model\":null}").unwrap_err(), BodyError::ModelNotString);
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |depth: usize| format!("{{\"model\":\"m\",\"x\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
+        // The top-level object is one level: 126 arrays inside it stay within the limit.
+        assert_eq!(parse(&nested(MAX_DEPTH - 2)).unwrap().model, "m");
+        assert_eq!(parse(&nested(MAX_DEPTH)).unwrap_err(), BodyError::TooDeep);
+        assert_eq!(parse(&nested(100_000)).unwrap_err(), BodyError::TooDeep, "no stack overflow");
+        let e: ApiError = BodyError::TooDeep.into();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("128 levels"), "{}", e.message);
     }
 
     #[test]

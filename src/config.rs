@@ -90,6 +90,10 @@ struct RawServerObject {
     probe_url: Option<String>,
     #[serde(default)]
     max_concurrency: Option<i64>,
+    #[serde(default)]
+    max_fails: Option<u32>,
+    #[serde(default)]
+    fail_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +133,11 @@ struct LbSection {
     db_check_interval: Option<RawDuration>,
     max_retry_count: Option<u32>,
     cooldown: Option<RawDuration>,
+    max_fails: Option<u32>,
+    fail_timeout: Option<RawDuration>,
+    panic_mode: Option<bool>,
     max_body_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
     strategy: Option<String>,
     model_strategies: Option<std::collections::BTreeMap<String, String>>,
     max_concurrency: Option<i64>,
@@ -190,6 +198,9 @@ pub struct ServerSpec {
     pub kind: Kind,
     pub probe_url: Option<ServerUrl>,
     pub max_concurrency: Option<usize>,
+    /// Passive failure counting, overriding load_balancer.max_fails / fail_timeout.
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,8 +227,17 @@ pub struct LoadBalancing {
     pub fall: u32,
     pub db_check_interval: Duration,
     pub max_retry_count: u32,
+    /// How long a server that failed `max_fails` requests within `fail_timeout` is skipped.
     pub cooldown: Duration,
+    /// Failed requests within `fail_timeout` that put a server into cooldown (nginx's max_fails).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// When every route of a model is cooling down, try the one that failed longest ago
+    /// instead of refusing (Envoy's panic mode).
+    pub panic_mode: bool,
     pub max_body_bytes: usize,
+    /// Largest request header block accepted; larger ones get 431.
+    pub max_header_bytes: usize,
     pub strategy: Strategy,
     /// Per virtual model, overriding `strategy`.
     pub model_strategies: std::collections::HashMap<String, Strategy>,
@@ -410,6 +430,14 @@ impl Settings {
         if max_body_bytes == 0 {
             v.error("load_balancer.max_body_bytes", "must be at least 1, got 0");
         }
+        let max_header_bytes = lb.max_header_bytes.unwrap_or(64 * 1024);
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            v.error("load_balancer.max_header_bytes", format!("{max_header_bytes}: expected 1024 to 1048576"));
+        }
+        let max_fails = lb.max_fails.unwrap_or(3);
+        if max_fails == 0 {
+            v.error("load_balancer.max_fails", "must be at least 1, got 0");
+        }
         let load_balancer = LoadBalancing {
             health_check_interval: v.duration("load_balancer.health_check_interval", lb.health_check_interval, "5s"),
             health_check_timeout: v.duration("load_balancer.health_check_timeout", lb.health_check_timeout, "1s"),
@@ -418,7 +446,11 @@ impl Settings {
             db_check_interval: v.duration("load_balancer.db_check_interval", lb.db_check_interval, "5s"),
             max_retry_count: lb.max_retry_count.unwrap_or(2),
             cooldown: v.duration("load_balancer.cooldown", lb.cooldown, "10s"),
+            max_fails,
+            fail_timeout: v.duration("load_balancer.fail_timeout", lb.fail_timeout, "10s"),
+            panic_mode: lb.panic_mode.unwrap_or(true),
             max_body_bytes: max_body_bytes as usize,
+            max_header_bytes: max_header_bytes as usize,
             strategy,
             model_strategies,
             max_concurrency: default_concurrency,
@@ -570,7 +602,14 @@ impl Validator {
 
     fn server(&mut self, key: &str, raw: RawServer) -> Option<ServerSpec> {
         let obj = match raw {
-            RawServer::Url(url) => RawServerObject { url, kind: None, probe_url: None, max_concurrency: None },
+            RawServer::Url(url) => RawServerObject {
+                url,
+                kind: None,
+                probe_url: None,
+                max_concurrency: None,
+                max_fails: None,
+                fail_timeout: None,
+            },
             RawServer::Object(o) => o,
         };
         let url = self.url(&format!("{key}.url"), &obj.url);
@@ -584,7 +623,11 @@ impl Validator {
         };
         let probe_url = obj.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
         let max_concurrency = obj.max_concurrency.map(|n| self.positive(&format!("{key}.max_concurrency"), n));
-        Some(ServerSpec { url: url?, kind, probe_url, max_concurrency })
+        if obj.max_fails == Some(0) {
+            self.error(format!("{key}.max_fails"), "must be at least 1, got 0");
+        }
+        let fail_timeout = obj.fail_timeout.map(|d| self.duration(&format!("{key}.fail_timeout"), Some(d), "10s"));
+        Some(ServerSpec { url: url?, kind, probe_url, max_concurrency, max_fails: obj.max_fails, fail_timeout })
     }
 
     fn route(&mut self, key: &str, r: RawRoute) -> Option<RouteSpec> {

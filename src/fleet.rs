@@ -141,8 +141,10 @@ pub struct ServerState {
     healthy: AtomicBool,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
-    /// Milliseconds since `epoch` until which the server is skipped after a failed request.
+    /// Milliseconds since `epoch` until which the server is skipped after failed requests.
     cooldown_until_ms: AtomicU64,
+    /// Failed requests counted in the current `fail_timeout` window (nginx's max_fails).
+    fails: Mutex<FailWindow>,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -164,6 +166,7 @@ impl Default for ServerState {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             cooldown_until_ms: AtomicU64::new(0),
+            fails: Mutex::new(FailWindow::default()),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -176,12 +179,35 @@ impl Default for ServerState {
     }
 }
 
+/// Failed requests since `started_ms` (milliseconds since the state's epoch), and when the last one was.
+#[derive(Default, Clone, Copy)]
+struct FailWindow {
+    started_ms: u64,
+    count: u32,
+    last_ms: u64,
+}
+
+/// When failed requests take a server out: `max_fails` within `fail_timeout` cool it down for `cooldown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailPolicy {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for FailPolicy {
+    fn default() -> Self {
+        FailPolicy { max_fails: 1, fail_timeout: Duration::from_secs(10), cooldown: Duration::from_secs(10) }
+    }
+}
+
 /// One upstream server: identity, kind and limits, plus its live state.
 pub struct Server {
     pub url: ServerUrl,
     pub kind: Kind,
     pub probe_url: Option<ServerUrl>,
     pub max_concurrency: usize,
+    pub fail_policy: FailPolicy,
     pub state: Arc<ServerState>,
     /// Shared by the whole fleet: notified whenever any slot is released.
     released: Arc<Notify>,
@@ -253,12 +279,31 @@ impl Server {
         (until > now).then(|| Duration::from_millis(until - now))
     }
 
-    /// A request failed on this server: count it and skip the server for `cooldown`.
-    pub fn record_failure(&self, reason: &str, cooldown: Duration) {
+    /// A request failed on this server: count it; the `max_fails`-th failure within
+    /// `fail_timeout` skips the server for `cooldown`. Returns true when it starts cooling down.
+    pub fn record_failure(&self, reason: &str) -> bool {
+        let p = self.fail_policy;
         self.state.errors.fetch_add(1, Ordering::Relaxed);
-        let until = self.now_ms() + cooldown.as_millis() as u64;
-        self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
         *self.state.last_error.lock().unwrap() = Some(reason.to_string());
+        let now = self.now_ms();
+        let mut w = self.state.fails.lock().unwrap();
+        if w.count == 0 || now.saturating_sub(w.started_ms) > p.fail_timeout.as_millis() as u64 {
+            *w = FailWindow { started_ms: now, count: 0, last_ms: now };
+        }
+        w.count += 1;
+        w.last_ms = now;
+        if w.count < p.max_fails {
+            return false;
+        }
+        w.count = 0;
+        let until = now + p.cooldown.as_millis() as u64;
+        self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed) <= now
+    }
+
+    /// How long ago the last failed request was (panic mode tries the oldest failure first).
+    pub fn since_last_failure(&self) -> Duration {
+        let w = *self.state.fails.lock().unwrap();
+        Duration::from_millis(self.now_ms().saturating_sub(w.last_ms))
     }
 
     /// Applies one active check result with rise/fall thresholds; returns a transition to log.
@@ -471,6 +516,8 @@ impl Fleet {
                 Some(known) => {
                     known.probe_url = known.probe_url.take().or(spec.probe_url);
                     known.max_concurrency = known.max_concurrency.or(spec.max_concurrency);
+                    known.max_fails = known.max_fails.or(spec.max_fails);
+                    known.fail_timeout = known.fail_timeout.or(spec.fail_timeout);
                 }
                 None => specs.push(spec),
             }
@@ -497,6 +544,8 @@ impl Fleet {
                 kind: Kind::Ollama,
                 probe_url: None,
                 max_concurrency: None,
+                max_fails: None,
+                fail_timeout: None,
             });
         }
 
@@ -507,10 +556,19 @@ impl Fleet {
         for spec in specs {
             let key = spec.url.as_str().to_string();
             let max_concurrency = spec.max_concurrency.unwrap_or(default_limit);
+            let lb = &settings.load_balancer;
+            let fail_policy = FailPolicy {
+                max_fails: spec.max_fails.unwrap_or(lb.max_fails),
+                fail_timeout: spec.fail_timeout.unwrap_or(lb.fail_timeout),
+                cooldown: lb.cooldown,
+            };
             let old = previous.and_then(|p| p.by_url.get(&key));
             let server = match old {
                 Some(o)
-                    if o.kind == spec.kind && o.probe_url == spec.probe_url && o.max_concurrency == max_concurrency =>
+                    if o.kind == spec.kind
+                        && o.probe_url == spec.probe_url
+                        && o.max_concurrency == max_concurrency
+                        && o.fail_policy == fail_policy =>
                 {
                     o.clone()
                 }
@@ -520,6 +578,7 @@ impl Fleet {
                     kind: spec.kind,
                     probe_url: spec.probe_url,
                     max_concurrency,
+                    fail_policy,
                     state: old.map_or_else(Arc::default, |o| o.state.clone()),
                     released: released.clone(),
                 }),
@@ -652,6 +711,8 @@ fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, Draft)> {
         kind: Kind::Ollama,
         probe_url,
         max_concurrency: row.max_concurrency.filter(|&n| n >= 1).map(|n| n as usize),
+        max_fails: None,
+        fail_timeout: None,
     };
     let draft = Draft {
         id: row.id,
@@ -675,6 +736,8 @@ fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
         kind: Kind::Ollama,
         probe_url: r.probe_url.clone(),
         max_concurrency: r.max_concurrency,
+        max_fails: None,
+        fail_timeout: None,
     }
 }
 
@@ -707,6 +770,7 @@ mod tests {
             kind: Kind::Ollama,
             probe_url: None,
             max_concurrency: limit,
+            fail_policy: FailPolicy { cooldown: Duration::from_millis(30), ..FailPolicy::default() },
             state: Arc::default(),
             released: Arc::new(Notify::new()),
         })
@@ -754,9 +818,31 @@ mod tests {
     }
 
     #[test]
+    fn max_fails_within_fail_timeout_start_a_cooldown() {
+        let s = Arc::new(Server {
+            fail_policy: FailPolicy {
+                max_fails: 3,
+                fail_timeout: Duration::from_millis(200),
+                cooldown: Duration::from_secs(60),
+            },
+            ..Arc::try_unwrap(server(1)).ok().unwrap()
+        });
+        assert!(!s.record_failure("a") && !s.record_failure("b"));
+        assert!(s.cooling_down().is_none(), "two failures of three do not take it out");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!s.record_failure("c"), "the window expired: counting starts again");
+        assert!(!s.record_failure("d"));
+        assert!(s.record_failure("e"), "the third within the window does");
+        assert!(s.cooling_down().is_some());
+        assert!(!s.record_failure("f"), "already cooling down: no new transition");
+        assert_eq!(s.error_count(), 6);
+        assert!(s.since_last_failure() < Duration::from_millis(100));
+    }
+
+    #[test]
     fn cooldown_expires() {
         let s = server(1);
-        s.record_failure("boom", Duration::from_millis(30));
+        assert!(s.record_failure("boom"));
         assert!(s.cooling_down().is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(s.cooling_down().is_none());

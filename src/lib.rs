@@ -1,9 +1,9 @@
 //! drover: a load balancer for fleets of Ollama servers, built on Pingora.
 //!
 //! The data path, one file per stage: `api` (which API and endpoint) -> `body` (bounded
-//! read, model rewrite) -> `select` (tiers, weights, eligibility) -> `forward` (send,
-//! retry, stream back). `fleet` holds the snapshot they read; `health` keeps it current;
-//! `view` answers fleet-wide calls; `proxy` is the Pingora service; `serve` starts it all.
+//! read, model rewrite) -> `select` (tiers, weights, eligibility) -> `proxy` (the Pingora
+//! `ProxyHttp`: wait, upstream, relay, account). `fleet` holds the snapshot they read;
+//! `health` keeps it current; `view` answers fleet-wide calls; `serve` starts it all.
 
 pub mod accesslog;
 pub mod admin;
@@ -12,7 +12,6 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod fleet;
-pub mod forward;
 pub mod health;
 pub mod metrics;
 pub mod probe;

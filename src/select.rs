@@ -66,6 +66,9 @@ pub struct Request<'a> {
     /// Requests queued for this model (warm_first loads it elsewhere when its warm servers
     /// cannot take them all).
     pub waiting: usize,
+    /// When every usable route is cooling down, use the one that failed longest ago
+    /// rather than refuse (load_balancer.panic_mode).
+    pub panic_mode: bool,
 }
 
 /// Why `route` cannot take this request now, ignoring its concurrency limit.
@@ -149,12 +152,25 @@ pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Pol
 
 fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
     let mut eligible: Vec<usize> = Vec::new();
+    let mut cooling: Vec<usize> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     for (i, r) in mr.routes.iter().enumerate() {
         match ineligible(r, req) {
             None => eligible.push(i),
             Some(Skip::Inactive) => {}
-            Some(why) => reasons.push(format!("{} {}", r.server.url.as_str(), why)),
+            Some(why) => {
+                if matches!(why, Skip::CoolingDown(_)) {
+                    cooling.push(i);
+                }
+                reasons.push(format!("{} {}", r.server.url.as_str(), why))
+            }
+        }
+    }
+    if eligible.is_empty() && req.panic_mode {
+        // Panic mode: one request's failure must not leave a model with no server at all;
+        // the route that failed longest ago is the likeliest to have recovered.
+        if let Some(&oldest) = cooling.iter().max_by_key(|&&i| mr.routes[i].server.since_last_failure()) {
+            eligible.push(oldest);
         }
     }
     let mut tiers: Vec<u32> = eligible.iter().map(|&i| mr.routes[i].priority).collect();
@@ -242,8 +258,8 @@ mod tests {
     use crate::config::{Env, Settings};
     use std::time::Duration;
 
-    fn fleet(yaml: &str) -> Fleet {
-        Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], None)
+    fn fleet(yaml: impl AsRef<str>) -> Fleet {
+        Fleet::build(&Settings::parse(yaml.as_ref(), None, &Env::default()).unwrap(), &[], None)
     }
 
     const TWO_TIERS: &str = "routes:\n\
@@ -252,7 +268,7 @@ mod tests {
       - { virtual_model_name: m, server_url: 'http://c:1', actual_model_name: 'm:3b', weight: 1, priority: 2 }\n";
 
     fn pick_server(f: &Fleet, tried: &[Arc<Server>]) -> Option<String> {
-        let req = Request { model: "m", native_api: true, tried, waiting: 0 };
+        let req = Request { model: "m", native_api: true, tried, waiting: 0, panic_mode: false };
         match select(f, Strategy::Weighted, &req, &NoChecks) {
             Selection::Chosen(r, _slot, _) => Some(r.server.url.as_str().to_string()),
             _ => None,
@@ -285,11 +301,13 @@ mod tests {
     #[test]
     fn tried_and_cooling_servers_are_skipped() {
         let f = fleet(TWO_TIERS);
-        f.servers[1].record_failure("503", Duration::from_secs(60));
+        for _ in 0..3 {
+            f.servers[1].record_failure("503"); // load_balancer.max_fails defaults to 3
+        }
         let tried = vec![f.servers[0].clone()];
         assert_eq!(pick_server(&f, &tried).as_deref(), Some("http://c:1"));
         let tried = vec![f.servers[0].clone(), f.servers[2].clone()];
-        let req = Request { model: "m", native_api: true, tried: &tried, waiting: 0 };
+        let req = Request { model: "m", native_api: true, tried: &tried, waiting: 0, panic_mode: false };
         match select(&f, Strategy::Weighted, &req, &NoChecks) {
             Selection::Unavailable(why) => {
                 assert!(why.contains("http://a:1 already tried"), "{why}");
@@ -300,13 +318,33 @@ mod tests {
     }
 
     #[test]
+    fn panic_mode_tries_the_route_that_failed_longest_ago() {
+        let f = fleet("load_balancer: { max_fails: 1 }\n".to_string() + TWO_TIERS);
+        for i in [2, 0, 1] {
+            f.servers[i].record_failure("503");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::Unavailable(_)));
+        let panic = Request { panic_mode: true, ..req };
+        for _ in 0..3 {
+            let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &panic, &NoChecks) else { panic!() };
+            assert_eq!(r.server.url.as_str(), "http://c:1", "c failed first");
+        }
+        // A server the health checks took down is never used, panic or not.
+        f.servers[2].record_check(false, 1, 1, Some("down"));
+        let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &panic, &NoChecks) else { panic!() };
+        assert_eq!(r.server.url.as_str(), "http://a:1");
+    }
+
+    #[test]
     fn full_tier_overflows_then_reports_busy() {
         let f = fleet(
             "load_balancer: { max_concurrency: 1 }\nroutes:\n\
              - { virtual_model_name: m, server_url: 'http://a:1', priority: 1 }\n\
              - { virtual_model_name: m, server_url: 'http://b:1', priority: 2 }\n",
         );
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0 };
+        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
         let Selection::Chosen(first, _s1, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
         let Selection::Chosen(second, _s2, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
         assert_eq!(first.server.url.as_str(), "http://a:1");
@@ -317,7 +355,7 @@ mod tests {
     #[test]
     fn unknown_and_discovered_models() {
         let f = fleet("servers: [ 'http://a:1', 'http://b:1' ]\n");
-        let req = Request { model: "llama3", native_api: true, tried: &[], waiting: 0 };
+        let req = Request { model: "llama3", native_api: true, tried: &[], waiting: 0, panic_mode: false };
         assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::UnknownModel));
         for s in &f.servers {
             let mut inv = crate::fleet::Inventory::default();
@@ -340,9 +378,9 @@ mod tests {
             "servers: [ { url: 'http://o:1', kind: openai } ]\nroutes:\n\
              - { virtual_model_name: m, server_url: 'http://o:1' }\n",
         );
-        let native = Request { model: "m", native_api: true, tried: &[], waiting: 0 };
+        let native = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
         assert!(matches!(select(&f, Strategy::Weighted, &native, &NoChecks), Selection::Unavailable(_)));
-        let v1 = Request { model: "m", native_api: false, tried: &[], waiting: 0 };
+        let v1 = Request { model: "m", native_api: false, tried: &[], waiting: 0, panic_mode: false };
         assert!(matches!(select(&f, Strategy::Weighted, &v1, &NoChecks), Selection::Chosen(..)));
     }
 
@@ -356,7 +394,7 @@ mod tests {
         let mut inv = crate::fleet::Inventory::default();
         inv.loaded_names.insert("m:7b".into());
         f.servers[1].set_inventory(inv);
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0 };
+        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
         for _ in 0..10 {
             let Selection::Chosen(r, _, _) = select(&f, Strategy::WarmFirst, &req, &NoChecks) else { panic!() };
             assert_eq!(r.server.url.as_str(), "http://b:1");

@@ -8,13 +8,13 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-use pingora::services::listening::Service;
 
 use crate::config::{Env, Settings};
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
 use crate::proxy::Drover;
 use crate::reload::Reloader;
+use crate::resources::ResourceCheck;
 use crate::store::{Store, StoredRoute};
 
 /// Command-line switches of `drover serve`.
@@ -87,14 +87,16 @@ pub fn run(args: ServeArgs) -> i32 {
         fleet.load().servers.len(),
         fleet.load().routes.len()
     );
+    // The parts the proxy, the admin API, the metrics and the background services share.
     let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), marker));
-    let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone());
+    let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
     crate::metrics::init();
-    crate::metrics::FleetCollector::register(fleet.clone(), drover.resources());
+    crate::metrics::FleetCollector::register(fleet.clone(), resources.clone());
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);
-    let mut proxy = Service::new("drover".to_string(), drover);
+    let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone(), resources);
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, drover, "drover");
     // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
     // buffers of its own, so the 64 KiB default only costs memory per open connection.
     let listener = ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));

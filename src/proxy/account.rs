@@ -1,0 +1,58 @@
+//! The end of a request: Prometheus counters and one JSON access-log line.
+
+use pingora::proxy::Session;
+
+use super::{Drover, RequestCtx};
+use crate::accesslog::Line;
+
+impl Drover {
+    /// Counts the request in the metrics and writes its access-log line.
+    pub(super) fn log(&self, session: &Session, ctx: &RequestCtx) {
+        account(ctx);
+        let req = session.req_header();
+        let client = session.client_addr().map(|a| a.to_string());
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let u = &ctx.usage;
+        let line = Line::new()
+            .str("time", Some(&time))
+            .str("request_id", Some(&ctx.request_id))
+            .str("client", client.as_deref())
+            .str("method", Some(req.method.as_str()))
+            .str("path", Some(req.uri.path()))
+            .str("model", ctx.model.as_deref())
+            .str("actual_model", ctx.actual_model.as_deref())
+            .str("server", ctx.server.as_deref())
+            .num("status", Some(ctx.status))
+            .num("attempts", Some(ctx.attempts))
+            .millis("ttfb_ms", ctx.ttfb)
+            .millis("duration_ms", Some(ctx.started.elapsed()))
+            .num("bytes_in", Some(ctx.bytes_in))
+            .num("bytes_out", Some(ctx.bytes_out))
+            .num("prompt_tokens", u.prompt_tokens)
+            .num("completion_tokens", u.completion_tokens)
+            .str("error", ctx.error.as_deref())
+            .finish();
+        self.access_log.write(line);
+    }
+}
+
+/// Counts a finished request in the metrics (model-routed requests only: the rest are drover's own pages).
+fn account(ctx: &RequestCtx) {
+    let Some(model) = ctx.model.as_deref() else { return };
+    let server = ctx.server.as_deref().unwrap_or("none");
+    let status = ctx.status.to_string();
+    crate::metrics::REQUESTS.with_label_values(&[model, server, &status]).inc();
+    crate::metrics::REQUEST_DURATION.with_label_values(&[model]).observe(ctx.started.elapsed().as_secs_f64());
+    if let Some(t) = ctx.ttfb {
+        crate::metrics::TTFB.with_label_values(&[model]).observe(t.as_secs_f64());
+    }
+    let u = &ctx.usage;
+    for (kind, n) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
+        if let Some(n) = n {
+            crate::metrics::TOKENS.with_label_values(&[model, server, kind]).inc_by(n);
+        }
+    }
+    if let Some(load) = u.load_seconds {
+        crate::metrics::MODEL_LOAD.with_label_values(&[model, server]).observe(load);
+    }
+}

@@ -1,0 +1,132 @@
+//! What one request carries from hook to hook: what was asked, where it went, and what came back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::api::{Api, ApiError};
+use crate::body::RoutableBody;
+use crate::fleet::{Fleet, Route, Server, Slot};
+use crate::resources::Reservation;
+use crate::usage::{Usage, UsageScan};
+
+/// A request's context (Pingora's `CTX`), created for each request and logged when it ends.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub api: Api,
+    pub model: Option<String>,
+    pub actual_model: Option<String>,
+    pub server: Option<String>,
+    pub attempts: u32,
+    pub status: u16,
+    pub ttfb: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<String>,
+    /// What the answer said it used (tokens, load time).
+    pub usage: Usage,
+    /// Set for model-routed requests once the body is read and parsed.
+    pub routed: Option<Box<Routed>>,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            request_id: String::new(),
+            started: Instant::now(),
+            api: Api::Ollama,
+            model: None,
+            actual_model: None,
+            server: None,
+            attempts: 0,
+            status: 0,
+            ttfb: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+            usage: Usage::default(),
+            routed: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A route picked for an attempt, with its concurrency slot and (for a cold load) the
+/// memory reserved on its server; both are given back when this is dropped.
+pub struct Chosen {
+    pub route: Arc<Route>,
+    pub slot: Slot,
+    pub reservation: Option<Reservation>,
+}
+
+/// The state of a model-routed request across its attempts.
+pub struct Routed {
+    pub body: RoutableBody,
+    /// Ollama's native /api (openai-kind servers cannot serve it).
+    pub native: bool,
+    /// The fleet snapshot the request started with, used to its end.
+    pub fleet: Arc<Fleet>,
+    /// Servers already tried.
+    pub tried: Vec<Arc<Server>>,
+    /// The route the next attempt will use, picked before it starts.
+    pub next: Option<Chosen>,
+    /// The route of the attempt in progress (or the last one).
+    pub route: Option<Arc<Route>>,
+    /// Its slot and reservation, given back as soon as the attempt fails.
+    pub held: Option<Chosen>,
+    /// The body as the current route's server must see it (model rewritten).
+    pub payload: Bytes,
+    /// Set by `upstream_peer`, cleared when `request_body_filter` sends the payload: once per attempt.
+    pub payload_armed: bool,
+    /// The last attempt met a pooled connection the server had closed: try the same route
+    /// again on a fresh connection, not counted as an attempt.
+    pub resend_same: bool,
+    pub stale_retries: u32,
+    /// "server: what went wrong", for the error when no server is left.
+    pub last_failure: Option<String>,
+    /// The error the client gets when the proxy gives up (written by `fail_to_proxy`).
+    pub refusal: Option<ApiError>,
+    /// The client went away while the request waited or was being answered.
+    pub client_gone: bool,
+    /// Reading the answer as it passes.
+    pub relay: Relay,
+}
+
+/// What the relay learns about the answer as it streams back.
+pub struct Relay {
+    pub content_type: String,
+    /// The answer had a Content-Length (a broken body cannot be given an error tail).
+    pub sized: bool,
+    /// Whether the last byte sent ended a line (an error tail starts on a line of its own).
+    pub ends_line: bool,
+    pub scan: Option<UsageScan>,
+}
+
+impl Routed {
+    pub fn new(body: RoutableBody, native: bool, fleet: Arc<Fleet>) -> Routed {
+        Routed {
+            body,
+            native,
+            fleet,
+            tried: Vec::new(),
+            next: None,
+            route: None,
+            held: None,
+            payload: Bytes::new(),
+            payload_armed: false,
+            resend_same: false,
+            stale_retries: 0,
+            last_failure: None,
+            refusal: None,
+            client_gone: false,
+            relay: Relay { content_type: String::new(), sized: false, ends_line: true, scan: None },
+        }
+    }
+}

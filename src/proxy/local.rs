@@ -1,0 +1,215 @@
+//! What drover answers itself: fleet views, operations pages, the admin API, errors, and the body stage of a routed call.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use super::ctx::Routed;
+use super::wait::{unknown_model, Refused};
+use super::{Drover, RequestCtx};
+use crate::api::{Api, ApiError, Endpoint};
+use crate::body::{drain, read_bounded, BodyError, RoutableBody};
+use crate::view;
+
+/// Admin requests are small JSON objects.
+const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A refused body is read and dropped for at most this long (and this many bytes), so
+/// that the client reads the refusal rather than a reset connection.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+const DRAIN_BYTES: usize = 256 * 1024 * 1024;
+
+impl Drover {
+    /// Answers an endpoint that is not model-routed.
+    pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, endpoint: Endpoint) {
+        let fleet = self.fleet.load_full();
+        match endpoint {
+            Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
+            Endpoint::Tags => self.json(session, ctx, 200, &view::tags(&fleet)).await,
+            Endpoint::Ps => self.json(session, ctx, 200, &view::ps(&fleet)).await,
+            Endpoint::Models => {
+                ctx.api = Api::OpenAi;
+                self.json(session, ctx, 200, &view::models(&fleet)).await
+            }
+            Endpoint::Model(name) => {
+                ctx.api = Api::OpenAi;
+                match view::model(&fleet, &name) {
+                    Some(m) => self.json(session, ctx, 200, &m).await,
+                    None => self.error(session, ctx, unknown_model(&fleet, &name)).await,
+                }
+            }
+            Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
+            Endpoint::Metrics => {
+                let (body, content_type) = crate::metrics::render();
+                self.send(session, ctx, 200, &content_type, body.into()).await
+            }
+            Endpoint::Root => {
+                self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
+            }
+            Endpoint::Health => {
+                let (code, body) = view::health(&fleet, &self.admin.reloader.state());
+                self.json(session, ctx, code, &body).await
+            }
+            Endpoint::Status => {
+                let body = view::status(&fleet, self.started.elapsed(), self.config_source.as_deref(), &self.database);
+                self.json(session, ctx, 200, &body).await
+            }
+            Endpoint::LbStats => {
+                let body = view::lb_stats(&fleet, self.scheduler.queue_len());
+                self.json(session, ctx, 200, &body).await
+            }
+            Endpoint::Admin => self.admin(session, ctx).await,
+            Endpoint::Management => {
+                let e = ApiError::new(
+                    403,
+                    "management_not_proxied",
+                    "model management (pull, push, create, copy, delete) changes one server's disk; \
+                     run it against that server directly, then drover discovers the change",
+                );
+                self.error(session, ctx, e).await
+            }
+            Endpoint::NotFound(api) => {
+                ctx.api = api;
+                let path = session.req_header().uri.path().to_string();
+                self.error(session, ctx, ApiError::new(404, "not_found", format!("no such endpoint: {path}"))).await
+            }
+            Endpoint::MethodNotAllowed(api) => {
+                ctx.api = api;
+                let req = session.req_header();
+                let msg = format!("{} is not allowed on {}", req.method, req.uri.path());
+                self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await
+            }
+        }
+    }
+
+    async fn admin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let auth = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err((code, body)) = self.admin.authorize(client, auth) {
+            session.set_keepalive(None);
+            return self.json(session, ctx, code, &body).await;
+        }
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let body = if method == http::Method::POST || method == http::Method::PUT {
+            match read_bounded(session, ADMIN_BODY_LIMIT, false).await {
+                Ok(b) => Some(b),
+                Err(e) => return self.refuse_body(session, ctx, e).await,
+            }
+        } else {
+            None
+        };
+        let (code, reply) = self.admin.handle(&method, &path, body.as_deref()).await;
+        if code >= 400 {
+            ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
+        }
+        self.json(session, ctx, code, &reply).await
+    }
+
+    /// The body stage of a model-routed call: read and parse the body, then wait for a
+    /// first route. Returns true when the request was answered here (an error).
+    pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx, native: bool) -> bool {
+        let body = match read_bounded(session, self.max_body_bytes, true).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.refuse_body(session, ctx, e).await;
+                return true;
+            }
+        };
+        ctx.bytes_in = body.len() as u64;
+        let body = match RoutableBody::parse(body) {
+            Ok(b) => b,
+            Err(e) => {
+                self.error(session, ctx, e.into()).await;
+                return true;
+            }
+        };
+        ctx.model = Some(body.model.clone());
+        let fleet = self.fleet.load_full();
+        let first = {
+            let req = self.scheduler.request(&body.model, native, &[]);
+            self.scheduler.acquire(session, &fleet, &req, false).await
+        };
+        match first {
+            Ok(chosen) => {
+                let mut routed = Routed::new(body, native, fleet);
+                routed.next = Some(chosen);
+                ctx.routed = Some(Box::new(routed));
+                false
+            }
+            Err(Refused::ClientGone) => {
+                ctx.error = Some("client disconnected".into());
+                session.set_keepalive(None);
+                true
+            }
+            Err(Refused::Error(e)) => {
+                self.error(session, ctx, e).await;
+                true
+            }
+        }
+    }
+
+    /// Refuses a body that could not be read whole; the connection closes after the answer.
+    async fn refuse_body(&self, session: &mut Session, ctx: &mut RequestCtx, e: BodyError) {
+        session.set_keepalive(None);
+        let drains = matches!(e, BodyError::TooLarge { .. } | BodyError::ChunkedTooLarge);
+        self.error(session, ctx, e.into()).await;
+        if drains {
+            drain(session, DRAIN_BYTES, DRAIN_TIME).await;
+        }
+    }
+
+    pub(super) async fn json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, value: &Value) {
+        let body = serde_json::to_vec(value).expect("json values serialise");
+        self.send(session, ctx, status, "application/json; charset=utf-8", body.into()).await
+    }
+
+    /// Writes `e` in the client's API format.
+    pub(super) async fn error(&self, session: &mut Session, ctx: &mut RequestCtx, e: ApiError) {
+        let body = e.body(ctx.api);
+        ctx.error = Some(e.message.clone());
+        ctx.status = e.status;
+        let mut header = e.header(body.len());
+        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+        if ctx.attempts > 0 {
+            header.insert_header("x-drover-attempts", ctx.attempts.to_string()).expect("number");
+        }
+        self.write(session, ctx, header, body).await
+    }
+
+    async fn send(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, content_type: &str, body: Bytes) {
+        let mut header = ResponseHeader::build(status, Some(3)).expect("valid status");
+        header.insert_header(http::header::CONTENT_TYPE, content_type).expect("static header");
+        header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string()).expect("number");
+        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+        ctx.status = status;
+        self.write(session, ctx, header, body).await
+    }
+
+    async fn write(&self, session: &mut Session, ctx: &mut RequestCtx, header: ResponseHeader, body: Bytes) {
+        let head = session.req_header().method == http::Method::HEAD;
+        ctx.bytes_out += if head { 0 } else { body.len() as u64 };
+        if session.write_response_header(Box::new(header), head).await.is_ok() && !head {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+
+    /// The client's X-Request-Id when it sent a usable one, else a new one.
+    pub(super) fn request_id(&self, session: &Session) -> String {
+        session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("{}-{n:x}", self.id_prefix)
+            })
+    }
+}

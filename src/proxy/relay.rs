@@ -1,0 +1,103 @@
+//! The answer on its way back: drover's headers, tokens read as chunks pass, and the error a client sees when the proxy gives up.
+
+use pingora::http::ResponseHeader;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::{Drover, RequestCtx};
+use crate::api::{stream_error_tail, ApiError};
+use crate::fleet::Origin;
+use crate::usage::UsageScan;
+
+impl Drover {
+    /// `response_filter`: the answer's header is on its way to the client.
+    pub(super) fn relay_header(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        let Some(r) = ctx.routed.as_deref_mut() else { return Ok(()) };
+        let route = r.route.as_ref().expect("an attempt answered");
+        let status = resp.status.as_u16();
+        let content_type = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        r.relay.scan = Some(UsageScan::new(content_type));
+        r.relay.content_type = content_type.to_string();
+        r.relay.sized = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+        ctx.status = status;
+        ctx.ttfb = Some(ctx.started.elapsed());
+        if let (Origin::Store, Some(id)) = (route.origin, route.id) {
+            self.tally.add(id);
+        }
+        if status < 400 {
+            // It answered, so the model is loaded there now, whatever /api/ps said last.
+            route.server.mark_loaded(&route.actual_model);
+        }
+        resp.insert_header("x-drover-server", route.server.url.as_str())?;
+        resp.insert_header("x-drover-attempts", ctx.attempts.to_string())?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// `response_body_filter`: counts the bytes and reads token figures; the chunk itself passes untouched.
+    pub(super) fn relay_body(&self, chunk: Option<&bytes::Bytes>, end: bool, ctx: &mut RequestCtx) {
+        let Some(r) = ctx.routed.as_deref_mut() else { return };
+        if let Some(data) = chunk {
+            if let Some(&last) = data.last() {
+                r.relay.ends_line = last == b'\n';
+            }
+            ctx.bytes_out += data.len() as u64;
+            if let Some(scan) = r.relay.scan.as_mut() {
+                scan.feed(data);
+            }
+        }
+        if end {
+            if let Some(scan) = r.relay.scan.take() {
+                ctx.usage = scan.finish();
+            }
+        }
+    }
+
+    /// `fail_to_proxy`: the proxy gave up. Before any byte reached the client it gets an error
+    /// in its API's format; after, a stream ends with an error line in its own format.
+    pub(super) async fn give_up(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let client_gone = ctx.routed.as_ref().is_some_and(|r| r.client_gone)
+            || (e.esource() == &ErrorSource::Downstream
+                && matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError));
+        if client_gone {
+            ctx.error = Some("client disconnected".into());
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
+        if session.response_written().is_some() {
+            self.end_broken_stream(session, ctx).await;
+            return FailToProxy { error_code: ctx.status, can_reuse_downstream: false };
+        }
+        let refusal = ctx.routed.as_deref_mut().and_then(|r| r.refusal.take());
+        let api_error = refusal.unwrap_or_else(|| match e.etype() {
+            ErrorType::HTTPStatus(code) if *code >= 400 => {
+                ApiError::new(*code, "upstream_failed", format!("the request failed: {e}"))
+            }
+            _ if e.esource() == &ErrorSource::Downstream => {
+                ApiError::new(400, "bad_request", format!("could not read the request: {e}"))
+            }
+            _ => ApiError::new(502, "upstream_failed", format!("the request failed: {e}")),
+        });
+        let status = api_error.status;
+        self.error(session, ctx, api_error).await;
+        FailToProxy { error_code: status, can_reuse_downstream: session.is_body_done() }
+    }
+
+    /// Bytes already reached the client: say so in the stream's own format, never cut silently.
+    async fn end_broken_stream(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let why = ctx.error.clone().unwrap_or_else(|| "the server broke off mid-response".into());
+        let tail = ctx
+            .routed
+            .as_deref()
+            .filter(|r| !r.relay.sized)
+            .and_then(|r| Some((stream_error_tail(&r.relay.content_type, &why)?, r.relay.ends_line)));
+        session.set_keepalive(None);
+        match tail {
+            Some((tail, ends_line)) => {
+                let tail = if ends_line { tail } else { [&b"\n"[..], &tail].concat().into() };
+                ctx.bytes_out += tail.len() as u64;
+                let _ = session.write_response_body(Some(tail), true).await;
+            }
+            None => session.shutdown().await,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! One attempt on one server: the peer, the rewritten request, and whether a failure is retried elsewhere.
+//!
+//! Retries follow one rule: a connect error, a timeout or a 5xx before any byte reached the
+//! client goes to the next eligible route (up to load_balancer.max_retry_count), with the
+//! whole rewritten body sent again; after bytes reached the client, never. A pooled
+//! connection the server had closed is replaced on the same server without counting a try.
+
+use std::sync::Arc;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::ctx::Routed;
+use super::wait::Refused;
+use super::{Drover, RequestCtx};
+use crate::api::ApiError;
+use crate::fleet::Route;
+use crate::metrics::{self, RetryReason};
+
+/// Stale pooled connections replaced on one request before the failure counts.
+const STALE_RETRIES: u32 = 2;
+
+impl Drover {
+    /// `upstream_peer`: the route picked before this attempt (or the next one now), its
+    /// payload armed for `request_body_filter`.
+    pub(super) async fn peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        let RequestCtx { routed, attempts, server, actual_model, request_id, .. } = ctx;
+        let Some(r) = routed.as_deref_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer for a request drover answers itself");
+        };
+        if std::mem::take(&mut r.resend_same) {
+            let route = r.route.clone().expect("a route was tried");
+            if let Ok(addr) = route.server.resolve().await {
+                r.payload_armed = true;
+                return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout)));
+            }
+        }
+        loop {
+            let chosen = match r.next.take() {
+                Some(c) => c,
+                None => self.next_route(session, r, *attempts).await?,
+            };
+            let route = chosen.route.clone();
+            r.tried.push(route.server.clone());
+            *attempts += 1;
+            *server = Some(route.server.url.as_str().to_string());
+            *actual_model = Some(route.actual_model.clone());
+            r.route = Some(route.clone());
+            r.held = Some(chosen);
+            match route.server.resolve().await {
+                Ok(addr) => {
+                    r.payload = r.body.rewritten(&route.actual_model);
+                    r.payload_armed = true;
+                    return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout)));
+                }
+                Err(e) => {
+                    let why = format!("cannot resolve {}: {e}", route.server.url.host);
+                    self.failed(r, &route, RetryReason::Connect, why, request_id);
+                    if *attempts > self.max_retry_count {
+                        return Err(self.exhausted(r, *attempts));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next route after a failure; none left gives the client's error.
+    async fn next_route(&self, session: &mut Session, r: &mut Routed, attempts: u32) -> pingora::Result<super::ctx::Chosen> {
+        if attempts > self.max_retry_count {
+            return Err(self.exhausted(r, attempts));
+        }
+        let picked = {
+            let req = self.scheduler.request(&r.body.model, r.native, &r.tried);
+            self.scheduler.acquire(session.as_mut(), &r.fleet, &req, true).await
+        };
+        match picked {
+            Ok(chosen) => Ok(chosen),
+            Err(Refused::ClientGone) => {
+                r.client_gone = true;
+                Err(Error::explain(ErrorType::ConnectionClosed, "client disconnected while waiting").into_down())
+            }
+            Err(Refused::Error(e)) => {
+                r.refusal = Some(e);
+                Err(self.exhausted(r, attempts))
+            }
+        }
+    }
+
+    /// The error that ends a request no server could answer; the client gets `r.refusal`,
+    /// or, after failures, a 502 naming the last one.
+    fn exhausted(&self, r: &mut Routed, attempts: u32) -> Box<Error> {
+        if let Some(why) = &r.last_failure {
+            r.refusal = Some(ApiError::new(
+                502,
+                "upstream_failed",
+                format!(
+                    "model {:?}: every server tried failed ({attempts} attempts); last error: {why}",
+                    r.body.model
+                ),
+            ));
+        }
+        let status = r.refusal.as_ref().map_or(502, |e| e.status);
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "no server left to try");
+        e.set_retry(false);
+        e
+    }
+
+    /// `upstream_request_filter`: the server's path prefix and Host, the rewritten body's
+    /// length, and the request id. Pingora has already removed hop-by-hop headers.
+    pub(super) fn prepare_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+        let Some(r) = ctx.routed.as_deref() else { return Ok(()) };
+        let route = r.route.as_ref().expect("upstream_peer chose a route");
+        let url = &route.server.url;
+        if !url.base_path.is_empty() {
+            let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let uri = format!("{}{pq}", url.base_path);
+            req.set_uri(uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "server base path", e))?);
+        }
+        req.insert_header(http::header::HOST, url.authority())?;
+        req.insert_header(http::header::CONTENT_LENGTH, r.payload.len())?;
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.remove_header(&http::header::EXPECT);
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// `fail_to_connect`: count the failure, and retry while attempts remain.
+    pub(super) fn connect_failed(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let attempts = ctx.attempts;
+        if let Some(r) = ctx.routed.as_deref_mut() {
+            let route = r.route.clone().expect("a route was tried");
+            self.failed(r, &route, RetryReason::Connect, format!("connect: {e}"), &ctx.request_id);
+            e.set_retry(attempts <= self.max_retry_count);
+        }
+        e
+    }
+
+    /// `error_while_proxy`: an error once connected. Retried only while nothing has reached the client.
+    pub(super) fn attempt_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let attempts = ctx.attempts;
+        let answered = ctx.status != 0;
+        let Some(r) = ctx.routed.as_deref_mut() else { return e };
+        let route = r.route.clone().expect("a route was tried");
+        if r.next.is_some() {
+            // A 5xx turned into this error by `check_status`, the next route already taken.
+            e.set_retry(true);
+            return e;
+        }
+        if e.esource() == &ErrorSource::Downstream {
+            r.client_gone = true;
+            e.set_retry(false);
+            return e;
+        }
+        if session.response_written().is_some() {
+            // Bytes reached the client: no retry; fail_to_proxy ends the stream with an error.
+            let why = format!("{} broke off mid-response: {e}", route.server.url.as_str());
+            log::warn!("{} {why}", ctx.request_id);
+            route.server.record_failure(&why);
+            ctx.error = Some(why);
+            e.set_retry(false);
+            return e;
+        }
+        let reason = match e.etype() {
+            ErrorType::ReadTimedout => RetryReason::Timeout,
+            ErrorType::WriteError | ErrorType::WriteTimedout => RetryReason::Send,
+            _ => RetryReason::Response,
+        };
+        if client_reused && !answered && reason != RetryReason::Timeout && r.stale_retries < STALE_RETRIES {
+            // A pooled connection the server closed while idle: not the server's fault.
+            log::debug!("stale pooled connection to {}: {e}", route.server.url.as_str());
+            r.stale_retries += 1;
+            r.resend_same = true;
+            e.set_retry(true);
+            return e;
+        }
+        let why = match reason {
+            RetryReason::Send => format!("sending request: {e}"),
+            _ => format!("waiting for the response: {e}"),
+        };
+        self.failed(r, &route, reason, why, &ctx.request_id);
+        e.set_retry(attempts <= self.max_retry_count);
+        e
+    }
+
+    /// `upstream_response_filter`: a 5xx before any byte reached the client goes to the next
+    /// route when there is one; the last server's own 5xx answer is passed on.
+    pub(super) async fn check_status(
+        &self,
+        session: &mut Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let status = resp.status.as_u16();
+        let attempts = ctx.attempts;
+        let Some(r) = ctx.routed.as_deref_mut() else { return Ok(()) };
+        if status < 500 {
+            return Ok(());
+        }
+        let route = r.route.clone().expect("a route was tried");
+        let why = format!("answered HTTP {status}");
+        self.failed(r, &route, RetryReason::Status5xx, why.clone(), &ctx.request_id);
+        if attempts > self.max_retry_count {
+            return Ok(());
+        }
+        let picked = {
+            let req = self.scheduler.request(&r.body.model, r.native, &r.tried);
+            self.scheduler.acquire(session.as_mut(), &r.fleet, &req, true).await
+        };
+        match picked {
+            Ok(chosen) => {
+                r.next = Some(chosen);
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), why);
+                e.set_retry(true);
+                Err(e)
+            }
+            Err(Refused::ClientGone) => {
+                r.client_gone = true;
+                Err(Error::explain(ErrorType::ConnectionClosed, "client disconnected while waiting").into_down())
+            }
+            Err(Refused::Error(_)) => Ok(()),
+        }
+    }
+
+    /// A failed attempt: counted, logged, and charged to the server (max_fails within fail_timeout).
+    fn failed(&self, r: &mut Routed, route: &Arc<Route>, reason: RetryReason, why: String, request_id: &str) {
+        let url = route.server.url.as_str();
+        metrics::RETRIES.with_label_values(&[reason.as_str()]).inc();
+        log::warn!("{request_id} failed on {url} (attempt {}): {why}", r.tried.len());
+        if route.server.record_failure(&why) {
+            let p = route.server.fail_policy;
+            log::warn!(
+                "server {url} cools down for {:?}: {} failed requests within {:?}",
+                p.cooldown,
+                p.max_fails,
+                p.fail_timeout
+            );
+        }
+        r.last_failure = Some(format!("{url}: {why}"));
+        // The slot goes back now: the server is free for others while this request moves on.
+        r.held = None;
+    }
+}
