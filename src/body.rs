@@ -19,7 +19,9 @@ use crate::api::ApiError;
 /// Why a body cannot be routed.
 #[derive(Debug, PartialEq)]
 pub enum BodyError {
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     /// A chunked body too large to be replayed by the proxy (see `read_bounded`).
     ChunkedTooLarge,
     /// Arrays and objects nested deeper than `MAX_DEPTH`.
@@ -52,7 +54,7 @@ impl From<BodyError> for ApiError {
             BodyError::TooDeep => ApiError::new(
                 400,
                 "invalid_json",
-                format!("request body nests arrays or objects deeper than {MAX_DEPTH} levels"),
+                format!("request body nests arrays or objects more than {MAX_DEPTH} levels deep"),
             ),
             BodyError::Malformed(why) => {
                 ApiError::new(400, "invalid_json", format!("request body is not valid JSON: {why}"))
@@ -128,6 +130,67 @@ impl RoutableBody {
     }
 }
 
+/// A value read only to be checked and dropped. Unlike `IgnoredAny`, which serde_json skips
+/// without any depth limit, it goes through `deserialize_any`, so serde_json's recursion
+/// limit (`MAX_DEPTH` nested arrays and objects) applies to the whole body.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+}
+
 enum Found<'a> {
     Object(Option<&'a RawValue>),
     NotObject,
@@ -149,14 +212,14 @@ impl<'de> Visitor<'de> for ModelFinder {
             if key == "model" {
                 model = Some(map.next_value::<&'de RawValue>()?);
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Skip>()?;
             }
         }
         Ok(Found::Object(model))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Skip>()?.is_some() {}
         Ok(Found::NotObject)
     }
 
@@ -185,9 +248,10 @@ impl<'de> Visitor<'de> for ModelFinder {
     }
 }
 
-/// How deep a body may nest arrays and objects: serde_json's own recursion limit, which
-/// stops a hostile body from exhausting the stack; deeper bodies are refused (400).
-pub const MAX_DEPTH: usize = 128;
+/// How deep a body may nest arrays and objects, the top-level object included: serde_json's
+/// own recursion limit (it refuses a 128th level), which stops a hostile body from
+/// exhausting the stack; deeper bodies are refused (400) and never forwarded.
+pub const MAX_DEPTH: usize = 127;
 
 /// The size of Pingora's retry buffer: the proxy loop replays a body only when this buffer
 /// holds it whole. See `read_bounded`.
@@ -324,13 +388,15 @@ mod tests {
     #[test]
     fn nesting_is_bounded() {
         let nested = |depth: usize| format!("{{\"model\":\"m\",\"x\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
-        // The top-level object is one level: 126 arrays inside it stay within the limit.
-        assert_eq!(parse(&nested(MAX_DEPTH - 2)).unwrap().model, "m");
+        // The top-level object is one level: 126 arrays inside it make the most allowed.
+        assert_eq!(parse(&nested(MAX_DEPTH - 1)).unwrap().model, "m");
         assert_eq!(parse(&nested(MAX_DEPTH)).unwrap_err(), BodyError::TooDeep);
+        let deep_object = format!("{{\"model\":\"m\",\"o\":{}{}}}", "{\"a\":".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+        assert_eq!(parse(&deep_object).unwrap_err(), BodyError::TooDeep);
         assert_eq!(parse(&nested(100_000)).unwrap_err(), BodyError::TooDeep, "no stack overflow");
         let e: ApiError = BodyError::TooDeep.into();
         assert_eq!(e.status, 400);
-        assert!(e.message.contains("128 levels"), "{}", e.message);
+        assert!(e.message.contains("127 levels"), "{}", e.message);
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct ServerState {
     cooldown_until_ms: AtomicU64,
     /// Failed requests counted in the current `fail_timeout` window (nginx's max_fails).
     fails: Mutex<FailWindow>,
+    /// Whether `fails` counts any: a success then resets it (read without the lock).
+    failing: AtomicBool,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -167,6 +169,7 @@ impl Default for ServerState {
             fail_streak: AtomicU32::new(0),
             cooldown_until_ms: AtomicU64::new(0),
             fails: Mutex::new(FailWindow::default()),
+            failing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -292,12 +295,20 @@ impl Server {
         }
         w.count += 1;
         w.last_ms = now;
+        self.state.failing.store(true, Ordering::Relaxed);
         if w.count < p.max_fails {
             return false;
         }
         w.count = 0;
         let until = now + p.cooldown.as_millis() as u64;
         self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed) <= now
+    }
+
+    /// A request succeeded here: failures counted so far are forgotten (as nginx does).
+    pub fn record_success(&self) {
+        if self.state.failing.swap(false, Ordering::Relaxed) {
+            self.state.fails.lock().unwrap().count = 0;
+        }
     }
 
     /// How long ago the last failed request was (panic mode tries the oldest failure first).
@@ -829,13 +840,15 @@ mod tests {
         });
         assert!(!s.record_failure("a") && !s.record_failure("b"));
         assert!(s.cooling_down().is_none(), "two failures of three do not take it out");
+        s.record_success();
+        assert!(!s.record_failure("a") && !s.record_failure("b"), "a success started the count again");
         std::thread::sleep(Duration::from_millis(250));
         assert!(!s.record_failure("c"), "the window expired: counting starts again");
         assert!(!s.record_failure("d"));
         assert!(s.record_failure("e"), "the third within the window does");
         assert!(s.cooling_down().is_some());
         assert!(!s.record_failure("f"), "already cooling down: no new transition");
-        assert_eq!(s.error_count(), 6);
+        assert_eq!(s.error_count(), 8);
         assert!(s.since_last_failure() < Duration::from_millis(100));
     }
 

@@ -163,11 +163,11 @@ impl ResourceCheck {
     /// server has since unloaded twice (once in free memory, once as idle).
     async fn reading(&self, probe: &Probe, server: &Server) -> Option<Resources> {
         if let Some(r) = self.fresh(probe) {
-            return Some(r);
+            return r;
         }
         let _one_probe = probe.fetching.lock().await;
         if let Some(r) = self.fresh(probe) {
-            return Some(r);
+            return r;
         }
         let (result, ps) = futures::join!(
             self.client.get_json_at(&probe.url, "/resources", self.probe_timeout),
@@ -186,10 +186,15 @@ impl ResourceCheck {
                 let stable = c.reading.as_ref().is_some_and(|old| similar(old, &new));
                 c.ttl = if stable { (c.ttl * 2).min(self.settings.cache_ttl_max) } else { self.settings.cache_ttl_min };
                 c.reading = Some(new);
-                c.error = None;
+                if c.error.take().is_some() {
+                    log::info!("probe {} answers again", probe.url.as_str());
+                }
             }
             Err(e) => {
-                log::warn!("probe {} unreachable: {e}", probe.url.as_str());
+                // Logged when the probe stops answering, not on every request that finds it silent.
+                if c.error.is_none() {
+                    log::warn!("probe {} unreachable: {e}", probe.url.as_str());
+                }
                 c.ttl = self.settings.cache_ttl_min;
                 c.reading = None;
                 c.error = Some(e);
@@ -198,13 +203,15 @@ impl ResourceCheck {
         c.reading.clone()
     }
 
-    /// The cached reading when it is within its TTL (counted as a hit).
-    fn fresh(&self, probe: &Probe) -> Option<Resources> {
+    /// The cached result when it is within its TTL (counted as a hit): a reading, or `None`
+    /// for a probe that did not answer (asked again after resources.cache_ttl_min, so a
+    /// silent probe does not cost every request its timeout).
+    fn fresh(&self, probe: &Probe) -> Option<Option<Resources>> {
         let mut c = probe.cached.lock().unwrap();
-        let fresh = !c.stale && c.fetched.is_some_and(|t| t.elapsed() < c.ttl) && c.reading.is_some();
+        let fresh = !c.stale && c.fetched.is_some_and(|t| t.elapsed() < c.ttl);
         if fresh {
             c.hits += 1;
-            c.reading.clone()
+            Some(c.reading.clone())
         } else {
             None
         }

@@ -166,22 +166,28 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
         .iter()
         .map(|s| {
             let loaded: Vec<Value> = s.inventory().loaded.iter().filter_map(|m| m.get("name").cloned()).collect();
+            let cooling = s.cooling_down();
             json!({
                 "url": s.url.as_str(),
                 "kind": s.kind.as_str(),
                 "healthy": s.healthy(),
+                "status": if !s.healthy() { "down" } else if cooling.is_some() { "cooling_down" } else { "up" },
+                "cooldown_seconds_left": cooling.map(|d| d.as_secs_f64()),
                 "request_count": s.request_count(),
                 "error_count": s.error_count(),
+                "last_error": s.last_error(),
                 "in_flight": s.in_flight(),
                 "max_concurrency": s.max_concurrency,
                 "loaded_models": loaded,
             })
         })
         .collect();
+    // `endpoints` is the name tools written for other Ollama balancers read; `servers` is drover's own.
     json!({
         "total_endpoints": fleet.servers.len(),
         "healthy_endpoints": healthy(fleet).count(),
         "queued_requests": queued,
+        "endpoints": servers.clone(),
         "servers": servers,
     })
 }

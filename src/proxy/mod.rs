@@ -33,7 +33,7 @@ pub use ctx::RequestCtx;
 pub use wait::{unknown_model, Scheduler};
 
 use crate::admin::Admin;
-use crate::api::{classify, ApiError, Endpoint};
+use crate::api::{classify, Api, ApiError, Endpoint};
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::reload::{Reloader, Tally};
@@ -99,6 +99,9 @@ impl ProxyHttp for Drover {
     /// Answers drover's own endpoints; for a model-routed call, reads the body and takes a first route.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         ctx.request_id = self.request_id(session);
+        if session.req_header().uri.path().starts_with("/v1/") {
+            ctx.api = Api::OpenAi;
+        }
         let size = header_bytes(session.req_header());
         if size > self.max_header_bytes {
             let e = ApiError::new(

@@ -24,6 +24,9 @@ impl Drover {
         if let (Origin::Store, Some(id)) = (route.origin, route.id) {
             self.tally.add(id);
         }
+        if status < 500 {
+            route.server.record_success();
+        }
         if status < 400 {
             // It answered, so the model is loaded there now, whatever /api/ps said last.
             route.server.mark_loaded(&route.actual_model);

@@ -67,7 +67,12 @@ impl Drover {
     }
 
     /// Waits for the next route after a failure; none left gives the client's error.
-    async fn next_route(&self, session: &mut Session, r: &mut Routed, attempts: u32) -> pingora::Result<super::ctx::Chosen> {
+    async fn next_route(
+        &self,
+        session: &mut Session,
+        r: &mut Routed,
+        attempts: u32,
+    ) -> pingora::Result<super::ctx::Chosen> {
         if attempts > self.max_retry_count {
             return Err(self.exhausted(r, attempts));
         }
@@ -95,10 +100,7 @@ impl Drover {
             r.refusal = Some(ApiError::new(
                 502,
                 "upstream_failed",
-                format!(
-                    "model {:?}: every server tried failed ({attempts} attempts); last error: {why}",
-                    r.body.model
-                ),
+                format!("model {:?}: every server tried failed ({attempts} attempts); last error: {why}", r.body.model),
             ));
         }
         let status = r.refusal.as_ref().map_or(502, |e| e.status);

@@ -1,0 +1,206 @@
+//! drover at the edge: hostile or oversized requests, and failures that must not take a server out for everyone.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::mock_ollama::{MockOllama, Mode};
+use support::{free_port, http, Drover, FAST};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn route(model: &str, server: &MockOllama, extra: &str) -> String {
+    format!(
+        "  - {{ virtual_model_name: {model}, server_url: \"{}\", actual_model_name: \"m:1b\"{extra} }}\n",
+        server.url
+    )
+}
+
+async fn post_text(d: &Drover, body: String) -> reqwest::Response {
+    http()
+        .post(format!("{}/api/chat", d.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_body_nested_too_deep_is_refused_at_the_edge() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("m", &m, ""))).await;
+    let nested = |depth: usize| {
+        format!("{{\"model\":\"m\",\"stream\":false,\"x\":{}1{}}}", "[".repeat(depth), "]".repeat(depth))
+    };
+    for depth in [127, 200, 100_000] {
+        let r = post_text(&d, nested(depth)).await;
+        assert_eq!(r.status(), 400, "depth {depth}");
+        let e: Value = r.json().await.unwrap();
+        assert!(e["error"].as_str().unwrap().contains("more than 127 levels deep"), "{e}");
+    }
+    assert_eq!(m.requests(), 0, "never forwarded");
+    let r = post_text(&d, nested(100)).await;
+    assert_eq!(r.status(), 200, "a deep but sane body passes");
+    let sent = m.last_body().unwrap();
+    assert!(sent.ends_with(format!("{}1{}}}", "[".repeat(100), "]".repeat(100)).as_bytes()), "the body is untouched");
+}
+
+#[tokio::test]
+async fn a_header_block_over_the_limit_gets_431() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("m", &m, ""))).await;
+    let body = json!({ "model": "m", "stream": false });
+    let r = http().post(format!("{}/api/chat", d.url)).header("x-big", "a".repeat(70 * 1024)).json(&body).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 431);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("load_balancer.max_header_bytes"), "{e}");
+    // The same on a fleet-wide call, in OpenAI's format on /v1.
+    let r = http().get(format!("{}/v1/models", d.url)).header("x-big", "a".repeat(70 * 1024)).send().await.unwrap();
+    assert_eq!(r.status(), 431);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "header_too_large", "{e}");
+    assert_eq!(m.requests(), 0);
+    // Headers of ordinary size pass.
+    let r = http().post(format!("{}/api/chat", d.url)).header("x-big", "a".repeat(16 * 1024)).json(&body).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    assert_eq!(m.requests(), 1);
+}
+
+/// A body over max_body_bytes gets a 413 the client reads, whether it declared its length,
+/// sent it chunked, or asked to be told before sending (Expect: 100-continue).
+#[tokio::test]
+async fn a_body_over_the_limit_gets_a_413_the_client_can_read() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!(
+        "load_balancer: {{ max_body_bytes: 1048576, health_check_interval: 200ms }}\nroutes:\n{}",
+        route("m", &m, "")
+    ))
+    .await;
+    let big = format!("{{\"model\":\"m\",\"prompt\":\"{}\"}}", "p".repeat(8 * 1024 * 1024));
+    for chunked in [false, true] {
+        let body = if chunked {
+            let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+                big.as_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+            reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+        } else {
+            reqwest::Body::from(big.clone())
+        };
+        let r = http().post(format!("{}/api/chat", d.url)).body(body).send().await;
+        let r = r.unwrap_or_else(|e| panic!("chunked={chunked}: the client got no answer: {e:?}"));
+        assert_eq!(r.status(), 413, "chunked={chunked}");
+        let e: Value = r.json().await.unwrap();
+        assert!(e["error"].as_str().unwrap().contains("load_balancer.max_body_bytes"), "{e}");
+    }
+    // A plain client that writes its whole request before reading: without the body being
+    // read and dropped, its writes would meet a reset connection and never see the answer.
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let head = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(big.as_bytes()).await.expect("the whole body is taken");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // A client that waits for 100 Continue is refused before it sends anything.
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let head = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        big.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(m.requests(), 0);
+    let r = post_text(&d, json!({ "model": "m", "stream": false }).to_string()).await;
+    assert_eq!(r.status(), 200, "drover goes on serving");
+}
+
+/// nginx's max_fails: one failed request does not cool a server down; max_fails within
+/// fail_timeout do (a success in between starts the count again).
+#[tokio::test]
+async fn a_server_cools_down_after_max_fails_not_after_one() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!(
+        "load_balancer: {{ health_check_interval: 60s, max_fails: 3, fail_timeout: 30s, cooldown: 30s, panic_mode: false }}\nroutes:\n{}",
+        route("m", &m, "")
+    ))
+    .await;
+    let chat = || post_text(&d, json!({ "model": "m", "stream": false }).to_string());
+    m.set_mode(Mode::Error);
+    assert_eq!(chat().await.status(), 500, "the only server's own answer");
+    m.set_mode(Mode::Normal);
+    assert_eq!(chat().await.status(), 200, "one failure did not take it out");
+    m.set_mode(Mode::Error);
+    for _ in 0..3 {
+        assert_eq!(chat().await.status(), 500);
+    }
+    m.set_mode(Mode::Normal);
+    let r = chat().await;
+    assert_eq!(r.status(), 503, "three failures within fail_timeout did");
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("cooling down"), "{e}");
+    assert_eq!(m.requests(), 5);
+    let stats: Value = http().get(format!("{}/lb-stats", d.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["endpoints"][0]["status"], "cooling_down", "{stats}");
+    assert_eq!(stats["endpoints"][0]["error_count"], 4, "{stats}");
+}
+
+/// Envoy's panic mode: with every route of a model cooling down, the one that failed
+/// longest ago is tried instead of refusing at once.
+#[tokio::test]
+async fn with_every_route_cooling_down_the_oldest_failure_is_tried() {
+    let a = MockOllama::start("a", &["m:1b"]).await;
+    let b = MockOllama::start("b", &["m:1b"]).await;
+    let d = Drover::start(&format!(
+        "load_balancer: {{ health_check_interval: 60s, max_fails: 1, cooldown: 60s }}\nroutes:\n{}{}",
+        route("m", &a, ", weight: 10"),
+        route("m", &b, ", weight: 1")
+    ))
+    .await;
+    let chat = || post_text(&d, json!({ "model": "m", "stream": false }).to_string());
+    a.set_mode(Mode::Error);
+    b.set_mode(Mode::Busy);
+    assert_eq!(chat().await.status(), 503, "a failed, then b: b's answer is passed on");
+    a.set_mode(Mode::Normal);
+    b.set_mode(Mode::Normal);
+    // Both cool down for a minute; a failed first, so it is tried.
+    for _ in 0..3 {
+        let r = chat().await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-drover-server"].to_str().unwrap(), a.url);
+    }
+    assert_eq!(b.requests(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_probe_is_logged_once_not_per_request() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let silent = format!("http://127.0.0.1:{}", free_port());
+    let d = Drover::start(&format!(
+        "{FAST}resources: {{ cache_ttl_min: 50ms, cache_ttl_max: 50ms, fail_open: true }}\nroutes:\n{}",
+        route("m", &m, &format!(", probe_url: \"{silent}\", performance: 1"))
+    ))
+    .await;
+    for _ in 0..5 {
+        let r = post_text(&d, json!({ "model": "m", "stream": false }).to_string()).await;
+        assert_eq!(r.status(), 200, "fail_open lets requests through");
+        // The model unloads, and the health check sees it after the cached failure expired:
+        // each request needs a reading again.
+        m.set_loaded(&[]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let stats: Value =
+        http().get(format!("{}/admin/resource-cache/stats", d.url)).send().await.unwrap().json().await.unwrap();
+    let misses = stats["probes"][0]["misses"].as_u64().unwrap();
+    assert!(misses >= 3, "the probe was asked again and again: {stats}");
+    let log = d.log();
+    let warnings = log.matches(&format!("probe {silent} unreachable")).count();
+    assert_eq!(warnings, 1, "{log}");
+}
