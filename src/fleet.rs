@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::config::{rules, RouteSpec, ServerSpec, Settings};
+use crate::health::Health;
 use crate::store::StoredRoute;
+use pingora::lb::Backend;
 
 /// What API a server speaks: a full Ollama, or only the OpenAI-compatible /v1 (llama.cpp, vLLM...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,9 +140,6 @@ pub struct IdleModel {
 
 /// Live state of one server, shared across snapshots.
 pub struct ServerState {
-    healthy: AtomicBool,
-    ok_streak: AtomicU32,
-    fail_streak: AtomicU32,
     /// Milliseconds since `epoch` until which the server is skipped after failed requests.
     cooldown_until_ms: AtomicU64,
     /// Failed requests counted in the current `fail_timeout` window (nginx's max_fails).
@@ -162,11 +161,6 @@ pub struct ServerState {
 impl Default for ServerState {
     fn default() -> Self {
         ServerState {
-            // Optimistic start, as Pingora's load balancer does: a dead server is found by
-            // the first check or the first request, whose retry goes elsewhere.
-            healthy: AtomicBool::new(true),
-            ok_streak: AtomicU32::new(0),
-            fail_streak: AtomicU32::new(0),
             cooldown_until_ms: AtomicU64::new(0),
             fails: Mutex::new(FailWindow::default()),
             failing: AtomicBool::new(false),
@@ -211,21 +205,25 @@ pub struct Server {
     pub probe_url: Option<ServerUrl>,
     pub max_concurrency: usize,
     pub fail_policy: FailPolicy,
+    /// This server in the health view (pingora-load-balancing), which decides `healthy()`.
+    pub backend: Backend,
+    health: Arc<Health>,
     pub state: Arc<ServerState>,
     /// Shared by the whole fleet: notified whenever any slot is released.
     released: Arc<Notify>,
 }
 
-/// A health transition worth logging.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Transition {
-    Up,
-    Down,
-}
-
 impl Server {
+    /// Up by the health checks (rise/fall), and not taken out by hand. A server starts up,
+    /// as Pingora's backends do: a dead one is found by the first check or the first
+    /// request, whose retry goes elsewhere.
     pub fn healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Relaxed)
+        self.health.ready(&self.backend)
+    }
+
+    /// Takes the server out of selection by hand (drain), or puts it back.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.health.set_enabled(&self.backend, enabled)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -317,28 +315,14 @@ impl Server {
         Duration::from_millis(self.now_ms().saturating_sub(w.last_ms))
     }
 
-    /// Applies one active check result with rise/fall thresholds; returns a transition to log.
-    pub fn record_check(&self, ok: bool, rise: u32, fall: u32, reason: Option<&str>) -> Option<Transition> {
-        let s = &self.state;
-        if ok {
-            s.fail_streak.store(0, Ordering::Relaxed);
-            let streak = s.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if streak >= rise && !s.healthy.swap(true, Ordering::Relaxed) {
-                // A server the checks saw come back is worth trying again at once.
-                s.cooldown_until_ms.store(0, Ordering::Relaxed);
-                return Some(Transition::Up);
-            }
-        } else {
-            s.ok_streak.store(0, Ordering::Relaxed);
-            if let Some(r) = reason {
-                *s.last_error.lock().unwrap() = Some(r.to_string());
-            }
-            let streak = s.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if streak >= fall && s.healthy.swap(false, Ordering::Relaxed) {
-                return Some(Transition::Down);
-            }
-        }
-        None
+    /// Records why the last check or request failed.
+    pub fn note_error(&self, why: &str) {
+        *self.state.last_error.lock().unwrap() = Some(why.to_string());
+    }
+
+    /// Ends a cooldown early: the health checks saw the server come back.
+    pub fn end_cooldown(&self) {
+        self.state.cooldown_until_ms.store(0, Ordering::Relaxed);
     }
 
     /// Takes one concurrency slot for `model` if the server is under its limit.
@@ -512,6 +496,8 @@ pub struct Fleet {
     pub discovery_turn: AtomicUsize,
     /// Notified when a slot on any server is released: queued requests wait on it.
     pub released: Arc<Notify>,
+    /// Health of every server (pingora-load-balancing), shared by successive snapshots.
+    pub health: Arc<Health>,
 }
 
 impl Fleet {
@@ -562,6 +548,7 @@ impl Fleet {
 
         let default_limit = settings.load_balancer.max_concurrency;
         let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
+        let health = previous.map_or_else(Health::new, |p| p.health.clone());
         let mut servers: Vec<Arc<Server>> = Vec::new();
         let mut by_url: HashMap<String, Arc<Server>> = HashMap::new();
         for spec in specs {
@@ -585,11 +572,13 @@ impl Fleet {
                 }
                 // Settings changed: a new server, carrying on the old one's live state.
                 _ => Arc::new(Server {
-                    url: spec.url,
                     kind: spec.kind,
                     probe_url: spec.probe_url,
                     max_concurrency,
                     fail_policy,
+                    backend: Health::backend(&spec.url),
+                    health: health.clone(),
+                    url: spec.url,
                     state: old.map_or_else(Arc::default, |o| o.state.clone()),
                     released: released.clone(),
                 }),
@@ -603,7 +592,8 @@ impl Fleet {
             grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
         }
         let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
-        Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released }
+        health.set_members(&servers);
+        Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released, health }
     }
 
     /// The model's own routes, when at least one of them is active; otherwise it is served
@@ -776,8 +766,11 @@ mod tests {
     }
 
     fn server(limit: usize) -> Arc<Server> {
+        let url = ServerUrl::parse("http://a:1").unwrap();
         Arc::new(Server {
-            url: ServerUrl::parse("http://a:1").unwrap(),
+            backend: Health::backend(&url),
+            health: Health::new(),
+            url,
             kind: Kind::Ollama,
             probe_url: None,
             max_concurrency: limit,
@@ -813,19 +806,6 @@ mod tests {
         assert_eq!((s.idle_loaded_bytes(true), s.idle_loaded_bytes(false)), (60, 100));
         drop(busy);
         assert_eq!(s.idle_loaded_bytes(true), 210);
-    }
-
-    #[test]
-    fn rise_and_fall_need_consecutive_results() {
-        let s = server(1);
-        assert_eq!(s.record_check(false, 2, 2, Some("refused")), None);
-        assert_eq!(s.record_check(false, 2, 2, Some("refused")), Some(Transition::Down));
-        assert!(!s.healthy());
-        assert_eq!(s.record_check(true, 2, 2, None), None);
-        assert_eq!(s.record_check(false, 2, 2, None), None, "a failure resets the rise streak");
-        assert_eq!(s.record_check(true, 2, 2, None), None);
-        assert_eq!(s.record_check(true, 2, 2, None), Some(Transition::Up));
-        assert!(s.healthy());
     }
 
     #[test]

@@ -291,10 +291,10 @@ mod tests {
     fn backup_tier_takes_over_and_hands_back() {
         let f = fleet(TWO_TIERS);
         for s in &f.servers[..2] {
-            s.record_check(false, 1, 1, Some("down"));
+            s.set_enabled(false);
         }
         assert_eq!(pick_server(&f, &[]).as_deref(), Some("http://c:1"));
-        f.servers[0].record_check(true, 1, 1, None);
+        f.servers[0].set_enabled(true);
         assert_eq!(pick_server(&f, &[]).as_deref(), Some("http://a:1"));
     }
 
@@ -331,8 +331,8 @@ mod tests {
             let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &panic, &NoChecks) else { panic!() };
             assert_eq!(r.server.url.as_str(), "http://c:1", "c failed first");
         }
-        // A server the health checks took down is never used, panic or not.
-        f.servers[2].record_check(false, 1, 1, Some("down"));
+        // A server that is down (here: taken out by hand) is never used, panic or not.
+        f.servers[2].set_enabled(false);
         let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &panic, &NoChecks) else { panic!() };
         assert_eq!(r.server.url.as_str(), "http://a:1");
     }

@@ -11,7 +11,7 @@ use pingora::services::background::background_service;
 
 use crate::config::{Env, Settings};
 use crate::fleet::Fleet;
-use crate::health::HealthChecker;
+use crate::health::ServerCheck;
 use crate::proxy::Drover;
 use crate::reload::Reloader;
 use crate::resources::ResourceCheck;
@@ -103,7 +103,12 @@ pub fn run(args: ServeArgs) -> i32 {
     proxy.add_listener(listener);
     server.add_service(proxy);
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
-    server.add_service(background_service("health checks", HealthChecker::new(fleet, &settings.load_balancer)));
+    // Active health checks: drover's check, run over the fleet's health registry by
+    // pingora-load-balancing's own service.
+    let health = fleet.load().health.clone();
+    let lb = &settings.load_balancer;
+    let checks = health.service(ServerCheck::new(fleet, lb), lb.health_check_interval);
+    server.add_service(background_service("health checks", checks));
     server.run_forever()
 }
 

@@ -252,9 +252,10 @@ mod tests {
         let outage = StoreState::Unreachable("connection refused".into());
         let (_, h) = health(&f, &outage);
         assert_eq!((h["status"].as_str(), h["store"]["state"].as_str()), (Some("degraded"), Some("unreachable")));
-        f.servers[0].record_check(false, 1, 1, Some("refused"));
+        f.servers[0].note_error("refused");
+        f.servers[0].set_enabled(false);
         assert_eq!(health(&f, &StoreState::Ok).1["status"], "degraded");
-        f.servers[1].record_check(false, 1, 1, Some("refused"));
+        f.servers[1].set_enabled(false);
         let (code, h) = health(&f, &StoreState::Ok);
         assert_eq!((code, h["status"].as_str()), (503, Some("down")));
         assert_eq!(h["servers"][0]["last_error"], "refused");
