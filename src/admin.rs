@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::config::{rules, RouteSpec, Settings, Strategy};
 use crate::fleet::{Fleet, Kind, ModelRoutes, Origin, Route, ServerUrl};
 use crate::reload::Reloader;
-use crate::select::{ineligible, Request, Skip};
+use crate::select::{explain, Explanation, Request};
 use crate::store::{RouteFields, StoredRoute};
 
 /// An admin answer: status and JSON body.
@@ -189,47 +189,24 @@ impl Admin {
         id.parse().map_err(|_| error(404, format!("no route with id {id}")))
     }
 
-    /// Which routes a request for `model` would try, in order, and why every other is skipped.
+    /// Which routes a request for `model` would use now and why every other is skipped:
+    /// `select::explain`, the request path's own selection as a dry run (resource check included).
     pub fn check(&self, model: &str) -> Value {
         let fleet = self.fleet.load_full();
-        let (source, routes) = match fleet.named_routes(model) {
-            Some(mr) => ("routes", mr.routes.clone()),
-            None => {
-                let found = fleet.discover(model);
-                (if found.is_empty() { "unknown" } else { "discovery" }, found)
-            }
+        let strategy = self.strategy_of(model);
+        let req = Request {
+            model,
+            native_api: false,
+            tried: &[],
+            waiting: 0,
+            panic_mode: self.settings.load_balancer.panic_mode,
         };
-        let req = Request { model, native_api: false, tried: &[], waiting: 0, panic_mode: false };
-        let reasons: Vec<Option<Skip>> = routes.iter().map(|r| ineligible(r, &req)).collect();
-        let winning = routes
-            .iter()
-            .zip(&reasons)
-            .filter(|(r, why)| why.is_none() && !r.server.at_capacity())
-            .map(|(r, _)| r.priority)
-            .min();
-        let mut order: Vec<&Arc<Route>> = Vec::new();
-        let mut skipped = Vec::new();
-        for (r, why) in routes.iter().zip(&reasons) {
-            let reason = match why {
-                Some(skip) => Some(skip.to_string()),
-                None if r.server.at_capacity() => Some(Skip::Busy.to_string()),
-                None if Some(r.priority) != winning => Some(format!(
-                    "wrong tier: priority {} is a fallback while priority {} has routes available",
-                    r.priority,
-                    winning.unwrap_or(0)
-                )),
-                None => None,
-            };
-            match reason {
-                None => order.push(r),
-                Some(reason) => skipped.push(json!({
-                    "id": route_id(r), "server_url": r.server.url.as_str(), "actual_model_name": r.actual_model,
-                    "priority": r.priority, "reason": reason,
-                })),
-            }
-        }
+        let explained = explain(&fleet, strategy, &req, &self.resources);
+        let serving: Vec<&Arc<Route>> =
+            explained.verdicts.iter().filter(|(_, why)| why.is_none()).map(|(r, _)| r).collect();
+        let total: u64 = serving.iter().map(|r| r.weight as u64).sum();
+        let mut order: Vec<&Arc<Route>> = serving.clone();
         order.sort_by_key(|r| std::cmp::Reverse(r.weight));
-        let total: u64 = order.iter().map(|r| r.weight as u64).sum();
         let order: Vec<Value> = order
             .iter()
             .map(|r| {
@@ -242,26 +219,50 @@ impl Admin {
                 })
             })
             .collect();
-        let lb = &self.settings.load_balancer;
-        let strategy = lb.model_strategies.get(model).copied().unwrap_or(lb.strategy);
-        json!({ "model": model, "source": source, "strategy": strategy_name(strategy),
-                "order": order, "skipped": skipped })
+        let skipped: Vec<Value> = explained
+            .verdicts
+            .iter()
+            .filter_map(|(r, why)| {
+                let reason = why.as_ref()?;
+                Some(json!({
+                    "id": route_id(r), "server_url": r.server.url.as_str(), "actual_model_name": r.actual_model,
+                    "priority": r.priority, "reason": reason,
+                }))
+            })
+            .collect();
+        json!({ "model": model, "source": explained.source, "strategy": strategy_name(strategy),
+                "serving_priority": explained.serving, "order": order, "skipped": skipped })
     }
 
     /// Per virtual model: tiers, weights, and the share of traffic each route gets now.
     pub fn overview(&self) -> Value {
         let fleet = self.fleet.load_full();
-        let models: Vec<Value> = fleet.routes.iter().map(|(name, mr)| model_overview(name, mr)).collect();
+        let models: Vec<Value> = fleet
+            .routes
+            .iter()
+            .map(|(name, mr)| {
+                let req = Request {
+                    model: name,
+                    native_api: false,
+                    tried: &[],
+                    waiting: 0,
+                    panic_mode: self.settings.load_balancer.panic_mode,
+                };
+                model_overview(name, mr, &explain(&fleet, self.strategy_of(name), &req, &self.resources))
+            })
+            .collect();
         json!({ "models": models })
+    }
+
+    fn strategy_of(&self, model: &str) -> Strategy {
+        let lb = &self.settings.load_balancer;
+        lb.model_strategies.get(model).copied().unwrap_or(lb.strategy)
     }
 }
 
-fn model_overview(name: &str, mr: &ModelRoutes) -> Value {
-    let req = Request { model: name, native_api: false, tried: &[], waiting: 0, panic_mode: false };
-    let usable = |r: &Arc<Route>| ineligible(r, &req).is_none();
-    let winning = mr.routes.iter().filter(|r| usable(r)).map(|r| r.priority).min();
-    let live_total: u64 =
-        mr.routes.iter().filter(|r| usable(r) && Some(r.priority) == winning).map(|r| r.weight as u64).sum();
+fn model_overview(name: &str, mr: &ModelRoutes, explained: &Explanation) -> Value {
+    let live = |r: &Arc<Route>| explained.verdicts.iter().any(|(v, why)| Arc::ptr_eq(v, r) && why.is_none());
+    let live_total: u64 = mr.routes.iter().filter(|r| live(r)).map(|r| r.weight as u64).sum();
     let mut tiers: Vec<u32> = mr.routes.iter().map(|r| r.priority).collect();
     tiers.sort_unstable();
     tiers.dedup();
@@ -275,19 +276,18 @@ fn model_overview(name: &str, mr: &ModelRoutes) -> Value {
                 .iter()
                 .filter(|r| r.priority == p)
                 .map(|r| {
-                    let live = usable(r) && Some(p) == winning;
                     json!({
                         "id": route_id(r), "server_url": r.server.url.as_str(), "actual_model_name": r.actual_model,
                         "weight": r.weight, "is_active": r.is_active, "healthy": r.server.healthy(),
                         "weight_share_percent": if r.is_active { percent(r.weight as u64, configured) } else { 0.0 },
-                        "traffic_share_percent": if live { percent(r.weight as u64, live_total) } else { 0.0 },
+                        "traffic_share_percent": if live(r) { percent(r.weight as u64, live_total) } else { 0.0 },
                     })
                 })
                 .collect();
             json!({ "priority": p, "routes": routes })
         })
         .collect();
-    json!({ "virtual_model_name": name, "serving_priority": winning, "tiers": tiers })
+    json!({ "virtual_model_name": name, "serving_priority": explained.serving, "tiers": tiers })
 }
 
 fn percent(part: u64, total: u64) -> f64 {

@@ -27,6 +27,10 @@ impl crate::select::Policy for Arc<ResourceCheck> {
         ResourceCheck::admit(self, route)
     }
 
+    fn check(&self, route: &Route) -> Result<(), Skip> {
+        self.judge(route, false).map(drop)
+    }
+
     fn warm(&self, route: &Route) -> bool {
         self.is_warm(route)
     }
@@ -219,6 +223,17 @@ impl ResourceCheck {
 
     /// Checks `route` against its server's latest reading and, for a cold load, reserves the memory.
     pub fn admit(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
+        self.judge(route, true)
+    }
+
+    /// The resource check; with `commit` false a dry run: no reservation, no metric, no
+    /// change to what the server is believed to hold.
+    fn judge(self: &Arc<Self>, route: &Route, commit: bool) -> Result<Option<Reservation>, Skip> {
+        let count = |result| {
+            if commit {
+                metrics::resource_check(result)
+            }
+        };
         if route.skip_resource_check || route.server.probe_url.is_none() {
             return Ok(None);
         }
@@ -240,10 +255,10 @@ impl ResourceCheck {
         };
         let Some(reading) = reading else {
             return if self.settings.fail_open {
-                metrics::resource_check(CheckResult::FailOpen);
+                count(CheckResult::FailOpen);
                 Ok(None)
             } else {
-                metrics::resource_check(CheckResult::ProbeUnreachable);
+                count(CheckResult::ProbeUnreachable);
                 Err(Skip::ProbeUnreachable)
             };
         };
@@ -267,7 +282,7 @@ impl ResourceCheck {
         let need = (route.performance * GB) as u64;
         let which = if route.device == Device::Gpu && !reading.gpus.is_empty() { "VRAM" } else { "RAM" };
         if free < reserved + need {
-            metrics::resource_check(CheckResult::NoMemory);
+            count(CheckResult::NoMemory);
             return Err(Skip::NoMemory(format!(
                 "needs {:.1} GB {which}, {:.1} GB free or held by idle models, {:.1} GB promised to loads in flight",
                 route.performance,
@@ -277,7 +292,7 @@ impl ResourceCheck {
         }
         let used_after = total.saturating_sub(free) + reserved + need;
         if total == 0 || used_after as f64 * 100.0 > self.settings.memory_threshold * total as f64 {
-            metrics::resource_check(CheckResult::NoMemory);
+            count(CheckResult::NoMemory);
             return Err(Skip::NoMemory(format!(
                 "loading would fill {:.0}% of {which}, over memory_threshold {}%",
                 used_after as f64 * 100.0 / total.max(1) as f64,
@@ -295,11 +310,14 @@ impl ResourceCheck {
             shortfall = shortfall.saturating_sub(m.bytes);
             evicted.push(m.name.clone());
         }
+        if !commit {
+            return Ok(None);
+        }
         if !evicted.is_empty() {
             log::debug!("{server}: loading {model} should unload idle {evicted:?}");
             route.server.forget_loaded(&evicted);
         }
-        metrics::resource_check(CheckResult::Pass);
+        count(CheckResult::Pass);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None });
         Ok(Some(Reservation { check: self.clone(), id }))

@@ -91,6 +91,8 @@ pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
 pub trait Policy {
     /// Admits `route` once it has a slot; a cold load gets its memory reserved.
     fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip>;
+    /// What `admit` would say now, changing nothing (for explanations).
+    fn check(&self, route: &Route) -> Result<(), Skip>;
     /// Whether the route's model is loaded (or loading) on its server.
     fn warm(&self, route: &Route) -> bool;
 }
@@ -101,6 +103,10 @@ pub struct NoChecks;
 impl Policy for NoChecks {
     fn admit(&self, _: &Route) -> Result<Option<Reservation>, Skip> {
         Ok(None)
+    }
+
+    fn check(&self, _: &Route) -> Result<(), Skip> {
+        Ok(())
     }
 
     fn warm(&self, route: &Route) -> bool {
@@ -150,32 +156,55 @@ pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Pol
     }
 }
 
-fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
-    let mut eligible: Vec<usize> = Vec::new();
-    let mut cooling: Vec<usize> = Vec::new();
-    let mut reasons: Vec<String> = Vec::new();
+/// Routes sorted out for one request: the eligible ones (indices into `mr.routes`), and
+/// why each other one is not (inactive routes included). In panic mode, when nothing is
+/// eligible but some routes only cool down, the one that failed longest ago is eligible.
+struct Sorted {
+    eligible: Vec<usize>,
+    skipped: Vec<(usize, Skip)>,
+}
+
+fn sort_out(mr: &ModelRoutes, req: &Request) -> Sorted {
+    let mut sorted = Sorted { eligible: Vec::new(), skipped: Vec::new() };
     for (i, r) in mr.routes.iter().enumerate() {
         match ineligible(r, req) {
-            None => eligible.push(i),
-            Some(Skip::Inactive) => {}
-            Some(why) => {
-                if matches!(why, Skip::CoolingDown(_)) {
-                    cooling.push(i);
-                }
-                reasons.push(format!("{} {}", r.server.url.as_str(), why))
-            }
+            None => sorted.eligible.push(i),
+            Some(why) => sorted.skipped.push((i, why)),
         }
     }
-    if eligible.is_empty() && req.panic_mode {
+    if sorted.eligible.is_empty() && req.panic_mode {
         // Panic mode: one request's failure must not leave a model with no server at all;
         // the route that failed longest ago is the likeliest to have recovered.
-        if let Some(&oldest) = cooling.iter().max_by_key(|&&i| mr.routes[i].server.since_last_failure()) {
-            eligible.push(oldest);
+        let oldest = sorted
+            .skipped
+            .iter()
+            .filter(|(_, why)| matches!(why, Skip::CoolingDown(_)))
+            .max_by_key(|(i, _)| mr.routes[*i].server.since_last_failure())
+            .map(|(i, _)| *i);
+        if let Some(i) = oldest {
+            sorted.skipped.retain(|(j, _)| *j != i);
+            sorted.eligible.push(i);
         }
     }
+    sorted
+}
+
+/// The priorities of `eligible` routes, best first.
+fn tiers_of(mr: &ModelRoutes, eligible: &[usize]) -> Vec<u32> {
     let mut tiers: Vec<u32> = eligible.iter().map(|&i| mr.routes[i].priority).collect();
     tiers.sort_unstable();
     tiers.dedup();
+    tiers
+}
+
+fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
+    let Sorted { eligible, skipped } = sort_out(mr, req);
+    let mut reasons: Vec<String> = skipped
+        .iter()
+        .filter(|(_, why)| *why != Skip::Inactive)
+        .map(|(i, why)| format!("{} {why}", mr.routes[*i].server.url.as_str()))
+        .collect();
+    let tiers = tiers_of(mr, &eligible);
     let mut busy = false;
     let mut short_of_memory: Vec<String> = Vec::new();
     for tier in tiers {
@@ -216,6 +245,76 @@ fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &dy
         return Selection::AllBusy { memory };
     }
     Selection::Unavailable(reasons.join("; "))
+}
+
+/// How a request for a model would be served now, route by route, as `select` decides it
+/// but without taking a slot or reserving memory (the resource check runs as a dry run).
+pub struct Explanation {
+    /// "routes" (named by routes), "discovery" (servers that list it) or "unknown".
+    pub source: &'static str,
+    /// The priority that serves now, if any route can.
+    pub serving: Option<u32>,
+    /// Every route, with `None` when it is among those a request would pick from, or why not.
+    pub verdicts: Vec<(Arc<Route>, Option<String>)>,
+}
+
+pub fn explain(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Explanation {
+    let (source, mr) = match fleet.named_routes(req.model) {
+        Some(mr) => ("routes", mr),
+        None => {
+            let found = fleet.discover(req.model);
+            let source = if found.is_empty() { "unknown" } else { "discovery" };
+            return explain_among(source, &ModelRoutes::new(found), Strategy::Weighted, req, policy);
+        }
+    };
+    explain_among(source, mr, strategy, req, policy)
+}
+
+fn explain_among(
+    source: &'static str,
+    mr: &ModelRoutes,
+    strategy: Strategy,
+    req: &Request,
+    policy: &dyn Policy,
+) -> Explanation {
+    let Sorted { eligible, skipped } = sort_out(mr, req);
+    let mut verdicts: Vec<Option<String>> = vec![None; mr.routes.len()];
+    for (i, why) in skipped {
+        verdicts[i] = Some(why.to_string());
+    }
+    let mut serving = None;
+    for tier in tiers_of(mr, &eligible) {
+        let in_tier: Vec<usize> = eligible.iter().copied().filter(|&i| mr.routes[i].priority == tier).collect();
+        if let Some(best) = serving {
+            for i in in_tier {
+                verdicts[i] = Some(format!(
+                    "wrong tier: priority {tier} is a fallback while priority {best} has routes available"
+                ));
+            }
+            continue;
+        }
+        let mut candidates = Vec::new();
+        for i in in_tier {
+            let route = &mr.routes[i];
+            if route.server.at_capacity() {
+                verdicts[i] = Some(Skip::Busy.to_string());
+            } else if let Err(why) = policy.check(route) {
+                verdicts[i] = Some(why.to_string());
+            } else {
+                candidates.push(i);
+            }
+        }
+        if strategy == Strategy::WarmFirst && candidates.iter().any(|&i| policy.warm(&mr.routes[i])) {
+            for &i in candidates.iter().filter(|&&i| !policy.warm(&mr.routes[i])) {
+                verdicts[i] = Some("cold: warm_first uses the servers with the model loaded".into());
+            }
+        }
+        if !candidates.is_empty() {
+            serving = Some(tier);
+        }
+    }
+    let verdicts = mr.routes.iter().cloned().zip(verdicts).collect();
+    Explanation { source, serving, verdicts }
 }
 
 /// Picks one of `open` (indices into `mr.routes`, non-empty) by the strategy.
@@ -335,6 +434,58 @@ mod tests {
         f.servers[2].set_enabled(false);
         let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &panic, &NoChecks) else { panic!() };
         assert_eq!(r.server.url.as_str(), "http://a:1");
+    }
+
+    /// Refuses one server for memory, as the resource check would.
+    struct ShortOn(&'static str);
+
+    impl Policy for ShortOn {
+        fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip> {
+            self.check(route).map(|_| None)
+        }
+
+        fn check(&self, route: &Route) -> Result<(), Skip> {
+            match route.server.url.as_str() == self.0 {
+                true => Err(Skip::NoMemory("needs 9 GB".into())),
+                false => Ok(()),
+            }
+        }
+
+        fn warm(&self, _: &Route) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn explain_is_the_selection_without_taking_anything() {
+        let f = fleet(TWO_TIERS);
+        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: true };
+        let verdict = |e: &Explanation, url: &str| {
+            e.verdicts.iter().find(|(r, _)| r.server.url.as_str() == url).unwrap().1.clone()
+        };
+        let e = explain(&f, Strategy::Weighted, &req, &NoChecks);
+        assert_eq!((e.source, e.serving), ("routes", Some(1)));
+        assert_eq!(verdict(&e, "http://a:1"), None);
+        assert!(verdict(&e, "http://c:1").unwrap().starts_with("wrong tier"));
+        assert_eq!(f.servers.iter().map(|s| s.in_flight()).sum::<usize>(), 0, "no slot taken");
+
+        // Memory short on a: explain says so, and selection never picks it.
+        let policy = ShortOn("http://a:1");
+        let e = explain(&f, Strategy::Weighted, &req, &policy);
+        assert!(verdict(&e, "http://a:1").unwrap().contains("not enough memory (needs 9 GB)"));
+        for _ in 0..20 {
+            let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &req, &policy) else { panic!() };
+            assert_eq!(r.server.url.as_str(), "http://b:1");
+        }
+        // The primary tier down: the backup serves, in both.
+        f.servers[0].set_enabled(false);
+        f.servers[1].set_enabled(false);
+        let e = explain(&f, Strategy::Weighted, &req, &NoChecks);
+        assert_eq!(e.serving, Some(2));
+        assert_eq!(verdict(&e, "http://a:1").as_deref(), Some("down"));
+        let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
+        assert_eq!(r.server.url.as_str(), "http://c:1");
+        assert_eq!(explain(&f, Strategy::Weighted, &Request { model: "zzz", ..req }, &NoChecks).source, "unknown");
     }
 
     #[test]
