@@ -4,6 +4,12 @@
 #
 #   benches/load.sh            # installs what it needs (as root), builds, measures, prints
 #                              # the tables, and writes them to bench-results/load.md
+#   BASELINE=966fad6 benches/load.sh
+#                              # also builds drover at that git revision (a worktree under
+#                              # target/, its own target dir) and measures it as one more
+#                              # contestant, interleaved with this build: throughput, latency,
+#                              # RSS with open streams, as ratios this build / baseline
+#   SKIP_LITELLM=1             # leave LiteLLM out (no install, no run)
 #
 # Backends that are never the bottleneck: nginx answering canned Ollama /api/chat and OpenAI
 # /v1/chat/completions JSON (two of them, for the round-robin proxies), and a streaming
@@ -43,19 +49,32 @@ if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! .venv-bench/bin/python -c "import litellm" 2>/dev/null; then
+SKIP_LITELLM=${SKIP_LITELLM:-}
+if [ -z "$SKIP_LITELLM" ] && ! .venv-bench/bin/python -c "import litellm" 2>/dev/null; then
   log "installing litellm[proxy] into .venv-bench"
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install -q 'litellm[proxy]'
 fi
 cargo build --release --bin drover --example mock_ollama --example loadgen
 BIN=$ROOT/target/release
+BASELINE=${BASELINE:-}
+if [ -n "$BASELINE" ]; then
+  # The baseline revision, built apart so this build's target/ stays as it is.
+  BASE_SRC=$ROOT/target/baseline-src
+  if [ ! -d "$BASE_SRC" ] || [ "$(git -C "$BASE_SRC" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$BASELINE")" ]; then
+    git worktree remove --force "$BASE_SRC" 2>/dev/null || rm -rf "$BASE_SRC"
+    git worktree prune
+    git worktree add --detach "$BASE_SRC" "$BASELINE" >&2
+  fi
+  (cd "$BASE_SRC" && CARGO_TARGET_DIR=$ROOT/target/baseline cargo build --release --bin drover)
+  BASE_BIN=$ROOT/target/baseline/release/drover
+fi
 ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drover
 
 # ---- backends and proxies ---------------------------------------------------------------
 # A port already taken (a run still going, or one that was killed) would measure the wrong
 # process: refuse to start instead.
-for port in 18180 18181 18182 18183 18184 18185 18190 18193; do
+for port in 18180 18181 18182 18183 18184 18185 18186 18190 18193 18196; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port is already in use (another run, or what a killed run left behind); stop it first"
     exit 1
@@ -136,6 +155,16 @@ EOF
 RUST_LOG=warn "$BIN/drover" serve -c "$WORK/drover.yaml" 2>"$WORK/drover.log" &
 DROVER_PID=$!
 PIDS+=($DROVER_PID)
+# The baseline drover: same fleet and routes, its own ports and files.
+TARGETS="D:18181 R:18183 N:18180"
+if [ -n "$BASELINE" ]; then
+  sed -e 's/18183/18186/; s/18193/18196/' -e "s|$WORK/drover.db|$WORK/base.db|; s|$WORK/access.log|$WORK/base-access.log|" \
+      -e "s|$WORK/upgrade.sock|$WORK/base-upgrade.sock|; s|$WORK/drover.pid|$WORK/base.pid|" "$WORK/drover.yaml" > "$WORK/base.yaml"
+  RUST_LOG=warn "$BASE_BIN" serve -c "$WORK/base.yaml" 2>"$WORK/base.log" &
+  BASE_PID=$!
+  PIDS+=($BASE_PID)
+  TARGETS="$TARGETS B:18186"
+fi
 
 cat > "$WORK/litellm.yaml" <<EOF
 model_list:
@@ -145,13 +174,16 @@ general_settings:
   # No auth, as for drover and nginx here (LiteLLM refuses to start without a key otherwise).
   dangerously_permit_weak_or_unset_master_key: true
 EOF
-(cd "$WORK" && exec "$ROOT/.venv-bench/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port 18184 --num_workers 1 \
-  >"$WORK/litellm.log" 2>&1) &
-PIDS+=($!)
+if [ -z "$SKIP_LITELLM" ]; then
+  (cd "$WORK" && exec "$ROOT/.venv-bench/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port 18184 --num_workers 1 \
+    >"$WORK/litellm.log" 2>&1) &
+  PIDS+=($!)
+fi
 
 wait_http() { for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; log "$1 did not answer"; return 1; }
 wait_http http://127.0.0.1:18181/api/version
 wait_http http://127.0.0.1:18183/status
+[ -z "$BASELINE" ] || wait_http http://127.0.0.1:18186/status
 wait_http http://127.0.0.1:18190/api/version
 sleep 1
 
@@ -175,6 +207,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 rss_kb() { local p; for p in "$@"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{ s += $1 } END { print s }'; }
 
 RSS_IDLE=$(rss_kb "$DROVER_PID")
+[ -z "$BASELINE" ] || B_RSS_IDLE=$(rss_kb "$BASE_PID")
 # The nginx proxy instance: its master and workers.
 NGINX_PIDS=("$(cat "$WORK/proxy.pid")" $(pgrep -P "$(cat "$WORK/proxy.pid")"))
 N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
@@ -182,19 +215,19 @@ N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
 # ---- throughput at fixed concurrency ----------------------------------------------------
 log "throughput: wrk -c$CONNS for ${DURATION}s each, $ROUNDS rounds"
 # Warm each path (connection pools, JIT of nothing, page cache).
-for url in 18181/api/chat 18183/api/chat 18180/api/chat; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
+for url in 18181/api/chat 18183/api/chat 18180/api/chat ${BASELINE:+18186/api/chat}; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
 # Machine noise moves single runs by 10-20%: each figure is the median of $ROUNDS runs,
 # interleaved (direct, drover, nginx, direct, ...) so that a slow spell hits every target.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A RUNS
 for _ in $(seq 1 "$ROUNDS"); do
-  for t in D:18181 R:18183 N:18180; do
+  for t in $TARGETS; do
     RUNS[${t%%:*}_API]+=" $(rps "http://127.0.0.1:${t#*:}/api/chat" "$WORK/chat.json" "$DURATION" "$CONNS")"
     RUNS[${t%%:*}_V1]+=" $(rps "http://127.0.0.1:${t#*:}/v1/chat/completions" "$WORK/openai.json" "$DURATION" "$CONNS")"
   done
 done
-for k in D_API R_API N_API D_V1 R_V1 N_V1; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
-if wait_http http://127.0.0.1:18184/health/liveliness 2>/dev/null; then
+for k in D_API R_API N_API D_V1 R_V1 N_V1 ${BASELINE:+B_API B_V1}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+if [ -z "$SKIP_LITELLM" ] && wait_http http://127.0.0.1:18184/health/liveliness 2>/dev/null; then
   rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" 2 8 >/dev/null
   L_V1=$(rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LITELLM_DURATION" 8)
 else
@@ -205,15 +238,18 @@ fi
 log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
 LG=$BIN/examples/loadgen
 for _ in $(seq 1 "$ROUNDS"); do
-  for t in D:18181 R:18183 N:18180; do
+  for t in $TARGETS; do
     read -r p50 p99 _ failed <<<"$("$LG" rate "http://127.0.0.1:${t#*:}/api/chat" "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
     RUNS[${t%%:*}_P50]+=" $p50"; RUNS[${t%%:*}_P99]+=" $p99"; RUNS[${t%%:*}_FAIL]=$(( ${RUNS[${t%%:*}_FAIL]:-0} + failed ))
   done
 done
-for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
-D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}
+for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99 ${BASELINE:+B_P50 B_P99}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}; B_FAIL=${RUNS[B_FAIL]:-0}
 LRATE=$((RATE / 10))
-read -r L_P50 L_P99 _ L_FAIL <<<"$("$LG" rate http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LRATE" "$RATE_SECONDS" 2>/dev/null || echo "nan nan 0 0")"
+L_P50=nan; L_P99=nan; L_FAIL=0
+if [ -z "$SKIP_LITELLM" ]; then
+  read -r L_P50 L_P99 _ L_FAIL <<<"$("$LG" rate http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LRATE" "$RATE_SECONDS" 2>/dev/null || echo "nan nan 0 0")"
+fi
 
 # ---- streams: time to first byte and the delay each line gains in transit -------------------------
 log "streams: $STREAM_CHUNKS chunks ${STREAM_GAP_MS} ms apart, 20 streams each, taken in turn"
@@ -242,6 +278,7 @@ hold() {
 }
 read -r OPENED PEAK <<<"$(hold http://127.0.0.1:18183/api/chat "$WORK/stream.json" "$DROVER_PID")"
 read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json" "${NGINX_PIDS[@]}")"
+[ -z "$BASELINE" ] || read -r B_OPENED B_PEAK <<<"$(hold http://127.0.0.1:18186/api/chat "$WORK/stream.json" "$BASE_PID")"
 
 # ---- report -----------------------------------------------------------------------------
 {
@@ -302,4 +339,17 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   check "added p99 ms at $RATE/s" "$(awk -v a="$R_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}')" "<=" 1
   check "delay each streamed line gains, ms" "$GAIN_R" "<=" 1
   check "peak RSS MB, $HOLD_STREAMS open streams" "$(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}')" "<=" 150
+  if [ -n "$BASELINE" ]; then
+    echo
+    echo "### This build against the baseline ($BASELINE, $(git log -1 --format=%s "$BASELINE" | cut -c1-60)...), same run, interleaved"
+    echo
+    echo "| figure | this build | baseline | this / baseline |"
+    echo "|---|---|---|---|"
+    echo "| /api/chat requests/s | $R_API | $B_API | $(ratio "$R_API" "$B_API") |"
+    echo "| /v1/chat/completions requests/s | $R_V1 | $B_V1 | $(ratio "$R_V1" "$B_V1") |"
+    echo "| p50 ms at $RATE/s | $R_P50 | $B_P50 | $(ratio "$R_P50" "$B_P50") |"
+    echo "| p99 ms at $RATE/s (failed: $R_FAIL vs $B_FAIL) | $R_P99 | $B_P99 | $(ratio "$R_P99" "$B_P99") |"
+    echo "| RSS idle MB | $(mb "$RSS_IDLE") | $(mb "$B_RSS_IDLE") | $(ratio "$RSS_IDLE" "$B_RSS_IDLE") |"
+    echo "| RSS MB, $HOLD_STREAMS open streams (opened: $OPENED vs $B_OPENED) | $(mb "$PEAK") | $(mb "$B_PEAK") | $(ratio "$PEAK" "$B_PEAK") |"
+  fi
 } | tee "$OUT/load.md"

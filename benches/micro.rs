@@ -8,7 +8,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use drover::body::RoutableBody;
 use drover::config::{Env, Settings, Strategy};
-use drover::fleet::{Fleet, Inventory};
+use drover::fleet::Fleet;
+use drover::ollama::Inventory;
 use drover::select::{select, NoChecks, Request, Selection};
 use serde_json::json;
 

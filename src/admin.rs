@@ -13,8 +13,9 @@ use arc_swap::ArcSwap;
 use http::Method;
 use serde_json::{json, Map, Value};
 
-use crate::config::{rules, RouteSpec, Settings, Strategy};
-use crate::fleet::{Fleet, Kind, ModelRoutes, Origin, Route, ServerUrl};
+use crate::config::{rules, RouteInput, RouteSpec, Settings, Strategy};
+use crate::fleet::{Fleet, ModelRoutes, Origin, Route};
+use crate::ollama::{Kind, ServerUrl};
 use crate::reload::Reloader;
 use crate::select::{explain, Explanation, Request};
 use crate::store::{RouteFields, StoredRoute};
@@ -113,6 +114,9 @@ impl Admin {
             Ok(f) => f,
             Err(reply) => return reply,
         };
+        if let Err(reply) = whole(patched(RouteInput::default(), &fields)) {
+            return reply;
+        }
         self.write(|store| async move { store.insert(&fields).await.map(Some) }, 201).await
     }
 
@@ -127,6 +131,20 @@ impl Admin {
         };
         if fields == RouteFields::default() {
             return error(400, "nothing to change: send at least one field");
+        }
+        // The route as it would be after the change passes the same validator as any other.
+        let current = match self.reloader.store().await {
+            Ok(store) => store.get(id).await,
+            Err(e) => Err(e),
+        };
+        match current {
+            Ok(Some(row)) => {
+                if let Err(reply) = whole(patched(RouteInput::from(&row), &fields)) {
+                    return reply;
+                }
+            }
+            Ok(None) => return error(404, format!("no route with id {id}")),
+            Err(e) => return error(503, format!("store unreachable, nothing was changed: {e}")),
         }
         match self.write(|store| async move { store.update(id, &fields).await }, 200).await {
             (200, Value::Null) => error(404, format!("no route with id {id}")),
@@ -363,6 +381,36 @@ fn parse_body(body: Option<&[u8]>) -> Result<Map<String, Value>, Reply> {
 const IGNORED_FIELDS: [&str; 6] = ["id", "created_at", "updated_at", "count", "source", "read_only"];
 
 /// Checks every field of an admin request; on any error, a 400 naming each bad field.
+/// `base` with the fields of a request applied.
+fn patched(base: RouteInput, f: &RouteFields) -> RouteInput {
+    RouteInput {
+        virtual_model_name: f.virtual_model_name.clone().or(base.virtual_model_name),
+        server_url: f.server_url.clone().or(base.server_url),
+        actual_model_name: f.actual_model_name.clone().or(base.actual_model_name),
+        weight: f.weight.or(base.weight),
+        priority: f.priority.or(base.priority),
+        device: f.device.clone().or(base.device),
+        performance: f.performance.or(base.performance),
+        description: f.description.clone().unwrap_or(base.description),
+        is_active: f.is_active.or(base.is_active),
+        skip_resource_check: f.skip_resource_check.or(base.skip_resource_check),
+        probe_url: f.probe_url.clone().unwrap_or(base.probe_url),
+        max_concurrency: f.max_concurrency.unwrap_or(base.max_concurrency),
+    }
+}
+
+/// The route validator's verdict on a whole route, as a 400 naming each bad field.
+fn whole(route: RouteInput) -> Result<(), Reply> {
+    route.validate().map(drop).map_err(|bad| {
+        let names: Vec<String> = bad.iter().map(|(k, why)| format!("{k}: {why}")).collect();
+        let fields: Map<String, Value> = bad.into_iter().map(|(k, why)| (k.to_string(), json!(why))).collect();
+        (
+            400,
+            json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": fields }),
+        )
+    })
+}
+
 pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteFields, Reply> {
     let mut f = RouteFields::default();
     let mut bad: Map<String, Value> = Map::new();
@@ -523,6 +571,23 @@ mod tests {
             settings,
             fleet,
         }
+    }
+
+    #[test]
+    fn a_change_is_checked_as_the_whole_route_it_makes() {
+        let stored = RouteInput {
+            virtual_model_name: Some("m".into()),
+            server_url: Some("http://a:1".into()),
+            ..RouteInput::default()
+        };
+        let rename = fields(json!({ "actual_model_name": "m:7b", "weight": 5 }), false).unwrap();
+        let spec = patched(stored.clone(), &rename).validate().unwrap();
+        assert_eq!((spec.actual_model_name.as_str(), spec.weight, spec.server_url.as_str()), ("m:7b", 5, "http://a:1"));
+        // A row edited by hand in SQL with a bad value: a change that keeps it is refused.
+        let broken = RouteInput { weight: Some(0), ..stored };
+        let (status, body) = whole(patched(broken, &fields(json!({ "priority": 2 }), false).unwrap())).unwrap_err();
+        assert_eq!(status, 400);
+        assert!(body["fields"]["weight"].as_str().unwrap().contains("at least 1"), "{body}");
     }
 
     #[test]

@@ -6,7 +6,8 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde_json::Value;
 
-use crate::fleet::{Server, ServerUrl};
+use crate::fleet::Server;
+use crate::ollama::ServerUrl;
 
 /// Responses larger than this are not inventories: refuse them rather than buffer them.
 const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;

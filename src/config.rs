@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::fleet::{Device, Kind, ServerUrl};
+use crate::ollama::{Device, Kind, ServerUrl};
 
 /// The fleet used when neither `servers:`, `routes:` nor the store names one: a local Ollama.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:11434";
@@ -96,31 +96,107 @@ struct RawServerObject {
     fail_timeout: Option<RawDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A route as written, in the config file (`routes:`), a row of the store, or an admin
+/// request, before validation. `RouteInput::validate` is the one validator for all three.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRoute {
-    virtual_model_name: String,
-    server_url: String,
+pub struct RouteInput {
     #[serde(default)]
-    actual_model_name: Option<String>,
+    pub virtual_model_name: Option<String>,
     #[serde(default)]
-    weight: Option<i64>,
+    pub server_url: Option<String>,
     #[serde(default)]
-    priority: Option<i64>,
+    pub actual_model_name: Option<String>,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub priority: Option<i64>,
     #[serde(default, rename = "type")]
-    device: Option<String>,
+    pub device: Option<String>,
     #[serde(default)]
-    performance: Option<f64>,
+    pub performance: Option<f64>,
     #[serde(default)]
-    description: Option<String>,
+    pub description: Option<String>,
     #[serde(default)]
-    is_active: Option<bool>,
+    pub is_active: Option<bool>,
     #[serde(default)]
-    skip_resource_check: Option<bool>,
+    pub skip_resource_check: Option<bool>,
     #[serde(default)]
-    probe_url: Option<String>,
+    pub probe_url: Option<String>,
     #[serde(default)]
-    max_concurrency: Option<i64>,
+    pub max_concurrency: Option<i64>,
+}
+
+impl RouteInput {
+    /// The validated route, with defaults for what is not given; or every bad field, named
+    /// as in the table and the admin API, with why.
+    pub fn validate(self) -> Result<RouteSpec, Vec<(&'static str, String)>> {
+        let mut bad: Vec<(&'static str, String)> = Vec::new();
+        let mut check = |field: &'static str, result: Result<(), String>| {
+            if let Err(e) = result {
+                bad.push((field, e));
+            }
+        };
+        let virtual_model_name = self.virtual_model_name.unwrap_or_default();
+        match self.server_url {
+            None => check("server_url", Err("is required".into())),
+            Some(_) if virtual_model_name.is_empty() => check("virtual_model_name", Err("is required".into())),
+            Some(_) => check("virtual_model_name", rules::name(&virtual_model_name)),
+        }
+        let actual_model_name = self.actual_model_name.unwrap_or_else(|| virtual_model_name.clone());
+        check("actual_model_name", rules::name(&actual_model_name));
+        let weight = self.weight.unwrap_or(1);
+        check("weight", rules::at_least_one(weight));
+        let priority = self.priority.unwrap_or(1);
+        check("priority", rules::at_least_one(priority));
+        let device = rules::device(self.device.as_deref().unwrap_or("GPU"));
+        check("type", device.clone().map(drop));
+        let performance = self.performance.unwrap_or(0.0);
+        check("performance", rules::performance(performance));
+        if let Some(n) = self.max_concurrency {
+            check("max_concurrency", rules::at_least_one(n));
+        }
+        let server_url = self.server_url.as_deref().map(ServerUrl::parse).transpose();
+        check("server_url", server_url.clone().map(drop));
+        let probe_url = self.probe_url.as_deref().filter(|p| !p.is_empty()).map(ServerUrl::parse).transpose();
+        check("probe_url", probe_url.clone().map(drop));
+        match (server_url, probe_url, device) {
+            (Ok(Some(server_url)), Ok(probe_url), Ok(device)) if bad.is_empty() => Ok(RouteSpec {
+                virtual_model_name,
+                server_url,
+                actual_model_name,
+                weight: weight as u32,
+                priority: priority as u32,
+                device,
+                performance,
+                description: self.description.unwrap_or_default(),
+                is_active: self.is_active.unwrap_or(true),
+                skip_resource_check: self.skip_resource_check.unwrap_or(false),
+                probe_url,
+                max_concurrency: self.max_concurrency.map(|n| n as usize),
+            }),
+            _ => Err(bad),
+        }
+    }
+}
+
+impl From<&crate::store::StoredRoute> for RouteInput {
+    fn from(row: &crate::store::StoredRoute) -> RouteInput {
+        RouteInput {
+            virtual_model_name: Some(row.virtual_model_name.clone()),
+            server_url: Some(row.server_url.clone()),
+            actual_model_name: Some(row.actual_model_name.clone()),
+            weight: Some(row.weight),
+            priority: Some(row.priority),
+            device: Some(row.device.clone()),
+            performance: Some(row.performance),
+            description: row.description.clone(),
+            is_active: Some(row.is_active),
+            skip_resource_check: Some(row.skip_resource_check),
+            probe_url: row.probe_url.clone(),
+            max_concurrency: row.max_concurrency,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,7 +434,7 @@ impl Settings {
         let server: ServerSection = v.section(map, "server");
         let database: DatabaseSection = v.section(map, "database");
         let raw_servers: Vec<RawServer> = v.list(map, "servers");
-        let raw_routes: Vec<RawRoute> = v.list(map, "routes");
+        let raw_routes: Vec<RouteInput> = v.list(map, "routes");
         let lb: LbSection = v.section(map, "load_balancer");
         let res: ResourcesSection = v.section(map, "resources");
         let http: HttpClientSection = v.section(map, "http_client");
@@ -380,7 +456,7 @@ impl Settings {
         if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"].iter().any(|p| database_url.starts_with(p)) {
             v.error(
                 "database.url",
-                format!("{:?}: expected sqlite://, postgres:// or mysql://", crate::redact_url(&database_url)),
+                format!("{:?}: expected sqlite://, postgres:// or mysql://", crate::store::redact_url(&database_url)),
             );
         }
 
@@ -630,52 +706,20 @@ impl Validator {
         Some(ServerSpec { url: url?, kind, probe_url, max_concurrency, max_fails: obj.max_fails, fail_timeout })
     }
 
-    fn route(&mut self, key: &str, r: RawRoute) -> Option<RouteSpec> {
-        let before = self.errors.len();
-        let mut check = |field: &str, result: Result<(), String>| {
-            if let Err(e) = result {
-                self.error(format!("{key}.{field}"), e);
-            }
-        };
-        check("virtual_model_name", rules::name(&r.virtual_model_name));
-        let actual = r.actual_model_name.unwrap_or_else(|| r.virtual_model_name.clone());
-        check("actual_model_name", rules::name(&actual));
-        let weight = r.weight.unwrap_or(1);
-        check("weight", rules::at_least_one(weight));
-        let priority = r.priority.unwrap_or(1);
-        check("priority", rules::at_least_one(priority));
-        let device = rules::device(r.device.as_deref().unwrap_or("GPU"));
-        check("type", device.clone().map(|_| ()));
-        let performance = r.performance.unwrap_or(0.0);
-        check("performance", rules::performance(performance));
-        if let Some(n) = r.max_concurrency {
-            check("max_concurrency", rules::at_least_one(n));
-        }
-        let server_url = self.url(&format!("{key}.server_url"), &r.server_url);
-        let probe_url = r.probe_url.and_then(|p| self.url(&format!("{key}.probe_url"), &p));
-        if self.errors.len() != before {
-            return None;
-        }
-        Some(RouteSpec {
-            virtual_model_name: r.virtual_model_name,
-            server_url: server_url?,
-            actual_model_name: actual,
-            weight: weight as u32,
-            priority: priority as u32,
-            device: device.ok()?,
-            performance,
-            description: r.description.unwrap_or_default(),
-            is_active: r.is_active.unwrap_or(true),
-            skip_resource_check: r.skip_resource_check.unwrap_or(false),
-            probe_url,
-            max_concurrency: r.max_concurrency.map(|n| n as usize),
-        })
+    fn route(&mut self, key: &str, r: RouteInput) -> Option<RouteSpec> {
+        r.validate()
+            .map_err(|bad| {
+                for (field, why) in bad {
+                    self.error(format!("{key}.{field}"), why);
+                }
+            })
+            .ok()
     }
 }
 
 /// The rules a route's fields obey, wherever the route comes from (config file or admin API).
 pub mod rules {
-    use crate::fleet::Device;
+    use crate::ollama::Device;
 
     pub fn name(s: &str) -> Result<(), String> {
         if s.trim().is_empty() || s.chars().count() > 100 {

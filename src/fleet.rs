@@ -16,114 +16,11 @@ use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::config::{rules, RouteSpec, ServerSpec, Settings};
-use crate::health::Health;
+use crate::backends::Health;
+use crate::config::{RouteInput, RouteSpec, ServerSpec, Settings};
+use crate::ollama::{canonical_model, names_of, Device, Inventory, Kind, ServerUrl};
 use crate::store::StoredRoute;
 use pingora::lb::Backend;
-
-/// What API a server speaks: a full Ollama, or only the OpenAI-compatible /v1 (llama.cpp, vLLM...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Ollama,
-    OpenAi,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Ollama => "ollama",
-            Kind::OpenAi => "openai",
-        }
-    }
-}
-
-/// Which memory a route's model lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Gpu,
-}
-
-impl Device {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Device::Cpu => "CPU",
-            Device::Gpu => "GPU",
-        }
-    }
-}
-
-/// A server's base URL, normalised so that the same server always has the same identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerUrl {
-    text: String,
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash ("" for most servers).
-    pub base_path: String,
-}
-
-impl ServerUrl {
-    pub fn parse(text: &str) -> Result<ServerUrl, String> {
-        let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?}: not a URL ({e})"))?;
-        let tls = match url.scheme() {
-            "http" => false,
-            "https" => true,
-            other => return Err(format!("{text:?}: scheme {other:?} is not http or https")),
-        };
-        let host = match url.host() {
-            Some(url::Host::Ipv6(a)) => a.to_string(),
-            Some(h) => h.to_string(),
-            None => return Err(format!("{text:?}: has no host")),
-        };
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{text:?}: must not have a query or fragment"));
-        }
-        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let base_path = url.path().trim_end_matches('/').to_string();
-        let text = format!("{}{}", url.origin().ascii_serialization(), base_path);
-        Ok(ServerUrl { text, tls, host, port, base_path })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// The Host header value to send.
-    pub fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-}
-
-/// What a server reported at its last refresh.
-#[derive(Debug, Default, Clone)]
-pub struct Inventory {
-    /// Entries of /api/tags (or synthesised from /v1/models for openai servers).
-    pub tags: Vec<Value>,
-    /// Entries of /api/ps.
-    pub loaded: Vec<Value>,
-    /// Canonical names of the models it has (see `canonical_model`).
-    pub names: HashSet<String>,
-    pub loaded_names: HashSet<String>,
-    /// /api/version of an Ollama server.
-    pub version: Option<String>,
-}
-
-/// Ollama treats "llama3" and "llama3:latest" as the same model.
-pub fn canonical_model(name: &str) -> String {
-    if name.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
 
 #[derive(Default, Clone, Copy)]
 struct ModelUse {
@@ -245,7 +142,7 @@ impl Server {
     /// Replaces what is loaded here with a fresh /api/ps list, keeping the rest of the inventory.
     pub fn set_loaded(&self, loaded: Vec<Value>) {
         let mut updated = (*self.inventory()).clone();
-        updated.loaded_names = crate::health::names_of(&loaded);
+        updated.loaded_names = names_of(&loaded);
         updated.loaded = loaded;
         self.set_inventory(updated);
     }
@@ -523,15 +420,20 @@ impl Fleet {
         for spec in &settings.servers {
             merge(spec.clone());
         }
-        let mut drafts: Vec<(String, Draft)> = Vec::new();
+        // Every route, whatever its source, as one validated spec with where it came from.
+        let mut drafts: Vec<(String, RouteSpec, Origin, i64)> = Vec::new();
         for (i, r) in settings.routes.iter().enumerate() {
-            drafts.push((merge(server_spec_of_route(r)), Draft::from_config(i, r)));
+            drafts.push((merge(server_spec_of_route(r)), r.clone(), Origin::Config, i as i64));
         }
         for row in stored {
             // Rows were validated when written through the admin API; one edited by hand in
             // SQL may not be: skip it with a warning rather than refuse the whole table.
-            if let Some((spec, draft)) = stored_route(row) {
-                drafts.push((merge(spec), draft));
+            match RouteInput::from(row).validate() {
+                Ok(spec) => drafts.push((merge(server_spec_of_route(&spec)), spec, Origin::Store, row.id)),
+                Err(bad) => {
+                    let why: Vec<String> = bad.iter().map(|(field, e)| format!("{field} {e}")).collect();
+                    log::warn!("ollama_servers row {} ignored: {}", row.id, why.join("; "));
+                }
             }
         }
         if settings.servers.is_empty() && drafts.is_empty() {
@@ -587,12 +489,12 @@ impl Fleet {
             by_url.insert(key, server);
         }
         let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
-        for (key, draft) in drafts {
-            let route = draft.into_route(by_url[&key].clone());
+        for (key, spec, origin, id) in drafts {
+            let route = route_of(spec, origin, id, by_url[&key].clone());
             grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
         }
         let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
-        health.set_members(&servers);
+        health.set_members(servers.iter().map(|s| s.backend.clone()).collect());
         Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released, health }
     }
 
@@ -644,91 +546,21 @@ impl Fleet {
     }
 }
 
-/// A route before its server exists.
-struct Draft {
-    id: i64,
-    virtual_model: String,
-    actual_model: String,
-    weight: u32,
-    priority: u32,
-    device: Device,
-    performance: f64,
-    description: String,
-    is_active: bool,
-    skip_resource_check: bool,
-    origin: Origin,
-}
-
-impl Draft {
-    fn from_config(i: usize, r: &RouteSpec) -> Draft {
-        Draft {
-            id: i as i64,
-            virtual_model: r.virtual_model_name.clone(),
-            actual_model: r.actual_model_name.clone(),
-            weight: r.weight,
-            priority: r.priority,
-            device: r.device,
-            performance: r.performance,
-            description: r.description.clone(),
-            is_active: r.is_active,
-            skip_resource_check: r.skip_resource_check,
-            origin: Origin::Config,
-        }
+fn route_of(spec: RouteSpec, origin: Origin, id: i64, server: Arc<Server>) -> Route {
+    Route {
+        id: Some(id),
+        virtual_model: spec.virtual_model_name,
+        actual_model: spec.actual_model_name,
+        server,
+        weight: spec.weight,
+        priority: spec.priority,
+        device: spec.device,
+        performance: spec.performance,
+        description: spec.description,
+        is_active: spec.is_active,
+        skip_resource_check: spec.skip_resource_check,
+        origin,
     }
-
-    fn into_route(self, server: Arc<Server>) -> Route {
-        Route {
-            id: Some(self.id),
-            virtual_model: self.virtual_model,
-            actual_model: self.actual_model,
-            server,
-            weight: self.weight,
-            priority: self.priority,
-            device: self.device,
-            performance: self.performance,
-            description: self.description,
-            is_active: self.is_active,
-            skip_resource_check: self.skip_resource_check,
-            origin: self.origin,
-        }
-    }
-}
-
-/// The server a stored row names, and the route it describes.
-fn stored_route(row: &StoredRoute) -> Option<(ServerSpec, Draft)> {
-    let invalid = |why: String| {
-        log::warn!("ollama_servers row {} ignored: {why}", row.id);
-    };
-    let url = ServerUrl::parse(&row.server_url).map_err(invalid).ok()?;
-    let probe_url = match &row.probe_url {
-        Some(p) if !p.is_empty() => Some(ServerUrl::parse(p).map_err(invalid).ok()?),
-        _ => None,
-    };
-    let device = rules::device(&row.device).map_err(|e| invalid(format!("type {e}"))).ok()?;
-    rules::at_least_one(row.weight).map_err(|e| invalid(format!("weight {e}"))).ok()?;
-    rules::at_least_one(row.priority).map_err(|e| invalid(format!("priority {e}"))).ok()?;
-    let spec = ServerSpec {
-        url,
-        kind: Kind::Ollama,
-        probe_url,
-        max_concurrency: row.max_concurrency.filter(|&n| n >= 1).map(|n| n as usize),
-        max_fails: None,
-        fail_timeout: None,
-    };
-    let draft = Draft {
-        id: row.id,
-        virtual_model: row.virtual_model_name.clone(),
-        actual_model: row.actual_model_name.clone(),
-        weight: row.weight as u32,
-        priority: row.priority as u32,
-        device,
-        performance: row.performance,
-        description: row.description.clone().unwrap_or_default(),
-        is_active: row.is_active,
-        skip_resource_check: row.skip_resource_check,
-        origin: Origin::Store,
-    };
-    Some((spec, draft))
 }
 
 fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
@@ -745,25 +577,6 @@ fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_normalised() {
-        let a = ServerUrl::parse("http://Box:11434/").unwrap();
-        assert_eq!(a.as_str(), "http://box:11434");
-        assert_eq!(a.authority(), "box:11434");
-        let b = ServerUrl::parse("https://gpu.example/ollama/").unwrap();
-        assert_eq!(b.as_str(), "https://gpu.example/ollama");
-        assert_eq!((b.port, b.tls, b.base_path.as_str()), (443, true, "/ollama"));
-        assert_eq!(b.authority(), "gpu.example");
-        assert!(ServerUrl::parse("ftp://x").unwrap_err().contains("ftp"));
-        assert!(ServerUrl::parse("not a url").is_err());
-    }
-
-    #[test]
-    fn canonical_names_add_latest() {
-        assert_eq!(canonical_model("llama3"), "llama3:latest");
-        assert_eq!(canonical_model("qwen3:14b"), "qwen3:14b");
-    }
 
     fn server(limit: usize) -> Arc<Server> {
         let url = ServerUrl::parse("http://a:1").unwrap();

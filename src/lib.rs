@@ -8,12 +8,14 @@
 pub mod accesslog;
 pub mod admin;
 pub mod api;
+pub mod backends;
 pub mod body;
 pub mod client;
 pub mod config;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
+pub mod ollama;
 pub mod probe;
 pub mod proxy;
 pub mod queue;
@@ -24,23 +26,3 @@ pub mod serve;
 pub mod store;
 pub mod usage;
 pub mod view;
-
-/// A database URL fit for logs and errors: the password replaced by `***`.
-pub fn redact_url(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => text.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(super::redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(super::redact_url("sqlite://drover.db"), "sqlite://drover.db");
-    }
-}

@@ -13,7 +13,6 @@ use prometheus::{
 };
 
 use crate::fleet::Fleet;
-use crate::resources::ResourceCheck;
 
 /// LLM latencies: tens of milliseconds (a cached embedding) to minutes (a cold 70B load).
 const LATENCY_BUCKETS: &[f64] =
@@ -144,10 +143,13 @@ pub fn resource_check(result: CheckResult) {
     RESOURCE_CHECKS.with_label_values(&[label]).inc();
 }
 
+/// Free memory per server as the probes last reported it: (server, RAM bytes, VRAM bytes).
+pub type FreeMemory = Box<dyn Fn() -> Vec<(String, u64, Option<u64>)> + Send + Sync>;
+
 /// Server up, requests in flight and free memory, read from the current snapshot when scraped.
 pub struct FleetCollector {
     fleet: Arc<ArcSwap<Fleet>>,
-    resources: Arc<ResourceCheck>,
+    free_memory: FreeMemory,
     descs: Vec<Desc>,
 }
 
@@ -165,10 +167,10 @@ impl FleetCollector {
     }
 
     /// Registers the collector in the default registry (once per process).
-    pub fn register(fleet: Arc<ArcSwap<Fleet>>, resources: Arc<ResourceCheck>) {
+    pub fn register(fleet: Arc<ArcSwap<Fleet>>, free_memory: FreeMemory) {
         let (up, in_flight, free) = Self::gauges();
         let descs = [up.desc(), in_flight.desc(), free.desc()].into_iter().flatten().cloned().collect();
-        if let Err(e) = prometheus::register(Box::new(FleetCollector { fleet, resources, descs })) {
+        if let Err(e) = prometheus::register(Box::new(FleetCollector { fleet, free_memory, descs })) {
             log::warn!("fleet metrics not registered: {e}");
         }
     }
@@ -185,7 +187,7 @@ impl Collector for FleetCollector {
             up.with_label_values(&[s.url.as_str()]).set(s.healthy() as i64);
             in_flight.with_label_values(&[s.url.as_str()]).set(s.in_flight() as i64);
         }
-        for (server, ram, vram) in self.resources.free_memory() {
+        for (server, ram, vram) in (self.free_memory)() {
             free.with_label_values(&[&server, "ram"]).set(ram as i64);
             if let Some(v) = vram {
                 free.with_label_values(&[&server, "vram"]).set(v as i64);

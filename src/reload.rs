@@ -144,10 +144,10 @@ impl Reloader {
         match (&*state, &new) {
             (_, StoreState::Unreachable(why)) => log::error!(
                 "database {} unreachable, serving with the last good routes: {why}",
-                crate::redact_url(&self.settings.database_url)
+                crate::store::redact_url(&self.settings.database_url)
             ),
             (StoreState::Unreachable(_), StoreState::Ok) => {
-                log::info!("database {} reachable again", crate::redact_url(&self.settings.database_url))
+                log::info!("database {} reachable again", crate::store::redact_url(&self.settings.database_url))
             }
             _ => {}
         }

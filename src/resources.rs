@@ -16,13 +16,16 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::config::Resources as Settings;
-use crate::fleet::{canonical_model, Device, Route, Server, ServerUrl};
+use crate::fleet::{Route, Server};
 use crate::metrics::{self, CheckResult};
+use crate::ollama::{canonical_model, Device, ServerUrl};
 use crate::probe::Resources;
 use crate::select::Skip;
 
 /// The resource check as selection's policy.
 impl crate::select::Policy for Arc<ResourceCheck> {
+    type Hold = Reservation;
+
     fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip> {
         ResourceCheck::admit(self, route)
     }
@@ -178,7 +181,7 @@ impl ResourceCheck {
             self.client.get_json(server, "/api/ps", self.probe_timeout)
         );
         if let Ok(ps) = ps {
-            server.set_loaded(crate::health::models_of(&ps));
+            server.set_loaded(crate::ollama::models_of(&ps));
         }
         let result = result.and_then(|v| serde_json::from_value::<Resources>(v).map_err(|e| e.to_string()));
         let mut c = probe.cached.lock().unwrap();

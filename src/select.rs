@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::Strategy;
-use crate::fleet::{canonical_model, Fleet, Kind, ModelRoutes, Route, Server, Slot};
-use crate::resources::Reservation;
+use crate::fleet::{Fleet, ModelRoutes, Route, Server, Slot};
+use crate::ollama::{canonical_model, Kind};
 
 /// Why a route was not used.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,9 +44,10 @@ impl std::fmt::Display for Skip {
 }
 
 /// The result of one selection.
-pub enum Selection {
-    /// A route with a slot taken on its server, and the memory reserved for a cold load.
-    Chosen(Arc<Route>, Slot, Option<Reservation>),
+pub enum Selection<H> {
+    /// A route with a slot taken on its server, and what the policy holds for it (the
+    /// memory reserved for a cold load).
+    Chosen(Arc<Route>, Slot, Option<H>),
     /// Routes are eligible but each is at its concurrency limit or lacks the memory now:
     /// wait and retry. `memory` says why, when memory is what stands in the way.
     AllBusy { memory: Option<String> },
@@ -89,8 +90,10 @@ pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
 
 /// What selection asks of the rest of drover: the resource check, and where a model is warm.
 pub trait Policy {
+    /// What an admitted route holds until the request ends (the resource check: reserved memory).
+    type Hold;
     /// Admits `route` once it has a slot; a cold load gets its memory reserved.
-    fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip>;
+    fn admit(&self, route: &Route) -> Result<Option<Self::Hold>, Skip>;
     /// What `admit` would say now, changing nothing (for explanations).
     fn check(&self, route: &Route) -> Result<(), Skip>;
     /// Whether the route's model is loaded (or loading) on its server.
@@ -101,7 +104,9 @@ pub trait Policy {
 pub struct NoChecks;
 
 impl Policy for NoChecks {
-    fn admit(&self, _: &Route) -> Result<Option<Reservation>, Skip> {
+    type Hold = ();
+
+    fn admit(&self, _: &Route) -> Result<Option<()>, Skip> {
         Ok(None)
     }
 
@@ -146,7 +151,7 @@ impl ModelRoutesRef {
     }
 }
 
-pub fn select(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
+pub fn select<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Selection<P::Hold> {
     match routes_of(fleet, req.model) {
         None => Selection::UnknownModel,
         Some(found) => {
@@ -197,7 +202,7 @@ fn tiers_of(mr: &ModelRoutes, eligible: &[usize]) -> Vec<u32> {
     tiers
 }
 
-fn select_among(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Selection {
+fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &P) -> Selection<P::Hold> {
     let Sorted { eligible, skipped } = sort_out(mr, req);
     let mut reasons: Vec<String> = skipped
         .iter()
@@ -258,7 +263,7 @@ pub struct Explanation {
     pub verdicts: Vec<(Arc<Route>, Option<String>)>,
 }
 
-pub fn explain(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Policy) -> Explanation {
+pub fn explain<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Explanation {
     let (source, mr) = match fleet.named_routes(req.model) {
         Some(mr) => ("routes", mr),
         None => {
@@ -270,12 +275,12 @@ pub fn explain(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &dyn Po
     explain_among(source, mr, strategy, req, policy)
 }
 
-fn explain_among(
+fn explain_among<P: Policy>(
     source: &'static str,
     mr: &ModelRoutes,
     strategy: Strategy,
     req: &Request,
-    policy: &dyn Policy,
+    policy: &P,
 ) -> Explanation {
     let Sorted { eligible, skipped } = sort_out(mr, req);
     let mut verdicts: Vec<Option<String>> = vec![None; mr.routes.len()];
@@ -440,7 +445,9 @@ mod tests {
     struct ShortOn(&'static str);
 
     impl Policy for ShortOn {
-        fn admit(&self, route: &Route) -> Result<Option<Reservation>, Skip> {
+        type Hold = ();
+
+        fn admit(&self, route: &Route) -> Result<Option<()>, Skip> {
             self.check(route).map(|_| None)
         }
 
@@ -509,7 +516,7 @@ mod tests {
         let req = Request { model: "llama3", native_api: true, tried: &[], waiting: 0, panic_mode: false };
         assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::UnknownModel));
         for s in &f.servers {
-            let mut inv = crate::fleet::Inventory::default();
+            let mut inv = crate::ollama::Inventory::default();
             inv.names.insert("llama3:latest".into());
             s.set_inventory(inv);
         }
@@ -542,7 +549,7 @@ mod tests {
              - { virtual_model_name: m, server_url: 'http://a:1', actual_model_name: 'm:7b', weight: 90 }\n\
              - { virtual_model_name: m, server_url: 'http://b:1', actual_model_name: 'm:7b', weight: 10 }\n",
         );
-        let mut inv = crate::fleet::Inventory::default();
+        let mut inv = crate::ollama::Inventory::default();
         inv.loaded_names.insert("m:7b".into());
         f.servers[1].set_inventory(inv);
         let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };

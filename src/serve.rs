@@ -91,7 +91,8 @@ pub fn run(args: ServeArgs) -> i32 {
     let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), marker));
     let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
     crate::metrics::init();
-    crate::metrics::FleetCollector::register(fleet.clone(), resources.clone());
+    let readings = resources.clone();
+    crate::metrics::FleetCollector::register(fleet.clone(), Box::new(move || readings.free_memory()));
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);

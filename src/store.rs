@@ -11,6 +11,17 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+/// A database URL fit for logs and errors: the password replaced by `***`.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -187,7 +198,7 @@ impl Store {
     /// Connects (creating an SQLite file when missing); errors name the URL, password hidden.
     pub async fn connect(url: &str, pool_size: u32) -> Result<Store, String> {
         sqlx::any::install_default_drivers();
-        let shown = crate::redact_url(url);
+        let shown = redact_url(url);
         let backend = Backend::of(url).ok_or_else(|| format!("database {shown}: unsupported URL scheme"))?;
         let url = match backend {
             Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => format!("{url}?mode=rwc"),
@@ -402,6 +413,12 @@ fn row_to_route(row: &AnyRow) -> Result<StoredRoute, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(super::redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact_url("sqlite://drover.db"), "sqlite://drover.db");
+    }
+
     use super::*;
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fleet::{canonical_model, Fleet, Kind, Origin, Server};
+use crate::fleet::{Fleet, Origin, Server};
+use crate::ollama::{canonical_model, Kind};
 use crate::reload::StoreState;
 
 fn healthy(fleet: &Fleet) -> impl Iterator<Item = &std::sync::Arc<Server>> {
@@ -15,7 +16,7 @@ fn healthy(fleet: &Fleet) -> impl Iterator<Item = &std::sync::Arc<Server>> {
 /// Entries keyed by canonical name, first server wins; then one entry per virtual model.
 fn merged(
     fleet: &Fleet,
-    pick: impl Fn(&crate::fleet::Inventory) -> &Vec<Value>,
+    pick: impl Fn(&crate::ollama::Inventory) -> &Vec<Value>,
     virtual_only_if_present: bool,
 ) -> Vec<Value> {
     let mut by_name: BTreeMap<String, Value> = BTreeMap::new();
@@ -196,7 +197,7 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
 mod tests {
     use super::*;
     use crate::config::{Env, Settings};
-    use crate::fleet::Inventory;
+    use crate::ollama::Inventory;
 
     fn fleet() -> Fleet {
         let yaml = "servers: [ 'http://a:1', 'http://b:1' ]\nroutes:\n\

@@ -80,7 +80,7 @@ impl Drover {
             connect_timeout: settings.http_client.connect_timeout,
             read_timeout: settings.http_client.read_timeout,
             config_source: settings.source.as_ref().map(|p| p.display().to_string()),
-            database: crate::redact_url(&settings.database_url),
+            database: crate::store::redact_url(&settings.database_url),
             started: Instant::now(),
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
