@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use drover::backends::Health;
 use drover::body::RoutableBody;
 use drover::config::{Env, Settings, Strategy};
 use drover::fleet::Fleet;
@@ -26,7 +27,7 @@ fn fleet_with_routes(n: usize) -> Fleet {
             1 + i % 3
         ));
     }
-    Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], None)
+    Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], &Health::new(), None)
 }
 
 fn selection(c: &mut Criterion) {
@@ -75,7 +76,7 @@ fn tags_merge(c: &mut Criterion) {
         yaml.push_str(&format!("  - 'http://10.0.0.{i}:11434'\n"));
     }
     yaml.push_str("routes:\n  - { virtual_model_name: chat, server_url: 'http://10.0.0.1:11434', actual_model_name: 'model-3:7b' }\n");
-    let fleet = Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], None);
+    let fleet = Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], &Health::new(), None);
     // 50 servers, 20 models each, half of them shared with the other servers.
     for (i, s) in fleet.servers.iter().enumerate() {
         let names: Vec<String> =

@@ -67,8 +67,54 @@ impl Admin {
             (&Method::GET, ["server-priority", "overview"]) => (200, self.overview()),
             (&Method::GET, ["resource-cache", "stats"]) => (200, self.resources.stats()),
             (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": self.resources.clear() })),
+            (&Method::POST, ["drain"]) => self.drain(body),
             _ => error(404, format!("no such admin endpoint: {method} {path}")),
         }
+    }
+
+    /// Takes a server out of selection by hand (`"drained": true`), whatever its health
+    /// checks say, or puts it back. Requests in flight finish; nothing is written to the store.
+    fn drain(&self, body: Option<&[u8]>) -> Reply {
+        let m = match parse_body(body) {
+            Ok(m) => m,
+            Err(reply) => return reply,
+        };
+        let mut bad = Map::new();
+        let url = match m.get("server_url").map(|v| v.as_str().map(ServerUrl::parse)) {
+            Some(Some(Ok(u))) => Some(u),
+            Some(Some(Err(e))) => {
+                bad.insert("server_url".into(), json!(e));
+                None
+            }
+            Some(None) => {
+                bad.insert("server_url".into(), json!("must be a string URL"));
+                None
+            }
+            None => {
+                bad.insert("server_url".into(), json!("is required"));
+                None
+            }
+        };
+        let drained = match m.get("drained") {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => {
+                bad.insert("drained".into(), json!("must be true or false"));
+                None
+            }
+        };
+        for k in m.keys().filter(|k| *k != "server_url" && *k != "drained") {
+            bad.insert(k.clone(), json!("unknown field"));
+        }
+        let (Some(url), Some(drained), true) = (url, drained, bad.is_empty()) else {
+            return (400, json!({ "error": "invalid fields, nothing was changed", "fields": bad }));
+        };
+        let fleet = self.fleet.load();
+        let Some(server) = fleet.by_url.get(url.as_str()) else {
+            return error(404, format!("no server {} in the fleet", url.as_str()));
+        };
+        server.set_enabled(!drained);
+        log::info!("server {} {} by the admin API", url.as_str(), if drained { "drained" } else { "put back" });
+        (200, json!({ "server_url": url.as_str(), "drained": drained, "healthy": server.healthy() }))
     }
 
     async fn list(&self) -> Reply {
@@ -561,7 +607,8 @@ mod tests {
     fn admin(token: Option<&str>) -> Admin {
         let env = crate::config::Env { admin_token: token.map(str::to_string), ..Default::default() };
         let settings = Arc::new(Settings::parse("", None, &env).unwrap());
-        let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &[], None)));
+        let fleet =
+            Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &[], &crate::backends::Health::new(), None)));
         Admin {
             resources: crate::resources::ResourceCheck::new(
                 settings.resources.clone(),

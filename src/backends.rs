@@ -102,6 +102,48 @@ mod tests {
         assert_eq!(a.ext.get::<ServerUrl>().unwrap().as_str(), "http://10.0.0.1:8080/a");
     }
 
+    /// A check that fails while `down` is set, with rise 3 and fall 2.
+    struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+    #[async_trait]
+    impl HealthCheck for Switch {
+        async fn check(&self, _: &Backend) -> pingora::Result<()> {
+            match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                true => pingora::Error::e_explain(pingora::ErrorType::ConnectError, "down"),
+                false => Ok(()),
+            }
+        }
+
+        fn health_threshold(&self, success: bool) -> usize {
+            if success {
+                3
+            } else {
+                2
+            }
+        }
+    }
+
+    #[test]
+    fn the_registry_applies_rise_and_fall() {
+        let health = Health::new();
+        let backend = Health::backend(&ServerUrl::parse("http://10.0.0.9:11434").unwrap());
+        health.set_members([backend.clone()].into());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let _service = health.service(Switch(down.clone()), Duration::from_secs(1));
+        let pass = || futures::executor::block_on(health.registry.run_health_check(false));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            pass();
+            seen.push(health.ready(&backend));
+        }
+        down.store(false, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..3 {
+            pass();
+            seen.push(health.ready(&backend));
+        }
+        assert_eq!(seen, [true, false, false, false, true], "down after 2 failures, up after 3 successes");
+    }
+
     #[test]
     fn membership_and_manual_disable_decide_readiness() {
         let health = Health::new();

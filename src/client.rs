@@ -9,8 +9,25 @@ use serde_json::Value;
 use crate::fleet::Server;
 use crate::ollama::ServerUrl;
 
+/// Pooled connections found closed, one after another, before a GET counts as failed.
+const STALE_RETRIES: u32 = 4;
+
 /// Responses larger than this are not inventories: refuse them rather than buffer them.
 const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why a GET failed: before any answer (a stale pooled connection looks like this), or otherwise.
+enum Failure {
+    BeforeAnswer(String),
+    Other(String),
+}
+
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Failure::BeforeAnswer(m) | Failure::Other(m) => m,
+        }
+    }
+}
 
 pub struct Client {
     connector: Connector,
@@ -58,29 +75,56 @@ impl Client {
     ) -> Result<Value, String> {
         let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
         peer.options.connection_timeout = Some(timeout);
-        let (mut up, _) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
+        let mut stale = 0;
+        loop {
+            let (up, reused) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
+            match self.exchange(up, &peer, url, path, timeout).await {
+                // A pooled connection the server closed while idle (Go's servers do): that
+                // says nothing about the server's health; ask again on another connection.
+                Err(Failure::BeforeAnswer(e)) if reused && stale < STALE_RETRIES => {
+                    log::debug!("stale pooled connection to {}: {e}", url.as_str());
+                    stale += 1;
+                }
+                result => return result.map_err(Failure::into_message),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut up: pingora::protocols::http::client::HttpSession,
+        peer: &pingora::upstreams::peer::HttpPeer,
+        url: &ServerUrl,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Value, Failure> {
+        let before = |e: pingora::BError| Failure::BeforeAnswer(format!("GET {path}: {e}"));
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
         let full = format!("{}{path}", url.base_path);
-        let mut req = RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| e.to_string())?;
-        req.insert_header(http::header::HOST, url.authority()).map_err(|e| e.to_string())?;
-        up.write_request_header(Box::new(req)).await.map_err(|e| format!("GET {path}: {e}"))?;
-        up.finish_request_body().await.map_err(|e| format!("GET {path}: {e}"))?;
-        up.read_response_header().await.map_err(|e| format!("GET {path}: {e}"))?;
+        let mut req =
+            RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| Failure::Other(e.to_string()))?;
+        req.insert_header(http::header::HOST, url.authority()).map_err(|e| Failure::Other(e.to_string()))?;
+        up.write_request_header(Box::new(req)).await.map_err(before)?;
+        up.finish_request_body().await.map_err(before)?;
+        up.read_response_header().await.map_err(|e| match e.etype() {
+            pingora::ErrorType::ReadTimedout => Failure::Other(format!("GET {path}: {e}")),
+            _ => before(e),
+        })?;
         let status = up.response_header().map_or(0, |h| h.status.as_u16());
         let mut body = Vec::new();
-        while let Some(chunk) = up.read_response_body().await.map_err(|e| format!("GET {path}: {e}"))? {
+        while let Some(chunk) = up.read_response_body().await.map_err(|e| Failure::Other(format!("GET {path}: {e}")))? {
             if body.len() + chunk.len() > MAX_JSON_BYTES {
-                return Err(format!("GET {path}: answer larger than {MAX_JSON_BYTES} bytes"));
+                return Err(Failure::Other(format!("GET {path}: answer larger than {MAX_JSON_BYTES} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
         if up.response_done() {
-            self.connector.release_http_session(up, &peer, Some(Duration::from_secs(60))).await;
+            self.connector.release_http_session(up, peer, Some(Duration::from_secs(60))).await;
         }
         if !(200..300).contains(&status) {
-            return Err(format!("GET {path}: HTTP {status}"));
+            return Err(Failure::Other(format!("GET {path}: HTTP {status}")));
         }
-        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON ({e})"))
+        serde_json::from_slice(&body).map_err(|e| Failure::Other(format!("GET {path}: not JSON ({e})")))
     }
 }

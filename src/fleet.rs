@@ -43,6 +43,8 @@ pub struct ServerState {
     fails: Mutex<FailWindow>,
     /// Whether `fails` counts any: a success then resets it (read without the lock).
     failing: AtomicBool,
+    /// Taken out of selection by hand (the health view's enablement, shown in /lb-stats).
+    drained: AtomicBool,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -61,6 +63,7 @@ impl Default for ServerState {
             cooldown_until_ms: AtomicU64::new(0),
             fails: Mutex::new(FailWindow::default()),
             failing: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -120,7 +123,13 @@ impl Server {
 
     /// Takes the server out of selection by hand (drain), or puts it back.
     pub fn set_enabled(&self, enabled: bool) {
+        self.state.drained.store(!enabled, Ordering::Relaxed);
         self.health.set_enabled(&self.backend, enabled)
+    }
+
+    /// Taken out by hand (admin API: POST /admin/drain).
+    pub fn drained(&self) -> bool {
+        self.state.drained.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -398,11 +407,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Builds the fleet from settings and stored routes, reusing live state of servers in `previous`.
+    /// Builds the fleet from settings and stored routes, reusing live state of servers in
+    /// `previous`, and makes its servers the membership of `health`.
     ///
     /// A server's probe_url and max_concurrency come from `servers:` or, failing that, from
     /// the first route naming it that sets them.
-    pub fn build(settings: &Settings, stored: &[StoredRoute], previous: Option<&Fleet>) -> Fleet {
+    pub fn build(settings: &Settings, stored: &[StoredRoute], health: &Arc<Health>, previous: Option<&Fleet>) -> Fleet {
         let mut specs: Vec<ServerSpec> = Vec::new();
         let mut merge = |spec: ServerSpec| -> String {
             let key = spec.url.as_str().to_string();
@@ -450,7 +460,7 @@ impl Fleet {
 
         let default_limit = settings.load_balancer.max_concurrency;
         let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
-        let health = previous.map_or_else(Health::new, |p| p.health.clone());
+        let health = health.clone();
         let mut servers: Vec<Arc<Server>> = Vec::new();
         let mut by_url: HashMap<String, Arc<Server>> = HashMap::new();
         for spec in specs {

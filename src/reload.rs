@@ -98,7 +98,7 @@ impl Reloader {
         let marker = store.marker().await?;
         let rows = store.list().await?;
         let previous = self.fleet.load_full();
-        self.fleet.store(Arc::new(Fleet::build(&self.settings, &rows, Some(&previous))));
+        self.fleet.store(Arc::new(Fleet::build(&self.settings, &rows, &previous.health, Some(&previous))));
         self.seen.store(marker, Ordering::SeqCst);
         Ok(rows.len())
     }

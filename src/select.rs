@@ -359,11 +359,12 @@ fn smooth_weighted(mr: &ModelRoutes, open: &[usize]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::Health;
     use crate::config::{Env, Settings};
     use std::time::Duration;
 
     fn fleet(yaml: impl AsRef<str>) -> Fleet {
-        Fleet::build(&Settings::parse(yaml.as_ref(), None, &Env::default()).unwrap(), &[], None)
+        Fleet::build(&Settings::parse(yaml.as_ref(), None, &Env::default()).unwrap(), &[], &Health::new(), None)
     }
 
     const TWO_TIERS: &str = "routes:\n\

@@ -9,6 +9,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
+use crate::backends::Health;
 use crate::config::{Env, Settings};
 use crate::fleet::Fleet;
 use crate::health::ServerCheck;
@@ -65,6 +66,11 @@ pub fn run(args: ServeArgs) -> i32 {
         upgrade_sock: settings.upgrade_sock.clone(),
         pid_file: settings.pid_file.clone(),
         daemon: args.daemon,
+        // The proxy's pool of idle upstream connections.
+        upstream_keepalive_pool_size: settings.http_client.keepalive_pool,
+        // Pingora's own cap on attempts per request: drover's retries (load_balancer.max_retry_count)
+        // plus the first attempt and the stale pooled connections replaced without counting.
+        max_retries: settings.load_balancer.max_retry_count as usize + 1 + crate::proxy::STALE_RETRIES as usize,
         ..ServerConf::default()
     };
     let opt = Opt { upgrade: args.upgrade, daemon: args.daemon, nocapture: false, test: false, conf: None };
@@ -79,7 +85,9 @@ pub fn run(args: ServeArgs) -> i32 {
         }
     };
     let settings = Arc::new(settings);
-    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, None)));
+    // The parts the proxy, the admin API, the metrics and the background services share.
+    let health = Health::new();
+    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, &health, None)));
     log::info!(
         "drover {} listening on {} with {} servers and {} virtual models",
         env!("CARGO_PKG_VERSION"),
@@ -87,7 +95,6 @@ pub fn run(args: ServeArgs) -> i32 {
         fleet.load().servers.len(),
         fleet.load().routes.len()
     );
-    // The parts the proxy, the admin API, the metrics and the background services share.
     let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), marker));
     let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
     crate::metrics::init();
@@ -106,7 +113,6 @@ pub fn run(args: ServeArgs) -> i32 {
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     // Active health checks: drover's check, run over the fleet's health registry by
     // pingora-load-balancing's own service.
-    let health = fleet.load().health.clone();
     let lb = &settings.load_balancer;
     let checks = health.service(ServerCheck::new(fleet, lb), lb.health_check_interval);
     server.add_service(background_service("health checks", checks));

@@ -172,7 +172,12 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
                 "url": s.url.as_str(),
                 "kind": s.kind.as_str(),
                 "healthy": s.healthy(),
-                "status": if !s.healthy() { "down" } else if cooling.is_some() { "cooling_down" } else { "up" },
+                "status": match (s.drained(), s.healthy(), cooling.is_some()) {
+                    (true, _, _) => "drained",
+                    (_, false, _) => "down",
+                    (_, _, true) => "cooling_down",
+                    _ => "up",
+                },
                 "cooldown_seconds_left": cooling.map(|d| d.as_secs_f64()),
                 "request_count": s.request_count(),
                 "error_count": s.error_count(),
@@ -196,6 +201,7 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::Health;
     use crate::config::{Env, Settings};
     use crate::ollama::Inventory;
 
@@ -203,7 +209,7 @@ mod tests {
         let yaml = "servers: [ 'http://a:1', 'http://b:1' ]\nroutes:\n\
             - { virtual_model_name: chat, server_url: 'http://a:1', actual_model_name: 'qwen3:14b' }\n\
             - { virtual_model_name: ghost, server_url: 'http://a:1', actual_model_name: 'none:1b' }\n";
-        let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], None);
+        let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], &Health::new(), None);
         for (s, models, ver) in [
             (&f.servers[0], vec!["qwen3:14b", "llama3:latest"], "0.6.2"),
             (&f.servers[1], vec!["llama3:latest"], "0.5.10"),

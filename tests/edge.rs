@@ -204,3 +204,35 @@ async fn an_unreachable_probe_is_logged_once_not_per_request() {
     let warnings = log.matches(&format!("probe {silent} unreachable")).count();
     assert_eq!(warnings, 1, "{log}");
 }
+
+/// An operator takes a server out by hand and puts it back (POST /admin/drain).
+#[tokio::test]
+async fn a_drained_server_gets_no_new_requests_until_put_back() {
+    let a = MockOllama::start("a", &["m:1b"]).await;
+    let b = MockOllama::start("b", &["m:1b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}{}", route("m", &a, ""), route("m", &b, ""))).await;
+    let drain = |body: Value| http().post(format!("{}/admin/drain", d.url)).json(&body).send();
+    let r = drain(json!({ "server_url": a.url, "drained": true })).await.unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..6 {
+        let r = post_text(&d, json!({ "model": "m", "stream": false }).to_string()).await;
+        assert_eq!(r.headers()["x-drover-server"].to_str().unwrap(), b.url);
+    }
+    let stats: Value = http().get(format!("{}/lb-stats", d.url)).send().await.unwrap().json().await.unwrap();
+    let a_stats = stats["endpoints"].as_array().unwrap().iter().find(|e| e["url"] == a.url.as_str()).unwrap();
+    assert_eq!(a_stats["status"], "drained", "{stats}");
+    // Bad requests change nothing.
+    assert_eq!(drain(json!({ "server_url": "http://nowhere:1", "drained": true })).await.unwrap().status(), 404);
+    let r = drain(json!({ "server_url": a.url, "drained": "yes", "colour": 1 })).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["fields"]["drained"].is_string() && e["fields"]["colour"].is_string(), "{e}");
+    assert_eq!(drain(json!({ "server_url": a.url, "drained": false })).await.unwrap().status(), 200);
+    let mut servers = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let r = post_text(&d, json!({ "model": "m", "stream": false }).to_string()).await;
+        servers.insert(r.headers()["x-drover-server"].to_str().unwrap().to_string());
+    }
+    assert_eq!(servers.len(), 2, "both serve again");
+    assert_eq!(a.requests(), 3);
+}

@@ -30,6 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
 
 pub use ctx::RequestCtx;
+pub use upstream::STALE_RETRIES;
 pub use wait::{unknown_model, Scheduler};
 
 use crate::admin::Admin;

@@ -20,7 +20,7 @@ use crate::fleet::Route;
 use crate::metrics::{self, RetryReason};
 
 /// Stale pooled connections replaced on one request before the failure counts.
-const STALE_RETRIES: u32 = 2;
+pub const STALE_RETRIES: u32 = 2;
 
 impl Drover {
     /// `upstream_peer`: the route picked before this attempt (or the next one now), its
