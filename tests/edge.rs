@@ -68,6 +68,22 @@ async fn a_header_block_over_the_limit_gets_431() {
     assert_eq!(m.requests(), 1);
 }
 
+/// Writes a POST /api/chat declaring `length` bytes, with `extra` header lines and `body`,
+/// then reads until drover closes the connection.
+async fn raw_post(d: &Drover, length: usize, extra: &str, body: Option<&str>) -> String {
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let head = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    if let Some(body) = body {
+        s.write_all(body.as_bytes()).await.expect("the whole body is taken");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A body over max_body_bytes gets a 413 the client reads, whether it declared its length,
 /// sent it chunked, or asked to be told before sending (Expect: 100-continue).
 #[tokio::test]
@@ -95,28 +111,11 @@ async fn a_body_over_the_limit_gets_a_413_the_client_can_read() {
     }
     // A plain client that writes its whole request before reading: without the body being
     // read and dropped, its writes would meet a reset connection and never see the answer.
-    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
-    let head = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        big.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(big.as_bytes()).await.expect("the whole body is taken");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let answer = raw_post(&d, big.len(), "", Some(&big)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // A client that waits for 100 Continue is refused before it sends anything.
-    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
-    let head = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        big.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let answer = raw_post(&d, big.len(), "Expect: 100-continue\r\n", None).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(m.requests(), 0);
     let r = post_text(&d, json!({ "model": "m", "stream": false }).to_string()).await;
     assert_eq!(r.status(), 200, "drover goes on serving");
