@@ -85,6 +85,8 @@ pub struct Routed {
     pub payload: Bytes,
     /// Set by `upstream_peer`, cleared when `request_body_filter` sends the payload: once per attempt.
     pub payload_armed: bool,
+    /// The upstream socket, corked until the body is written (see `upstream::cork`).
+    pub corked: Option<std::os::unix::io::RawFd>,
     /// The last attempt met a pooled connection the server had closed: try the same route
     /// again on a fresh connection, not counted as an attempt.
     pub resend_same: bool,
@@ -121,6 +123,7 @@ impl Routed {
             held: None,
             payload: Bytes::new(),
             payload_armed: false,
+            corked: None,
             resend_same: false,
             stale_retries: 0,
             last_failure: None,

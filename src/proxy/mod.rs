@@ -137,6 +137,21 @@ impl ProxyHttp for Drover {
         self.peer(session, ctx).await
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(r) = ctx.routed.as_deref_mut() {
+            r.corked = upstream::cork(fd);
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -157,6 +172,9 @@ impl ProxyHttp for Drover {
             // Called with the retry buffer (the body's tail) at the start of every attempt:
             // the server gets the whole rewritten body instead, once.
             *body = std::mem::take(&mut r.payload_armed).then(|| r.payload.clone());
+            if let Some(fd) = r.corked.take() {
+                upstream::uncork_soon(fd);
+            }
         }
         Ok(())
     }
