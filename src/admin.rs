@@ -68,6 +68,8 @@ impl Admin {
             (&Method::GET, ["resource-cache", "stats"]) => (200, self.resources.stats()),
             (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": self.resources.clear() })),
             (&Method::POST, ["drain"]) => self.drain(body),
+            (_, ["keys"]) => self.keys(method, None, body).await,
+            (_, ["keys", id]) => self.keys(method, Some(id), body).await,
             _ => error(404, format!("no such admin endpoint: {method} {path}")),
         }
     }
@@ -414,7 +416,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn parse_body(body: Option<&[u8]>) -> Result<Map<String, Value>, Reply> {
+pub(crate) fn parse_body(body: Option<&[u8]>) -> Result<Map<String, Value>, Reply> {
     let body = body.filter(|b| !b.is_empty()).ok_or_else(|| error(400, "a JSON object body is required"))?;
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -614,7 +616,7 @@ mod tests {
                 settings.resources.clone(),
                 std::time::Duration::from_secs(1),
             ),
-            reloader: Arc::new(Reloader::new(settings.clone(), fleet.clone(), 0)),
+            reloader: Arc::new(Reloader::new(settings.clone(), fleet.clone(), Default::default(), 0)),
             settings,
             fleet,
         }

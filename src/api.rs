@@ -12,6 +12,22 @@ pub enum Api {
     Ollama,
     /// The OpenAI-compatible API under /v1.
     OpenAi,
+    /// The Anthropic-compatible /v1/messages (Ollama 0.14+, coding agents such as Claude Code).
+    Anthropic,
+    /// OpenAI's Responses API, /v1/responses: OpenAI's error object, its own stream events.
+    Responses,
+}
+
+impl Api {
+    /// The API a path belongs to, before anything else is known about the request.
+    pub fn of_path(path: &str) -> Api {
+        match path {
+            "/v1/messages" => Api::Anthropic,
+            "/v1/responses" => Api::Responses,
+            p if p.starts_with("/v1/") => Api::OpenAi,
+            _ => Api::Ollama,
+        }
+    }
 }
 
 /// What drover does with a request, decided from method and path alone.
@@ -42,7 +58,7 @@ pub enum Endpoint {
 }
 
 pub fn classify(method: &Method, path: &str) -> Endpoint {
-    let api = if path.starts_with("/v1/") { Api::OpenAi } else { Api::Ollama };
+    let api = Api::of_path(path);
     let is_get = method == Method::GET || method == Method::HEAD;
     let post = |e: Endpoint| if method == Method::POST { e } else { Endpoint::MethodNotAllowed(api) };
     let get = |e: Endpoint| if is_get { e } else { Endpoint::MethodNotAllowed(api) };
@@ -50,7 +66,9 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         "/api/generate" | "/api/chat" | "/api/embed" | "/api/embeddings" | "/api/show" => {
             post(Endpoint::Routed { api, native: true })
         }
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => post(Endpoint::Routed { api, native: false }),
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/messages" | "/v1/responses" => {
+            post(Endpoint::Routed { api, native: false })
+        }
         "/api/tags" => get(Endpoint::Tags),
         "/api/ps" => get(Endpoint::Ps),
         "/v1/models" => get(Endpoint::Models),
@@ -94,7 +112,11 @@ impl ApiError {
     pub fn body(&self, api: Api) -> Bytes {
         let value = match api {
             Api::Ollama => json!({ "error": self.message }),
-            Api::OpenAi => json!({ "error": {
+            Api::Anthropic => json!({ "type": "error", "error": {
+                "type": anthropic_type(self.status),
+                "message": self.message,
+            }}),
+            Api::OpenAi | Api::Responses => json!({ "error": {
                 "message": self.message,
                 "type": openai_type(self.status),
                 "param": if self.code == "model_not_found" || self.code == "missing_model" { Some("model") } else { None },
@@ -108,6 +130,9 @@ impl ApiError {
         let mut h = ResponseHeader::build(self.status, Some(4)).expect("valid status");
         h.insert_header(http::header::CONTENT_TYPE, "application/json").expect("static header");
         h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).expect("number header");
+        if self.status == 401 {
+            h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"drover\"").expect("static header");
+        }
         if let Some(s) = self.retry_after {
             h.insert_header(http::header::RETRY_AFTER, s.to_string()).expect("number header");
         }
@@ -125,12 +150,39 @@ fn openai_type(status: u16) -> &'static str {
     }
 }
 
+/// Anthropic's error types (https://docs.anthropic.com/en/api/errors).
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
 /// The last words of a stream that broke after bytes reached the client, in the stream's format.
-pub fn stream_error_tail(content_type: &str, message: &str) -> Option<Bytes> {
+pub fn stream_error_tail(api: Api, content_type: &str, message: &str) -> Option<Bytes> {
     let ct = content_type.to_ascii_lowercase();
     let line = if ct.starts_with("text/event-stream") {
-        let event = json!({ "error": { "message": message, "type": "server_error", "code": "upstream_failed" } });
-        format!("data: {event}\n\n")
+        match api {
+            Api::Anthropic => {
+                let event = json!({ "type": "error", "error": { "type": "api_error", "message": message } });
+                format!("event: error\ndata: {event}\n\n")
+            }
+            Api::Responses => {
+                let event = json!({ "type": "error", "code": "upstream_failed", "message": message, "param": null });
+                format!("event: error\ndata: {event}\n\n")
+            }
+            Api::Ollama | Api::OpenAi => {
+                let event =
+                    json!({ "error": { "message": message, "type": "server_error", "code": "upstream_failed" } });
+                format!("data: {event}\n\n")
+            }
+        }
     } else if ct.starts_with("application/x-ndjson") || ct.starts_with("application/json") {
         format!("{}\n", json!({ "error": message }))
     } else {
@@ -151,6 +203,9 @@ mod tests {
             Endpoint::Routed { api: Api::OpenAi, native: false }
         );
         assert_eq!(classify(&Method::GET, "/api/chat"), Endpoint::MethodNotAllowed(Api::Ollama));
+        assert_eq!(classify(&Method::POST, "/v1/messages"), Endpoint::Routed { api: Api::Anthropic, native: false });
+        assert_eq!(classify(&Method::POST, "/v1/responses"), Endpoint::Routed { api: Api::Responses, native: false });
+        assert_eq!(classify(&Method::GET, "/v1/messages"), Endpoint::MethodNotAllowed(Api::Anthropic));
         assert_eq!(classify(&Method::HEAD, "/"), Endpoint::Root);
         assert_eq!(classify(&Method::GET, "/v1/models/qwen3:14b"), Endpoint::Model("qwen3:14b".into()));
         assert_eq!(classify(&Method::GET, "/v1/nothing"), Endpoint::NotFound(Api::OpenAi));
@@ -168,15 +223,29 @@ mod tests {
         assert_eq!(openai["error"]["type"], "invalid_request_error");
         assert_eq!(openai["error"]["code"], "model_not_found");
         assert_eq!(openai["error"]["param"], "model");
+        let anthropic: serde_json::Value = serde_json::from_slice(&e.body(Api::Anthropic)).unwrap();
+        assert_eq!(
+            anthropic,
+            json!({"type": "error", "error": {"type": "not_found_error", "message": "model \"x\" not found"}})
+        );
+        let responses: serde_json::Value = serde_json::from_slice(&e.body(Api::Responses)).unwrap();
+        assert_eq!(responses["error"]["code"], "model_not_found");
     }
 
     #[test]
     fn stream_tails_match_the_stream() {
-        let sse = stream_error_tail("text/event-stream; charset=utf-8", "gone").unwrap();
+        let sse = stream_error_tail(Api::OpenAi, "text/event-stream; charset=utf-8", "gone").unwrap();
         assert!(sse.starts_with(b"data: {\"error\":"));
         assert!(sse.ends_with(b"\n\n"));
-        let nd = stream_error_tail("application/x-ndjson", "gone").unwrap();
+        let nd = stream_error_tail(Api::Ollama, "application/x-ndjson", "gone").unwrap();
         assert_eq!(&nd[..], b"{\"error\":\"gone\"}\n");
-        assert!(stream_error_tail("text/plain", "gone").is_none());
+        assert!(stream_error_tail(Api::Ollama, "text/plain", "gone").is_none());
+        let anthropic = stream_error_tail(Api::Anthropic, "text/event-stream", "gone").unwrap();
+        let data = std::str::from_utf8(&anthropic).unwrap().strip_prefix("event: error\ndata: ").unwrap();
+        let v: serde_json::Value = serde_json::from_str(data.trim_end()).unwrap();
+        assert_eq!(v, json!({"type": "error", "error": {"type": "api_error", "message": "gone"}}));
+        let responses = stream_error_tail(Api::Responses, "text/event-stream", "gone").unwrap();
+        assert!(responses.starts_with(b"event: error\ndata: {"));
+        assert!(std::str::from_utf8(&responses).unwrap().contains("\"type\":\"error\""));
     }
 }

@@ -44,7 +44,7 @@ impl Client {
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
         let get = async {
             let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
-            self.get(&server.url, addr, path, timeout).await
+            self.get(&server.url, &server.credentials.headers, addr, path, timeout).await
         };
         tokio::time::timeout(timeout, get)
             .await
@@ -59,7 +59,7 @@ impl Client {
                 .ok()
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| format!("cannot resolve {}", url.host))?;
-            self.get(url, addr, path, timeout).await
+            self.get(url, &[], addr, path, timeout).await
         };
         tokio::time::timeout(timeout, get)
             .await
@@ -69,6 +69,7 @@ impl Client {
     async fn get(
         &self,
         url: &ServerUrl,
+        headers: &[(http::HeaderName, http::HeaderValue)],
         addr: std::net::SocketAddr,
         path: &str,
         timeout: Duration,
@@ -78,7 +79,7 @@ impl Client {
         let mut stale = 0;
         loop {
             let (up, reused) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
-            match self.exchange(up, &peer, url, path, timeout).await {
+            match self.exchange(up, &peer, url, headers, path, timeout).await {
                 // A pooled connection the server closed while idle (Go's servers do): that
                 // says nothing about the server's health; ask again on another connection.
                 Err(Failure::BeforeAnswer(e)) if reused && stale < STALE_RETRIES => {
@@ -95,6 +96,7 @@ impl Client {
         mut up: pingora::protocols::http::client::HttpSession,
         peer: &pingora::upstreams::peer::HttpPeer,
         url: &ServerUrl,
+        headers: &[(http::HeaderName, http::HeaderValue)],
         path: &str,
         timeout: Duration,
     ) -> Result<Value, Failure> {
@@ -105,6 +107,9 @@ impl Client {
         let mut req =
             RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| Failure::Other(e.to_string()))?;
         req.insert_header(http::header::HOST, url.authority()).map_err(|e| Failure::Other(e.to_string()))?;
+        for (name, value) in headers {
+            req.insert_header(name.clone(), value.clone()).map_err(|e| Failure::Other(e.to_string()))?;
+        }
         up.write_request_header(Box::new(req)).await.map_err(before)?;
         up.finish_request_body().await.map_err(before)?;
         up.read_response_header().await.map_err(|e| match e.etype() {

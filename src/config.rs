@@ -64,6 +64,25 @@ struct ServerSection {
     listen: Option<String>,
     metrics_listen: Option<String>,
     threads: Option<usize>,
+    tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsSection {
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// server.tls: a TLS listener beside the plain one (rustls; HTTP/2 offered by ALPN).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key, read at start (and so again by the new
+    /// process of a graceful upgrade).
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +113,14 @@ struct RawServerObject {
     max_fails: Option<u32>,
     #[serde(default)]
     fail_timeout: Option<RawDuration>,
+    /// Sent as `Authorization: Bearer ...`; `${VAR}` reads the environment.
+    #[serde(default)]
+    api_key: Option<String>,
+    /// Extra headers for this server (e.g. `x-api-key`); `${VAR}` reads the environment.
+    #[serde(default)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    forward_client_auth: Option<bool>,
 }
 
 /// A route as written, in the config file (`routes:`), a row of the store, or an admin
@@ -246,6 +273,31 @@ struct AdminSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct AuthSection {
+    require_keys: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    client_requests_per_minute: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CompressionSection {
+    level: Option<u32>,
+    min_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CorsSection {
+    allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct LoggingSection {
     access_log: Option<String>,
 }
@@ -277,6 +329,29 @@ pub struct ServerSpec {
     /// Passive failure counting, overriding load_balancer.max_fails / fail_timeout.
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Duration>,
+    pub credentials: Credentials,
+}
+
+/// What a server is sent to let drover in: its own API key or headers, never the client's
+/// unless `forward_client_auth` says so.
+#[derive(Clone, Default, PartialEq)]
+pub struct Credentials {
+    /// Sent on every request to the server, health checks included (`api_key` becomes
+    /// `Authorization: Bearer ...`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Pass the client's Authorization / x-api-key on to this server.
+    pub forward_client_auth: bool,
+}
+
+/// Header names only: values are secrets and never reach a log.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Credentials")
+            .field("headers", &names)
+            .field("forward_client_auth", &self.forward_client_auth)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +418,7 @@ pub struct Settings {
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
+    pub tls: Option<Tls>,
     pub metrics_listen: SocketAddr,
     pub threads: usize,
     pub database_url: String,
@@ -353,6 +429,16 @@ pub struct Settings {
     pub resources: Resources,
     pub http_client: HttpClient,
     pub admin_token: Option<String>,
+    /// Origin patterns allowed beside Ollama's local defaults (cors.allowed_origins).
+    pub cors_origins: Vec<String>,
+    /// compression.level: gzip/zstd/brotli level for whole answers a client accepts compressed (0: off).
+    pub compression_level: u32,
+    /// compression.min_bytes: answers smaller than this go as they are.
+    pub compression_min_bytes: usize,
+    /// auth.require_keys: model calls and fleet views need an API key.
+    pub require_keys: bool,
+    /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
+    pub client_requests_per_minute: Option<u64>,
     pub access_log: String,
     pub grace_period_seconds: u64,
     pub upgrade_sock: String,
@@ -413,7 +499,7 @@ impl Settings {
             v.error("(file)", "the top level must be a mapping of sections");
             return Err(ConfigErrors(v.errors));
         };
-        const SECTIONS: [&str; 10] = [
+        const SECTIONS: [&str; 14] = [
             "server",
             "database",
             "servers",
@@ -422,6 +508,10 @@ impl Settings {
             "resources",
             "http_client",
             "admin",
+            "auth",
+            "limits",
+            "cors",
+            "compression",
             "logging",
             "pingora",
         ];
@@ -439,6 +529,17 @@ impl Settings {
         let res: ResourcesSection = v.section(map, "resources");
         let http: HttpClientSection = v.section(map, "http_client");
         let admin: AdminSection = v.section(map, "admin");
+        let cors: CorsSection = v.section(map, "cors");
+        let auth: AuthSection = v.section(map, "auth");
+        let compression: CompressionSection = v.section(map, "compression");
+        let compression_level = compression.level.unwrap_or(3);
+        if compression_level > 9 {
+            v.error("compression.level", format!("{compression_level}: expected 0 (off) to 9"));
+        }
+        let limits: LimitsSection = v.section(map, "limits");
+        if limits.client_requests_per_minute == Some(0) {
+            v.error("limits.client_requests_per_minute", "must be at least 1 (leave it out for no limit)");
+        }
         let logging: LoggingSection = v.section(map, "logging");
         let pingora: PingoraSection = v.section(map, "pingora");
 
@@ -446,6 +547,19 @@ impl Settings {
         let listen = v.addr("server.listen", listen_text.as_deref().unwrap_or("0.0.0.0:8083"));
         let metrics_listen =
             v.addr("server.metrics_listen", server.metrics_listen.as_deref().unwrap_or("127.0.0.1:9091"));
+        let tls = server.tls.and_then(|t| {
+            let listen = v.addr("server.tls.listen", t.listen.as_deref().unwrap_or("0.0.0.0:8443"));
+            let mut file = |key: &str, value: Option<String>| match value {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => {
+                    v.error(key, "is required for a TLS listener (a PEM file)");
+                    None
+                }
+            };
+            let cert = file("server.tls.cert", t.cert);
+            let key = file("server.tls.key", t.key);
+            Some(Tls { listen: listen?, cert: cert?, key: key? })
+        });
         let threads = server.threads.unwrap_or(2);
         if threads == 0 {
             v.error("server.threads", "must be at least 1, got 0");
@@ -558,6 +672,7 @@ impl Settings {
             Ok(Settings {
                 source,
                 listen: listen.expect("checked"),
+                tls,
                 metrics_listen: metrics_listen.expect("checked"),
                 threads,
                 database_url,
@@ -568,6 +683,11 @@ impl Settings {
                 resources,
                 http_client,
                 admin_token,
+                cors_origins: cors.allowed_origins,
+                require_keys: auth.require_keys.unwrap_or(false),
+                compression_level,
+                compression_min_bytes: compression.min_bytes.unwrap_or(1024),
+                client_requests_per_minute: limits.client_requests_per_minute,
                 access_log: logging.access_log.unwrap_or_else(|| "logs/access.log".into()),
                 grace_period_seconds: pingora.grace_period_seconds.unwrap_or(30),
                 upgrade_sock: pingora.upgrade_sock.unwrap_or_else(|| "/tmp/drover_upgrade.sock".into()),
@@ -685,6 +805,9 @@ impl Validator {
                 max_concurrency: None,
                 max_fails: None,
                 fail_timeout: None,
+                api_key: None,
+                headers: None,
+                forward_client_auth: None,
             },
             RawServer::Object(o) => o,
         };
@@ -703,7 +826,41 @@ impl Validator {
             self.error(format!("{key}.max_fails"), "must be at least 1, got 0");
         }
         let fail_timeout = obj.fail_timeout.map(|d| self.duration(&format!("{key}.fail_timeout"), Some(d), "10s"));
-        Some(ServerSpec { url: url?, kind, probe_url, max_concurrency, max_fails: obj.max_fails, fail_timeout })
+        let mut credentials =
+            Credentials { headers: Vec::new(), forward_client_auth: obj.forward_client_auth.unwrap_or(false) };
+        let mut wanted: Vec<(String, String, String)> = Vec::new();
+        if let Some(k) = obj.api_key {
+            wanted.push((format!("{key}.api_key"), "authorization".into(), format!("Bearer {k}")));
+        }
+        for (name, value) in obj.headers.unwrap_or_default() {
+            wanted.push((format!("{key}.headers.{name}"), name, value));
+        }
+        for (at, name, value) in wanted {
+            let value = match expand_env(&value) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error(at, e);
+                    continue;
+                }
+            };
+            match (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value)) {
+                (Ok(n), Ok(mut v)) => {
+                    v.set_sensitive(true);
+                    credentials.headers.push((n, v));
+                }
+                (Err(_), _) => self.error(at, format!("{name:?} is not a valid header name")),
+                (_, Err(_)) => self.error(at, "the value is not a valid header value"),
+            }
+        }
+        Some(ServerSpec {
+            url: url?,
+            kind,
+            probe_url,
+            max_concurrency,
+            max_fails: obj.max_fails,
+            fail_timeout,
+            credentials,
+        })
     }
 
     fn route(&mut self, key: &str, r: RouteInput) -> Option<RouteSpec> {
@@ -715,6 +872,25 @@ impl Validator {
             })
             .ok()
     }
+}
+
+/// `${NAME}` replaced by the environment variable NAME; an unset one is an error.
+fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or("an unclosed ${ (write ${NAME})")?;
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The rules a route's fields obey, wherever the route comes from (config file or admin API).

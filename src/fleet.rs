@@ -105,6 +105,8 @@ pub struct Server {
     pub probe_url: Option<ServerUrl>,
     pub max_concurrency: usize,
     pub fail_policy: FailPolicy,
+    /// Its API key or headers (servers: api_key, headers, forward_client_auth).
+    pub credentials: crate::config::Credentials,
     /// This server in the health view (pingora-load-balancing), which decides `healthy()`.
     pub backend: Backend,
     health: Arc<Health>,
@@ -422,6 +424,9 @@ impl Fleet {
                     known.max_concurrency = known.max_concurrency.or(spec.max_concurrency);
                     known.max_fails = known.max_fails.or(spec.max_fails);
                     known.fail_timeout = known.fail_timeout.or(spec.fail_timeout);
+                    if known.credentials == Default::default() {
+                        known.credentials = spec.credentials;
+                    }
                 }
                 None => specs.push(spec),
             }
@@ -455,6 +460,7 @@ impl Fleet {
                 max_concurrency: None,
                 max_fails: None,
                 fail_timeout: None,
+                credentials: Default::default(),
             });
         }
 
@@ -478,7 +484,8 @@ impl Fleet {
                     if o.kind == spec.kind
                         && o.probe_url == spec.probe_url
                         && o.max_concurrency == max_concurrency
-                        && o.fail_policy == fail_policy =>
+                        && o.fail_policy == fail_policy
+                        && o.credentials == spec.credentials =>
                 {
                     o.clone()
                 }
@@ -488,6 +495,7 @@ impl Fleet {
                     probe_url: spec.probe_url,
                     max_concurrency,
                     fail_policy,
+                    credentials: spec.credentials,
                     backend: Health::backend(&spec.url),
                     health: health.clone(),
                     url: spec.url,
@@ -581,6 +589,7 @@ fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
         max_concurrency: r.max_concurrency,
         max_fails: None,
         fail_timeout: None,
+        credentials: Default::default(),
     }
 }
 
@@ -598,6 +607,7 @@ mod tests {
             probe_url: None,
             max_concurrency: limit,
             fail_policy: FailPolicy { cooldown: Duration::from_millis(30), ..FailPolicy::default() },
+            credentials: Default::default(),
             state: Arc::default(),
             released: Arc::new(Notify::new()),
         })

@@ -7,13 +7,17 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod admin_keys;
 pub mod api;
 pub mod backends;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod fleet;
 pub mod health;
+pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod ollama;
 pub mod probe;

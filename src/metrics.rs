@@ -56,6 +56,29 @@ pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static KEY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("drover_key_requests_total", "Model-routed requests answered, by API key name", &["key"])
+        .expect("metric registers once")
+});
+
+pub static KEY_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_key_tokens_total",
+        "Tokens the servers reported, by API key name and kind (prompt, completion)",
+        &["key", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_rate_limited_total",
+        "Requests refused with 429, by limit (key, client)",
+        &["limit"]
+    )
+    .expect("metric registers once")
+});
+
 pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_tokens_total",

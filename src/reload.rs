@@ -57,6 +57,8 @@ pub struct Reloader {
     settings: Arc<Settings>,
     fleet: Arc<ArcSwap<Fleet>>,
     pub tally: Arc<Tally>,
+    /// The API keys, read with the routes.
+    pub keys: Arc<crate::keys::Keyring>,
     store: OnceCell<Store>,
     /// The marker of the table the current fleet was built from.
     seen: AtomicI64,
@@ -67,10 +69,16 @@ pub struct Reloader {
 
 impl Reloader {
     /// `seen` is the marker the starting fleet was built from.
-    pub fn new(settings: Arc<Settings>, fleet: Arc<ArcSwap<Fleet>>, seen: i64) -> Reloader {
+    pub fn new(
+        settings: Arc<Settings>,
+        fleet: Arc<ArcSwap<Fleet>>,
+        keys: Arc<crate::keys::Keyring>,
+        seen: i64,
+    ) -> Reloader {
         Reloader {
             settings,
             fleet,
+            keys,
             tally: Arc::new(Tally::default()),
             store: OnceCell::new(),
             seen: AtomicI64::new(seen),
@@ -90,13 +98,15 @@ impl Reloader {
         self.state.lock().unwrap().clone()
     }
 
-    /// Reads the whole table and swaps in a new fleet; returns the number of stored routes.
+    /// Reads the routes and keys and swaps in a new fleet and keyring; returns the number of stored routes.
     pub async fn reload(&self) -> Result<usize, String> {
         let store = self.store().await?;
         let _one_at_a_time = self.reloading.lock().await;
-        // The marker is read first: a change made while the table is read moves it again.
+        // The marker is read first: a change made while the tables are read moves it again.
         let marker = store.marker().await?;
         let rows = store.list().await?;
+        let keys = store.list_keys().await?;
+        self.keys.replace(keys);
         let previous = self.fleet.load_full();
         self.fleet.store(Arc::new(Fleet::build(&self.settings, &rows, &previous.health, Some(&previous))));
         self.seen.store(marker, Ordering::SeqCst);
@@ -123,14 +133,21 @@ impl Reloader {
         self.flush_counts(store).await
     }
 
+    /// Writes the requests served per route and the usage per key since the last flush.
     async fn flush_counts(&self, store: &Store) -> Result<(), String> {
         let counts = self.tally.take();
-        if counts.is_empty() {
-            return Ok(());
+        if !counts.is_empty() {
+            if let Err(e) = store.add_counts(&counts).await {
+                self.tally.restore(counts);
+                return Err(e);
+            }
         }
-        if let Err(e) = store.add_counts(&counts).await {
-            self.tally.restore(counts);
-            return Err(e);
+        let usage = self.keys.take_usage();
+        if !usage.is_empty() {
+            if let Err(e) = store.add_key_usage(&usage).await {
+                self.keys.restore(usage);
+                return Err(e);
+            }
         }
         Ok(())
     }

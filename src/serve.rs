@@ -16,7 +16,7 @@ use crate::health::ServerCheck;
 use crate::proxy::Drover;
 use crate::reload::Reloader;
 use crate::resources::ResourceCheck;
-use crate::store::{Store, StoredRoute};
+use crate::store::{Store, StoredKey, StoredRoute};
 
 /// Command-line switches of `drover serve`.
 pub struct ServeArgs {
@@ -77,7 +77,7 @@ pub fn run(args: ServeArgs) -> i32 {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let (rows, marker) = match load_store(&settings) {
+    let (rows, keys, marker) = match load_store(&settings) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("drover: {e}");
@@ -95,7 +95,12 @@ pub fn run(args: ServeArgs) -> i32 {
         fleet.load().servers.len(),
         fleet.load().routes.len()
     );
-    let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), marker));
+    let keyring = Arc::new(crate::keys::Keyring::default());
+    keyring.replace(keys);
+    if settings.require_keys && keyring.is_empty() {
+        log::warn!("auth.require_keys is on and no API key exists yet: every model call gets 401 until one is made (POST /admin/keys)");
+    }
+    let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), keyring, marker));
     let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
     crate::metrics::init();
     let readings = resources.clone();
@@ -109,6 +114,16 @@ pub fn run(args: ServeArgs) -> i32 {
     // buffers of its own, so the 64 KiB default only costs memory per open connection.
     let listener = ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));
     proxy.add_listener(listener);
+    if let Some(tls) = &settings.tls {
+        match tls_settings(tls) {
+            Ok(t) => proxy.add_tls_with_settings(&tls.listen.to_string(), None, t),
+            Err(e) => {
+                eprintln!("drover: server.tls: {e}");
+                return 1;
+            }
+        }
+        log::info!("TLS on {} ({}), HTTP/2 by ALPN", tls.listen, tls.cert.display());
+    }
     server.add_service(proxy);
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     // Active health checks: drover's check, run over the fleet's health registry by
@@ -119,9 +134,23 @@ pub fn run(args: ServeArgs) -> i32 {
     server.run_forever()
 }
 
-/// Opens the store once at start: creates and migrates it, and reads the routes and marker.
+/// The TLS listener's settings, after checking that the certificate and key load (Pingora
+/// would panic on a bad file when the listener starts).
+fn tls_settings(tls: &crate::config::Tls) -> Result<pingora::listeners::tls::TlsSettings, String> {
+    let (cert, key) = (tls.cert.display().to_string(), tls.key.display().to_string());
+    match pingora::tls::load_certs_and_key_files(&cert, &key) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(format!("no certificate in {cert} or no private key in {key}")),
+        Err(e) => return Err(format!("cannot load {cert} / {key}: {e}")),
+    }
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(|e| e.to_string())?;
+    settings.enable_h2();
+    Ok(settings)
+}
+
+/// Opens the store once at start: creates and migrates it, and reads the routes, keys and marker.
 /// The connection made here is closed; the reloader opens its own on its own runtime.
-fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, i64), String> {
+fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, Vec<StoredKey>, i64), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -132,9 +161,16 @@ fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, i64), String> {
         let what = |e: String| format!("database {}: {e}", store.url);
         let marker = store.marker().await.map_err(what)?;
         let rows = store.list().await.map_err(what)?;
-        log::info!("database {} ({}): {} stored routes", store.url, store.backend.as_str(), rows.len());
+        let keys = store.list_keys().await.map_err(what)?;
+        log::info!(
+            "database {} ({}): {} stored routes, {} API keys",
+            store.url,
+            store.backend.as_str(),
+            rows.len(),
+            keys.len()
+        );
         store.close().await;
-        Ok((rows, marker))
+        Ok((rows, keys, marker))
     })
 }
 

@@ -76,11 +76,18 @@ impl Backend {
 
     fn migrations(self) -> &'static [(i64, &'static str, &'static str)] {
         match self {
-            Backend::Sqlite => &[(1, "ollama_servers", include_str!("../migrations/sqlite/0001_ollama_servers.sql"))],
-            Backend::Postgres => {
-                &[(1, "ollama_servers", include_str!("../migrations/postgres/0001_ollama_servers.sql"))]
-            }
-            Backend::MySql => &[(1, "ollama_servers", include_str!("../migrations/mysql/0001_ollama_servers.sql"))],
+            Backend::Sqlite => &[
+                (1, "ollama_servers", include_str!("../migrations/sqlite/0001_ollama_servers.sql")),
+                (2, "api_keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
+            ],
+            Backend::Postgres => &[
+                (1, "ollama_servers", include_str!("../migrations/postgres/0001_ollama_servers.sql")),
+                (2, "api_keys", include_str!("../migrations/postgres/0002_api_keys.sql")),
+            ],
+            Backend::MySql => &[
+                (1, "ollama_servers", include_str!("../migrations/mysql/0001_ollama_servers.sql")),
+                (2, "api_keys", include_str!("../migrations/mysql/0002_api_keys.sql")),
+            ],
         }
     }
 }
@@ -105,6 +112,72 @@ pub struct StoredRoute {
     pub skip_resource_check: bool,
     pub probe_url: Option<String>,
     pub max_concurrency: Option<i64>,
+}
+
+/// One row of `drover_api_keys`: never the key itself, only its hash and first characters.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredKey {
+    pub id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub key_hash: String,
+    /// The key's first characters, to recognise it in lists.
+    pub key_prefix: String,
+    /// Virtual model names the key may use; `["*"]` for all.
+    pub models: Vec<String>,
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
+    /// RFC 3339; none for a key that does not expire.
+    pub expires_at: Option<String>,
+    pub is_active: bool,
+    pub created_at: String,
+    pub request_count: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// The writable fields of a key; `None` leaves a field as it is (or at its default on insert).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyFields {
+    pub name: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub requests_per_minute: Option<Option<i64>>,
+    pub tokens_per_minute: Option<Option<i64>>,
+    pub expires_at: Option<Option<String>>,
+    pub is_active: Option<bool>,
+}
+
+impl KeyFields {
+    fn columns(&self) -> Vec<(&'static str, Value)> {
+        let mut cols = Vec::new();
+        if let Some(v) = &self.name {
+            cols.push(("name", Value::Text(Some(v.clone()))));
+        }
+        if let Some(v) = &self.models {
+            cols.push(("models", Value::Text(Some(serde_json::to_string(v).expect("strings serialise")))));
+        }
+        if let Some(v) = self.requests_per_minute {
+            cols.push(("requests_per_minute", Value::Int(v)));
+        }
+        if let Some(v) = self.tokens_per_minute {
+            cols.push(("tokens_per_minute", Value::Int(v)));
+        }
+        if let Some(v) = &self.expires_at {
+            cols.push(("expires_at", Value::Text(v.clone())));
+        }
+        if let Some(v) = self.is_active {
+            cols.push(("is_active", Value::Bool(v)));
+        }
+        cols
+    }
+}
+
+/// Requests and tokens served under one key, not yet added to its row.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KeyUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// The writable fields of a route; `None` leaves a field as it is (or at its default on insert).
@@ -285,10 +358,15 @@ impl Store {
 
     /// Inserts a route (fields already validated) and returns it as stored.
     pub async fn insert(&self, fields: &RouteFields) -> Result<StoredRoute, String> {
-        let cols = fields.columns();
+        let id = self.insert_row("ollama_servers", fields.columns()).await?;
+        self.get(id).await?.ok_or_else(|| format!("route {id} vanished after insert"))
+    }
+
+    /// Inserts one row and returns its id.
+    async fn insert_row(&self, table: &str, cols: Vec<(&'static str, Value)>) -> Result<i64, String> {
         let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
         let marks = vec!["?"; cols.len()].join(", ");
-        let mut sql = format!("INSERT INTO ollama_servers ({}) VALUES ({marks})", names.join(", "));
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ({marks})", names.join(", "));
         // MySQL has no RETURNING; the others do, and Any does not surface SQLite's last id.
         let returning = self.backend != Backend::MySql;
         if returning {
@@ -299,14 +377,13 @@ impl Store {
         for (_, v) in cols {
             q = bind(q, v);
         }
-        let id = if returning {
+        if returning {
             let row = q.fetch_one(&self.pool).await.map_err(|e| e.to_string())?;
-            int(&row, 0)?
+            int(&row, 0)
         } else {
             let done = q.execute(&self.pool).await.map_err(|e| e.to_string())?;
-            done.last_insert_id().ok_or("the database did not return the new id")?
-        };
-        self.get(id).await?.ok_or_else(|| format!("route {id} vanished after insert"))
+            done.last_insert_id().ok_or_else(|| "the database did not return the new id".to_string())
+        }
     }
 
     /// Changes the given fields of a route; None when no route has that id.
@@ -341,6 +418,87 @@ impl Store {
         let sql = self.backend.sql("UPDATE ollama_servers SET count = count + ? WHERE id = ?");
         for &(id, n) in counts {
             sqlx::query(&sql).bind(n as i64).bind(id).execute(&mut *tx).await.map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+
+    fn select_keys(&self) -> String {
+        let t = self.backend.text_type();
+        format!(
+            "SELECT id, name, key_hash, key_prefix, models, requests_per_minute, tokens_per_minute, expires_at, \
+             CASE WHEN is_active THEN 1 ELSE 0 END AS is_active, CAST(created_at AS {t}) AS created_at, \
+             request_count, prompt_tokens, completion_tokens FROM drover_api_keys"
+        )
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<StoredKey>, String> {
+        let rows = sqlx::query(&format!("{} ORDER BY id", self.select_keys()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        rows.iter().map(row_to_key).collect()
+    }
+
+    pub async fn get_key(&self, id: i64) -> Result<Option<StoredKey>, String> {
+        let sql = format!("{} WHERE id = ?", self.select_keys());
+        let row = sqlx::query(&self.backend.sql(&sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        row.as_ref().map(row_to_key).transpose()
+    }
+
+    /// Stores a new key (fields already validated) by its hash and prefix; returns the row.
+    pub async fn insert_key(&self, fields: &KeyFields, hash: &str, prefix: &str) -> Result<StoredKey, String> {
+        let mut cols = fields.columns();
+        cols.push(("key_hash", Value::Text(Some(hash.to_string()))));
+        cols.push(("key_prefix", Value::Text(Some(prefix.to_string()))));
+        let id = self.insert_row("drover_api_keys", cols).await?;
+        self.get_key(id).await?.ok_or_else(|| format!("key {id} vanished after insert"))
+    }
+
+    /// Changes the given fields of a key; None when no key has that id.
+    pub async fn update_key(&self, id: i64, fields: &KeyFields) -> Result<Option<StoredKey>, String> {
+        let cols = fields.columns();
+        if !cols.is_empty() {
+            let sets: Vec<String> = cols.iter().map(|(n, _)| format!("{n} = ?")).collect();
+            let sql = format!("UPDATE drover_api_keys SET {} WHERE id = ?", sets.join(", "));
+            let sql = self.backend.sql(&sql);
+            let mut q = sqlx::query(&sql);
+            for (_, v) in cols {
+                q = bind(q, v);
+            }
+            q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
+        }
+        self.get_key(id).await
+    }
+
+    pub async fn delete_key(&self, id: i64) -> Result<bool, String> {
+        let done = sqlx::query(&self.backend.sql("DELETE FROM drover_api_keys WHERE id = ?"))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Adds served requests and tokens to each key's row, all in one transaction.
+    pub async fn add_key_usage(&self, usage: &[(i64, KeyUsage)]) -> Result<(), String> {
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        let sql = self.backend.sql(
+            "UPDATE drover_api_keys SET request_count = request_count + ?, prompt_tokens = prompt_tokens + ?, \
+             completion_tokens = completion_tokens + ? WHERE id = ?",
+        );
+        for (id, u) in usage {
+            sqlx::query(&sql)
+                .bind(u.requests as i64)
+                .bind(u.prompt_tokens as i64)
+                .bind(u.completion_tokens as i64)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         tx.commit().await.map_err(|e| e.to_string())
     }
@@ -408,6 +566,26 @@ fn row_to_route(row: &AnyRow) -> Result<StoredRoute, String> {
         skip_resource_check: int(row, 13)? != 0,
         probe_url: opt_text(row, 14)?,
         max_concurrency: opt_int(row, 15)?,
+    })
+}
+
+fn row_to_key(row: &AnyRow) -> Result<StoredKey, String> {
+    let models_text = opt_text(row, 4)?.unwrap_or_default();
+    let models = serde_json::from_str(&models_text).map_err(|e| format!("models {models_text:?}: {e}"))?;
+    Ok(StoredKey {
+        id: int(row, 0)?,
+        name: text(row, 1)?,
+        key_hash: opt_text(row, 2)?.unwrap_or_default().trim().to_string(),
+        key_prefix: text(row, 3)?,
+        models,
+        requests_per_minute: opt_int(row, 5)?,
+        tokens_per_minute: opt_int(row, 6)?,
+        expires_at: opt_text(row, 7)?,
+        is_active: int(row, 8)? != 0,
+        created_at: timestamp(row, 9)?,
+        request_count: int(row, 10)?,
+        prompt_tokens: int(row, 11)?,
+        completion_tokens: int(row, 12)?,
     })
 }
 

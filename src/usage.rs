@@ -116,9 +116,14 @@ impl UsageScan {
     fn read(&mut self, json: &[u8]) {
         let Ok(v) = serde_json::from_slice::<Figures>(json) else { return };
         let u = &mut self.usage;
-        if let Some(usage) = v.usage.and_then(|raw| serde_json::from_str::<OpenAiUsage>(raw.get()).ok()) {
-            u.prompt_tokens = count(usage.prompt_tokens).or(u.prompt_tokens);
-            u.completion_tokens = count(usage.completion_tokens).or(u.completion_tokens);
+        // `usage` at the top (OpenAI, Anthropic's message and message_delta, a Responses
+        // answer), or inside Anthropic's message_start `message` / Responses' `response`.
+        let usage = v.usage.or_else(|| nested(v.message)).or_else(|| nested(v.response));
+        if let Some(usage) = usage.and_then(|raw| serde_json::from_str::<OpenAiUsage>(raw.get()).ok()) {
+            let prompt = count(usage.prompt_tokens).or(count(usage.input_tokens));
+            let completion = count(usage.completion_tokens).or(count(usage.output_tokens));
+            u.prompt_tokens = prompt.or(u.prompt_tokens);
+            u.completion_tokens = completion.or(u.completion_tokens);
         }
         let seconds = |raw| count(raw).map(|ns| ns as f64 / 1e9);
         u.prompt_tokens = count(v.prompt_eval_count).or(u.prompt_tokens);
@@ -141,6 +146,22 @@ struct Figures<'a> {
     load_duration: Option<&'a RawValue>,
     #[serde(borrow)]
     total_duration: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow)]
+    response: Option<&'a RawValue>,
+}
+
+/// `usage` one level down in `raw`, when it is an object that has it.
+fn nested(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.and_then(|r| serde_json::from_str::<Nested>(r.get()).ok()).and_then(|n| n.usage)
+}
+
+/// An object that may carry `usage` one level down.
+#[derive(Deserialize)]
+struct Nested<'a> {
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +170,11 @@ struct OpenAiUsage<'a> {
     prompt_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     completion_tokens: Option<&'a RawValue>,
+    /// Anthropic's and the Responses API's names.
+    #[serde(borrow)]
+    input_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    output_tokens: Option<&'a RawValue>,
 }
 
 /// A non-negative integer, or nothing for any other JSON value.
@@ -212,6 +238,26 @@ mod tests {
             &["{\"usage\":{\"prompt_tokens\":\"3\",\"completion_tokens\":4,\"extra\":[1,{}]}}"],
         );
         assert_eq!((u.prompt_tokens, u.completion_tokens), (None, Some(4)));
+    }
+
+    #[test]
+    fn anthropic_and_responses_usage() {
+        let anthropic = scan(
+            "text/event-stream",
+            &[
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n",
+            ],
+        );
+        assert_eq!((anthropic.prompt_tokens, anthropic.completion_tokens), (Some(11), Some(7)));
+        let responses = scan(
+            "text/event-stream",
+            &["event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":3,\"total_tokens\":8}}}\n\n"],
+        );
+        assert_eq!((responses.prompt_tokens, responses.completion_tokens), (Some(5), Some(3)));
+        let plain =
+            scan("application/json", &["{\"type\":\"message\",\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}"]);
+        assert_eq!((plain.prompt_tokens, plain.completion_tokens), (Some(4), Some(2)));
     }
 
     #[test]

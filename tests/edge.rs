@@ -235,3 +235,70 @@ async fn a_drained_server_gets_no_new_requests_until_put_back() {
     assert_eq!(servers.len(), 2, "both serve again");
     assert_eq!(a.requests(), 3);
 }
+
+#[tokio::test]
+async fn cors_preflight_answered_and_origins_checked_as_ollama_does() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let d = Drover::start(&format!(
+        "{FAST}cors:\n  allowed_origins: [\"https://*.example.com\"]\nroutes:\n{}",
+        route("m", &m, "")
+    ))
+    .await;
+    let c = http();
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    };
+
+    // A browser's preflight, answered here.
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("{}/api/chat", d.url))
+        .header("origin", "https://chat.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "access-control-allow-origin"), "https://chat.example.com");
+    assert!(header(&r, "access-control-allow-methods").contains("POST"));
+    assert_eq!(header(&r, "access-control-allow-headers"), "authorization, content-type");
+    assert!(!header(&r, "access-control-max-age").is_empty());
+
+    // The request itself: proxied, the origin echoed, Origin not passed to the server (which
+    // would check it against its own OLLAMA_ORIGINS).
+    let body = json!({ "model": "m", "stream": false });
+    let r = c.post(format!("{}/api/chat", d.url)).header("origin", "https://chat.example.com").json(&body).send();
+    let r = r.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), "https://chat.example.com");
+    assert!(header(&r, "vary").contains("Origin"));
+    assert!(header(&r, "access-control-expose-headers").contains("x-request-id"));
+    assert_eq!(m.last_header("origin"), None);
+    // Ollama's local defaults hold for drover's own answers too.
+    let r = c.get(format!("{}/api/tags", d.url)).header("origin", "http://localhost:5173").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), "http://localhost:5173");
+    // No Origin, no CORS headers.
+    let r = c.post(format!("{}/api/chat", d.url)).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), "");
+
+    // Any other origin: 403, preflight or not, and nothing reaches a server.
+    let before = m.requests();
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("{}/api/chat", d.url))
+        .header("origin", "https://example.com.evil.net")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c.post(format!("{}/v1/chat/completions", d.url)).header("origin", "https://evil.net").json(&body).send();
+    let r = r.await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(header(&r, "access-control-allow-origin"), "");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "origin_not_allowed");
+    assert!(e["error"]["message"].as_str().unwrap().contains("cors.allowed_origins"));
+    assert_eq!(m.requests(), before);
+}

@@ -552,3 +552,131 @@ async fn a_malformed_request_gets_400_and_a_closed_connection() {
     let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn anthropic_messages_and_openai_responses_route_by_model_in_their_own_formats() {
+    let m = MockOllama::start("m", &["qwen3:14b"]).await;
+    m.set_stream(3, Duration::from_millis(10));
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("coder", &m, "qwen3:14b", 1, 1))).await;
+
+    // Whole answers: the model rewritten, the answer passed through, the tokens counted.
+    let messages = json!({ "model": "coder", "max_tokens": 16, "messages": [{ "role": "user", "content": "hi" }] });
+    let r = post(&d, "/v1/messages", messages.clone()).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["type"], "message");
+    assert_eq!(answer["model"], "qwen3:14b");
+    let mut expected = messages.clone();
+    expected["model"] = json!("qwen3:14b");
+    assert_eq!(m.last_json(), expected);
+    let r = post(&d, "/v1/responses", json!({ "model": "coder", "input": "hi" })).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(m.state.last.lock().unwrap().as_ref().unwrap().path, "/v1/responses");
+
+    // Streams pass event by event, untouched apart from what the server wrote.
+    let mut streamed = messages.clone();
+    streamed["stream"] = json!(true);
+    let r = post(&d, "/v1/messages", streamed.clone()).await;
+    assert_eq!(header(&r, "content-type"), "text/event-stream");
+    let text = r.text().await.unwrap();
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let r = post(&d, "/v1/responses", json!({ "model": "coder", "input": "hi", "stream": true })).await;
+    let text = r.text().await.unwrap();
+    assert!(text.trim_end().lines().next_back().unwrap().contains("response.completed"), "{text}");
+
+    let metrics = client().get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
+    let tokens = |kind: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("drover_tokens_total{")
+                    && l.contains("model=\"coder\"")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // 4 answers: 5 prompt tokens each; completions 4 + 4 whole, 3 + 3 streamed.
+    assert_eq!(tokens("prompt"), 20, "{metrics}");
+    assert_eq!(tokens("completion"), 14, "{metrics}");
+
+    // Errors in each API's own format.
+    let r = post(&d, "/v1/messages", json!({ "model": "nope", "max_tokens": 1, "messages": [] })).await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "not_found_error");
+    assert!(e["error"]["message"].as_str().unwrap().contains("\"nope\""), "{e}");
+    let r = post(&d, "/v1/responses", json!({ "input": "hi" })).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "missing_model");
+
+    // A stream that breaks ends with Anthropic's error event.
+    m.set_mode(Mode::DropMidStream);
+    let r = post(&d, "/v1/messages", streamed).await;
+    let text = r.text().await.unwrap();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    let data = last.strip_prefix("event: error\ndata: ").unwrap_or_else(|| panic!("{text:?}"));
+    let event: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(event["type"], "error");
+    assert_eq!(event["error"]["type"], "api_error");
+}
+
+#[tokio::test]
+async fn whole_answers_are_compressed_when_accepted_and_streams_never_are() {
+    let models: Vec<String> = (0..40).map(|i| format!("model-number-{i}:7b")).collect();
+    let names: Vec<&str> = models.iter().map(String::as_str).collect();
+    let m = MockOllama::start("m", &names).await;
+    m.set_stream(4, Duration::from_millis(150));
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route("s", &m, "model-number-0:7b", 1, 1))).await;
+    assert!(
+        support::eventually(Duration::from_secs(5), || m.state.probes.load(std::sync::atomic::Ordering::SeqCst) >= 3)
+            .await
+    );
+
+    // The fleet's model list, gzip when asked for, identical once decoded.
+    let plain = client().get(format!("{}/api/tags", d.url)).send().await.unwrap();
+    assert_eq!(header(&plain, "content-encoding"), "");
+    let plain: Value = plain.json().await.unwrap();
+    assert!(plain["models"].as_array().unwrap().len() >= 40);
+    let r = client().get(format!("{}/api/tags", d.url)).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-encoding"), "gzip");
+    let packed = r.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), plain);
+    assert!(packed.len() * 3 < text.len(), "{} bytes packed from {}", packed.len(), text.len());
+    // A small answer goes as it is.
+    let r = client().get(format!("{}/api/version", d.url)).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(header(&r, "content-encoding"), "");
+
+    // A streamed answer, with the client accepting gzip: not encoded, lines as they come.
+    let r = client()
+        .post(format!("{}/api/chat", d.url))
+        .header("accept-encoding", "gzip, zstd")
+        .json(&json!({ "model": "s", "messages": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "content-encoding"), "");
+    let chunks = timed_chunks(r).await;
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    assert!(chunks.last().unwrap().0 - chunks[0].0 >= Duration::from_millis(400), "not held back");
+    let text: String = chunks.iter().map(|(_, c)| String::from_utf8_lossy(c).to_string()).collect();
+    assert_eq!(text.lines().count(), 5);
+}

@@ -9,6 +9,10 @@ impl Drover {
     /// Counts the request in the metrics and writes its access-log line.
     pub(super) fn log(&self, session: &Session, ctx: &RequestCtx) {
         account(ctx);
+        // A key's usage: the model calls it made that went to a server.
+        if let Some(key) = ctx.key.as_ref().filter(|_| ctx.attempts > 0) {
+            key.record(&ctx.usage, std::time::Instant::now());
+        }
         let req = session.req_header();
         let client = session.client_addr().map(|a| a.to_string());
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
@@ -22,6 +26,7 @@ impl Drover {
             .str("model", ctx.model.as_deref())
             .str("actual_model", ctx.actual_model.as_deref())
             .str("server", ctx.server.as_deref())
+            .str("key", ctx.key.as_ref().map(|k| k.record.name.as_str()))
             .num("status", Some(ctx.status))
             .num("attempts", Some(ctx.attempts))
             .millis("ttfb_ms", ctx.ttfb)

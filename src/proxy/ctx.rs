@@ -25,6 +25,10 @@ pub struct RequestCtx {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub error: Option<String>,
+    /// The API key the request presented, when keys are required.
+    pub key: Option<Arc<crate::keys::Key>>,
+    /// The allowed Origin of a cross-origin browser request, echoed in every answer.
+    pub cors_origin: Option<String>,
     /// What the answer said it used (tokens, load time).
     pub usage: Usage,
     /// Set for model-routed requests once the body is read and parsed.
@@ -46,6 +50,8 @@ impl RequestCtx {
             bytes_in: 0,
             bytes_out: 0,
             error: None,
+            key: None,
+            cors_origin: None,
             usage: Usage::default(),
             routed: None,
         }

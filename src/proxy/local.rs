@@ -13,6 +13,7 @@ use super::wait::{unknown_model, Refused};
 use super::{Drover, RequestCtx};
 use crate::api::{Api, ApiError, Endpoint};
 use crate::body::{drain, read_bounded, BodyError, RoutableBody};
+use crate::cors::Verdict;
 use crate::view;
 
 /// Admin requests are small JSON objects.
@@ -129,6 +130,11 @@ impl Drover {
             }
         };
         ctx.model = Some(body.model.clone());
+        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&body.model)) {
+            let e = key.refuse_model(&body.model);
+            self.error(session, ctx, e).await;
+            return true;
+        }
         let fleet = self.fleet.load_full();
         let first = {
             let req = self.scheduler.request(&body.model, native, &[]);
@@ -190,11 +196,52 @@ impl Drover {
         self.write(session, ctx, header, body).await
     }
 
-    async fn write(&self, session: &mut Session, ctx: &mut RequestCtx, header: ResponseHeader, body: Bytes) {
+    async fn write(&self, session: &mut Session, ctx: &mut RequestCtx, mut header: ResponseHeader, body: Bytes) {
+        cors_headers(&mut header, ctx).expect("valid CORS headers");
+        if !self.worth_compressing(&header) {
+            super::no_compression(session);
+        }
         let head = session.req_header().method == http::Method::HEAD;
         ctx.bytes_out += if head { 0 } else { body.len() as u64 };
         if session.write_response_header(Box::new(header), head).await.is_ok() && !head {
             let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+
+    /// CORS: records an allowed Origin for the answer's headers; answers a preflight (204) or
+    /// a request from an origin not allowed (403) here. True when the request was answered.
+    pub(super) async fn cors_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
+        let req = session.req_header();
+        let text = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let host = text(http::header::HOST).or(req.uri.authority().map(|a| a.as_str()));
+        match self.cors.judge(text(http::header::ORIGIN), host) {
+            Verdict::NotCors => false,
+            Verdict::Deny(origin) => {
+                let msg =
+                    format!("origin {origin:?} is not allowed; add it to cors.allowed_origins (patterns may use *)");
+                self.error(session, ctx, ApiError::new(403, "origin_not_allowed", msg)).await;
+                true
+            }
+            Verdict::Allow(origin) => {
+                let preflight = req.method == http::Method::OPTIONS
+                    && req.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+                let asked = text(http::header::ACCESS_CONTROL_REQUEST_HEADERS).map(str::to_string);
+                ctx.cors_origin = Some(origin);
+                if !preflight {
+                    return false;
+                }
+                let mut h = ResponseHeader::build(204, Some(6)).expect("valid status");
+                h.insert_header(http::header::ACCESS_CONTROL_ALLOW_METHODS, crate::cors::ALLOW_METHODS)
+                    .expect("static");
+                if let Some(asked) = asked {
+                    h.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, asked).expect("a header value");
+                }
+                h.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, crate::cors::MAX_AGE).expect("static");
+                h.insert_header(http::header::CONTENT_LENGTH, "0").expect("static");
+                ctx.status = 204;
+                self.write(session, ctx, h, Bytes::new()).await;
+                true
+            }
         }
     }
 
@@ -212,4 +259,14 @@ impl Drover {
                 format!("{}-{n:x}", self.id_prefix)
             })
     }
+}
+
+/// The CORS headers of an answer to an allowed cross-origin request.
+pub(super) fn cors_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    if let Some(origin) = &ctx.cors_origin {
+        header.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.as_str())?;
+        header.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, crate::cors::EXPOSE_HEADERS)?;
+        header.append_header(http::header::VARY, "Origin")?;
+    }
+    Ok(())
 }

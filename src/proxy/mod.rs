@@ -11,6 +11,7 @@
 //! - `logging`: metrics and the access-log line (account.rs).
 
 mod account;
+mod admit;
 mod ctx;
 mod local;
 mod relay;
@@ -46,6 +47,12 @@ pub struct Drover {
     tally: Arc<Tally>,
     admin: Admin,
     access_log: crate::accesslog::AccessLog,
+    cors: crate::cors::Cors,
+    keys: Arc<crate::keys::Keyring>,
+    require_keys: bool,
+    client_limit: Option<crate::limits::ClientLimiter>,
+    compression_level: u32,
+    compression_min_bytes: usize,
     max_body_bytes: usize,
     max_header_bytes: usize,
     max_retry_count: u32,
@@ -71,6 +78,12 @@ impl Drover {
         let scheduler = Scheduler::new(&settings, resources.clone());
         Drover {
             access_log: crate::accesslog::AccessLog::new(&settings.access_log),
+            cors: crate::cors::Cors::new(&settings.cors_origins),
+            keys: reloader.keys.clone(),
+            require_keys: settings.require_keys,
+            client_limit: settings.client_requests_per_minute.map(crate::limits::ClientLimiter::new),
+            compression_level: settings.compression_level,
+            compression_min_bytes: settings.compression_min_bytes,
             tally: reloader.tally.clone(),
             admin: Admin { settings: settings.clone(), resources, fleet: fleet.clone(), reloader },
             scheduler,
@@ -97,12 +110,18 @@ impl ProxyHttp for Drover {
         RequestCtx::new()
     }
 
+    /// Pingora's response compression (gzip, zstd, brotli by Accept-Encoding), turned off per
+    /// answer for streams and small bodies (relay.rs, local.rs).
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(
+            self.compression_level,
+        ));
+    }
+
     /// Answers drover's own endpoints; for a model-routed call, reads the body and takes a first route.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         ctx.request_id = self.request_id(session);
-        if session.req_header().uri.path().starts_with("/v1/") {
-            ctx.api = Api::OpenAi;
-        }
+        ctx.api = Api::of_path(session.req_header().uri.path());
         let size = header_bytes(session.req_header());
         if size > self.max_header_bytes {
             let e = ApiError::new(
@@ -117,10 +136,17 @@ impl ProxyHttp for Drover {
             self.error(session, ctx, e).await;
             return Ok(true);
         }
+        if self.cors_refused(session, ctx).await {
+            return Ok(true);
+        }
         let endpoint = {
             let req = session.req_header();
             classify(&req.method, req.uri.path())
         };
+        if let Err(e) = self.admit(session, ctx, &endpoint) {
+            self.error(session, ctx, e).await;
+            return Ok(true);
+        }
         match endpoint {
             Endpoint::Routed { api, native } => {
                 ctx.api = api;
@@ -211,11 +237,15 @@ impl ProxyHttp for Drover {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.relay_header(upstream_response, ctx)
+        self.relay_header(upstream_response, ctx)?;
+        if !self.worth_compressing(upstream_response) {
+            no_compression(session);
+        }
+        Ok(())
     }
 
     fn response_body_filter(
@@ -252,6 +282,27 @@ impl ProxyHttp for Drover {
         _context: ProxyWarnLogContext,
     ) -> bool {
         true
+    }
+}
+
+impl Drover {
+    /// Whether an answer may be compressed: a whole one (never a stream, whose lines would
+    /// wait in the encoder), not already encoded, and not tiny.
+    fn worth_compressing(&self, resp: &ResponseHeader) -> bool {
+        let text = |name| resp.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let content_type = text(http::header::CONTENT_TYPE).unwrap_or("").to_ascii_lowercase();
+        let streamed =
+            content_type.starts_with("text/event-stream") || content_type.starts_with("application/x-ndjson");
+        let length = text(http::header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
+        self.compression_level > 0 && !streamed && length.is_some_and(|n| n >= self.compression_min_bytes)
+    }
+}
+
+/// Turns response compression off for this answer.
+fn no_compression(session: &mut Session) {
+    use pingora::modules::http::compression::ResponseCompression;
+    if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+        c.adjust_level(0);
     }
 }
 

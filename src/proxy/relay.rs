@@ -34,6 +34,7 @@ impl Drover {
         resp.insert_header("x-drover-server", route.server.url.as_str())?;
         resp.insert_header("x-drover-attempts", ctx.attempts.to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        super::local::cors_headers(resp, ctx)?;
         Ok(())
     }
 
@@ -92,7 +93,7 @@ impl Drover {
             .routed
             .as_deref()
             .filter(|r| !r.relay.sized)
-            .and_then(|r| Some((stream_error_tail(&r.relay.content_type, &why)?, r.relay.ends_line)));
+            .and_then(|r| Some((stream_error_tail(ctx.api, &r.relay.content_type, &why)?, r.relay.ends_line)));
         session.set_keepalive(None);
         match tail {
             Some((tail, ends_line)) => {

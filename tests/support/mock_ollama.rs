@@ -224,6 +224,8 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/v1/chat/completions", post(routed))
         .route("/v1/completions", post(routed))
         .route("/v1/embeddings", post(routed))
+        .route("/v1/messages", post(routed))
+        .route("/v1/responses", post(routed))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -358,6 +360,14 @@ fn whole_answer(s: &MockState, path: &str, model: &str) -> Value {
             "id": "cmpl-1", "object": "text_completion", "created": 0, "model": model,
             "choices": [{ "index": 0, "text": text, "finish_reason": "stop" }],
             "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 } }),
+        "/v1/messages" => json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [{ "type": "text", "text": text }], "stop_reason": "end_turn",
+            "usage": { "input_tokens": 5, "output_tokens": 4 } }),
+        "/v1/responses" => json!({
+            "id": "resp_1", "object": "response", "status": "completed", "model": model,
+            "output": [{ "type": "message", "role": "assistant", "content": [{ "type": "output_text", "text": text }] }],
+            "usage": { "input_tokens": 5, "output_tokens": 4, "total_tokens": 9 } }),
         "/api/generate" => json!({ "model": model, "response": text, "done": true, "done_reason": "stop",
             "total_duration": 1_000_000, "load_duration": 1000, "prompt_eval_count": 5, "eval_count": 4, "eval_duration": 500 }),
         _ => {
@@ -380,7 +390,13 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
         let mut lines: Vec<String> = Vec::new();
         for i in 0..n {
             let piece = format!("tok{i} ");
-            lines.push(if sse {
+            lines.push(if path == "/v1/messages" {
+                let e = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": piece } });
+                format!("event: content_block_delta\ndata: {e}\n\n")
+            } else if path == "/v1/responses" {
+                let e = json!({ "type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": piece });
+                format!("event: response.output_text.delta\ndata: {e}\n\n")
+            } else if sse {
                 let c = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                                 "choices": [{ "index": 0, "delta": { "content": piece }, "finish_reason": null }] });
                 format!("data: {c}\n\n")
@@ -394,7 +410,18 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
                 )
             });
         }
-        if sse {
+        if path == "/v1/messages" {
+            let start = json!({ "type": "message_start", "message": { "id": "msg_1", "type": "message", "role": "assistant",
+                                "model": model, "content": [], "usage": { "input_tokens": 5, "output_tokens": 1 } } });
+            lines.insert(0, format!("event: message_start\ndata: {start}\n\n"));
+            let delta = json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn" }, "usage": { "output_tokens": n } });
+            lines.push(format!("event: message_delta\ndata: {delta}\n\n"));
+            lines.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".into());
+        } else if path == "/v1/responses" {
+            let done = json!({ "type": "response.completed", "response": { "id": "resp_1", "status": "completed", "model": model,
+                               "usage": { "input_tokens": 5, "output_tokens": n, "total_tokens": 5 + n } } });
+            lines.push(format!("event: response.completed\ndata: {done}\n\n"));
+        } else if sse {
             let last = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                                "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }],
                                "usage": { "prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n } });

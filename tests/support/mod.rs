@@ -70,21 +70,26 @@ impl Drover {
 
     /// As `start`, with the routes store at `database_url` (default: an SQLite file of its own).
     pub async fn start_with_db(yaml: &str, database_url: Option<&str>) -> Drover {
-        Self::launch(yaml, database_url, 1).await
+        Self::launch(yaml, database_url, 1, "").await
     }
 
     /// As `start`, with a grace period other than the tests' 1 s after SIGTERM or an upgrade.
     pub async fn start_with_grace(yaml: &str, grace_seconds: u64) -> Drover {
-        Self::launch(yaml, None, grace_seconds).await
+        Self::launch(yaml, None, grace_seconds, "").await
     }
 
-    async fn launch(yaml: &str, database_url: Option<&str>, grace_seconds: u64) -> Drover {
+    /// As `start`, with more keys in the `server:` section (e.g. `  tls: {...}\n`).
+    pub async fn start_with_server(yaml: &str, server_extra: &str) -> Drover {
+        Self::launch(yaml, None, 1, server_extra).await
+    }
+
+    async fn launch(yaml: &str, database_url: Option<&str>, grace_seconds: u64, server_extra: &str) -> Drover {
         let dir = scratch_dir("drover");
         let database_url = database_url.map_or_else(|| format!("sqlite://{}/drover.db", dir.display()), str::to_string);
         let port = free_port();
         let metrics = free_port();
         let config = format!(
-            "server:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics}\"\n  threads: 2\n\
+            "server:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics}\"\n  threads: 2\n{server_extra}\
              pingora:\n  upgrade_sock: \"{dir}/upgrade.sock\"\n  pid_file: \"{dir}/drover.pid\"\n  grace_period_seconds: {grace_seconds}\n\
              logging:\n  access_log: \"{dir}/access.log\"\n\
              database:\n  url: \"{database_url}\"\n{yaml}",

@@ -1,0 +1,188 @@
+//! Rate limits: token buckets, per API key and per client address.
+//!
+//! The algorithm is the token bucket (the same admission rule as GCRA): a bucket holds at
+//! most `per_minute` tokens and refills continuously at `per_minute / 60` per second; a
+//! request takes one token or is refused with the time until one is back (Retry-After).
+//! A limit of 60 per minute therefore allows a burst of 60, then one a second. Each bucket
+//! sits behind its own mutex, so concurrent requests are admitted exactly: of N requests
+//! that arrive together at a full bucket of B, exactly min(N, B) pass.
+//!
+//! Tokens-per-minute limits are debited after the answer (its size is not known before):
+//! a request is admitted while the bucket is above zero, and the answer's tokens are then
+//! taken, possibly below zero, which holds later requests back until it refills.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One token bucket.
+#[derive(Debug)]
+pub struct Bucket {
+    per_minute: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn new(per_minute: u64, now: Instant) -> Bucket {
+        Bucket { per_minute: per_minute as f64, tokens: per_minute as f64, at: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
+        self.at = now;
+    }
+
+    /// Takes `n` tokens, or says how long until they are there.
+    pub fn take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            Err(self.wait_for(n))
+        }
+    }
+
+    /// Admits while the bucket is above zero, taking nothing (see `debit`).
+    pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens > 0.0 {
+            Ok(())
+        } else {
+            Err(self.wait_for(f64::MIN_POSITIVE))
+        }
+    }
+
+    /// Takes `n` tokens whatever is left: the bucket may go below zero.
+    pub fn debit(&mut self, n: f64, now: Instant) {
+        self.refill(now);
+        self.tokens -= n;
+    }
+
+    /// Changes the limit, keeping the tokens there are (capped at the new limit).
+    pub fn set_limit(&mut self, per_minute: u64, now: Instant) {
+        self.refill(now);
+        self.per_minute = per_minute as f64;
+        self.tokens = self.tokens.min(self.per_minute);
+    }
+
+    fn wait_for(&self, n: f64) -> Duration {
+        let missing = n - self.tokens;
+        Duration::from_secs_f64((missing * 60.0 / self.per_minute).max(0.001))
+    }
+
+    fn full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.per_minute / 60.0 >= self.per_minute
+    }
+}
+
+/// Seconds for a Retry-After header: whole seconds, at least 1.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// Shards of the per-address table, so that requests from different clients rarely contend.
+const SHARDS: usize = 16;
+
+/// A shard's full buckets are dropped at most this often (a full bucket is the same as none).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+struct Shard {
+    buckets: HashMap<IpAddr, Bucket>,
+    pruned_at: Instant,
+}
+
+/// Requests per minute per client address.
+pub struct ClientLimiter {
+    per_minute: u64,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl ClientLimiter {
+    pub fn new(per_minute: u64) -> ClientLimiter {
+        let now = Instant::now();
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard { buckets: HashMap::new(), pruned_at: now })).collect();
+        ClientLimiter { per_minute, shards }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> &Mutex<Shard> {
+        let n = match ip {
+            IpAddr::V4(a) => u32::from(*a) as usize,
+            IpAddr::V6(a) => a.segments().iter().fold(0usize, |h, s| h.wrapping_mul(31).wrapping_add(*s as usize)),
+        };
+        &self.shards[n % SHARDS]
+    }
+
+    /// Admits one request from `ip`, or says how long until it would be.
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut shard = self.shard(&ip).lock().unwrap();
+        // The table holds only clients seen within the last minute or two.
+        if now.saturating_duration_since(shard.pruned_at) >= PRUNE_EVERY {
+            shard.buckets.retain(|_, b| !b.full(now));
+            shard.pruned_at = now;
+        }
+        shard.buckets.entry(ip).or_insert_with(|| Bucket::new(self.per_minute, now)).take(1.0, now)
+    }
+
+    /// Client addresses currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().buckets.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(60, t0);
+        for _ in 0..60 {
+            assert!(b.take(1.0, t0).is_ok());
+        }
+        let wait = b.take(1.0, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "{wait:?}");
+        assert!(b.take(1.0, t0 + Duration::from_millis(500)).is_err());
+        assert!(b.take(1.0, t0 + Duration::from_millis(1000)).is_ok());
+        assert_eq!(retry_after_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_secs(3)), 3);
+    }
+
+    #[test]
+    fn token_debits_hold_later_requests_back() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(600, t0);
+        assert!(b.check(t0).is_ok());
+        b.debit(900.0, t0);
+        let wait = b.check(t0).unwrap_err();
+        // 300 below zero at 10 tokens a second: 30 s.
+        assert!((wait.as_secs_f64() - 30.0).abs() < 0.01, "{wait:?}");
+        assert!(b.check(t0 + Duration::from_secs(31)).is_ok());
+    }
+
+    #[test]
+    fn clients_are_limited_apart_and_idle_ones_forgotten() {
+        let t0 = Instant::now();
+        let l = ClientLimiter::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.admit(a, t0).is_ok());
+        assert!(l.admit(a, t0).is_ok());
+        assert!(l.admit(a, t0).is_err());
+        assert!(l.admit(b, t0).is_ok());
+        for i in 0..5000u32 {
+            let _ = l.admit(IpAddr::V4(i.into()), t0);
+        }
+        assert_eq!(l.tracked(), 5002);
+        let later = t0 + Duration::from_secs(120);
+        for i in 0..SHARDS as u32 {
+            let _ = l.admit(IpAddr::V4(i.into()), later);
+        }
+        assert_eq!(l.tracked(), SHARDS, "idle clients' full buckets were dropped");
+    }
+}
