@@ -586,9 +586,11 @@ async fn anthropic_messages_and_openai_responses_route_by_model_in_their_own_for
         names,
         [
             "message_start",
+            "content_block_start",
             "content_block_delta",
             "content_block_delta",
             "content_block_delta",
+            "content_block_stop",
             "message_delta",
             "message_stop"
         ]

@@ -2,7 +2,7 @@
 CREATE TABLE IF NOT EXISTS drover_api_keys (
     id                  BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     name                VARCHAR(100) NOT NULL,
-    key_hash            CHAR(64) NOT NULL,
+    key_hash            VARCHAR(64) NOT NULL,
     key_prefix          VARCHAR(16) NOT NULL,
     models              TEXT NOT NULL,
     requests_per_minute BIGINT,

@@ -2,7 +2,7 @@
 CREATE TABLE IF NOT EXISTS drover_api_keys (
     id                  BIGSERIAL PRIMARY KEY,
     name                VARCHAR(100) NOT NULL,
-    key_hash            CHAR(64) NOT NULL UNIQUE,
+    key_hash            VARCHAR(64) NOT NULL UNIQUE,
     key_prefix          VARCHAR(16) NOT NULL,
     models              TEXT NOT NULL,
     requests_per_minute BIGINT,

@@ -10,6 +10,7 @@ Answers are kept to a few tokens: the model shares two cores with the rest.
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -228,8 +229,9 @@ def test_anthropic_and_responses_clients(fleet):
 
 
 def test_tls_with_real_clients_http1_and_http2(fleet):
-    # Plain clients that trust only the test certificate.
-    with httpx.Client(verify=fleet.cert, http2=True) as h2:
+    # Clients that trust only the test certificate.
+    trust = ssl.create_default_context(cafile=fleet.cert)
+    with httpx.Client(verify=trust, http2=True) as h2:
         r = h2.get(f"{fleet.https}/api/tags", headers={"Authorization": f"Bearer {fleet.key}"})
         assert r.status_code == 200 and r.http_version == "HTTP/2"
         assert any(m["name"] == "chat" for m in r.json()["models"])
@@ -240,11 +242,11 @@ def test_tls_with_real_clients_http1_and_http2(fleet):
         )
         assert r.status_code == 200 and r.http_version == "HTTP/2"
         assert r.json()["model"] == "qwen3:14b"
-    client = ollama.Client(host=fleet.https, verify=fleet.cert, headers={"Authorization": f"Bearer {fleet.key}"})
+    client = ollama.Client(host=fleet.https, verify=trust, headers={"Authorization": f"Bearer {fleet.key}"})
     parts = list(client.chat(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert parts[-1].done
     tls_openai = openai.OpenAI(
-        base_url=f"{fleet.https}/v1", api_key=fleet.key, max_retries=0, http_client=httpx.Client(verify=fleet.cert)
+        base_url=f"{fleet.https}/v1", api_key=fleet.key, max_retries=0, http_client=httpx.Client(verify=trust)
     )
     assert tls_openai.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}]).model
     with pytest.raises(httpx.ConnectError):
