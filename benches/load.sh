@@ -45,6 +45,7 @@ scripts/setup --no-python
 need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -74,7 +75,7 @@ ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drov
 # ---- backends and proxies ---------------------------------------------------------------
 # A port already taken (a run still going, or one that was killed) would measure the wrong
 # process: refuse to start instead.
-for port in 18180 18181 18182 18183 18184 18185 18186 18190 18193 18196; do
+for port in 18180 18181 18182 18183 18184 18185 18186 18187 18190 18193 18196 18197; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port is already in use (another run, or what a killed run left behind); stop it first"
     exit 1
@@ -166,6 +167,18 @@ if [ -n "$BASELINE" ]; then
   TARGETS="$TARGETS B:18186"
 fi
 
+# The same drover with API keys required and both rate limits on (limits high enough never
+# to refuse): what checking a key and two token buckets costs per request.
+sed -e 's/18183/18187/; s/18193/18197/' -e "s|$WORK/drover.db|$WORK/keys.db|; s|$WORK/access.log|$WORK/keys-access.log|" \
+    -e "s|$WORK/upgrade.sock|$WORK/keys-upgrade.sock|; s|$WORK/drover.pid|$WORK/keys.pid|" "$WORK/drover.yaml" > "$WORK/keys.yaml"
+cat >> "$WORK/keys.yaml" <<EOF
+auth: { require_keys: true }
+limits: { client_requests_per_minute: 1000000000 }
+EOF
+RUST_LOG=warn "$BIN/drover" serve -c "$WORK/keys.yaml" 2>"$WORK/keys.log" &
+KEYS_PID=$!
+PIDS+=($KEYS_PID)
+
 cat > "$WORK/litellm.yaml" <<EOF
 model_list:
   - model_name: bench
@@ -183,6 +196,10 @@ fi
 wait_http() { for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; log "$1 did not answer"; return 1; }
 wait_http http://127.0.0.1:18181/api/version
 wait_http http://127.0.0.1:18183/status
+wait_http http://127.0.0.1:18187/health
+BENCH_KEY=$(curl -sf -X POST http://127.0.0.1:18187/admin/keys -H 'content-type: application/json' \
+  -d '{"name": "bench", "requests_per_minute": 1000000000, "tokens_per_minute": 1000000000000}' \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
 [ -z "$BASELINE" ] || wait_http http://127.0.0.1:18186/status
 wait_http http://127.0.0.1:18190/api/version
 sleep 1
@@ -195,6 +212,7 @@ sed 's/"stream"/"bench:1b"/' "$WORK/stream.json" > "$WORK/stream-direct.json"
 cat > "$WORK/post.lua" <<'EOF'
 local f = io.open(os.getenv("BODY"), "r"); local body = f:read("*a"); f:close()
 wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("KEY"); if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
 EOF
 
 # wrk requests/s; non-2xx answers are reported and make the figure invalid.
@@ -233,6 +251,25 @@ if [ -z "$SKIP_LITELLM" ] && wait_http http://127.0.0.1:18184/health/liveliness 
 else
   L_V1=0
 fi
+
+# ---- CPU per request: keys and limits on and off (and the baseline) ----------------------
+# CPU time the process used during one wrk run (utime + stime from /proc), per request answered.
+cpu_us() { # PID URL KEY -> microseconds of CPU per request
+  local before after out n
+  before=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  out=$(BODY=$WORK/chat.json KEY=$3 wrk -t2 -c"$CONNS" -d"$DURATION"s -s "$WORK/post.lua" "$2" 2>&1)
+  after=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  if grep -q "Non-2xx" <<<"$out"; then log "non-2xx answers from $2: $(grep Non-2xx <<<"$out")"; fi
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+}
+log "CPU per request: keys and limits off and on${BASELINE:+, and the baseline}, $ROUNDS rounds"
+for _ in $(seq 1 "$ROUNDS"); do
+  RUNS[CPU_R]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "")"
+  RUNS[CPU_K]+=" $(cpu_us "$KEYS_PID" http://127.0.0.1:18187/api/chat "$BENCH_KEY")"
+  [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$BASE_PID" http://127.0.0.1:18186/api/chat "")"
+done
+for k in CPU_R CPU_K ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
 log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
@@ -318,6 +355,14 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
     echo "| $name | $(ttfb "$timings") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_D")") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_N")") | $gain |"
   done
   echo
+  echo "### CPU per request, /api/chat (drover's utime + stime over a wrk -c$CONNS run / requests; median of $ROUNDS interleaved runs)"
+  echo
+  echo "| drover | CPU us per request | vs keys and limits off |"
+  echo "|---|---|---|"
+  echo "| keys and limits off | $CPU_R | 1.00 |"
+  echo "| auth.require_keys, a key with both limits, limits.client_requests_per_minute | $CPU_K | $(ratio "$CPU_K" "$CPU_R") |"
+  [ -z "$BASELINE" ] || echo "| baseline $BASELINE | $CPU_B | $(ratio "$CPU_B" "$CPU_R") |"
+  echo
   echo "### Memory (RSS; nginx: the proxy instance's master and workers)"
   echo
   mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
@@ -339,6 +384,7 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   check "added p99 ms at $RATE/s" "$(awk -v a="$R_P99" -v b="$D_P99" 'BEGIN{printf "%.3f", a-b}')" "<=" 1
   check "delay each streamed line gains, ms" "$GAIN_R" "<=" 1
   check "peak RSS MB, $HOLD_STREAMS open streams" "$(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}')" "<=" 150
+  check "CPU per request with keys and limits on / off" "$(ratio "$CPU_K" "$CPU_R")" "<=" 1.05
   if [ -n "$BASELINE" ]; then
     echo
     echo "### This build against the baseline ($BASELINE, $(git log -1 --format=%s "$BASELINE" | cut -c1-60)...), same run, interleaved"
