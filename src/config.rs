@@ -1031,4 +1031,41 @@ mod tests {
         assert_eq!(s.routes[0].weight, 1);
         assert!(s.servers.is_empty(), "routes alone define the fleet");
     }
+
+    #[test]
+    fn edge_settings_parse_and_secrets_stay_out_of_debug() {
+        std::env::set_var("DROVER_UNIT_TEST_KEY", "from-env");
+        let s = parse(
+            "servers:\n  - { url: \"http://a:1\", api_key: \"top-secret\", headers: { x-team: \"${DROVER_UNIT_TEST_KEY}\" } }\n\
+             auth: { require_keys: true }\nlimits: { client_requests_per_minute: 60 }\ncompression: { level: 0 }\n\
+             server: { tls: { listen: \"127.0.0.1:8443\", cert: c.pem, key: k.pem } }\n",
+        )
+        .unwrap();
+        let creds = &s.servers[0].credentials;
+        assert_eq!(creds.headers[0].0, "authorization");
+        assert_eq!(creds.headers[0].1, "Bearer top-secret");
+        assert_eq!(creds.headers[1].1, "from-env");
+        assert!(!format!("{:?}", s.servers[0]).contains("top-secret"));
+        assert!(s.require_keys);
+        assert_eq!((s.client_requests_per_minute, s.compression_level), (Some(60), 0));
+        assert_eq!(s.tls.as_ref().unwrap().cert, PathBuf::from("c.pem"));
+
+        let e = parse(
+            "servers:\n  - { url: \"http://a:1\", api_key: \"${DROVER_UNIT_TEST_UNSET}\", headers: { \"bad name\": v } }\n\
+             limits: { client_requests_per_minute: 0 }\ncompression: { level: 12 }\nserver: { tls: { listen: \"127.0.0.1:8443\" } }\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for key in [
+            "servers[0].api_key",
+            "servers[0].headers.bad name",
+            "limits.client_requests_per_minute",
+            "compression.level",
+            "server.tls.cert",
+            "server.tls.key",
+        ] {
+            assert!(text.contains(key), "{key}: {text}");
+        }
+        assert!(text.contains("DROVER_UNIT_TEST_UNSET is not set"), "{text}");
+    }
 }
