@@ -254,21 +254,29 @@ fi
 
 # ---- CPU per request: keys and limits on and off (and the baseline) ----------------------
 # CPU time the process used during one wrk run (utime + stime from /proc), per request answered.
+# Pinned (drover on core 0; wrk and the backends on core 1) so that the contestants do not
+# share a core with the load they measure: single runs still move by 10-20% on a VM.
 cpu_us() { # PID URL KEY -> microseconds of CPU per request
   local before after out n
+  taskset -apc 0 "$1" >/dev/null
   before=$(awk '{print $14 + $15}' "/proc/$1/stat")
-  out=$(BODY=$WORK/chat.json KEY=$3 wrk -t2 -c"$CONNS" -d"$DURATION"s -s "$WORK/post.lua" "$2" 2>&1)
+  out=$(BODY=$WORK/chat.json KEY=$3 taskset -c 1 wrk -t1 -c16 -d"$DURATION"s -s "$WORK/post.lua" "$2" 2>&1)
   after=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  taskset -apc "0-$(( $(nproc) - 1 ))" "$1" >/dev/null
   if grep -q "Non-2xx" <<<"$out"; then log "non-2xx answers from $2: $(grep Non-2xx <<<"$out")"; fi
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
 }
-log "CPU per request: keys and limits off and on${BASELINE:+, and the baseline}, $ROUNDS rounds"
-for _ in $(seq 1 "$ROUNDS"); do
+CPU_ROUNDS=${CPU_ROUNDS:-5}
+log "CPU per request: keys and limits off and on${BASELINE:+, and the baseline}, $CPU_ROUNDS rounds"
+BACKEND_PIDS=("$(cat "$WORK/backends.pid")" $(pgrep -P "$(cat "$WORK/backends.pid")"))
+for p in "${BACKEND_PIDS[@]}"; do taskset -apc 1 "$p" >/dev/null; done
+for _ in $(seq 1 "$CPU_ROUNDS"); do
   RUNS[CPU_R]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "")"
   RUNS[CPU_K]+=" $(cpu_us "$KEYS_PID" http://127.0.0.1:18187/api/chat "$BENCH_KEY")"
   [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$BASE_PID" http://127.0.0.1:18186/api/chat "")"
 done
+for p in "${BACKEND_PIDS[@]}"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$p" >/dev/null; done
 for k in CPU_R CPU_K ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
@@ -355,7 +363,7 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
     echo "| $name | $(ttfb "$timings") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_D")") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_N")") | $gain |"
   done
   echo
-  echo "### CPU per request, /api/chat (drover's utime + stime over a wrk -c$CONNS run / requests; median of $ROUNDS interleaved runs)"
+  echo "### CPU per request, /api/chat (drover's utime + stime over a wrk -c16 run / requests, drover pinned to core 0 and the load to core 1; median of $CPU_ROUNDS interleaved runs)"
   echo
   echo "| drover | CPU us per request | vs keys and limits off |"
   echo "|---|---|---|"

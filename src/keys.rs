@@ -35,8 +35,14 @@ pub fn generate() -> (String, String, String) {
 
 /// The stored form of a key: SHA-256, lowercase hex.
 pub fn hash(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` (ollama, openai clients) or
@@ -261,6 +267,8 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(KEY_PREFIX) && a.len() == 44);
         assert_eq!(hash_a.len(), 64);
+        // SHA-256 of "abc", as every implementation gives it.
+        assert_eq!(hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(a.starts_with(&prefix));
         let ring = Keyring::default();
         let mut stored = row(1, &a, &["chat"], None);
