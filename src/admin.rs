@@ -23,8 +23,14 @@ use crate::store::{RouteFields, StoredRoute};
 /// An admin answer: status and JSON body.
 pub type Reply = (u16, Value);
 
-fn error(status: u16, message: impl Into<String>) -> Reply {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
     (status, json!({ "error": message.into() }))
+}
+
+/// The 400 for a request with bad fields: each named with why, and nothing written.
+pub(crate) fn invalid(bad: Map<String, Value>) -> Reply {
+    let names: Vec<String> = bad.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect();
+    (400, json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": bad }))
 }
 
 pub struct Admin {
@@ -108,7 +114,7 @@ impl Admin {
             bad.insert(k.clone(), json!("unknown field"));
         }
         let (Some(url), Some(drained), true) = (url, drained, bad.is_empty()) else {
-            return (400, json!({ "error": "invalid fields, nothing was changed", "fields": bad }));
+            return invalid(bad);
         };
         let fleet = self.fleet.load();
         let Some(server) = fleet.by_url.get(url.as_str()) else {
@@ -449,14 +455,10 @@ fn patched(base: RouteInput, f: &RouteFields) -> RouteInput {
 
 /// The route validator's verdict on a whole route, as a 400 naming each bad field.
 fn whole(route: RouteInput) -> Result<(), Reply> {
-    route.validate().map(drop).map_err(|bad| {
-        let names: Vec<String> = bad.iter().map(|(k, why)| format!("{k}: {why}")).collect();
-        let fields: Map<String, Value> = bad.into_iter().map(|(k, why)| (k.to_string(), json!(why))).collect();
-        (
-            400,
-            json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": fields }),
-        )
-    })
+    route
+        .validate()
+        .map(drop)
+        .map_err(|bad| invalid(bad.into_iter().map(|(k, why)| (k.to_string(), json!(why))).collect()))
 }
 
 pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteFields, Reply> {
@@ -556,11 +558,7 @@ pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteField
     if bad.is_empty() {
         Ok(f)
     } else {
-        let names: Vec<String> = bad.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect();
-        Err((
-            400,
-            json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": bad }),
-        ))
+        Err(invalid(bad))
     }
 }
 

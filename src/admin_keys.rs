@@ -6,13 +6,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::admin::{parse_body, Admin, Reply};
+use crate::admin::{error, invalid, parse_body, Admin, Reply};
 use crate::config::rules;
 use crate::store::{KeyFields, StoredKey};
-
-fn error(status: u16, message: impl Into<String>) -> Reply {
-    (status, json!({ "error": message.into() }))
-}
 
 /// Fields drover writes itself; accepted and ignored, so that what was read can be sent back.
 const IGNORED: [&str; 6] = ["id", "created_at", "key_prefix", "request_count", "prompt_tokens", "completion_tokens"];
@@ -206,11 +202,7 @@ fn key_fields(m: &Map<String, Value>, creating: bool) -> Result<KeyFields, Reply
     if bad.is_empty() {
         Ok(f)
     } else {
-        let names: Vec<String> = bad.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect();
-        Err((
-            400,
-            json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": bad }),
-        ))
+        Err(invalid(bad))
     }
 }
 

@@ -413,7 +413,8 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
         if path == "/v1/messages" {
             let start = json!({ "type": "message_start", "message": { "id": "msg_1", "type": "message", "role": "assistant",
                                 "model": model, "content": [], "usage": { "input_tokens": 5, "output_tokens": 1 } } });
-            let block = json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } });
+            let block =
+                json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } });
             lines.insert(0, format!("event: content_block_start\ndata: {block}\n\n"));
             lines.insert(0, format!("event: message_start\ndata: {start}\n\n"));
             lines.push("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n".into());
