@@ -1,0 +1,26 @@
+# drover in a container: a multi-stage build, a small non-root runtime image.
+#   docker build -t drover .
+#   docker run -p 8083:8083 -e DROVER_SERVERS=http://gpu1:11434 drover
+# The probe agent is the same binary: docker run --gpus all -p 8005:8005 drover probe
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+COPY benches ./benches
+COPY examples ./examples
+COPY tests ./tests
+RUN cargo build --release --locked --bin drover && strip target/release/drover
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/drover --create-home drover
+COPY --from=build /src/target/release/drover /usr/local/bin/drover
+COPY conf/container.yaml /etc/drover/drover.yaml
+USER drover
+WORKDIR /var/lib/drover
+EXPOSE 8083 9091
+ENTRYPOINT ["drover"]
+CMD ["serve", "-c", "/etc/drover/drover.yaml"]
