@@ -35,6 +35,8 @@ pub(crate) fn invalid(bad: Map<String, Value>) -> Reply {
 
 pub struct Admin {
     pub settings: Arc<Settings>,
+    /// For calls the admin API makes to servers (preload).
+    pub client: crate::client::Client,
     pub resources: Arc<crate::resources::ResourceCheck>,
     pub fleet: Arc<ArcSwap<Fleet>>,
     pub reloader: Arc<Reloader>,
@@ -74,6 +76,7 @@ impl Admin {
             (&Method::GET, ["resource-cache", "stats"]) => (200, self.resources.stats()),
             (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": self.resources.clear() })),
             (&Method::POST, ["drain"]) => self.drain(body),
+            (&Method::POST, ["models", "preload"]) => self.preload(body).await,
             (_, ["keys"]) => self.keys(method, None, body).await,
             (_, ["keys", id]) => self.keys(method, Some(id), body).await,
             _ => error(404, format!("no such admin endpoint: {method} {path}")),
@@ -615,6 +618,7 @@ mod tests {
                 std::time::Duration::from_secs(1),
             ),
             reloader: Arc::new(Reloader::new(settings.clone(), fleet.clone(), Default::default(), 0)),
+            client: Default::default(),
             settings,
             fleet,
         }

@@ -1,4 +1,5 @@
-//! A small JSON GET client over Pingora's connector, for health checks and inventory refreshes.
+//! A small JSON client over Pingora's connector: GETs for health checks and inventory
+//! refreshes, POSTs for the admin API's calls to servers (preload).
 
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ impl Client {
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
         let get = async {
             let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
-            self.get(&server.url, &server.credentials.headers, addr, path, timeout).await
+            self.get(&server.url, &server.credentials.headers, addr, path, None, timeout).await
         };
         tokio::time::timeout(timeout, get)
             .await
@@ -59,19 +60,39 @@ impl Client {
                 .ok()
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| format!("cannot resolve {}", url.host))?;
-            self.get(url, &[], addr, path, timeout).await
+            self.get(url, &[], addr, path, None, timeout).await
         };
         tokio::time::timeout(timeout, get)
             .await
             .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {timeout:?}")))
     }
 
+    /// POSTs `body` as JSON to `path` on `server` and parses the answer, all within `timeout`.
+    pub async fn post_json(
+        &self,
+        server: &Server,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let body = bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise"));
+        let post = async {
+            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+            self.get(&server.url, &server.credentials.headers, addr, path, Some(body), timeout).await
+        };
+        tokio::time::timeout(timeout, post)
+            .await
+            .unwrap_or_else(|_| Err(format!("POST {path}: no answer within {timeout:?}")))
+    }
+
+    /// One exchange (a GET, or a POST when there is a body), retried on a stale pooled connection.
     async fn get(
         &self,
         url: &ServerUrl,
         headers: &[(http::HeaderName, http::HeaderValue)],
         addr: std::net::SocketAddr,
         path: &str,
+        body: Option<bytes::Bytes>,
         timeout: Duration,
     ) -> Result<Value, String> {
         let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
@@ -79,7 +100,7 @@ impl Client {
         let mut stale = 0;
         loop {
             let (up, reused) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
-            match self.exchange(up, &peer, url, headers, path, timeout).await {
+            match self.exchange(up, &peer, url, headers, path, body.clone(), timeout).await {
                 // A pooled connection the server closed while idle (Go's servers do): that
                 // says nothing about the server's health; ask again on another connection.
                 Err(Failure::BeforeAnswer(e)) if reused && stale < STALE_RETRIES => {
@@ -98,38 +119,55 @@ impl Client {
         url: &ServerUrl,
         headers: &[(http::HeaderName, http::HeaderValue)],
         path: &str,
+        body: Option<bytes::Bytes>,
         timeout: Duration,
     ) -> Result<Value, Failure> {
-        let before = |e: pingora::BError| Failure::BeforeAnswer(format!("GET {path}: {e}"));
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let before = |e: pingora::BError| Failure::BeforeAnswer(format!("{method} {path}: {e}"));
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
         let full = format!("{}{path}", url.base_path);
         let mut req =
-            RequestHeader::build("GET", full.as_bytes(), Some(2)).map_err(|e| Failure::Other(e.to_string()))?;
+            RequestHeader::build(method, full.as_bytes(), Some(4)).map_err(|e| Failure::Other(e.to_string()))?;
         req.insert_header(http::header::HOST, url.authority()).map_err(|e| Failure::Other(e.to_string()))?;
         for (name, value) in headers {
             req.insert_header(name.clone(), value.clone()).map_err(|e| Failure::Other(e.to_string()))?;
         }
+        if let Some(b) = &body {
+            req.insert_header(http::header::CONTENT_TYPE, "application/json")
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            req.insert_header(http::header::CONTENT_LENGTH, b.len()).map_err(|e| Failure::Other(e.to_string()))?;
+        }
         up.write_request_header(Box::new(req)).await.map_err(before)?;
+        if let Some(b) = body {
+            up.write_request_body(b, true).await.map_err(before)?;
+        }
         up.finish_request_body().await.map_err(before)?;
         up.read_response_header().await.map_err(|e| match e.etype() {
-            pingora::ErrorType::ReadTimedout => Failure::Other(format!("GET {path}: {e}")),
+            pingora::ErrorType::ReadTimedout => Failure::Other(format!("{method} {path}: {e}")),
             _ => before(e),
         })?;
         let status = up.response_header().map_or(0, |h| h.status.as_u16());
-        let mut body = Vec::new();
-        while let Some(chunk) = up.read_response_body().await.map_err(|e| Failure::Other(format!("GET {path}: {e}")))? {
-            if body.len() + chunk.len() > MAX_JSON_BYTES {
-                return Err(Failure::Other(format!("GET {path}: answer larger than {MAX_JSON_BYTES} bytes")));
+        let mut answer = Vec::new();
+        while let Some(chunk) =
+            up.read_response_body().await.map_err(|e| Failure::Other(format!("{method} {path}: {e}")))?
+        {
+            if answer.len() + chunk.len() > MAX_JSON_BYTES {
+                return Err(Failure::Other(format!("{method} {path}: answer larger than {MAX_JSON_BYTES} bytes")));
             }
-            body.extend_from_slice(&chunk);
+            answer.extend_from_slice(&chunk);
         }
         if up.response_done() {
             self.connector.release_http_session(up, peer, Some(Duration::from_secs(60))).await;
         }
         if !(200..300).contains(&status) {
-            return Err(Failure::Other(format!("GET {path}: HTTP {status}")));
+            let said = serde_json::from_slice::<Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)))
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            return Err(Failure::Other(format!("{method} {path}: HTTP {status}{said}")));
         }
-        serde_json::from_slice(&body).map_err(|e| Failure::Other(format!("GET {path}: not JSON ({e})")))
+        serde_json::from_slice(&answer).map_err(|e| Failure::Other(format!("{method} {path}: not JSON ({e})")))
     }
 }

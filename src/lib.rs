@@ -8,6 +8,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod admin_keys;
+pub mod admin_models;
 pub mod api;
 pub mod backends;
 pub mod body;
