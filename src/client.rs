@@ -40,31 +40,30 @@ impl Default for Client {
     }
 }
 
+/// One request to a server: a GET, or a POST when there is a body.
+struct Call<'a> {
+    url: &'a ServerUrl,
+    headers: &'a [(http::HeaderName, http::HeaderValue)],
+    path: &'a str,
+    body: Option<bytes::Bytes>,
+    timeout: Duration,
+}
+
+impl Call<'_> {
+    fn method(&self) -> &'static str {
+        if self.body.is_some() {
+            "POST"
+        } else {
+            "GET"
+        }
+    }
+}
+
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
-        let get = async {
-            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
-            self.get(&server.url, &server.credentials.headers, addr, path, None, timeout).await
-        };
-        tokio::time::timeout(timeout, get)
-            .await
-            .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {timeout:?}")))
-    }
-
-    /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
-    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
-        let get = async {
-            let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| format!("cannot resolve {}", url.host))?;
-            self.get(url, &[], addr, path, None, timeout).await
-        };
-        tokio::time::timeout(timeout, get)
-            .await
-            .unwrap_or_else(|_| Err(format!("GET {path}: no answer within {timeout:?}")))
+        let call = Call { url: &server.url, headers: &server.credentials.headers, path, body: None, timeout };
+        self.call_server(server, call).await
     }
 
     /// POSTs `body` as JSON to `path` on `server` and parses the answer, all within `timeout`.
@@ -75,32 +74,42 @@ impl Client {
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, String> {
-        let body = bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise"));
-        let post = async {
-            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
-            self.get(&server.url, &server.credentials.headers, addr, path, Some(body), timeout).await
-        };
-        tokio::time::timeout(timeout, post)
-            .await
-            .unwrap_or_else(|_| Err(format!("POST {path}: no answer within {timeout:?}")))
+        let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
+        let call = Call { url: &server.url, headers: &server.credentials.headers, path, body, timeout };
+        self.call_server(server, call).await
     }
 
-    /// One exchange (a GET, or a POST when there is a body), retried on a stale pooled connection.
-    async fn get(
-        &self,
-        url: &ServerUrl,
-        headers: &[(http::HeaderName, http::HeaderValue)],
-        addr: std::net::SocketAddr,
-        path: &str,
-        body: Option<bytes::Bytes>,
-        timeout: Duration,
-    ) -> Result<Value, String> {
+    /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
+    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
+        let call = Call { url, headers: &[], path, body: None, timeout };
+        let run = async {
+            let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("cannot resolve {}", url.host))?;
+            self.send(&call, addr).await
+        };
+        within(&call, run).await
+    }
+
+    async fn call_server(&self, server: &Server, call: Call<'_>) -> Result<Value, String> {
+        let run = async {
+            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+            self.send(&call, addr).await
+        };
+        within(&call, run).await
+    }
+
+    /// One exchange, retried on a stale pooled connection.
+    async fn send(&self, call: &Call<'_>, addr: std::net::SocketAddr) -> Result<Value, String> {
+        let url = call.url;
         let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
-        peer.options.connection_timeout = Some(timeout);
+        peer.options.connection_timeout = Some(call.timeout);
         let mut stale = 0;
         loop {
             let (up, reused) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
-            match self.exchange(up, &peer, url, headers, path, body.clone(), timeout).await {
+            match self.exchange(up, &peer, call).await {
                 // A pooled connection the server closed while idle (Go's servers do): that
                 // says nothing about the server's health; ask again on another connection.
                 Err(Failure::BeforeAnswer(e)) if reused && stale < STALE_RETRIES => {
@@ -116,13 +125,11 @@ impl Client {
         &self,
         mut up: pingora::protocols::http::client::HttpSession,
         peer: &pingora::upstreams::peer::HttpPeer,
-        url: &ServerUrl,
-        headers: &[(http::HeaderName, http::HeaderValue)],
-        path: &str,
-        body: Option<bytes::Bytes>,
-        timeout: Duration,
+        call: &Call<'_>,
     ) -> Result<Value, Failure> {
-        let method = if body.is_some() { "POST" } else { "GET" };
+        let Call { url, headers, path, timeout, .. } = *call;
+        let body = call.body.clone();
+        let method = call.method();
         let before = |e: pingora::BError| Failure::BeforeAnswer(format!("{method} {path}: {e}"));
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
@@ -170,4 +177,14 @@ impl Client {
         }
         serde_json::from_slice(&answer).map_err(|e| Failure::Other(format!("{method} {path}: not JSON ({e})")))
     }
+}
+
+/// Runs `run` within the call's timeout.
+async fn within(
+    call: &Call<'_>,
+    run: impl std::future::Future<Output = Result<Value, String>>,
+) -> Result<Value, String> {
+    tokio::time::timeout(call.timeout, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("{} {}: no answer within {:?}", call.method(), call.path, call.timeout)))
 }
