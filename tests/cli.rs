@@ -1,4 +1,5 @@
-//! The command line: --help, --version, and `serve -t` reporting every config error at once.
+//! The command line: --help, --version, `serve -t` reporting every config error at once, and
+//! `scripts/cluster` (a local fleet in one command).
 
 use std::process::Command;
 
@@ -82,4 +83,67 @@ fn an_unreachable_database_at_start_is_named_with_its_password_hidden() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A local fleet in one command: scripts/cluster with mock servers and this build's binaries,
+/// then stopped, leaving nothing behind.
+#[test]
+fn scripts_cluster_starts_a_fleet_and_stops_exactly_it() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_drover")).parent().unwrap().to_path_buf();
+    assert!(
+        bin_dir.join("examples/mock_ollama").exists(),
+        "build the examples first (cargo build --examples; scripts/test does)"
+    );
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, backends) = (free(), free());
+    let dir = std::env::temp_dir().join(format!("drover-cluster-test-{}", std::process::id()));
+    let cluster = |arg: &[&str]| {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
+            .args(arg)
+            .env("CLUSTER_DIR", &dir)
+            .env("CLUSTER_PORT", port.to_string())
+            .env("CLUSTER_BACKEND_PORT", backends.to_string())
+            .env("CLUSTER_BIN_DIR", &bin_dir)
+            .env("CLUSTER_NO_BUILD", "1")
+            .output()
+            .unwrap()
+    };
+    let out = cluster(&["start", "2", "--mock"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("http://127.0.0.1:{port}")), "{said}");
+    let pids: Vec<u32> = std::fs::read_to_string(dir.join("pids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "two backends and a drover");
+
+    // Both backends answer through drover, in turn.
+    let mut servers = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = r#"{"model": "chat", "stream": false, "messages": []}"#;
+        let req = format!(
+            "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let server = answer.lines().find_map(|l| l.strip_prefix("x-drover-server: ")).unwrap().to_string();
+        servers.insert(server);
+    }
+    assert_eq!(servers.len(), 2, "{servers:?}");
+
+    let out = cluster(&["stop"]);
+    assert!(out.status.success());
+    for pid in pids {
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+        assert!(!alive, "pid {pid} still running");
+    }
+    assert!(!dir.join("pids").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
