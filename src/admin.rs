@@ -239,18 +239,31 @@ impl Admin {
         F: FnOnce(&'a crate::store::Store) -> Fut,
         Fut: std::future::Future<Output = Result<Option<StoredRoute>, String>>,
     {
+        match self.store_write(op).await {
+            Ok(row) => (status, row.as_ref().map_or(Value::Null, stored_json)),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Runs one write against the store, then reads routes and keys again so that the change
+    /// holds for the next request; a 503 saying nothing was changed when the store fails.
+    pub(crate) async fn store_write<'a, T, F, Fut>(&'a self, op: F) -> Result<T, Reply>
+    where
+        F: FnOnce(&'a crate::store::Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let store = match self.reloader.store().await {
             Ok(s) => s,
-            Err(e) => return error(503, format!("store unreachable, nothing was changed: {e}")),
+            Err(e) => return Err(error(503, format!("store unreachable, nothing was changed: {e}"))),
         };
-        let row = match op(store).await {
-            Ok(row) => row,
-            Err(e) => return error(503, format!("store write failed, nothing was changed: {e}")),
+        let written = match op(store).await {
+            Ok(written) => written,
+            Err(e) => return Err(error(503, format!("store write failed, nothing was changed: {e}"))),
         };
         if let Err(e) = self.reloader.reload().await {
-            log::warn!("route change stored but not yet applied (next poll retries): {e}");
+            log::warn!("change stored but not yet applied (next poll retries): {e}");
         }
-        (status, row.as_ref().map_or(Value::Null, stored_json))
+        Ok(written)
     }
 
     /// A numeric store id, or the error for a config route or a malformed id.

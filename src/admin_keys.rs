@@ -47,7 +47,10 @@ impl Admin {
     }
 
     async fn get_key(&self, id: &str) -> Reply {
-        let Ok(id) = id.parse::<i64>() else { return error(404, format!("no key with id {id}")) };
+        let id = match key_id(id) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
         match self.reloader.store().await {
             Err(e) => error(503, format!("store unreachable: {e}")),
             Ok(store) => match store.get_key(id).await {
@@ -64,68 +67,58 @@ impl Admin {
             Err(reply) => return reply,
         };
         let (key, hash, prefix) = crate::keys::generate();
-        let written = match self.reloader.store().await {
-            Ok(store) => store.insert_key(&fields, &hash, &prefix).await,
-            Err(e) => Err(e),
-        };
-        match written {
+        match self.store_write(|store| async move { store.insert_key(&fields, &hash, &prefix).await }).await {
             Ok(row) => {
-                self.apply().await;
                 let mut v = self.key_json(&row);
                 v["key"] = json!(key);
                 v["note"] = json!("the key is shown only now: store it; drover keeps only its hash");
                 (201, v)
             }
-            Err(e) => error(503, format!("store write failed, nothing was changed: {e}")),
+            Err(reply) => reply,
         }
     }
 
     async fn update_key(&self, id: &str, body: Option<&[u8]>) -> Reply {
-        let Ok(id) = id.parse::<i64>() else { return error(404, format!("no key with id {id}")) };
+        let id = match key_id(id) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
         let fields = match parse_body(body).and_then(|m| key_fields(&m, false)) {
             Ok(f) => f,
             Err(reply) => return reply,
         };
-        let written = match self.reloader.store().await {
-            Ok(store) => store.update_key(id, &fields).await,
-            Err(e) => Err(e),
-        };
-        match written {
-            Ok(Some(row)) => {
-                self.apply().await;
-                (200, self.key_json(&row))
-            }
+        match self.store_write(|store| async move { store.update_key(id, &fields).await }).await {
+            Ok(Some(row)) => (200, self.key_json(&row)),
             Ok(None) => error(404, format!("no key with id {id}")),
-            Err(e) => error(503, format!("store write failed, nothing was changed: {e}")),
+            Err(reply) => reply,
         }
     }
 
     async fn delete_key(&self, id: &str) -> Reply {
-        let Ok(id) = id.parse::<i64>() else { return error(404, format!("no key with id {id}")) };
-        let store = match self.reloader.store().await {
-            Ok(s) => s,
-            Err(e) => return error(503, format!("store unreachable, nothing was changed: {e}")),
+        let id = match key_id(id) {
+            Ok(id) => id,
+            Err(reply) => return reply,
         };
-        let row = match store.get_key(id).await {
-            Ok(Some(row)) => row,
-            Ok(None) => return error(404, format!("no key with id {id}")),
-            Err(e) => return error(503, format!("store unreachable, nothing was changed: {e}")),
-        };
-        match store.delete_key(id).await {
-            Ok(_) => {
-                self.apply().await;
-                (200, json!({ "deleted": self.key_json(&row) }))
-            }
-            Err(e) => error(503, format!("store write failed, nothing was changed: {e}")),
+        let gone = self
+            .store_write(|store| async move {
+                let gone = store.get_key(id).await?;
+                if gone.is_some() {
+                    store.delete_key(id).await?;
+                }
+                Ok(gone)
+            })
+            .await;
+        match gone {
+            Ok(Some(row)) => (200, json!({ "deleted": self.key_json(&row) })),
+            Ok(None) => error(404, format!("no key with id {id}")),
+            Err(reply) => reply,
         }
     }
+}
 
-    /// Reads the tables again so that a key change holds for the next request.
-    async fn apply(&self) {
-        if let Err(e) = self.reloader.reload().await {
-            log::warn!("key change stored but not yet applied (next poll retries): {e}");
-        }
-    }
+/// A key id from the path; any other text is an id no key has.
+fn key_id(id: &str) -> Result<i64, Reply> {
+    id.parse().map_err(|_| error(404, format!("no key with id {id}")))
 }
 
 /// Checks every field of a key request; on any error, a 400 naming each bad field.

@@ -73,8 +73,12 @@ pub struct Key {
 impl Key {
     /// Whether the key may use this virtual model.
     pub fn allows(&self, model: &str) -> bool {
+        if self.record.models.iter().any(|m| m == "*" || m == model) {
+            return true;
+        }
+        // "llama3" and "llama3:latest" are one model.
         let canonical = crate::ollama::canonical_model(model);
-        self.record.models.iter().any(|m| m == "*" || m == model || crate::ollama::canonical_model(m) == canonical)
+        self.record.models.iter().any(|m| crate::ollama::canonical_model(m) == canonical)
     }
 
     /// The 403 for a model the key may not use.
@@ -121,12 +125,8 @@ impl Key {
     pub fn record(&self, usage: &Usage, now: Instant) {
         let prompt = usage.prompt_tokens.unwrap_or(0);
         let completion = usage.completion_tokens.unwrap_or(0);
-        {
-            let mut p = self.state.pending.lock().unwrap();
-            p.requests += 1;
-            p.prompt_tokens += prompt;
-            p.completion_tokens += completion;
-        }
+        *self.state.pending.lock().unwrap() +=
+            KeyUsage { requests: 1, prompt_tokens: prompt, completion_tokens: completion };
         if let Some(b) = self.state.tokens.lock().unwrap().as_mut() {
             b.debit((prompt + completion) as f64, now);
         }
@@ -214,10 +214,7 @@ impl Keyring {
         let states = self.states.lock().unwrap();
         for (id, u) in usage {
             if let Some(s) = states.get(&id) {
-                let mut p = s.pending.lock().unwrap();
-                p.requests += u.requests;
-                p.prompt_tokens += u.prompt_tokens;
-                p.completion_tokens += u.completion_tokens;
+                *s.pending.lock().unwrap() += u;
             }
         }
     }

@@ -180,6 +180,14 @@ pub struct KeyUsage {
     pub completion_tokens: u64,
 }
 
+impl std::ops::AddAssign for KeyUsage {
+    fn add_assign(&mut self, more: KeyUsage) {
+        self.requests += more.requests;
+        self.prompt_tokens += more.prompt_tokens;
+        self.completion_tokens += more.completion_tokens;
+    }
+}
+
 /// The writable fields of a route; `None` leaves a field as it is (or at its default on insert).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteFields {
@@ -388,23 +396,42 @@ impl Store {
 
     /// Changes the given fields of a route; None when no route has that id.
     pub async fn update(&self, id: i64, fields: &RouteFields) -> Result<Option<StoredRoute>, String> {
-        let cols = fields.columns();
-        let mut sets: Vec<String> = cols.iter().map(|(n, _)| format!("{n} = ?")).collect();
-        sets.push("updated_at = CURRENT_TIMESTAMP".into());
-        let sql = format!("UPDATE ollama_servers SET {} WHERE id = ?", sets.join(", "));
-        let sql = self.backend.sql(&sql);
-        let mut q = sqlx::query(&sql);
-        for (_, v) in cols {
-            q = bind(q, v);
-        }
-        q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
+        self.update_row("ollama_servers", fields.columns(), Some("updated_at = CURRENT_TIMESTAMP"), id).await?;
         // Read back rather than trust rows_affected: MySQL counts changed rows, not matched
         // ones, so an update that changes nothing would look like an absent id.
         self.get(id).await
     }
 
     pub async fn delete(&self, id: i64) -> Result<bool, String> {
-        let done = sqlx::query(&self.backend.sql("DELETE FROM ollama_servers WHERE id = ?"))
+        self.delete_row("ollama_servers", id).await
+    }
+
+    /// Sets `cols` (and `also`, an assignment of its own) on the row `id` of `table`.
+    async fn update_row(
+        &self,
+        table: &str,
+        cols: Vec<(&'static str, Value)>,
+        also: Option<&str>,
+        id: i64,
+    ) -> Result<(), String> {
+        let mut sets: Vec<String> = cols.iter().map(|(n, _)| format!("{n} = ?")).collect();
+        sets.extend(also.map(str::to_string));
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("UPDATE {table} SET {} WHERE id = ?", sets.join(", "));
+        let sql = self.backend.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for (_, v) in cols {
+            q = bind(q, v);
+        }
+        q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Deletes the row `id` of `table`; false when there was none.
+    async fn delete_row(&self, table: &str, id: i64) -> Result<bool, String> {
+        let done = sqlx::query(&self.backend.sql(&format!("DELETE FROM {table} WHERE id = ?")))
             .bind(id)
             .execute(&self.pool)
             .await
@@ -460,27 +487,12 @@ impl Store {
 
     /// Changes the given fields of a key; None when no key has that id.
     pub async fn update_key(&self, id: i64, fields: &KeyFields) -> Result<Option<StoredKey>, String> {
-        let cols = fields.columns();
-        if !cols.is_empty() {
-            let sets: Vec<String> = cols.iter().map(|(n, _)| format!("{n} = ?")).collect();
-            let sql = format!("UPDATE drover_api_keys SET {} WHERE id = ?", sets.join(", "));
-            let sql = self.backend.sql(&sql);
-            let mut q = sqlx::query(&sql);
-            for (_, v) in cols {
-                q = bind(q, v);
-            }
-            q.bind(id).execute(&self.pool).await.map_err(|e| e.to_string())?;
-        }
+        self.update_row("drover_api_keys", fields.columns(), None, id).await?;
         self.get_key(id).await
     }
 
     pub async fn delete_key(&self, id: i64) -> Result<bool, String> {
-        let done = sqlx::query(&self.backend.sql("DELETE FROM drover_api_keys WHERE id = ?"))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(done.rows_affected() > 0)
+        self.delete_row("drover_api_keys", id).await
     }
 
     /// Adds served requests and tokens to each key's row, all in one transaction.
@@ -575,7 +587,7 @@ fn row_to_key(row: &AnyRow) -> Result<StoredKey, String> {
     Ok(StoredKey {
         id: int(row, 0)?,
         name: text(row, 1)?,
-        key_hash: opt_text(row, 2)?.unwrap_or_default().trim().to_string(),
+        key_hash: text(row, 2)?,
         key_prefix: text(row, 3)?,
         models,
         requests_per_minute: opt_int(row, 5)?,
