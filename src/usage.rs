@@ -118,7 +118,13 @@ impl UsageScan {
         let u = &mut self.usage;
         // `usage` at the top (OpenAI, Anthropic's message and message_delta, a Responses
         // answer), or inside Anthropic's message_start `message` / Responses' `response`.
-        let usage = v.usage.or_else(|| nested(v.message)).or_else(|| nested(v.response));
+        // Ollama's own figures are at the top: its `message` (the answer's text) is not read again.
+        let ollama = v.prompt_eval_count.is_some() || v.eval_count.is_some();
+        let usage = match v.usage {
+            Some(top) => Some(top),
+            None if ollama => None,
+            None => nested(v.message).or_else(|| nested(v.response)),
+        };
         if let Some(usage) = usage.and_then(|raw| serde_json::from_str::<OpenAiUsage>(raw.get()).ok()) {
             let prompt = count(usage.prompt_tokens).or(count(usage.input_tokens));
             let completion = count(usage.completion_tokens).or(count(usage.output_tokens));

@@ -293,14 +293,16 @@ impl ProxyHttp for Drover {
 
 impl Drover {
     /// Whether an answer may be compressed: a whole one (never a stream, whose lines would
-    /// wait in the encoder), not already encoded, and not tiny.
+    /// wait in the encoder) of at least compression.min_bytes. Whether the client accepts
+    /// an encoding, and whether the answer is encoded already, Pingora's module decides.
     fn worth_compressing(&self, resp: &ResponseHeader) -> bool {
         let text = |name| resp.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-        let content_type = text(http::header::CONTENT_TYPE).unwrap_or("").to_ascii_lowercase();
-        let streamed =
-            content_type.starts_with("text/event-stream") || content_type.starts_with("application/x-ndjson");
         let length = text(http::header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
-        self.compression_level > 0 && !streamed && length.is_some_and(|n| n >= self.compression_min_bytes)
+        if self.compression_level == 0 || length.is_none_or(|n| n < self.compression_min_bytes) {
+            return false;
+        }
+        let content_type = text(http::header::CONTENT_TYPE).unwrap_or("").to_ascii_lowercase();
+        !(content_type.starts_with("text/event-stream") || content_type.starts_with("application/x-ndjson"))
     }
 }
 
