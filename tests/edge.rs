@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::mock_ollama::{MockOllama, Mode};
-use support::{free_port, http, Drover, FAST};
+use support::{free_port, header, http, Drover, FAST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn route(model: &str, server: &MockOllama, extra: &str) -> String {
@@ -245,9 +245,6 @@ async fn cors_preflight_answered_and_origins_checked_as_ollama_does() {
     ))
     .await;
     let c = http();
-    let header = |r: &reqwest::Response, name: &str| {
-        r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
-    };
 
     // A browser's preflight, answered here.
     let r = c

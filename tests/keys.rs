@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::mock_ollama::MockOllama;
-use support::{http, Drover, FAST};
+use support::{http, route_yaml, Drover, FAST};
 
 fn route(model: &str, server: &MockOllama) -> String {
-    format!("  - {{ virtual_model_name: {model}, server_url: \"{}\", actual_model_name: \"m:1b\" }}\n", server.url)
+    route_yaml(model, &server.url, "m:1b", 1, 1)
 }
 
 async fn admin(d: &Drover, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {

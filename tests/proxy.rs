@@ -8,14 +8,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use support::mock_ollama::{MockOllama, Mode};
-use support::{eventually, Drover, FAST};
+use support::{eventually, header, Drover, FAST};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
 async fn post(d: &Drover, path: &str, body: Value) -> reqwest::Response {

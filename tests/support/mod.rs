@@ -16,6 +16,11 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
+/// A response header as text; empty when absent.
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
 /// POST /api/chat (not streamed) for `model`: status, X-Drover-Server, and the JSON answer.
 pub async fn chat(d: &Drover, model: &str) -> (u16, String, serde_json::Value) {
     let body = serde_json::json!({ "model": model, "stream": false, "options": { "num_predict": 4 } });
