@@ -36,7 +36,9 @@ pub(crate) fn invalid(bad: Map<String, Value>) -> Reply {
 pub struct Admin {
     pub settings: Arc<Settings>,
     /// For calls the admin API makes to servers (preload).
-    pub client: crate::client::Client,
+    pub client: Arc<crate::client::Client>,
+    /// Required models: pulled in the background, reported here and in /health.
+    pub keeper: Arc<crate::required::Keeper>,
     pub resources: Arc<crate::resources::ResourceCheck>,
     pub fleet: Arc<ArcSwap<Fleet>>,
     pub reloader: Arc<Reloader>,
@@ -77,6 +79,8 @@ impl Admin {
             (&Method::POST, ["resource-cache", "clear"]) => (200, json!({ "cleared": self.resources.clear() })),
             (&Method::POST, ["drain"]) => self.drain(body),
             (&Method::POST, ["models", "preload"]) => self.preload(body).await,
+            (&Method::POST, ["models", op]) => self.manage_models(op, body).await,
+            (&Method::GET, ["models", "required"]) => (200, self.keeper.report()),
             (_, ["keys"]) => self.keys(method, None, body).await,
             (_, ["keys", id]) => self.keys(method, Some(id), body).await,
             _ => error(404, format!("no such admin endpoint: {method} {path}")),
@@ -632,6 +636,7 @@ mod tests {
             ),
             reloader: Arc::new(Reloader::new(settings.clone(), fleet.clone(), Default::default(), 0)),
             client: Default::default(),
+            keeper: Arc::new(crate::required::Keeper::new(&settings, fleet.clone(), Default::default())),
             settings,
             fleet,
         }

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::admin::{error, invalid, parse_body, Admin, Reply};
 use crate::fleet::{Fleet, Server};
+use crate::manage::Op;
 use crate::ollama::{Kind, ServerUrl};
 
 /// How long a preloaded model stays loaded when the request does not say.
@@ -53,6 +54,21 @@ impl Admin {
         let failed = results.iter().filter(|r| r["loaded"] != true).count();
         let status = if failed == 0 { 200 } else { 502 };
         (status, json!({ "model": model, "keep_alive": keep_alive, "results": results, "failed": failed }))
+    }
+}
+
+impl Admin {
+    /// `POST /admin/models/{pull,push,create,copy,delete}`: the same as Ollama's call through
+    /// drover (manage.rs), answered once every server is done, with per-server results.
+    pub(crate) async fn manage_models(&self, op: &str, body: Option<&[u8]>) -> Reply {
+        let Some(op) = Op::named(op) else {
+            return error(404, format!("no such admin endpoint: POST /admin/models/{op}"));
+        };
+        let fleet = self.fleet.load_full();
+        match crate::manage::plan(op, body.unwrap_or_default(), None, &fleet) {
+            Ok(plan) => crate::manage::run_to_end(&plan, &self.client, self.settings.http_client.read_timeout).await,
+            Err(e) => error(e.status, e.message),
+        }
     }
 }
 

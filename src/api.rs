@@ -49,7 +49,7 @@ pub enum Endpoint {
     Status,
     LbStats,
     Metrics,
-    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change a server's disk.
+    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change the servers' disks (manage.rs).
     Management,
     /// /admin/...: drover's admin API.
     Admin,
@@ -78,6 +78,7 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         "/status" => get(Endpoint::Status),
         "/lb-stats" => get(Endpoint::LbStats),
         "/metrics" => get(Endpoint::Metrics),
+        // The method (DELETE for /api/delete, POST for the rest) is checked where it is answered.
         "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => Endpoint::Management,
         p if p.starts_with("/admin/") => Endpoint::Admin,
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {

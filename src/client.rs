@@ -1,5 +1,6 @@
 //! A small JSON client over Pingora's connector: GETs for health checks and inventory
-//! refreshes, POSTs for the admin API's calls to servers (preload).
+//! refreshes, POSTs for the admin API's calls to servers (preload), and POSTs whose answer is
+//! NDJSON progress handed over line by line (model management: pull, push, create).
 
 use std::time::Duration;
 
@@ -47,11 +48,16 @@ struct Call<'a> {
     path: &'a str,
     body: Option<bytes::Bytes>,
     timeout: Duration,
+    /// Where each line of a 2xx answer goes as it arrives (NDJSON progress), instead of the
+    /// answer being parsed whole. The read timeout then applies per read, not to the call.
+    lines: Option<&'a tokio::sync::mpsc::UnboundedSender<Value>>,
 }
 
 impl Call<'_> {
     fn method(&self) -> &'static str {
-        if self.body.is_some() {
+        if self.path == "/api/delete" {
+            "DELETE"
+        } else if self.body.is_some() {
             "POST"
         } else {
             "GET"
@@ -62,7 +68,8 @@ impl Call<'_> {
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
-        let call = Call { url: &server.url, headers: &server.credentials.headers, path, body: None, timeout };
+        let call =
+            Call { url: &server.url, headers: &server.credentials.headers, path, body: None, timeout, lines: None };
         self.call_server(server, call).await
     }
 
@@ -75,13 +82,38 @@ impl Client {
         timeout: Duration,
     ) -> Result<Value, String> {
         let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
-        let call = Call { url: &server.url, headers: &server.credentials.headers, path, body, timeout };
+        let call = Call { url: &server.url, headers: &server.credentials.headers, path, body, timeout, lines: None };
         self.call_server(server, call).await
+    }
+
+    /// Sends `body` to `path` on `server` (`method` POST or DELETE) and hands each line of a
+    /// successful NDJSON answer to `lines` as it arrives; `idle` bounds each read, not the
+    /// whole call (a pull of a large model takes as long as it takes). An `{"error": ...}`
+    /// line ends the call with that error; an empty answer (copy, delete) is a success.
+    pub async fn stream_json(
+        &self,
+        server: &Server,
+        path: &str,
+        body: &Value,
+        idle: Duration,
+        lines: &tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<(), String> {
+        let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
+        let call = Call {
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body,
+            timeout: idle,
+            lines: Some(lines),
+        };
+        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+        self.send(&call, addr).await.map(|_| ())
     }
 
     /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
     pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
-        let call = Call { url, headers: &[], path, body: None, timeout };
+        let call = Call { url, headers: &[], path, body: None, timeout, lines: None };
         let run = async {
             let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
                 .await
@@ -155,10 +187,19 @@ impl Client {
             _ => before(e),
         })?;
         let status = up.response_header().map_or(0, |h| h.status.as_u16());
+        let lines = call.lines.filter(|_| (200..300).contains(&status));
         let mut answer = Vec::new();
         while let Some(chunk) =
             up.read_response_body().await.map_err(|e| Failure::Other(format!("{method} {path}: {e}")))?
         {
+            if let Some(tx) = lines {
+                answer.extend_from_slice(&chunk);
+                while let Some(end) = memchr::memchr(b'\n', &answer) {
+                    let line: Vec<u8> = answer.drain(..=end).collect();
+                    forward_line(&line, tx).map_err(Failure::Other)?;
+                }
+                continue;
+            }
             if answer.len() + chunk.len() > MAX_JSON_BYTES {
                 return Err(Failure::Other(format!("{method} {path}: answer larger than {MAX_JSON_BYTES} bytes")));
             }
@@ -175,8 +216,29 @@ impl Client {
                 .unwrap_or_default();
             return Err(Failure::Other(format!("{method} {path}: HTTP {status}{said}")));
         }
+        if let Some(tx) = lines {
+            forward_line(&answer, tx).map_err(Failure::Other)?;
+            return Ok(Value::Null);
+        }
+        if answer.iter().all(u8::is_ascii_whitespace) && call.body.is_some() {
+            return Ok(Value::Null);
+        }
         serde_json::from_slice(&answer).map_err(|e| Failure::Other(format!("{method} {path}: not JSON ({e})")))
     }
+}
+
+/// One NDJSON line to `tx`; an `{"error": ...}` line is the call's error, in the server's own
+/// words. Blank lines pass.
+fn forward_line(line: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Value>) -> Result<(), String> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("progress line is not JSON ({e})"))?;
+    if let Some(e) = v.get("error") {
+        return Err(e.as_str().map_or_else(|| e.to_string(), str::to_string));
+    }
+    let _ = tx.send(v);
+    Ok(())
 }
 
 /// Runs `run` within the call's timeout.

@@ -116,6 +116,9 @@ struct RawServerObject {
     /// Sent as `Authorization: Bearer ...`; `${VAR}` reads the environment.
     #[serde(default)]
     api_key: Option<String>,
+    /// Models drover pulls onto this server when it lacks them (required.rs).
+    #[serde(default)]
+    required_models: Option<Vec<String>>,
     /// Extra headers for this server (e.g. `x-api-key`); `${VAR}` reads the environment.
     #[serde(default)]
     headers: Option<std::collections::BTreeMap<String, String>>,
@@ -330,6 +333,8 @@ pub struct ServerSpec {
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Duration>,
     pub credentials: Credentials,
+    /// Pulled in the background when missing (required.rs).
+    pub required_models: Vec<String>,
 }
 
 /// What a server is sent to let drover in: its own API key or headers, never the client's
@@ -806,6 +811,7 @@ impl Validator {
                 max_fails: None,
                 fail_timeout: None,
                 api_key: None,
+                required_models: None,
                 headers: None,
                 forward_client_auth: None,
             },
@@ -852,8 +858,18 @@ impl Validator {
                 (_, Err(_)) => self.error(at, "the value is not a valid header value"),
             }
         }
+        let required_models = obj.required_models.unwrap_or_default();
+        for (i, m) in required_models.iter().enumerate() {
+            if let Err(e) = rules::name(m) {
+                self.error(format!("{key}.required_models[{i}]"), e);
+            }
+        }
+        if !required_models.is_empty() && kind != Kind::Ollama {
+            self.error(format!("{key}.required_models"), "only Ollama servers can pull models");
+        }
         Some(ServerSpec {
             url: url?,
+            required_models,
             kind,
             probe_url,
             max_concurrency,

@@ -461,6 +461,7 @@ impl Fleet {
                 max_fails: None,
                 fail_timeout: None,
                 credentials: Default::default(),
+                required_models: Vec::new(),
             });
         }
 
@@ -590,6 +591,7 @@ fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
         max_fails: None,
         fail_timeout: None,
         credentials: Default::default(),
+        required_models: Vec::new(),
     }
 }
 

@@ -109,6 +109,7 @@ pub fn run(args: ServeArgs) -> i32 {
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);
     let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone(), resources);
+    let keeper = drover.admin.keeper.clone();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, drover, "drover");
     // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
     // buffers of its own, so the 64 KiB default only costs memory per open connection.
@@ -126,6 +127,7 @@ pub fn run(args: ServeArgs) -> i32 {
     }
     server.add_service(proxy);
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
+    server.add_service(background_service("required models", crate::required::KeeperService(keeper)));
     // Active health checks: drover's check, run over the fleet's health registry by
     // pingora-load-balancing's own service.
     let lb = &settings.load_balancer;

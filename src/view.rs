@@ -120,7 +120,8 @@ fn server_state(s: &Server) -> Value {
 /// GET /health: ok when every server is up and the store answers, degraded when some
 /// server is down or the store is unreachable (drover then serves its last good routes),
 /// down when no server is up.
-pub fn health(fleet: &Fleet, store: &StoreState) -> (u16, Value) {
+/// GET /health; `required` is the required models' report (an empty list when none are set).
+pub fn health(fleet: &Fleet, store: &StoreState, required: Value) -> (u16, Value) {
     let up = healthy(fleet).count();
     let status = if up == 0 {
         "down"
@@ -137,7 +138,11 @@ pub fn health(fleet: &Fleet, store: &StoreState) -> (u16, Value) {
         }
     };
     let code = if status == "down" { 503 } else { 200 };
-    (code, json!({ "status": status, "servers": servers, "store": store }))
+    let mut body = json!({ "status": status, "servers": servers, "store": store });
+    if required.as_array().is_some_and(|r| !r.is_empty()) {
+        body["required_models"] = required;
+    }
+    (code, body)
 }
 
 /// GET /status: what this drover is and runs on.
@@ -255,15 +260,15 @@ mod tests {
     #[test]
     fn health_degrades_then_goes_down() {
         let f = fleet();
-        assert_eq!(health(&f, &StoreState::Ok).1["status"], "ok");
+        assert_eq!(health(&f, &StoreState::Ok, json!([])).1["status"], "ok");
         let outage = StoreState::Unreachable("connection refused".into());
-        let (_, h) = health(&f, &outage);
+        let (_, h) = health(&f, &outage, json!([]));
         assert_eq!((h["status"].as_str(), h["store"]["state"].as_str()), (Some("degraded"), Some("unreachable")));
         f.servers[0].note_error("refused");
         f.servers[0].set_enabled(false);
-        assert_eq!(health(&f, &StoreState::Ok).1["status"], "degraded");
+        assert_eq!(health(&f, &StoreState::Ok, json!([])).1["status"], "degraded");
         f.servers[1].set_enabled(false);
-        let (code, h) = health(&f, &StoreState::Ok);
+        let (code, h) = health(&f, &StoreState::Ok, json!([]));
         assert_eq!((code, h["status"].as_str()), (503, Some("down")));
         assert_eq!(h["servers"][0]["last_error"], "refused");
     }

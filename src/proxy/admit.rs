@@ -16,7 +16,8 @@ impl Drover {
     pub(super) fn admit(&self, session: &Session, ctx: &mut RequestCtx, endpoint: &Endpoint) -> Result<(), ApiError> {
         use Endpoint::*;
         let model_call = matches!(endpoint, Routed { .. });
-        let guarded = model_call || matches!(endpoint, Tags | Ps | Models | Model(_) | Version | Status | LbStats);
+        let guarded =
+            model_call || matches!(endpoint, Tags | Ps | Models | Model(_) | Version | Status | LbStats | Management);
         if !guarded {
             return Ok(());
         }

@@ -14,6 +14,7 @@ use super::{Drover, RequestCtx};
 use crate::api::{Api, ApiError, Endpoint};
 use crate::body::{drain, read_bounded, BodyError, RoutableBody};
 use crate::cors::Verdict;
+use crate::manage::{Op, Progress};
 use crate::view;
 
 /// Admin requests are small JSON objects.
@@ -52,7 +53,7 @@ impl Drover {
                 self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
             Endpoint::Health => {
-                let (code, body) = view::health(&fleet, &self.admin.reloader.state());
+                let (code, body) = view::health(&fleet, &self.admin.reloader.state(), self.admin.keeper.report());
                 self.json(session, ctx, code, &body).await
             }
             Endpoint::Status => {
@@ -64,15 +65,7 @@ impl Drover {
                 self.json(session, ctx, 200, &body).await
             }
             Endpoint::Admin => self.admin(session, ctx).await,
-            Endpoint::Management => {
-                let e = ApiError::new(
-                    403,
-                    "management_not_proxied",
-                    "model management (pull, push, create, copy, delete) changes one server's disk; \
-                     run it against that server directly, then drover discovers the change",
-                );
-                self.error(session, ctx, e).await
-            }
+            Endpoint::Management => self.manage(session, ctx).await,
             Endpoint::NotFound(api) => {
                 ctx.api = api;
                 let path = session.req_header().uri.path().to_string();
@@ -87,12 +80,24 @@ impl Drover {
         }
     }
 
-    async fn admin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+    /// The admin API's auth (token, or loopback without one); answers the refusal itself.
+    async fn admin_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let auth = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if let Err((code, body)) = self.admin.authorize(client, auth) {
-            session.set_keepalive(None);
-            return self.json(session, ctx, code, &body).await;
+        match self.admin.authorize(client, auth) {
+            Ok(()) => false,
+            Err((code, body)) => {
+                session.set_keepalive(None);
+                ctx.error = body.get("error").and_then(Value::as_str).map(str::to_string);
+                self.json(session, ctx, code, &body).await;
+                true
+            }
+        }
+    }
+
+    async fn admin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if self.admin_refused(session, ctx).await {
+            return;
         }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
@@ -109,6 +114,88 @@ impl Drover {
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
         }
         self.json(session, ctx, code, &reply).await
+    }
+
+    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: sent to the servers that
+    /// should hold the model (manage.rs), their progress merged into one NDJSON stream.
+    async fn manage(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let (method, path, query) = {
+            let req = session.req_header();
+            (req.method.clone(), req.uri.path().to_string(), req.uri.query().map(str::to_string))
+        };
+        let op = Op::named(&path).expect("classified as management");
+        if method != op.method() {
+            let msg = format!("{method} is not allowed on {path} (use {})", op.method());
+            return self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await;
+        }
+        if op.destructive() && self.admin_refused(session, ctx).await {
+            return;
+        }
+        let body = match read_bounded(session, ADMIN_BODY_LIMIT, false).await {
+            Ok(b) => b,
+            Err(e) => return self.refuse_body(session, ctx, e).await,
+        };
+        let fleet = self.fleet.load_full();
+        let plan = match crate::manage::plan(op, &body, query.as_deref(), &fleet) {
+            Ok(p) => p,
+            Err(e) => return self.error(session, ctx, e).await,
+        };
+        ctx.model = Some(plan.model.clone());
+        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&plan.model)) {
+            let e = key.refuse_model(&plan.model);
+            return self.error(session, ctx, e).await;
+        }
+        let idle = self.read_timeout;
+        if !plan.stream {
+            let (code, reply) = crate::manage::run_to_end(&plan, &self.admin.client, idle).await;
+            ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
+            return self.json(session, ctx, code, &reply).await;
+        }
+        let mut header = ResponseHeader::build(200, Some(3)).expect("valid status");
+        header.insert_header(http::header::CONTENT_TYPE, "application/x-ndjson").expect("static header");
+        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+        cors_headers(&mut header, ctx).expect("valid CORS headers");
+        super::no_compression(session);
+        ctx.status = 200;
+        if session.write_response_header(Box::new(header), false).await.is_err() {
+            return;
+        }
+        let mut progress = crate::manage::run(&plan, &self.admin.client, idle);
+        let mut outcome = crate::manage::Outcome::default();
+        let mut client_gone = false;
+        while let Some(p) = progress.recv().await {
+            let line = match p {
+                Progress::Line(v) => v,
+                Progress::Done { server, result } => {
+                    outcome.record(op, server, result);
+                    continue;
+                }
+            };
+            // The servers carry on if the client leaves, as Ollama's own pull does.
+            if !client_gone {
+                client_gone = self.write_line(session, ctx, &line, false).await.is_err();
+            }
+        }
+        let (code, last) = outcome.summary(&plan);
+        if code >= 400 {
+            ctx.error = last.get("error").and_then(Value::as_str).map(str::to_string);
+        }
+        if !client_gone {
+            let _ = self.write_line(session, ctx, &last, true).await;
+        }
+    }
+
+    async fn write_line(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        line: &Value,
+        end: bool,
+    ) -> pingora::Result<()> {
+        let mut bytes = serde_json::to_vec(line).expect("json values serialise");
+        bytes.push(b'\n');
+        ctx.bytes_out += bytes.len() as u64;
+        session.write_response_body(Some(Bytes::from(bytes)), end).await
     }
 
     /// The body stage of a model-routed call: read and parse the body, then wait for a

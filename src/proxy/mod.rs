@@ -45,7 +45,7 @@ pub struct Drover {
     fleet: Arc<ArcSwap<Fleet>>,
     scheduler: Scheduler,
     tally: Arc<Tally>,
-    admin: Admin,
+    pub(crate) admin: Admin,
     access_log: crate::accesslog::AccessLog,
     cors: crate::cors::Cors,
     keys: Arc<crate::keys::Keyring>,
@@ -76,6 +76,8 @@ impl Drover {
     ) -> Drover {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let scheduler = Scheduler::new(&settings, resources.clone());
+        let client = Arc::new(crate::client::Client::default());
+        let keeper = Arc::new(crate::required::Keeper::new(&settings, fleet.clone(), client.clone()));
         Drover {
             access_log: crate::accesslog::AccessLog::new(&settings.access_log),
             cors: crate::cors::Cors::new(&settings.cors_origins),
@@ -85,13 +87,7 @@ impl Drover {
             compression_level: settings.compression_level,
             compression_min_bytes: settings.compression_min_bytes,
             tally: reloader.tally.clone(),
-            admin: Admin {
-                settings: settings.clone(),
-                client: Default::default(),
-                resources,
-                fleet: fleet.clone(),
-                reloader,
-            },
+            admin: Admin { settings: settings.clone(), client, keeper, resources, fleet: fleet.clone(), reloader },
             scheduler,
             fleet,
             max_body_bytes: settings.load_balancer.max_body_bytes,

@@ -2,7 +2,9 @@
 //!
 //! It answers /api/chat, /api/generate, /api/embed, /api/embeddings, /api/show,
 //! /v1/chat/completions, /v1/completions, /v1/embeddings, /api/tags, /api/ps, /v1/models and
-//! /api/version. Every answer names the model it received, so tests can see the rewrite.
+//! /api/version, and model management (/api/pull, /api/push, /api/create with NDJSON progress,
+//! /api/copy, /api/delete; a model named `missing*` does not exist in the registry, so its
+//! pull fails mid-stream as Ollama's does). Every answer names the model it received, so tests can see the rewrite.
 //! `stop()` closes the listener and every open connection (a dead host); `restart()` binds
 //! the same port again.
 
@@ -55,6 +57,8 @@ pub struct MockState {
     pub chunks: AtomicUsize,
     /// Delay before a non-streamed answer, in milliseconds.
     pub answer_delay_ms: AtomicU64,
+    /// Model management calls received (pull, push, create, copy, delete), as "path model".
+    pub managed: Mutex<Vec<String>>,
     /// Model-routed requests received.
     pub requests: AtomicUsize,
     /// Health and inventory calls received.
@@ -94,6 +98,7 @@ impl MockOllama {
             chunks: AtomicUsize::new(3),
             answer_delay_ms: AtomicU64::new(0),
             requests: AtomicUsize::new(0),
+            managed: Mutex::new(Vec::new()),
             probes: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
@@ -127,6 +132,15 @@ impl MockOllama {
 
     pub fn set_loaded(&self, models: &[&str]) {
         *self.state.loaded.lock().unwrap() = models.iter().map(|m| m.to_string()).collect();
+    }
+
+    pub fn models(&self) -> Vec<String> {
+        self.state.models.lock().unwrap().clone()
+    }
+
+    /// The model management calls received, as "path model".
+    pub fn managed(&self) -> Vec<String> {
+        self.state.managed.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> usize {
@@ -226,6 +240,11 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(routed))
         .route("/v1/messages", post(routed))
         .route("/v1/responses", post(routed))
+        .route("/api/pull", post(manage))
+        .route("/api/push", post(manage))
+        .route("/api/create", post(manage))
+        .route("/api/copy", post(manage))
+        .route("/api/delete", axum::routing::delete(manage))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -459,4 +478,79 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
     Response::builder().header("content-type", content_type).body(Body::from_stream(stream)).unwrap()
+}
+
+/// Ollama's model management: pull, push and create stream NDJSON progress (or answer once
+/// with `"stream": false`), copy and delete answer 200 with an empty body or 404.
+async fn manage(State(s): State<Arc<MockState>>, uri: Uri, body: Bytes) -> Response {
+    if let Some(r) = unhealthy(&s) {
+        return r;
+    }
+    if s.mode.load(Ordering::SeqCst) == Mode::Error as u8 {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "mock failure");
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid JSON");
+    };
+    let path = uri.path().to_string();
+    let name = |k: &str| req[k].as_str().map(str::to_string);
+    let model = name("model").or_else(|| name("name")).or_else(|| name("source")).unwrap_or_default();
+    s.managed.lock().unwrap().push(format!("{path} {model}"));
+    let has = |m: &str| s.models.lock().unwrap().iter().any(|x| x == m || *x == format!("{m}:latest"));
+    let steps: Vec<Value> = match path.as_str() {
+        "/api/delete" | "/api/copy" => {
+            if !has(&model) {
+                return error(StatusCode::NOT_FOUND, &format!("model '{model}' not found"));
+            }
+            let mut models = s.models.lock().unwrap();
+            if path == "/api/delete" {
+                models.retain(|x| x != &model && *x != format!("{model}:latest"));
+                s.loaded.lock().unwrap().retain(|x| x != &model);
+            } else if let Some(to) = name("destination") {
+                models.push(to);
+            }
+            return StatusCode::OK.into_response();
+        }
+        "/api/push" if !has(&model) => return error(StatusCode::NOT_FOUND, &format!("model '{model}' not found")),
+        "/api/push" => vec![json!({ "status": "retrieving manifest" }), json!({ "status": "pushing manifest" })],
+        "/api/create" => {
+            vec![json!({ "status": "using existing layer sha256:1" }), json!({ "status": "writing manifest" })]
+        }
+        _ => {
+            let digest = format!("sha256:{:x}", model.len() * 7919);
+            let mut v = vec![json!({ "status": "pulling manifest" })];
+            for done in [0, 250, 500, 750, 1000] {
+                v.push(json!({ "status": format!("pulling {}", &digest[7..]), "digest": digest, "total": 1000, "completed": done }));
+            }
+            v.push(json!({ "status": "verifying sha256 digest" }));
+            v.push(json!({ "status": "writing manifest" }));
+            v
+        }
+    };
+    let fails = path == "/api/pull" && model.starts_with("missing");
+    if matches!(path.as_str(), "/api/pull" | "/api/create") && !fails && !has(&model) {
+        s.models.lock().unwrap().push(model.clone());
+    }
+    if req["stream"] == json!(false) {
+        return if fails {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "pull model manifest: file does not exist")
+        } else {
+            axum::Json(json!({ "status": "success" })).into_response()
+        };
+    }
+    let gap = Duration::from_millis(s.chunk_delay_ms.load(Ordering::SeqCst));
+    let mut lines: Vec<Value> = if fails { steps.into_iter().take(1).collect() } else { steps };
+    lines.push(if fails {
+        json!({ "error": "pull model manifest: file does not exist" })
+    } else {
+        json!({ "status": "success" })
+    });
+    let stream = futures::stream::unfold(lines.into_iter().enumerate(), move |mut it| async move {
+        let (i, line) = it.next()?;
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        Some((Ok::<_, std::io::Error>(Bytes::from(format!("{line}\n"))), it))
+    });
+    Response::builder().header("content-type", "application/x-ndjson").body(Body::from_stream(stream)).unwrap()
 }
