@@ -286,13 +286,7 @@ impl Admin {
     pub fn check(&self, model: &str) -> Value {
         let fleet = self.fleet.load_full();
         let strategy = self.strategy_of(model);
-        let req = Request {
-            model,
-            native_api: false,
-            tried: &[],
-            waiting: 0,
-            panic_mode: self.settings.load_balancer.panic_mode,
-        };
+        let req = Request { panic_mode: self.settings.load_balancer.panic_mode, ..Request::plain(model, false) };
         let explained = explain(&fleet, strategy, &req, &self.resources);
         let serving: Vec<&Arc<Route>> =
             explained.verdicts.iter().filter(|(_, why)| why.is_none()).map(|(r, _)| r).collect();
@@ -333,13 +327,7 @@ impl Admin {
             .routes
             .iter()
             .map(|(name, mr)| {
-                let req = Request {
-                    model: name,
-                    native_api: false,
-                    tried: &[],
-                    waiting: 0,
-                    panic_mode: self.settings.load_balancer.panic_mode,
-                };
+                let req = Request { panic_mode: self.settings.load_balancer.panic_mode, ..Request::plain(name, false) };
                 model_overview(name, mr, &explain(&fleet, self.strategy_of(name), &req, &self.resources))
             })
             .collect();

@@ -40,7 +40,7 @@ impl Admin {
                 let started = Instant::now();
                 let result = self.client.post_json(&server, "/api/generate", &body, timeout).await;
                 if result.is_ok() {
-                    server.mark_loaded(&actual);
+                    server.mark_loaded(&actual, None);
                 }
                 let mut row = json!({ "server": server.url.as_str(), "actual_model": actual, "loaded": result.is_ok(),
                                       "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0 });

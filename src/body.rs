@@ -80,14 +80,19 @@ pub struct RoutableBody {
     pub model: String,
     /// Byte range of the `model` value (the JSON string, quotes included).
     span: Range<usize>,
+    /// `options.num_ctx`: Ollama reloads a model loaded with another context size.
+    pub num_ctx: Option<u32>,
 }
+
+/// How much of a prompt names its conversation (see `conversation_key`).
+const PROMPT_PREFIX: usize = 512;
 
 impl RoutableBody {
     pub fn parse(bytes: Bytes) -> Result<RoutableBody, BodyError> {
-        let (model, span) = {
+        let (model, span, num_ctx) = {
             let mut de = serde_json::Deserializer::from_slice(&bytes);
-            let raw = match (&mut de).deserialize_any(ModelFinder) {
-                Ok(Found::Object(raw)) => raw,
+            let (raw, options) = match (&mut de).deserialize_any(ModelFinder) {
+                Ok(Found::Object(raw, options)) => (raw, options),
                 Ok(Found::NotObject) => return Err(BodyError::NotAnObject),
                 Err(e) if e.to_string().starts_with("recursion limit exceeded") => return Err(BodyError::TooDeep),
                 Err(e) => return Err(BodyError::Malformed(e.to_string())),
@@ -103,9 +108,73 @@ impl RoutableBody {
                 return Err(BodyError::MissingModel);
             }
             let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
-            (model, start..start + text.len())
+            let num_ctx = options.and_then(|o| {
+                #[derive(serde::Deserialize)]
+                struct Options {
+                    num_ctx: Option<u32>,
+                }
+                serde_json::from_str::<Options>(o.get()).ok().and_then(|o| o.num_ctx)
+            });
+            (model, start..start + text.len(), num_ctx)
         };
-        Ok(RoutableBody { bytes, model, span })
+        Ok(RoutableBody { bytes, model, span, num_ctx })
+    }
+
+    /// A key for the conversation this request continues, from its opening: the messages up
+    /// to and including the first user message (so the system prompt and the first question),
+    /// or the system prompt and the first `PROMPT_PREFIX` bytes of a prompt. The same for
+    /// every turn of one conversation as clients resend the history; `None` when the body
+    /// has neither. A second pass over the body, made only when prefix affinity is on.
+    pub fn conversation_key(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        #[derive(serde::Deserialize)]
+        struct Opening<'a> {
+            #[serde(borrow)]
+            messages: Option<Vec<&'a RawValue>>,
+            #[serde(borrow)]
+            system: Option<&'a RawValue>,
+            #[serde(borrow)]
+            instructions: Option<&'a RawValue>,
+            #[serde(borrow)]
+            prompt: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            input: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Role<'a> {
+            #[serde(borrow)]
+            role: Option<Cow<'a, str>>,
+        }
+        let o: Opening = serde_json::from_slice(&self.bytes).ok()?;
+        // std's SipHash with fixed keys: the same key in every drover process of one build.
+        let mut h = std::hash::DefaultHasher::new();
+        self.model.hash(&mut h);
+        let mut any = false;
+        for part in [o.system, o.instructions].into_iter().flatten() {
+            part.get().hash(&mut h);
+            any = true;
+        }
+        let messages = o.messages.or_else(|| {
+            o.input.filter(|i| i.get().starts_with('[')).and_then(|i| serde_json::from_str(i.get()).ok())
+        });
+        if let Some(messages) = messages {
+            for m in messages {
+                m.get().hash(&mut h);
+                any = true;
+                let role = serde_json::from_str::<Role>(m.get()).ok().and_then(|r| r.role);
+                if role.as_deref() == Some("user") {
+                    break;
+                }
+            }
+        } else if let Some(p) = o.prompt.as_deref() {
+            let end = (0..=p.len().min(PROMPT_PREFIX)).rev().find(|&i| p.is_char_boundary(i)).unwrap_or(0);
+            p[..end].hash(&mut h);
+            any = true;
+        } else if let Some(i) = o.input {
+            i.get().hash(&mut h);
+            any = true;
+        }
+        any.then(|| h.finish())
     }
 
     pub fn len(&self) -> usize {
@@ -192,7 +261,8 @@ impl<'de> Visitor<'de> for SkipVisitor {
 }
 
 enum Found<'a> {
-    Object(Option<&'a RawValue>),
+    /// The `model` and `options` values, when present.
+    Object(Option<&'a RawValue>, Option<&'a RawValue>),
     NotObject,
 }
 
@@ -207,15 +277,20 @@ impl<'de> Visitor<'de> for ModelFinder {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut model = None;
+        let (mut model, mut options) = (None, None);
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if key == "model" {
                 model = Some(map.next_value::<&'de RawValue>()?);
+            } else if key == "options" {
+                // Kept whole (a small object), and checked for depth below like the rest.
+                let raw = map.next_value::<&'de RawValue>()?;
+                serde_json::from_str::<Skip>(raw.get()).map_err(serde::de::Error::custom)?;
+                options = Some(raw);
             } else {
                 map.next_value::<Skip>()?;
             }
         }
-        Ok(Found::Object(model))
+        Ok(Found::Object(model, options))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {

@@ -249,6 +249,15 @@ struct LbSection {
     max_concurrency: Option<i64>,
     queue_size: Option<usize>,
     queue_timeout: Option<RawDuration>,
+    match_num_ctx: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AffinitySection {
+    mode: Option<String>,
+    header: Option<String>,
+    load_factor: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -400,6 +409,29 @@ pub struct LoadBalancing {
     pub max_concurrency: usize,
     pub queue_size: usize,
     pub queue_timeout: Duration,
+    /// A server with the model loaded at another num_ctx counts as cold for a request that
+    /// asks for a context size (Ollama would reload it).
+    pub match_num_ctx: bool,
+}
+
+/// Which requests of one conversation go back to the server that served the last turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityMode {
+    Off,
+    /// Only requests that carry the session header.
+    Header,
+    /// The session header, else a hash of the conversation's opening.
+    Prefix,
+}
+
+#[derive(Debug, Clone)]
+pub struct Affinity {
+    pub mode: AffinityMode,
+    /// Lower-case header name.
+    pub header: http::HeaderName,
+    /// A server takes a conversation while its requests in flight stay under
+    /// load_factor x the tier's average (bounded-load consistent hashing).
+    pub load_factor: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -440,6 +472,7 @@ pub struct Settings {
     pub compression_level: u32,
     /// compression.min_bytes: answers smaller than this go as they are.
     pub compression_min_bytes: usize,
+    pub affinity: Affinity,
     /// auth.require_keys: model calls and fleet views need an API key.
     pub require_keys: bool,
     /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
@@ -504,7 +537,7 @@ impl Settings {
             v.error("(file)", "the top level must be a mapping of sections");
             return Err(ConfigErrors(v.errors));
         };
-        const SECTIONS: [&str; 14] = [
+        const SECTIONS: [&str; 15] = [
             "server",
             "database",
             "servers",
@@ -517,6 +550,7 @@ impl Settings {
             "limits",
             "cors",
             "compression",
+            "affinity",
             "logging",
             "pingora",
         ];
@@ -541,6 +575,26 @@ impl Settings {
         if compression_level > 9 {
             v.error("compression.level", format!("{compression_level}: expected 0 (off) to 9"));
         }
+        let aff: AffinitySection = v.section(map, "affinity");
+        let mode = match aff.mode.as_deref().unwrap_or("header") {
+            "off" => AffinityMode::Off,
+            "header" => AffinityMode::Header,
+            "prefix" => AffinityMode::Prefix,
+            other => {
+                v.error("affinity.mode", format!("{other:?}: expected off, header or prefix"));
+                AffinityMode::Off
+            }
+        };
+        let header = aff.header.as_deref().unwrap_or("x-session-id");
+        let header = http::HeaderName::try_from(header.to_ascii_lowercase()).unwrap_or_else(|_| {
+            v.error("affinity.header", format!("{header:?} is not a valid header name"));
+            http::HeaderName::from_static("x-session-id")
+        });
+        let load_factor = aff.load_factor.unwrap_or(1.25);
+        if !(1.0..=100.0).contains(&load_factor) {
+            v.error("affinity.load_factor", format!("{load_factor}: expected 1.0 to 100 (1.25 is usual)"));
+        }
+        let affinity = Affinity { mode, header, load_factor };
         let limits: LimitsSection = v.section(map, "limits");
         if limits.client_requests_per_minute == Some(0) {
             v.error("limits.client_requests_per_minute", "must be at least 1 (leave it out for no limit)");
@@ -644,6 +698,7 @@ impl Settings {
             max_fails,
             fail_timeout: v.duration("load_balancer.fail_timeout", lb.fail_timeout, "10s"),
             panic_mode: lb.panic_mode.unwrap_or(true),
+            match_num_ctx: lb.match_num_ctx.unwrap_or(true),
             max_body_bytes: max_body_bytes as usize,
             max_header_bytes: max_header_bytes as usize,
             strategy,
@@ -689,6 +744,7 @@ impl Settings {
                 http_client,
                 admin_token,
                 cors_origins: cors.allowed_origins,
+                affinity,
                 require_keys: auth.require_keys.unwrap_or(false),
                 compression_level,
                 compression_min_bytes: compression.min_bytes.unwrap_or(1024),

@@ -154,16 +154,22 @@ impl Server {
     pub fn set_loaded(&self, loaded: Vec<Value>) {
         let mut updated = (*self.inventory()).clone();
         updated.loaded_names = names_of(&loaded);
+        updated.loaded_ctx = crate::ollama::contexts_of(&loaded);
         updated.loaded = loaded;
         self.set_inventory(updated);
     }
 
-    /// Records that `model` is loaded here (it just answered), until the next /api/ps says otherwise.
-    pub fn mark_loaded(&self, model: &str) {
+    /// Records that `model` is loaded here (it just answered), with the context size it was
+    /// asked for when known, until the next /api/ps says otherwise.
+    pub fn mark_loaded(&self, model: &str, num_ctx: Option<u32>) {
         let name = canonical_model(model);
         let current = self.inventory();
-        if !current.loaded_names.contains(&name) {
+        let ctx_known = num_ctx.is_none_or(|n| current.loaded_ctx.get(&name) == Some(&n));
+        if !current.loaded_names.contains(&name) || !ctx_known {
             let mut updated = (*current).clone();
+            if let Some(n) = num_ctx {
+                updated.loaded_ctx.insert(name.clone(), n);
+            }
             updated.loaded_names.insert(name);
             self.set_inventory(updated);
         }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::config::LoadBalancing;
 use crate::fleet::{Fleet, Server};
-use crate::ollama::{models_of, names_of, Inventory, Kind, ServerUrl};
+use crate::ollama::{contexts_of, models_of, names_of, Inventory, Kind, ServerUrl};
 
 /// drover's check of one server, by kind, with the inventory refresh in the same pass.
 pub struct ServerCheck {
@@ -58,7 +58,14 @@ impl ServerCheck {
                 // Keep the last good list when one refresh fails: a slow answer is not an empty server.
                 let tags = tags.map(|v| models_of(&v)).unwrap_or_else(|_| previous.tags.clone());
                 let loaded = ps.map(|v| models_of(&v)).unwrap_or_else(|_| previous.loaded.clone());
-                Inventory { names: names_of(&tags), loaded_names: names_of(&loaded), tags, loaded, version }
+                Inventory {
+                    names: names_of(&tags),
+                    loaded_names: names_of(&loaded),
+                    loaded_ctx: contexts_of(&loaded),
+                    tags,
+                    loaded,
+                    version,
+                }
             }
         };
         server.set_inventory(inventory);

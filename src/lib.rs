@@ -7,6 +7,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod affinity;
 pub mod admin_keys;
 pub mod admin_models;
 pub mod api;

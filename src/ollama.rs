@@ -96,6 +96,9 @@ pub struct Inventory {
     /// Canonical names of the models it has (see `canonical_model`).
     pub names: HashSet<String>,
     pub loaded_names: HashSet<String>,
+    /// The context size each loaded model runs with, where known: /api/ps's `context_length`,
+    /// or the `num_ctx` of the request drover last sent it.
+    pub loaded_ctx: std::collections::HashMap<String, u32>,
     /// /api/version of an Ollama server.
     pub version: Option<String>,
 }
@@ -112,6 +115,32 @@ pub fn canonical_model(name: &str) -> String {
 /// The `models` array of an /api/tags or /api/ps answer.
 pub fn models_of(answer: &Value) -> Vec<Value> {
     answer.get("models").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// Canonical name -> `context_length` of the /api/ps entries that report one.
+pub fn contexts_of(models: &[Value]) -> std::collections::HashMap<String, u32> {
+    models
+        .iter()
+        .filter_map(|m| {
+            let name = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str)?;
+            let ctx = m.get("context_length").and_then(Value::as_u64)?;
+            Some((canonical_model(name), u32::try_from(ctx).ok()?))
+        })
+        .collect()
+}
+
+impl Inventory {
+    /// Whether `model` is loaded here in a way a request with `num_ctx` can use without a
+    /// reload: loaded, and (when both are known) with that context size. A request without
+    /// num_ctx gets the server's default, which drover does not know: any load counts.
+    pub fn warm_for(&self, model: &str, num_ctx: Option<u32>) -> bool {
+        let name = canonical_model(model);
+        self.loaded_names.contains(&name)
+            && match (num_ctx, self.loaded_ctx.get(&name)) {
+                (Some(want), Some(have)) => want == *have,
+                _ => true,
+            }
+    }
 }
 
 pub fn names_of(models: &[Value]) -> std::collections::HashSet<String> {

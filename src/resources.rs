@@ -34,8 +34,8 @@ impl crate::select::Policy for Arc<ResourceCheck> {
         self.judge(route, false).map(drop)
     }
 
-    fn warm(&self, route: &Route) -> bool {
-        self.is_warm(route)
+    fn warm(&self, route: &Route, num_ctx: Option<u32>) -> bool {
+        self.is_warm(route, num_ctx)
     }
 }
 
@@ -326,10 +326,11 @@ impl ResourceCheck {
         Ok(Some(Reservation { check: self.clone(), id }))
     }
 
-    /// Whether `route`'s model is loaded on its server, or being loaded there by a request in flight.
-    fn is_warm(&self, route: &Route) -> bool {
+    /// Whether `route`'s model is loaded on its server (at `num_ctx`, where that is known),
+    /// or being loaded there by a request in flight.
+    fn is_warm(&self, route: &Route, num_ctx: Option<u32>) -> bool {
         let model = canonical_model(&route.actual_model);
-        route.server.inventory().loaded_names.contains(&model) || {
+        route.server.inventory().warm_for(&model, num_ctx) || {
             let server = route.server.url.as_str();
             self.held.lock().unwrap().iter().any(|h| h.server == server && h.model == model)
         }

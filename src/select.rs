@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::Strategy;
 use crate::fleet::{Fleet, ModelRoutes, Route, Server, Slot};
-use crate::ollama::{canonical_model, Kind};
+use crate::ollama::Kind;
 
 /// Why a route was not used.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +70,19 @@ pub struct Request<'a> {
     /// When every usable route is cooling down, use the one that failed longest ago
     /// rather than refuse (load_balancer.panic_mode).
     pub panic_mode: bool,
+    /// `options.num_ctx`: a server with the model loaded at another context size is cold
+    /// for this request (Ollama reloads it).
+    pub num_ctx: Option<u32>,
+    /// The conversation this request continues (affinity.rs), and the load bound
+    /// (affinity.load_factor) under which it sticks to its server.
+    pub affinity: Option<(u64, f64)>,
+}
+
+impl Request<'_> {
+    /// A request for `model` with nothing else known: no retry, no context size, no conversation.
+    pub fn plain(model: &str, native_api: bool) -> Request<'_> {
+        Request { model, native_api, tried: &[], waiting: 0, panic_mode: false, num_ctx: None, affinity: None }
+    }
 }
 
 /// Why `route` cannot take this request now, ignoring its concurrency limit.
@@ -96,8 +109,8 @@ pub trait Policy {
     fn admit(&self, route: &Route) -> Result<Option<Self::Hold>, Skip>;
     /// What `admit` would say now, changing nothing (for explanations).
     fn check(&self, route: &Route) -> Result<(), Skip>;
-    /// Whether the route's model is loaded (or loading) on its server.
-    fn warm(&self, route: &Route) -> bool;
+    /// Whether the route's model is loaded (or loading) on its server, usable at `num_ctx`.
+    fn warm(&self, route: &Route, num_ctx: Option<u32>) -> bool;
 }
 
 /// No resource check; warm means listed by the server's last /api/ps.
@@ -114,8 +127,8 @@ impl Policy for NoChecks {
         Ok(())
     }
 
-    fn warm(&self, route: &Route) -> bool {
-        route.server.inventory().loaded_names.contains(&canonical_model(&route.actual_model))
+    fn warm(&self, route: &Route, num_ctx: Option<u32>) -> bool {
+        route.server.inventory().warm_for(&route.actual_model, num_ctx)
     }
 }
 
@@ -217,7 +230,7 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
         let mut open: Vec<usize> = in_tier.iter().copied().filter(|&i| !mr.routes[i].server.at_capacity()).collect();
         busy |= open.len() < in_tier.len();
         if strategy == Strategy::WarmFirst {
-            let warm: Vec<usize> = in_tier.iter().copied().filter(|&i| policy.warm(&mr.routes[i])).collect();
+            let warm: Vec<usize> = in_tier.iter().copied().filter(|&i| policy.warm(&mr.routes[i], req.num_ctx)).collect();
             let warm_open: Vec<usize> = open.iter().copied().filter(|i| warm.contains(i)).collect();
             let warm_capacity: usize = warm.iter().map(|&i| mr.routes[i].server.max_concurrency).sum();
             if !warm_open.is_empty() {
@@ -229,8 +242,13 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
         }
         // A slot can be taken by another request between the check and the pick, and the
         // resource check can refuse the pick: drop that route and pick again.
+        let by_affinity = req.affinity.map(|(key, factor)| crate::affinity::order(mr, &in_tier, key, factor));
         while !open.is_empty() {
-            let i = pick(mr, strategy, &open);
+            let i = match &by_affinity {
+                // The conversation's server first, then the next on its ring, among those still open.
+                Some(order) => order.iter().copied().find(|i| open.contains(i)).unwrap_or_else(|| pick(mr, strategy, &open)),
+                None => pick(mr, strategy, &open),
+            };
             open.retain(|&j| j != i);
             let route = &mr.routes[i];
             let Some(slot) = route.server.try_acquire(&route.actual_model) else {
@@ -309,8 +327,8 @@ fn explain_among<P: Policy>(
                 candidates.push(i);
             }
         }
-        if strategy == Strategy::WarmFirst && candidates.iter().any(|&i| policy.warm(&mr.routes[i])) {
-            for &i in candidates.iter().filter(|&&i| !policy.warm(&mr.routes[i])) {
+        if strategy == Strategy::WarmFirst && candidates.iter().any(|&i| policy.warm(&mr.routes[i], req.num_ctx)) {
+            for &i in candidates.iter().filter(|&&i| !policy.warm(&mr.routes[i], req.num_ctx)) {
                 verdicts[i] = Some("cold: warm_first uses the servers with the model loaded".into());
             }
         }
@@ -373,7 +391,7 @@ mod tests {
       - { virtual_model_name: m, server_url: 'http://c:1', actual_model_name: 'm:3b', weight: 1, priority: 2 }\n";
 
     fn pick_server(f: &Fleet, tried: &[Arc<Server>]) -> Option<String> {
-        let req = Request { model: "m", native_api: true, tried, waiting: 0, panic_mode: false };
+        let req = Request { tried, ..Request::plain("m", true) };
         match select(f, Strategy::Weighted, &req, &NoChecks) {
             Selection::Chosen(r, _slot, _) => Some(r.server.url.as_str().to_string()),
             _ => None,
@@ -412,7 +430,7 @@ mod tests {
         let tried = vec![f.servers[0].clone()];
         assert_eq!(pick_server(&f, &tried).as_deref(), Some("http://c:1"));
         let tried = vec![f.servers[0].clone(), f.servers[2].clone()];
-        let req = Request { model: "m", native_api: true, tried: &tried, waiting: 0, panic_mode: false };
+        let req = Request { tried: &tried, ..Request::plain("m", true) };
         match select(&f, Strategy::Weighted, &req, &NoChecks) {
             Selection::Unavailable(why) => {
                 assert!(why.contains("http://a:1 already tried"), "{why}");
@@ -429,7 +447,7 @@ mod tests {
             f.servers[i].record_failure("503");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        let req = Request::plain("m", true);
         assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::Unavailable(_)));
         let panic = Request { panic_mode: true, ..req };
         for _ in 0..3 {
@@ -459,7 +477,7 @@ mod tests {
             }
         }
 
-        fn warm(&self, _: &Route) -> bool {
+        fn warm(&self, _: &Route, _: Option<u32>) -> bool {
             false
         }
     }
@@ -467,7 +485,7 @@ mod tests {
     #[test]
     fn explain_is_the_selection_without_taking_anything() {
         let f = fleet(TWO_TIERS);
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: true };
+        let req = Request { panic_mode: true, ..Request::plain("m", true) };
         let verdict = |e: &Explanation, url: &str| {
             e.verdicts.iter().find(|(r, _)| r.server.url.as_str() == url).unwrap().1.clone()
         };
@@ -503,7 +521,7 @@ mod tests {
              - { virtual_model_name: m, server_url: 'http://a:1', priority: 1 }\n\
              - { virtual_model_name: m, server_url: 'http://b:1', priority: 2 }\n",
         );
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        let req = Request::plain("m", true);
         let Selection::Chosen(first, _s1, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
         let Selection::Chosen(second, _s2, _) = select(&f, Strategy::Weighted, &req, &NoChecks) else { panic!() };
         assert_eq!(first.server.url.as_str(), "http://a:1");
@@ -514,7 +532,7 @@ mod tests {
     #[test]
     fn unknown_and_discovered_models() {
         let f = fleet("servers: [ 'http://a:1', 'http://b:1' ]\n");
-        let req = Request { model: "llama3", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        let req = Request::plain("llama3", true);
         assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::UnknownModel));
         for s in &f.servers {
             let mut inv = crate::ollama::Inventory::default();
@@ -537,9 +555,9 @@ mod tests {
             "servers: [ { url: 'http://o:1', kind: openai } ]\nroutes:\n\
              - { virtual_model_name: m, server_url: 'http://o:1' }\n",
         );
-        let native = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        let native = Request::plain("m", true);
         assert!(matches!(select(&f, Strategy::Weighted, &native, &NoChecks), Selection::Unavailable(_)));
-        let v1 = Request { model: "m", native_api: false, tried: &[], waiting: 0, panic_mode: false };
+        let v1 = Request::plain("m", false);
         assert!(matches!(select(&f, Strategy::Weighted, &v1, &NoChecks), Selection::Chosen(..)));
     }
 
@@ -553,7 +571,7 @@ mod tests {
         let mut inv = crate::ollama::Inventory::default();
         inv.loaded_names.insert("m:7b".into());
         f.servers[1].set_inventory(inv);
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        let req = Request::plain("m", true);
         for _ in 0..10 {
             let Selection::Chosen(r, _, _) = select(&f, Strategy::WarmFirst, &req, &NoChecks) else { panic!() };
             assert_eq!(r.server.url.as_str(), "http://b:1");

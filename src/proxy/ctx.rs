@@ -75,6 +75,8 @@ pub struct Chosen {
 /// The state of a model-routed request across its attempts.
 pub struct Routed {
     pub body: RoutableBody,
+    /// The conversation it continues (affinity.rs), when affinity applies.
+    pub affinity: Option<u64>,
     /// Ollama's native /api (openai-kind servers cannot serve it).
     pub native: bool,
     /// The fleet snapshot the request started with, used to its end.
@@ -120,6 +122,7 @@ pub struct Relay {
 impl Routed {
     pub fn new(body: RoutableBody, native: bool, fleet: Arc<Fleet>) -> Routed {
         Routed {
+            affinity: None,
             body,
             native,
             fleet,

@@ -222,14 +222,14 @@ impl Drover {
             self.error(session, ctx, e).await;
             return true;
         }
-        let fleet = self.fleet.load_full();
+        let mut routed = Routed::new(body, native, self.fleet.load_full());
+        routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         let first = {
-            let req = self.scheduler.request(&body.model, native, &[]);
-            self.scheduler.acquire(session, &fleet, &req, false).await
+            let req = self.scheduler.request(&routed);
+            self.scheduler.acquire(session, &routed.fleet, &req, false).await
         };
         match first {
             Ok(chosen) => {
-                let mut routed = Routed::new(body, native, fleet);
                 routed.next = Some(chosen);
                 ctx.routed = Some(Box::new(routed));
                 false

@@ -29,7 +29,7 @@ impl Drover {
         }
         if status < 400 {
             // It answered, so the model is loaded there now, whatever /api/ps said last.
-            route.server.mark_loaded(&route.actual_model);
+            route.server.mark_loaded(&route.actual_model, r.body.num_ctx);
         }
         resp.insert_header("x-drover-server", route.server.url.as_str())?;
         resp.insert_header("x-drover-attempts", ctx.attempts.to_string())?;

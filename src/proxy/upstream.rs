@@ -77,7 +77,7 @@ impl Drover {
             return Err(self.exhausted(r, attempts));
         }
         let picked = {
-            let req = self.scheduler.request(&r.body.model, r.native, &r.tried);
+            let req = self.scheduler.request(r);
             self.scheduler.acquire(session.as_mut(), &r.fleet, &req, true).await
         };
         match picked {
@@ -228,7 +228,7 @@ impl Drover {
             return Ok(());
         }
         let picked = {
-            let req = self.scheduler.request(&r.body.model, r.native, &r.tried);
+            let req = self.scheduler.request(r);
             self.scheduler.acquire(session.as_mut(), &r.fleet, &req, true).await
         };
         match picked {

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use pingora::protocols::http::ServerSession;
 
-use super::ctx::Chosen;
+use super::ctx::{Chosen, Routed};
 use crate::api::ApiError;
-use crate::config::{Settings, Strategy};
+use crate::body::RoutableBody;
+use crate::config::{Affinity, AffinityMode, Settings, Strategy};
 use crate::fleet::Fleet;
 use crate::queue::Queue;
 use crate::resources::ResourceCheck;
@@ -31,6 +32,8 @@ pub struct Scheduler {
     model_strategies: HashMap<String, Strategy>,
     panic_mode: bool,
     cooldown: Duration,
+    match_num_ctx: bool,
+    affinity: Affinity,
 }
 
 impl Scheduler {
@@ -43,6 +46,8 @@ impl Scheduler {
             model_strategies: lb.model_strategies.clone(),
             panic_mode: lb.panic_mode,
             cooldown: lb.cooldown,
+            match_num_ctx: lb.match_num_ctx,
+            affinity: settings.affinity.clone(),
         }
     }
 
@@ -55,9 +60,30 @@ impl Scheduler {
         self.model_strategies.get(model).copied().unwrap_or(self.strategy)
     }
 
-    /// A request for `model` as selection sees it.
-    pub fn request<'a>(&self, model: &'a str, native_api: bool, tried: &'a [Arc<crate::fleet::Server>]) -> Request<'a> {
-        Request { model, native_api, tried, waiting: 0, panic_mode: self.panic_mode }
+    /// A routed request as selection sees it.
+    pub fn request<'a>(&self, r: &'a Routed) -> Request<'a> {
+        Request {
+            model: &r.body.model,
+            native_api: r.native,
+            tried: &r.tried,
+            waiting: 0,
+            panic_mode: self.panic_mode,
+            num_ctx: r.body.num_ctx.filter(|_| self.match_num_ctx),
+            affinity: r.affinity.map(|key| (key, self.affinity.load_factor)),
+        }
+    }
+
+    /// The conversation a request belongs to (affinity.rs): its session header, else, in
+    /// prefix mode, the hash of its opening; `None` with affinity off.
+    pub fn conversation(&self, headers: &http::HeaderMap, body: &RoutableBody) -> Option<u64> {
+        match self.affinity.mode {
+            AffinityMode::Off => None,
+            mode => match headers.get(&self.affinity.header) {
+                Some(v) if !v.is_empty() => Some(crate::affinity::header_key(&body.model, v.as_bytes())),
+                _ if mode == AffinityMode::Prefix => body.conversation_key(),
+                _ => None,
+            },
+        }
     }
 
     /// Takes a slot on the best eligible route, waiting in the queue while all are busy.
