@@ -34,7 +34,7 @@ fn selection(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
     for n in [1, 10, 100, 1000] {
         let fleet = fleet_with_routes(n);
-        let req = Request { model: "m", native_api: true, tried: &[], waiting: 0, panic_mode: false };
+        let req = Request::plain("m", true);
         group.bench_with_input(BenchmarkId::new("weighted", n), &n, |b, _| {
             b.iter(|| match select(black_box(&fleet), Strategy::Weighted, &req, &NoChecks) {
                 Selection::Chosen(route, slot, _) => {

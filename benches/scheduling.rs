@@ -94,13 +94,12 @@ async fn run(c: &Contestant, work: &[(Duration, usize)]) -> Outcome {
     for i in 0..SERVERS {
         sims.push(
             SimServer::start(SimConfig {
-                name: format!("s{i}"),
-                capacity_bytes: CAPACITY_GB * GB,
-                models: MODELS.iter().map(|(m, gb, _)| (format!("{m}:1b"), gb * GB)).collect(),
-                load_time_per_gb: Duration::from_millis(100),
                 token_delay: Duration::from_millis(10),
-                num_parallel: 4,
-                keep_alive: Duration::from_secs(300),
+                ..SimConfig::new(
+                    &format!("s{i}"),
+                    CAPACITY_GB * GB,
+                    MODELS.iter().map(|(m, gb, _)| (format!("{m}:1b"), gb * GB)).collect(),
+                )
             })
             .await,
         );
@@ -218,4 +217,161 @@ async fn main() {
         );
     }
     println!("\nLatency percentiles count completed requests only; round robin's failed requests are not in them.");
+    let smoke = !args.iter().any(|a| a == "--bench");
+    conversations(if smoke { (3, 3) } else { (9, 6) }).await;
+    contexts(if smoke { 8 } else { 48 }).await;
+}
+
+/// Multi-turn conversations on a fleet where the model is loaded everywhere: the cost is
+/// prompt processing, which a server's KV cache saves for the conversation it served last.
+async fn conversations((count, turns): (usize, usize)) {
+    println!(
+        "\nConversation affinity: 3 servers, one model loaded on each, prompt processing 0.2 ms/token \
+         ({} tokens per message), KV cache of 4 conversations per server; {count} conversations of {turns} turns \
+         at once, each turn sent when the last one ended, streamed; time to first token of turns 2 and later.\n",
+        support::sim::TOKENS_PER_MESSAGE
+    );
+    println!("| routing | turns | TTFT p50 ms | TTFT p95 ms | KV cache hits | prompt tokens processed | TTFT p50 vs no affinity | prompt tokens vs no affinity |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut reference: Option<(Duration, usize)> = None;
+    for (name, affinity, header) in [
+        ("weighted, no affinity", "off", false),
+        ("affinity: prefix", "prefix", false),
+        ("affinity: header", "header", true),
+    ] {
+        let mut sims = Vec::new();
+        for i in 0..3 {
+            sims.push(
+                SimServer::start(SimConfig {
+                    prompt_token_time: Duration::from_micros(200),
+                    token_delay: Duration::from_millis(10),
+                    ..SimConfig::new(&format!("s{i}"), 24 * GB, vec![("m:1b".into(), 2 * GB)])
+                })
+                .await,
+            );
+        }
+        let routes: String = sims
+            .iter()
+            .map(|s| {
+                format!("  - {{ virtual_model_name: m, server_url: \"{}\", actual_model_name: \"m:1b\" }}\n", s.url)
+            })
+            .collect();
+        let d = Drover::start(&format!(
+            "load_balancer: {{ health_check_interval: 500ms }}\naffinity: {{ mode: {affinity} }}\nroutes:\n{routes}"
+        ))
+        .await;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let url = format!("{}/api/chat", d.url);
+        let tasks: Vec<_> = (0..count)
+            .map(|c| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut ttft = Vec::new();
+                    let mut messages = vec![json!({ "role": "system", "content": "be brief" })];
+                    for t in 1..=turns {
+                        messages.push(json!({ "role": "user", "content": format!("conversation {c} question {t}") }));
+                        let body = json!({ "model": "m", "messages": messages, "stream": true, "options": { "num_predict": 4 } });
+                        let mut req = client.post(&url).json(&body);
+                        if header {
+                            req = req.header("X-Session-Id", format!("session-{c}"));
+                        }
+                        let sent = Instant::now();
+                        let mut r = req.send().await.unwrap();
+                        let _first = r.chunk().await.unwrap();
+                        if t > 1 {
+                            ttft.push(sent.elapsed());
+                        }
+                        while r.chunk().await.unwrap().is_some() {}
+                        messages.push(json!({ "role": "assistant", "content": format!("answer {t}") }));
+                    }
+                    ttft
+                })
+            })
+            .collect();
+        let mut ttft = Vec::new();
+        for t in tasks {
+            ttft.extend(t.await.unwrap());
+        }
+        ttft.sort();
+        let pct = |p: f64| ttft[((ttft.len() as f64 * p) as usize).min(ttft.len() - 1)];
+        let sum = |f: fn(&support::sim::SimStats) -> usize| sims.iter().map(|s| f(s.stats())).sum::<usize>();
+        let hits = sum(|s| s.kv_hits.load(std::sync::atomic::Ordering::SeqCst));
+        let tokens = sum(|s| s.prompt_tokens.load(std::sync::atomic::Ordering::SeqCst));
+        let (p50, p95) = (pct(0.5), pct(0.95));
+        let base = *reference.get_or_insert((p50, tokens));
+        println!(
+            "| {name} | {} | {} | {} | {hits} | {tokens} | {:.2}x | {:.2}x |",
+            count * turns,
+            p50.as_millis(),
+            p95.as_millis(),
+            p50.as_secs_f64() / base.0.as_secs_f64(),
+            tokens as f64 / base.1 as f64
+        );
+    }
+}
+
+/// Two groups of clients asking one model with different num_ctx, interleaved, on two
+/// servers with warm_first: judged by name alone, each group's request reloads the model
+/// the other group loaded.
+async fn contexts(requests: usize) {
+    println!(
+        "\nnum_ctx-aware routing: 2 servers, warm_first, one 4 GB model (load 100 ms/GB), {requests} requests \
+         alternating num_ctx 8192 and 2048, 4 at a time.\n"
+    );
+    println!("| warm means | reloads for another num_ctx | cold loads | p50 ms | p95 ms | reloads vs by name |");
+    println!("|---|---|---|---|---|---|");
+    let mut reference = None;
+    for (name, matching) in [("the model is loaded (by name)", false), ("loaded at the asked num_ctx", true)] {
+        let mut sims = Vec::new();
+        for i in 0..2 {
+            sims.push(SimServer::start(SimConfig::new(&format!("s{i}"), 24 * GB, vec![("m:1b".into(), 4 * GB)])).await);
+        }
+        let routes: String = sims
+            .iter()
+            .map(|s| {
+                format!(
+                    "  - {{ virtual_model_name: m, server_url: \"{0}\", probe_url: \"{0}\", actual_model_name: \"m:1b\", performance: 4 }}\n",
+                    s.url
+                )
+            })
+            .collect();
+        let d = Drover::start(&format!(
+            "load_balancer: {{ strategy: warm_first, match_num_ctx: {matching}, health_check_interval: 500ms, queue_timeout: 60s }}\nroutes:\n{routes}"
+        ))
+        .await;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let url = format!("{}/api/chat", d.url);
+        let mut latencies = Vec::new();
+        for wave in 0..requests / 4 {
+            let tasks: Vec<_> = (0..4)
+                .map(|i| {
+                    let (client, url) = (client.clone(), url.clone());
+                    let ctx = if (wave * 4 + i) % 2 == 0 { 8192 } else { 2048 };
+                    tokio::spawn(async move {
+                        let body = json!({ "model": "m", "stream": false, "options": { "num_ctx": ctx, "num_predict": 4 },
+                                           "messages": [{ "role": "user", "content": "hi" }] });
+                        let sent = Instant::now();
+                        let ok = client.post(url).json(&body).send().await.is_ok_and(|r| r.status().is_success());
+                        assert!(ok);
+                        sent.elapsed()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                latencies.push(t.await.unwrap());
+            }
+        }
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        let sum = |f: fn(&support::sim::SimStats) -> usize| sims.iter().map(|s| f(s.stats())).sum::<usize>();
+        let reloads = sum(|s| s.ctx_reloads.load(std::sync::atomic::Ordering::SeqCst));
+        let cold = sum(|s| s.cold_loads.load(std::sync::atomic::Ordering::SeqCst));
+        let base = *reference.get_or_insert(reloads);
+        println!(
+            "| {name} | {reloads} | {cold} | {} | {} | {} |",
+            pct(0.5).as_millis(),
+            pct(0.95).as_millis(),
+            if reloads == 0 { format!("{base} -> 0") } else { format!("{:.2}x", reloads as f64 / base.max(1) as f64) }
+        );
+    }
 }

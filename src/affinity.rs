@@ -66,7 +66,9 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                format!("  - {{ virtual_model_name: m, server_url: 'http://s{i}:1', actual_model_name: m, weight: {w} }}\n")
+                format!(
+                    "  - {{ virtual_model_name: m, server_url: 'http://s{i}:1', actual_model_name: m, weight: {w} }}\n"
+                )
             })
             .collect();
         let settings = Settings::parse(&format!("routes:\n{routes}"), None, &Env::default()).unwrap();

@@ -154,9 +154,9 @@ impl RoutableBody {
             part.get().hash(&mut h);
             any = true;
         }
-        let messages = o.messages.or_else(|| {
-            o.input.filter(|i| i.get().starts_with('[')).and_then(|i| serde_json::from_str(i.get()).ok())
-        });
+        let messages = o
+            .messages
+            .or_else(|| o.input.filter(|i| i.get().starts_with('[')).and_then(|i| serde_json::from_str(i.get()).ok()));
         if let Some(messages) = messages {
             for m in messages {
                 m.get().hash(&mut h);
@@ -482,5 +482,42 @@ mod tests {
         let out = b.rewritten("actual:7b");
         assert_eq!(out.len(), text.len() + "actual:7b".len() - 1);
         assert!(out.ends_with(format!("{filler}\"}}").as_bytes()));
+    }
+
+    #[test]
+    fn num_ctx_is_read_from_options() {
+        assert_eq!(parse(r#"{"model":"m","options":{"temperature":0,"num_ctx":8192}}"#).unwrap().num_ctx, Some(8192));
+        assert_eq!(parse(r#"{"model":"m","options":{"num_ctx":"big"}}"#).unwrap().num_ctx, None);
+        assert_eq!(parse(r#"{"model":"m"}"#).unwrap().num_ctx, None);
+        let deep = format!(r#"{{"model":"m","options":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(matches!(parse(&deep), Err(BodyError::TooDeep)), "options are depth-checked too");
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_key_from_turn_to_turn() {
+        let key = |s: &str| parse(s).unwrap().conversation_key();
+        let sys = r#"{"role":"system","content":"be brief"}"#;
+        let u1 = r#"{"role":"user","content":"hi"}"#;
+        let a1 = r#"{"role":"assistant","content":"hello"}"#;
+        let u2 = r#"{"role":"user","content":"more"}"#;
+        let turn1 = key(&format!(r#"{{"model":"m","messages":[{sys},{u1}]}}"#));
+        let turn2 = key(&format!(r#"{{"model":"m","messages":[{sys},{u1},{a1},{u2}],"stream":true}}"#));
+        assert!(turn1.is_some());
+        assert_eq!(turn1, turn2);
+        // Without a system prompt too.
+        assert_eq!(
+            key(&format!(r#"{{"model":"m","messages":[{u1}]}}"#)),
+            key(&format!(r#"{{"model":"m","messages":[{u1},{a1},{u2}]}}"#))
+        );
+        // Another opening, another model: another conversation.
+        assert_ne!(turn1, key(&format!(r#"{{"model":"m","messages":[{sys},{u2}]}}"#)));
+        assert_ne!(turn1, key(&format!(r#"{{"model":"n","messages":[{sys},{u1}]}}"#)));
+        // A prompt's opening; nothing to go by in an embedding of numbers.
+        let long = "x".repeat(600);
+        assert_eq!(
+            key(&format!(r#"{{"model":"m","prompt":"{long}"}}"#)),
+            key(&format!(r#"{{"model":"m","prompt":"{long} and more"}}"#))
+        );
+        assert_eq!(key(r#"{"model":"m","keep_alive":0}"#), None);
     }
 }

@@ -7,9 +7,9 @@
 
 pub mod accesslog;
 pub mod admin;
-pub mod affinity;
 pub mod admin_keys;
 pub mod admin_models;
+pub mod affinity;
 pub mod api;
 pub mod backends;
 pub mod body;

@@ -181,4 +181,19 @@ mod tests {
         let names = names_of(&tags);
         assert!(names.contains("llama3:latest") && names.contains("qwen3:latest"));
     }
+
+    #[test]
+    fn warm_for_a_context_size() {
+        let loaded = vec![json!({ "name": "m:7b", "context_length": 8192 }), json!({ "name": "n:1b" })];
+        let inv = Inventory {
+            loaded_names: names_of(&loaded),
+            loaded_ctx: contexts_of(&loaded),
+            loaded,
+            ..Default::default()
+        };
+        assert!(inv.warm_for("m:7b", Some(8192)) && inv.warm_for("m:7b", None));
+        assert!(!inv.warm_for("m:7b", Some(2048)), "Ollama would reload it");
+        assert!(inv.warm_for("n:1b", Some(2048)), "unknown context: counted warm");
+        assert!(!inv.warm_for("o", None));
+    }
 }

@@ -230,7 +230,8 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
         let mut open: Vec<usize> = in_tier.iter().copied().filter(|&i| !mr.routes[i].server.at_capacity()).collect();
         busy |= open.len() < in_tier.len();
         if strategy == Strategy::WarmFirst {
-            let warm: Vec<usize> = in_tier.iter().copied().filter(|&i| policy.warm(&mr.routes[i], req.num_ctx)).collect();
+            let warm: Vec<usize> =
+                in_tier.iter().copied().filter(|&i| policy.warm(&mr.routes[i], req.num_ctx)).collect();
             let warm_open: Vec<usize> = open.iter().copied().filter(|i| warm.contains(i)).collect();
             let warm_capacity: usize = warm.iter().map(|&i| mr.routes[i].server.max_concurrency).sum();
             if !warm_open.is_empty() {
@@ -238,6 +239,13 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
             } else if !warm.is_empty() && req.waiting < warm_capacity {
                 // Waiting for a warm server beats loading the model again elsewhere.
                 return Selection::AllBusy { memory: None };
+            } else if req.num_ctx.is_some() {
+                // A load where the model is not running at another context size does not
+                // take it away from the requests using that size.
+                let clash = |i: &usize| policy.warm(&mr.routes[*i], None);
+                if open.iter().any(|i| !clash(i)) {
+                    open.retain(|i| !clash(i));
+                }
             }
         }
         // A slot can be taken by another request between the check and the pick, and the
@@ -246,7 +254,9 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
         while !open.is_empty() {
             let i = match &by_affinity {
                 // The conversation's server first, then the next on its ring, among those still open.
-                Some(order) => order.iter().copied().find(|i| open.contains(i)).unwrap_or_else(|| pick(mr, strategy, &open)),
+                Some(order) => {
+                    order.iter().copied().find(|i| open.contains(i)).unwrap_or_else(|| pick(mr, strategy, &open))
+                }
                 None => pick(mr, strategy, &open),
             };
             open.retain(|&j| j != i);

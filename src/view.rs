@@ -224,6 +224,7 @@ mod tests {
                 names: models.iter().map(|m| m.to_string()).collect(),
                 loaded_names: HashSet::from(["qwen3:14b".to_string()]),
                 loaded: vec![json!({"name": "qwen3:14b", "model": "qwen3:14b", "size_vram": 9})],
+                loaded_ctx: Default::default(),
                 tags,
                 version: Some(ver.into()),
             });

@@ -13,13 +13,8 @@ use support::{chat, free_port, http, Drover, FAST};
 
 fn sim(name: &str, capacity_gb: u64, models: &[(&str, u64)], load_ms_per_gb: u64) -> SimConfig {
     SimConfig {
-        name: name.into(),
-        capacity_bytes: capacity_gb * GB,
-        models: models.iter().map(|(m, gb)| (m.to_string(), gb * GB)).collect(),
         load_time_per_gb: Duration::from_millis(load_ms_per_gb),
-        token_delay: Duration::from_millis(5),
-        num_parallel: 4,
-        keep_alive: Duration::from_secs(300),
+        ..SimConfig::new(name, capacity_gb * GB, models.iter().map(|(m, gb)| (m.to_string(), gb * GB)).collect())
     }
 }
 
@@ -248,4 +243,106 @@ async fn a_full_wait_ends_in_503_with_retry_after() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "queue_timeout");
     assert_eq!(first.await.unwrap(), 200);
+}
+
+/// One conversation's turn `n` (1-based): the history so far and a new question.
+fn turn(model: &str, conversation: usize, n: usize) -> Value {
+    let mut messages = vec![json!({ "role": "system", "content": "be brief" })];
+    for t in 1..=n {
+        messages.push(json!({ "role": "user", "content": format!("conversation {conversation}, question {t}") }));
+        if t < n {
+            messages.push(json!({ "role": "assistant", "content": format!("answer {t}") }));
+        }
+    }
+    json!({ "model": model, "stream": false, "messages": messages, "options": { "num_predict": 2 } })
+}
+
+#[tokio::test]
+async fn the_turns_of_a_conversation_go_back_to_its_server() {
+    let sims = [
+        SimServer::start(sim("a", 20, &[("m:1b", 2)], 10)).await,
+        SimServer::start(sim("b", 20, &[("m:1b", 2)], 10)).await,
+        SimServer::start(sim("c", 20, &[("m:1b", 2)], 10)).await,
+    ];
+    let routes: String = sims.iter().map(|s| probed_route("m", s, "m:1b", 2.0, "")).collect();
+    let d = Drover::start(&format!("{FAST}affinity: {{ mode: prefix }}\nroutes:\n{routes}")).await;
+    // Six conversations of four turns, one turn at a time: each sticks to one server, and
+    // every turn after the first finds its history in that server's KV cache.
+    let mut servers_of: Vec<std::collections::HashSet<String>> = vec![Default::default(); 6];
+    for n in 1..=4 {
+        for (c, seen) in servers_of.iter_mut().enumerate() {
+            let r = http().post(format!("{}/api/chat", d.url)).json(&turn("m", c, n)).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            seen.insert(support::header(&r, "x-drover-server"));
+        }
+    }
+    assert!(servers_of.iter().all(|s| s.len() == 1), "{servers_of:?}");
+    let used: std::collections::HashSet<&String> = servers_of.iter().flatten().collect();
+    assert!(used.len() >= 2, "conversations spread over the tier: {used:?}");
+    let hits: usize = sims.iter().map(|s| s.stats().kv_hits.load(Ordering::SeqCst)).sum();
+    assert_eq!(hits, 6 * 3, "every later turn reused its cache");
+
+    // A session header wins over the body: different openings, one server.
+    let mut seen = std::collections::HashSet::new();
+    for c in 10..16 {
+        let r = http()
+            .post(format!("{}/api/chat", d.url))
+            .header("X-Session-Id", "user-42")
+            .json(&turn("m", c, 1))
+            .send()
+            .await
+            .unwrap();
+        seen.insert(support::header(&r, "x-drover-server"));
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+
+    // Affinity never beats health: with its server down, a conversation moves, and stays.
+    let home = servers_of[0].iter().next().unwrap().clone();
+    let sim_home = sims.iter().find(|s| s.url == home).unwrap();
+    let (status, _) = admin_drain(&d, &sim_home.url, true).await;
+    assert_eq!(status, 200);
+    let mut moved = std::collections::HashSet::new();
+    for n in 5..=7 {
+        let r = http().post(format!("{}/api/chat", d.url)).json(&turn("m", 0, n)).send().await.unwrap();
+        moved.insert(support::header(&r, "x-drover-server"));
+    }
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(!moved.contains(&home));
+}
+
+async fn admin_drain(d: &Drover, server: &str, drained: bool) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}/admin/drain", d.url))
+        .json(&json!({ "server_url": server, "drained": drained }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Two client groups asking one model at two context sizes, alternately, on two servers.
+async fn alternate_contexts(match_num_ctx: bool) -> usize {
+    let a = SimServer::start(sim("a", 20, &[("m:1b", 2)], 20)).await;
+    let b = SimServer::start(sim("b", 20, &[("m:1b", 2)], 20)).await;
+    let d = Drover::start(&format!(
+        "{FAST}  strategy: warm_first\n  match_num_ctx: {match_num_ctx}\nroutes:\n{}{}",
+        probed_route("m", &a, "m:1b", 2.0, ""),
+        probed_route("m", &b, "m:1b", 2.0, "")
+    ))
+    .await;
+    for i in 0..12 {
+        let ctx = if i % 2 == 0 { 8192 } else { 2048 };
+        let body = json!({ "model": "m", "stream": false, "options": { "num_ctx": ctx, "num_predict": 1 },
+                           "messages": [{ "role": "user", "content": "hi" }] });
+        let r = http().post(format!("{}/api/chat", d.url)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    [&a, &b].iter().map(|s| s.stats().ctx_reloads.load(Ordering::SeqCst)).sum()
+}
+
+#[tokio::test]
+async fn warm_first_keeps_each_context_size_on_its_own_server() {
+    assert_eq!(alternate_contexts(true).await, 0, "each size found its own server and stayed");
+    // The same traffic judged by model name alone: the model is reloaded again and again.
+    assert!(alternate_contexts(false).await >= 6);
 }

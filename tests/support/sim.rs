@@ -6,6 +6,15 @@
 //! (memory held by busy models) fails with a 500 as Ollama's does; OLLAMA_NUM_PARALLEL
 //! requests at once per model, the rest queue; a per-token delay. /api/ps tells the truth
 //! and GET /resources answers in `drover probe`'s format with the simulated free memory.
+//!
+//! Prompt processing: each message of a chat is `TOKENS_PER_MESSAGE` prompt tokens, each
+//! costing `prompt_token_time` unless the model's KV cache here still holds the
+//! conversation (keyed by its messages up to the first user message; one cached conversation per parallel slot,
+//! least recently used dropped), in which case only the new messages are processed.
+//! Context size: a model runs at the request's `options.num_ctx` (else `default_ctx`); a
+//! request for another size waits for the model to go idle and reloads it, as Ollama does
+//! (`ctx_reloads`). With `"stream": true` the answer is NDJSON, the first line sent when
+//! the first token is ready, so a client can time its first token.
 
 #![allow(dead_code)]
 
@@ -37,6 +46,30 @@ pub struct SimConfig {
     pub token_delay: Duration,
     pub num_parallel: usize,
     pub keep_alive: Duration,
+    /// Prompt processing per token not in the KV cache (zero: prompts are free).
+    pub prompt_token_time: Duration,
+    /// The context size of a request without options.num_ctx.
+    pub default_ctx: u32,
+}
+
+/// Prompt tokens per chat message.
+pub const TOKENS_PER_MESSAGE: usize = 100;
+
+impl SimConfig {
+    /// A server with free prompts and the usual defaults beside what a test sets.
+    pub fn new(name: &str, capacity_bytes: u64, models: Vec<(String, u64)>) -> SimConfig {
+        SimConfig {
+            name: name.into(),
+            capacity_bytes,
+            models,
+            load_time_per_gb: Duration::from_millis(100),
+            token_delay: Duration::from_millis(5),
+            num_parallel: 4,
+            keep_alive: Duration::from_secs(300),
+            prompt_token_time: Duration::ZERO,
+            default_ctx: 4096,
+        }
+    }
 }
 
 struct Loaded {
@@ -46,6 +79,9 @@ struct Loaded {
     /// False while loading; flips to true when the load is done.
     ready: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
+    ctx: u32,
+    /// Conversations whose prompt the KV cache holds: (opening, tokens), most recent last.
+    kv: Vec<(u64, usize)>,
 }
 
 #[derive(Default)]
@@ -58,6 +94,12 @@ pub struct SimStats {
     pub probes: AtomicUsize,
     /// Largest memory ever held by loaded (or loading) models.
     pub peak_bytes: AtomicUsize,
+    /// Loads of a model already loaded at another context size.
+    pub ctx_reloads: AtomicUsize,
+    /// Requests whose conversation was in the KV cache.
+    pub kv_hits: AtomicUsize,
+    /// Prompt tokens processed (not served from the KV cache).
+    pub prompt_tokens: AtomicUsize,
 }
 
 struct Sim {
@@ -129,9 +171,25 @@ impl Sim {
         loaded.values().map(|l| l.size).sum()
     }
 
-    /// Makes `model` loaded and takes a request on it; Err when it cannot fit.
-    /// Returns the load time spent by this request, if it loaded the model.
-    async fn begin(&self, model: &str, size: u64) -> Result<(Arc<Semaphore>, Option<Duration>), String> {
+    /// Makes `model` loaded at context size `ctx` and takes a request on it; Err when it
+    /// cannot fit. Returns the load time spent by this request, if it loaded the model.
+    async fn begin(&self, model: &str, size: u64, ctx: u32) -> Result<(Arc<Semaphore>, Option<Duration>), String> {
+        // Another context size: wait for the model to go idle, then unload it for a reload.
+        loop {
+            {
+                let mut loaded = self.loaded.lock().unwrap();
+                match loaded.get(model) {
+                    Some(l) if l.ctx != ctx && l.active == 0 && *l.ready.borrow() => {
+                        loaded.remove(model);
+                        self.stats.ctx_reloads.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Some(l) if l.ctx != ctx => {}
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let (mut ready, slots, loader) = {
             let mut loaded = self.loaded.lock().unwrap();
             self.expire(&mut loaded);
@@ -166,7 +224,15 @@ impl Sim {
                 let slots = Arc::new(Semaphore::new(self.cfg.num_parallel));
                 loaded.insert(
                     model.to_string(),
-                    Loaded { size, active: 1, last_used: Instant::now(), ready: rx.clone(), slots: slots.clone() },
+                    Loaded {
+                        size,
+                        active: 1,
+                        last_used: Instant::now(),
+                        ready: rx.clone(),
+                        slots: slots.clone(),
+                        ctx,
+                        kv: Vec::new(),
+                    },
                 );
                 let used = Self::used(&loaded) as usize;
                 self.stats.peak_bytes.fetch_max(used, Ordering::Relaxed);
@@ -184,6 +250,26 @@ impl Sim {
             let _ = ready.wait_for(|r| *r).await;
         }
         Ok((slots, load_time))
+    }
+
+    /// Prompt tokens this request must process: all of them, less what the KV cache holds
+    /// of its conversation; the cache then holds the conversation up to its answer.
+    fn prefill(&self, model: &str, conversation: u64, prompt: usize, answer: usize) -> usize {
+        let mut loaded = self.loaded.lock().unwrap();
+        let Some(l) = loaded.get_mut(model) else { return prompt };
+        let cached = match l.kv.iter().position(|(c, _)| *c == conversation) {
+            Some(i) => {
+                self.stats.kv_hits.fetch_add(1, Ordering::Relaxed);
+                l.kv.remove(i).1.min(prompt)
+            }
+            None => 0,
+        };
+        l.kv.push((conversation, prompt + answer));
+        if l.kv.len() > self.cfg.num_parallel {
+            l.kv.remove(0);
+        }
+        self.stats.prompt_tokens.fetch_add(prompt - cached, Ordering::Relaxed);
+        prompt - cached
     }
 
     fn end(&self, model: &str) {
@@ -205,7 +291,7 @@ async fn ps(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
     let models: Vec<Value> = loaded
         .iter()
         .filter(|(_, l)| *l.ready.borrow())
-        .map(|(m, l)| json!({ "name": m, "model": m, "size": l.size, "size_vram": l.size }))
+        .map(|(m, l)| json!({ "name": m, "model": m, "size": l.size, "size_vram": l.size, "context_length": l.ctx }))
         .collect();
     axum::Json(json!({ "models": models }))
 }
@@ -239,18 +325,52 @@ async fn generate(State(sim): State<Arc<Sim>>, uri: Uri, body: Bytes) -> Respons
         return error(StatusCode::NOT_FOUND, &format!("model \"{model}\" not found, try pulling it first"));
     };
     let tokens = req["options"]["num_predict"].as_u64().or(req["max_tokens"].as_u64()).unwrap_or(8) as usize;
+    let ctx = req["options"]["num_ctx"].as_u64().map_or(sim.cfg.default_ctx, |c| c as u32);
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let conversation = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        // The opening up to the first question (a shared system prompt alone is no conversation).
+        let first_user = messages.iter().position(|m| m["role"] == "user").unwrap_or(0);
+        for m in messages.iter().take(first_user + 1) {
+            m.to_string().hash(&mut h);
+        }
+        h.finish()
+    };
     let started = Instant::now();
-    let (slots, load_time) = match sim.begin(&model, size).await {
+    let (slots, load_time) = match sim.begin(&model, size, ctx).await {
         Ok(x) => x,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     let permit = slots.acquire_owned().await.expect("semaphore stays open");
+    let to_process = sim.prefill(&model, conversation, messages.len().max(1) * TOKENS_PER_MESSAGE, tokens);
+    tokio::time::sleep(sim.cfg.prompt_token_time * to_process as u32).await;
+    let load_ns = load_time.map_or(0, |t| t.as_nanos() as u64);
+    if req["stream"] == json!(true) && !uri.path().starts_with("/v1/") {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        tokio::spawn(async move {
+            for _ in 0..tokens {
+                tokio::time::sleep(sim.cfg.token_delay).await;
+                let line = json!({ "model": model, "done": false, "message": { "role": "assistant", "content": "x" } });
+                let _ = tx.send(Ok(Bytes::from(format!("{line}\n")))).await;
+            }
+            drop(permit);
+            sim.end(&model);
+            let last = json!({ "model": model, "done": true, "message": { "role": "assistant", "content": "" },
+                               "total_duration": started.elapsed().as_nanos() as u64, "load_duration": load_ns, "eval_count": tokens });
+            let _ = tx.send(Ok(Bytes::from(format!("{last}\n")))).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        return Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
     for _ in 0..tokens {
         tokio::time::sleep(sim.cfg.token_delay).await;
     }
     drop(permit);
     sim.end(&model);
-    let load_ns = load_time.map_or(0, |t| t.as_nanos() as u64);
     let answer = if uri.path().starts_with("/v1/") {
         json!({ "object": "chat.completion", "model": model,
                 "choices": [{ "index": 0, "message": { "role": "assistant", "content": "x" }, "finish_reason": "stop" }],
