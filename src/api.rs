@@ -30,6 +30,13 @@ impl Api {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DashboardPart {
+    Page,
+    Script,
+    Data,
+}
+
 /// What drover does with a request, decided from method and path alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -53,6 +60,8 @@ pub enum Endpoint {
     Management,
     /// /admin/...: drover's admin API.
     Admin,
+    /// /dashboard (the page), /dashboard/app.js, /dashboard/data: the live fleet page.
+    Dashboard(DashboardPart),
     NotFound(Api),
     MethodNotAllowed(Api),
 }
@@ -81,6 +90,9 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         // The method (DELETE for /api/delete, POST for the rest) is checked where it is answered.
         "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => Endpoint::Management,
         p if p.starts_with("/admin/") => Endpoint::Admin,
+        "/dashboard" | "/dashboard/" => get(Endpoint::Dashboard(DashboardPart::Page)),
+        "/dashboard/app.js" => get(Endpoint::Dashboard(DashboardPart::Script)),
+        "/dashboard/data" => get(Endpoint::Dashboard(DashboardPart::Data)),
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
             get(Endpoint::Model(p["/v1/models/".len()..].to_string()))
         }

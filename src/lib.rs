@@ -16,6 +16,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod cors;
+pub mod dashboard;
 pub mod fleet;
 pub mod health;
 pub mod keys;

@@ -276,20 +276,28 @@ fn forward(out: &tokio::sync::mpsc::UnboundedSender<Progress>, url: &str, mut li
     let _ = out.send(Progress::Line(line));
 }
 
-/// What a successful call changed on the server, in drover's copy of its inventory.
+/// What a successful call changed on the server, in drover's copy of its inventory (names
+/// and /api/tags entries; the next health pass brings the full entries).
 fn apply(op: Op, server: &Server, body: &Value) {
     let name = |k: &str| body.get(k).and_then(Value::as_str).map(canonical_model);
+    let entry_name = |e: &Value| e.get("name").or_else(|| e.get("model")).and_then(Value::as_str).map(canonical_model);
     let mut inv = (*server.inventory()).clone();
-    match op {
-        Op::Pull | Op::Create => inv.names.extend(name("model")),
-        Op::Copy => inv.names.extend(name("destination")),
+    let added = match op {
+        Op::Pull | Op::Create => name("model"),
+        Op::Copy => name("destination"),
         Op::Delete => {
             if let Some(n) = name("model") {
                 inv.names.remove(&n);
                 inv.loaded_names.remove(&n);
+                inv.tags.retain(|e| entry_name(e).as_ref() != Some(&n));
             }
+            None
         }
         Op::Push => return,
+    };
+    if let Some(n) = added.filter(|n| !inv.names.contains(n)) {
+        inv.tags.push(json!({ "name": n, "model": n }));
+        inv.names.insert(n);
     }
     server.set_inventory(inv);
 }

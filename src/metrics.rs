@@ -113,6 +113,27 @@ pub static QUEUE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
 });
 
 /// Registers every metric at start, so each is exported (at zero) before its first event.
+/// Per model asked: requests answered and tokens reported (prompt and completion), since start.
+pub fn per_model() -> std::collections::BTreeMap<String, (u64, u64)> {
+    use prometheus::core::Collector;
+    let mut out: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let label = |m: &prometheus::proto::Metric| {
+        m.get_label().iter().find(|l| l.name() == "model").map(|l| l.value().to_string()).unwrap_or_default()
+    };
+    for family in REQUESTS.collect() {
+        for m in family.get_metric() {
+            out.entry(label(m)).or_default().0 += m.get_counter().value() as u64;
+        }
+    }
+    for family in TOKENS.collect() {
+        for m in family.get_metric() {
+            out.entry(label(m)).or_default().1 += m.get_counter().value() as u64;
+        }
+    }
+    out.remove("");
+    out
+}
+
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);

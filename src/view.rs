@@ -119,8 +119,8 @@ fn server_state(s: &Server) -> Value {
 
 /// GET /health: ok when every server is up and the store answers, degraded when some
 /// server is down or the store is unreachable (drover then serves its last good routes),
-/// down when no server is up.
-/// GET /health; `required` is the required models' report (an empty list when none are set).
+/// down when no server is up. `required` is the required models' report (an empty list when
+/// none are set).
 pub fn health(fleet: &Fleet, store: &StoreState, required: Value) -> (u16, Value) {
     let up = healthy(fleet).count();
     let status = if up == 0 {

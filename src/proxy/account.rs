@@ -17,6 +17,17 @@ impl Drover {
         let client = session.client_addr().map(|a| a.to_string());
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let u = &ctx.usage;
+        // For the dashboard: refusals drover wrote, and server errors it relayed.
+        let error = ctx
+            .error
+            .clone()
+            .or_else(|| (ctx.status >= 500).then(|| format!("the server answered HTTP {}", ctx.status)));
+        if let Some(error) = error.filter(|_| ctx.status >= 400 && !req.uri.path().starts_with("/dashboard")) {
+            self.recent_errors.push(serde_json::json!({
+                "time": time, "status": ctx.status, "model": ctx.model, "server": ctx.server,
+                "path": req.uri.path(), "error": error,
+            }));
+        }
         let line = Line::new()
             .str("time", Some(&time))
             .str("request_id", Some(&ctx.request_id))

@@ -11,9 +11,10 @@ use serde_json::Value;
 use super::ctx::Routed;
 use super::wait::{unknown_model, Refused};
 use super::{Drover, RequestCtx};
-use crate::api::{Api, ApiError, Endpoint};
+use crate::api::{Api, ApiError, DashboardPart, Endpoint};
 use crate::body::{drain, read_bounded, BodyError, RoutableBody};
 use crate::cors::Verdict;
+use crate::fleet::Fleet;
 use crate::manage::{Op, Progress};
 use crate::view;
 
@@ -65,6 +66,7 @@ impl Drover {
                 self.json(session, ctx, 200, &body).await
             }
             Endpoint::Admin => self.admin(session, ctx).await,
+            Endpoint::Dashboard(part) => self.dashboard(session, ctx, part, &fleet).await,
             Endpoint::Management => self.manage(session, ctx).await,
             Endpoint::NotFound(api) => {
                 ctx.api = api;
@@ -81,10 +83,17 @@ impl Drover {
     }
 
     /// The admin API's auth (token, or loopback without one); answers the refusal itself.
+    /// The dashboard's cookie stands for the token on reads, and on writes that carry
+    /// `X-Drover-Dashboard` (dashboard.rs).
     async fn admin_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let auth = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match self.admin.authorize(client, auth) {
+        let req = session.req_header();
+        let text = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let cookie_allowed = req.method == http::Method::GET || text("x-drover-dashboard").is_some();
+        let from_cookie =
+            crate::dashboard::cookie_token(text("cookie")).filter(|_| cookie_allowed).map(|t| format!("Bearer {t}"));
+        let auth = text("authorization").map(str::to_string).or(from_cookie);
+        match self.admin.authorize(client, auth.as_deref()) {
             Ok(()) => false,
             Err((code, body)) => {
                 session.set_keepalive(None);
@@ -114,6 +123,50 @@ impl Drover {
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
         }
         self.json(session, ctx, code, &reply).await
+    }
+
+    /// The dashboard: the page, its script, its data. `GET /dashboard?token=...` with the
+    /// admin token sets the cookie that lets the page in, and sends the browser back to a
+    /// URL without the token.
+    async fn dashboard(&self, session: &mut Session, ctx: &mut RequestCtx, part: DashboardPart, fleet: &Fleet) {
+        if part == DashboardPart::Page {
+            let given = session.req_header().uri.query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+            });
+            if let Some(token) = given {
+                if self.admin.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
+                    let mut header = ResponseHeader::build(303, Some(3)).expect("valid status");
+                    header.insert_header(http::header::LOCATION, "/dashboard").expect("static header");
+                    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict", crate::dashboard::COOKIE);
+                    header.insert_header(http::header::SET_COOKIE, cookie).expect("token is header-safe");
+                    header.insert_header(http::header::CONTENT_LENGTH, "0").expect("static header");
+                    ctx.status = 303;
+                    return self.write(session, ctx, header, Bytes::new()).await;
+                }
+            }
+        }
+        if self.admin_refused(session, ctx).await {
+            return;
+        }
+        match part {
+            DashboardPart::Page => {
+                self.send(session, ctx, 200, "text/html; charset=utf-8", crate::dashboard::PAGE.into()).await
+            }
+            DashboardPart::Script => {
+                self.send(session, ctx, 200, "text/javascript; charset=utf-8", crate::dashboard::SCRIPT.into()).await
+            }
+            DashboardPart::Data => {
+                let data = crate::dashboard::data(crate::dashboard::Snapshot {
+                    fleet,
+                    queued: self.scheduler.queue_len(),
+                    free_memory: self.scheduler.resources.free_memory(),
+                    errors: self.recent_errors.snapshot(),
+                    required: self.admin.keeper.report(),
+                    uptime_seconds: self.started.elapsed().as_secs(),
+                });
+                self.json(session, ctx, 200, &data).await
+            }
+        }
     }
 
     /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: sent to the servers that

@@ -63,6 +63,8 @@ pub struct Drover {
     started: Instant,
     next_id: AtomicU64,
     id_prefix: String,
+    /// The last errors clients got, for the dashboard.
+    recent_errors: crate::dashboard::RecentErrors,
 }
 
 impl Drover {
@@ -100,6 +102,7 @@ impl Drover {
             started: Instant::now(),
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
+            recent_errors: Default::default(),
         }
     }
 }

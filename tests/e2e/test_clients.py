@@ -251,3 +251,24 @@ def test_tls_with_real_clients_http1_and_http2(fleet):
     assert tls_openai.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}]).model
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{fleet.https}/health")  # the system's CAs do not vouch for a self-signed certificate
+
+
+def test_ollama_client_manages_models_through_drover(fleet):
+    client = fleet.ollama()
+    # A pull through drover: the real client reads the merged progress to its final success.
+    progress = list(client.pull("chat", stream=True))
+    assert progress[-1].status == "success"
+    assert any(p.total == 1000 and p.completed == 500 for p in progress)
+    assert client.pull("chat").status == "success"
+    # Copy where the source is, then delete the copy (drover's admin: a loopback client here).
+    assert client.copy("chat", "chat-copy").status == "success"
+    assert "chat-copy:latest" in {m.model for m in client.list().models}
+    assert client.delete("chat-copy").status == "success"
+    assert "chat-copy:latest" not in {m.model for m in client.list().models}
+    with pytest.raises(ollama.ResponseError) as e:
+        client.delete("chat-copy")
+    assert e.value.status_code == 404
+    # A model the registry lacks: the client raises with the server's words.
+    with pytest.raises(ollama.ResponseError) as e:
+        list(client.pull("missing-model", stream=True))
+    assert "file does not exist" in e.value.error
