@@ -1140,4 +1140,31 @@ mod tests {
         }
         assert!(text.contains("DROVER_UNIT_TEST_UNSET is not set"), "{text}");
     }
+
+    #[test]
+    fn affinity_num_ctx_and_required_models() {
+        let s = parse(
+            "servers:\n  - { url: \"http://a:1\", required_models: [\"qwen3:14b\"] }\n\
+             affinity: { mode: prefix, header: X-Conversation, load_factor: 1.5 }\nload_balancer: { match_num_ctx: false }\n",
+        )
+        .unwrap();
+        assert_eq!(s.servers[0].required_models, ["qwen3:14b"]);
+        assert_eq!((s.affinity.mode, s.affinity.header.as_str()), (AffinityMode::Prefix, "x-conversation"));
+        assert!(!s.load_balancer.match_num_ctx);
+        let d = parse("").unwrap();
+        assert_eq!((d.affinity.mode, d.affinity.load_factor), (AffinityMode::Header, 1.25));
+        assert!(d.load_balancer.match_num_ctx);
+
+        let e = parse(
+            "servers:\n  - { url: \"http://a:1\", kind: openai, required_models: [\"\"] }\n\
+             affinity: { mode: sticky, load_factor: 0.5 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in
+            ["servers[0].required_models[0]", "servers[0].required_models:", "affinity.mode", "affinity.load_factor"]
+        {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
 }
