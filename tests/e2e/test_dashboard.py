@@ -79,9 +79,27 @@ routes:
             p.wait()
 
 
+def row(browser, server):
+    """The server's row as the page shows it now, read in one script call: the table is
+    redrawn every second, so elements found earlier go stale."""
+    return browser.execute_script(
+        """const tr = document.querySelector(`#servers tr[data-server="${arguments[0]}"]`);
+           if (!tr) return null;
+           const cell = tr.querySelector("td.state");
+           return {state: tr.dataset.state, text: cell.textContent, cls: cell.className};""",
+        server,
+    )
+
+
 def row_state(browser, server):
-    rows = browser.find_elements(By.CSS_SELECTOR, f'#servers tr[data-server="{server}"]')
-    return rows[0].get_attribute("data-state") if rows else None
+    r = row(browser, server)
+    return r and r["state"]
+
+
+def click_drain(browser, server):
+    browser.execute_script(
+        'document.querySelector(`#servers tr[data-server="${arguments[0]}"] button.drain`).click()', server
+    )
 
 
 def test_the_page_shows_a_server_going_down_and_acts_on_the_fleet(dashboard):
@@ -103,15 +121,15 @@ def test_the_page_shows_a_server_going_down_and_acts_on_the_fleet(dashboard):
     died = time.monotonic()
     WebDriverWait(browser, 5, poll_frequency=0.1).until(lambda b: row_state(b, dead_url) == "down")
     shown_after = time.monotonic() - died
-    cell = browser.find_element(By.CSS_SELECTOR, f'#servers tr[data-server="{dead_url}"] td.state')
-    assert cell.text == "down" and "state-down" in cell.get_attribute("class")
+    shown = row(browser, dead_url)
+    assert shown["text"] == "down" and "state-down" in shown["cls"], shown
     assert "1 of 2 servers up" in browser.find_element(By.ID, "summary").text
     print(f"server down shown {shown_after:.1f}s after it died")
 
     # Drain the other from the page, then put it back.
-    browser.find_element(By.CSS_SELECTOR, f'#servers tr[data-server="{live_url}"] button.drain').click()
+    click_drain(browser, live_url)
     wait.until(lambda b: row_state(b, live_url) == "drained")
-    browser.find_element(By.CSS_SELECTOR, f'#servers tr[data-server="{live_url}"] button.drain').click()
+    click_drain(browser, live_url)
     wait.until(lambda b: row_state(b, live_url) == "up")
 
     # Pull a model where the routes point: the live server gets it, the dead one is named.
