@@ -254,6 +254,13 @@ struct LbSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct StateSection {
+    redis_url: Option<String>,
+    redis_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct AffinitySection {
     mode: Option<String>,
     header: Option<String>,
@@ -473,6 +480,10 @@ pub struct Settings {
     /// compression.min_bytes: answers smaller than this go as they are.
     pub compression_min_bytes: usize,
     pub affinity: Affinity,
+    /// state.redis_url (or REDIS_URL): limits and cooldowns shared by several drovers.
+    pub redis_url: Option<String>,
+    /// state.redis_timeout: a slower Redis call counts as Redis down.
+    pub redis_timeout: Duration,
     /// auth.require_keys: model calls and fleet views need an API key.
     pub require_keys: bool,
     /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
@@ -490,6 +501,7 @@ pub struct Env {
     pub listen: Option<String>,
     pub admin_token: Option<String>,
     pub servers: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Env {
@@ -500,6 +512,7 @@ impl Env {
             listen: var("DROVER_LISTEN"),
             admin_token: var("DROVER_ADMIN_TOKEN"),
             servers: var("DROVER_SERVERS"),
+            redis_url: var("REDIS_URL"),
         }
     }
 }
@@ -537,7 +550,7 @@ impl Settings {
             v.error("(file)", "the top level must be a mapping of sections");
             return Err(ConfigErrors(v.errors));
         };
-        const SECTIONS: [&str; 15] = [
+        const SECTIONS: [&str; 16] = [
             "server",
             "database",
             "servers",
@@ -551,6 +564,7 @@ impl Settings {
             "cors",
             "compression",
             "affinity",
+            "state",
             "logging",
             "pingora",
         ];
@@ -595,6 +609,14 @@ impl Settings {
             v.error("affinity.load_factor", format!("{load_factor}: expected 1.0 to 100 (1.25 is usual)"));
         }
         let affinity = Affinity { mode, header, load_factor };
+        let state: StateSection = v.section(map, "state");
+        let redis_url = env.redis_url.clone().or(state.redis_url);
+        if let Some(u) = &redis_url {
+            if let Err(e) = crate::redis::Redis::from_url(u, Duration::from_secs(1)) {
+                v.error("state.redis_url", e);
+            }
+        }
+        let redis_timeout = v.duration("state.redis_timeout", state.redis_timeout, "50ms");
         let limits: LimitsSection = v.section(map, "limits");
         if limits.client_requests_per_minute == Some(0) {
             v.error("limits.client_requests_per_minute", "must be at least 1 (leave it out for no limit)");
@@ -745,6 +767,8 @@ impl Settings {
                 admin_token,
                 cors_origins: cors.allowed_origins,
                 affinity,
+                redis_url,
+                redis_timeout,
                 require_keys: auth.require_keys.unwrap_or(false),
                 compression_level,
                 compression_min_bytes: compression.min_bytes.unwrap_or(1024),
@@ -1071,8 +1095,11 @@ mod tests {
             servers: Some("http://x:1, http://y:2".into()),
             admin_token: Some("secret".into()),
             database_url: Some("postgres://u:p@h/db".into()),
+            redis_url: Some("redis://r:6380/1".into()),
         };
-        let s = Settings::parse("servers: [ 'http://z:3' ]\n", None, &env).unwrap();
+        let s =
+            Settings::parse("servers: [ 'http://z:3' ]\nstate: { redis_url: 'redis://other' }\n", None, &env).unwrap();
+        assert_eq!(s.redis_url.as_deref(), Some("redis://r:6380/1"));
         assert_eq!(s.listen.port(), 9000);
         let urls: Vec<&str> = s.servers.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(urls, ["http://x:1", "http://y:2"]);

@@ -234,6 +234,13 @@ impl Server {
         *self.state.last_error.lock().unwrap() = Some(why.to_string());
     }
 
+    /// Cools the server down for `d` from now (another drover saw it fail), unless it
+    /// already cools down for longer.
+    pub fn cool_down_for(&self, d: Duration) {
+        let until = self.now_ms() + d.as_millis() as u64;
+        self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
     /// Ends a cooldown early: the health checks saw the server come back.
     pub fn end_cooldown(&self) {
         self.state.cooldown_until_ms.store(0, Ordering::Relaxed);

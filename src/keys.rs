@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rand::distributions::{Alphanumeric, DistString};
@@ -96,29 +96,63 @@ impl Key {
 
     /// Admits one request under the key's limits, or the 429 to answer.
     pub fn admit(&self, now: Instant) -> Result<(), ApiError> {
+        self.admit_local(now).map_err(|(i, wait)| self.refusal(i, wait))
+    }
+
+    /// The key's limits in the order `admit_local`, `shared_buckets` and `refusal` number
+    /// them: tokens per minute (admitted while above zero), then requests per minute.
+    fn limits(&self) -> Vec<(&'static str, u64)> {
+        let mut v = Vec::new();
+        if let Some(n) = self.record.tokens_per_minute {
+            v.push(("tok", n.max(1) as u64));
+        }
+        if let Some(n) = self.record.requests_per_minute {
+            v.push(("req", n.max(1) as u64));
+        }
+        v
+    }
+
+    /// Admits one request under the key's own buckets in this process, or says which limit
+    /// (see `limits`) refused it and for how long.
+    pub fn admit_local(&self, now: Instant) -> Result<(), (usize, Duration)> {
+        let mut i = 0;
         if let Some(b) = self.state.tokens.lock().unwrap().as_mut() {
-            if let Err(wait) = b.check(now) {
-                let limit = self.record.tokens_per_minute.unwrap_or_default();
-                return Err(ApiError::new(
-                    429,
-                    "rate_limit_exceeded",
-                    format!("API key {:?} used its {limit} tokens per minute", self.record.name),
-                )
-                .retry_after(retry_after_seconds(wait)));
-            }
+            b.check(now).map_err(|wait| (i, wait))?;
+            i += 1;
         }
         if let Some(b) = self.state.requests.lock().unwrap().as_mut() {
-            if let Err(wait) = b.take(1.0, now) {
-                let limit = self.record.requests_per_minute.unwrap_or_default();
-                return Err(ApiError::new(
-                    429,
-                    "rate_limit_exceeded",
-                    format!("API key {:?} is limited to {limit} requests per minute", self.record.name),
-                )
-                .retry_after(retry_after_seconds(wait)));
-            }
+            b.take(1.0, now).map_err(|wait| (i, wait))?;
         }
         Ok(())
+    }
+
+    /// The key's buckets as shared state keeps them (shared.rs), in `limits` order.
+    pub fn shared_buckets(&self) -> Vec<crate::shared::BucketUse> {
+        self.limits()
+            .into_iter()
+            .map(|(kind, per_minute)| crate::shared::BucketUse {
+                key: format!("drover:rl:key:{}:{kind}", self.record.id),
+                per_minute,
+                take: u64::from(kind == "req"),
+            })
+            .collect()
+    }
+
+    /// The 429 for limit `i` (see `limits`), retry after `wait`.
+    pub fn refusal(&self, i: usize, wait: Duration) -> ApiError {
+        let name = &self.record.name;
+        let message = match self.limits().get(i) {
+            Some(("tok", n)) => format!("API key {name:?} used its {n} tokens per minute"),
+            Some((_, n)) => format!("API key {name:?} is limited to {n} requests per minute"),
+            None => format!("API key {name:?} is over its limits"),
+        };
+        ApiError::new(429, "rate_limit_exceeded", message).retry_after(retry_after_seconds(wait))
+    }
+
+    /// The Redis bucket of the key's tokens per minute, with its limit, if it has one.
+    pub fn shared_token_bucket(&self) -> Option<(String, u64)> {
+        let n = self.record.tokens_per_minute?;
+        Some((format!("drover:rl:key:{}:tok", self.record.id), n.max(1) as u64))
     }
 
     /// Counts a finished request and the tokens its answer reported.

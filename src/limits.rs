@@ -109,6 +109,10 @@ impl ClientLimiter {
         ClientLimiter { per_minute, shards }
     }
 
+    pub fn per_minute(&self) -> u64 {
+        self.per_minute
+    }
+
     fn shard(&self, ip: &IpAddr) -> &Mutex<Shard> {
         let n = match ip {
             IpAddr::V4(a) => u32::from(*a) as usize,

@@ -108,7 +108,17 @@ pub fn run(args: ServeArgs) -> i32 {
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);
-    let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone(), resources);
+    let shared = match crate::shared::Shared::new(settings.redis_url.as_deref(), settings.redis_timeout) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("drover: state.redis_url: {e}");
+            return 1;
+        }
+    };
+    if let Some(u) = &settings.redis_url {
+        log::info!("shared state in Redis at {}", crate::store::redact_url(u));
+    }
+    let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone(), resources, shared.clone());
     let keeper = drover.admin.keeper.clone();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, drover, "drover");
     // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
@@ -128,6 +138,8 @@ pub fn run(args: ServeArgs) -> i32 {
     server.add_service(proxy);
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     server.add_service(background_service("required models", crate::required::KeeperService(keeper)));
+    let following = crate::shared::SharedService { shared, fleet: fleet.clone() };
+    server.add_service(background_service("shared state", following));
     // Active health checks: drover's check, run over the fleet's health registry by
     // pingora-load-balancing's own service.
     let lb = &settings.load_balancer;

@@ -3,17 +3,24 @@
 //! Applied to model calls and fleet views; drover's liveness and metrics pages (/, /health,
 //! /metrics) stay open for load balancers and scrapers, and the admin API has its own token.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pingora::proxy::Session;
 
 use super::{Drover, RequestCtx};
 use crate::api::{ApiError, Endpoint};
+use crate::keys::Key;
 use crate::limits::retry_after_seconds;
+use crate::shared::BucketUse;
 
 impl Drover {
     /// Checks a request against the limits and keys before anything else is done with it.
-    pub(super) fn admit(&self, session: &Session, ctx: &mut RequestCtx, endpoint: &Endpoint) -> Result<(), ApiError> {
+    pub(super) async fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        endpoint: &Endpoint,
+    ) -> Result<(), ApiError> {
         use Endpoint::*;
         let model_call = matches!(endpoint, Routed { .. });
         let guarded =
@@ -22,35 +29,97 @@ impl Drover {
             return Ok(());
         }
         let now = Instant::now();
-        if let Some(limit) = &self.client_limit {
-            if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-                limit.admit(ip, now).map_err(|wait| {
-                    crate::metrics::RATE_LIMITED.with_label_values(&["client"]).inc();
-                    ApiError::new(
-                        429,
-                        "rate_limit_exceeded",
-                        format!("too many requests from {ip} (limits.client_requests_per_minute)"),
-                    )
-                    .retry_after(retry_after_seconds(wait))
-                })?;
+        let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client_refused = |ip: std::net::IpAddr, wait| {
+            crate::metrics::RATE_LIMITED.with_label_values(&["client"]).inc();
+            ApiError::new(
+                429,
+                "rate_limit_exceeded",
+                format!("too many requests from {ip} (limits.client_requests_per_minute)"),
+            )
+            .retry_after(retry_after_seconds(wait))
+        };
+        // With Redis, the client's and the key's buckets are judged fleet-wide in one call
+        // once the key is known (below); without it, here and by the key, in this process.
+        let shared = self.shared.active();
+        if !shared {
+            if let (Some(limit), Some(ip)) = (&self.client_limit, ip) {
+                limit.admit(ip, now).map_err(|wait| client_refused(ip, wait))?;
             }
         }
-        if !self.require_keys {
-            return Ok(());
+        let key = if self.require_keys {
+            let headers = &session.req_header().headers;
+            let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            // Model management as the admin (the admin token, or loopback without one) needs no key.
+            if matches!(endpoint, Management) && self.admin.authorize(ip, text("authorization")).is_ok() {
+                None
+            } else {
+                let presented = crate::keys::presented(text("authorization"), text("x-api-key"));
+                Some(self.keys.authenticate(presented)?)
+            }
+        } else {
+            None
+        };
+        if shared {
+            self.admit_shared(ip, key.as_deref().filter(|_| model_call)).await.map_err(
+                |(i, wait, kind)| match kind {
+                    Limit::Client => client_refused(ip.expect("a client bucket has an address"), wait),
+                    Limit::Key => {
+                        crate::metrics::RATE_LIMITED.with_label_values(&["key"]).inc();
+                        key.as_ref().expect("a key bucket has a key").refusal(i, wait)
+                    }
+                },
+            )?;
+        } else if let Some(k) = key.as_ref().filter(|_| model_call) {
+            k.admit(now).inspect_err(|_| crate::metrics::RATE_LIMITED.with_label_values(&["key"]).inc())?;
         }
-        let headers = &session.req_header().headers;
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        // Model management as the admin (the admin token, or loopback without one) needs no key.
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        if matches!(endpoint, Management) && self.admin.authorize(client, text("authorization")).is_ok() {
-            return Ok(());
-        }
-        let presented = crate::keys::presented(text("authorization"), text("x-api-key"));
-        let key = self.keys.authenticate(presented)?;
-        if model_call {
-            key.admit(now).inspect_err(|_| crate::metrics::RATE_LIMITED.with_label_values(&["key"]).inc())?;
-        }
-        ctx.key = Some(key);
+        ctx.key = key;
         Ok(())
     }
+
+    /// The request's buckets judged in Redis (shared.rs); when Redis fails mid-call, in
+    /// this process after all. The error names the bucket that refused and for how long.
+    async fn admit_shared(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        key: Option<&Key>,
+    ) -> Result<(), (usize, Duration, Limit)> {
+        let mut buckets = Vec::new();
+        let mut kinds = Vec::new();
+        if let (Some(limit), Some(ip)) = (&self.client_limit, ip) {
+            buckets.push(BucketUse { key: format!("drover:rl:client:{ip}"), per_minute: limit.per_minute(), take: 1 });
+            kinds.push((Limit::Client, 0));
+        }
+        if let Some(k) = key {
+            for (i, b) in k.shared_buckets().into_iter().enumerate() {
+                buckets.push(b);
+                kinds.push((Limit::Key, i));
+            }
+        }
+        match self.shared.admit(&buckets).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err((i, wait))) => {
+                let (kind, which) = kinds[i];
+                Err((which, wait, kind))
+            }
+            None => {
+                // Redis went away during the call: judge here, as without it.
+                let now = Instant::now();
+                if let (Some(limit), Some(ip)) = (&self.client_limit, ip) {
+                    limit.admit(ip, now).map_err(|wait| (0, wait, Limit::Client))?;
+                }
+                if let Some(k) = key {
+                    k.admit_local(now).map_err(|(i, wait)| (i, wait, Limit::Key))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Clone, Copy)]
+enum Limit {
+    Client,
+    Key,
 }

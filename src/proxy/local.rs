@@ -54,7 +54,13 @@ impl Drover {
                 self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
             Endpoint::Health => {
-                let (code, body) = view::health(&fleet, &self.admin.reloader.state(), self.admin.keeper.report());
+                let (code, mut body) = view::health(&fleet, &self.admin.reloader.state(), self.admin.keeper.report());
+                if let Some(shared) = self.shared.report() {
+                    if shared["state"] != "ok" && body["status"] == "ok" {
+                        body["status"] = "degraded".into();
+                    }
+                    body["shared_state"] = shared;
+                }
                 self.json(session, ctx, code, &body).await
             }
             Endpoint::Status => {

@@ -65,6 +65,8 @@ pub struct Drover {
     id_prefix: String,
     /// The last errors clients got, for the dashboard.
     recent_errors: crate::dashboard::RecentErrors,
+    /// Limits and cooldowns shared with other drovers through Redis (shared.rs).
+    pub(crate) shared: Arc<crate::shared::Shared>,
 }
 
 impl Drover {
@@ -75,6 +77,7 @@ impl Drover {
         fleet: Arc<ArcSwap<Fleet>>,
         reloader: Arc<Reloader>,
         resources: Arc<crate::resources::ResourceCheck>,
+        shared: Arc<crate::shared::Shared>,
     ) -> Drover {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let scheduler = Scheduler::new(&settings, resources.clone());
@@ -103,6 +106,7 @@ impl Drover {
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
             recent_errors: Default::default(),
+            shared,
         }
     }
 }
@@ -148,7 +152,7 @@ impl ProxyHttp for Drover {
             let req = session.req_header();
             classify(&req.method, req.uri.path())
         };
-        if let Err(e) = self.admit(session, ctx, &endpoint) {
+        if let Err(e) = self.admit(session, ctx, &endpoint).await {
             self.error(session, ctx, e).await;
             return Ok(true);
         }

@@ -180,7 +180,9 @@ impl Drover {
             // Bytes reached the client: no retry; fail_to_proxy ends the stream with an error.
             let why = format!("{} broke off mid-response: {e}", route.server.url.as_str());
             log::warn!("{} {why}", ctx.request_id);
-            route.server.record_failure(&why);
+            if route.server.record_failure(&why) {
+                self.share_cooldown(&route.server);
+            }
             ctx.error = Some(why);
             e.set_retry(false);
             return e;
@@ -252,6 +254,7 @@ impl Drover {
         metrics::RETRIES.with_label_values(&[reason.as_str()]).inc();
         log::warn!("{request_id} failed on {url} (attempt {}): {why}", r.tried.len());
         if route.server.record_failure(&why) {
+            self.share_cooldown(&route.server);
             let p = route.server.fail_policy;
             log::warn!(
                 "server {url} cools down for {:?}: {} failed requests within {:?}",
@@ -301,4 +304,14 @@ fn set_cork(fd: std::os::unix::io::RawFd, on: bool) -> bool {
         )
     };
     rc == 0
+}
+
+impl Drover {
+    /// Tells the other drovers (through Redis, when configured) that a server cools down.
+    fn share_cooldown(&self, server: &crate::fleet::Server) {
+        if self.shared.active() {
+            let (shared, url, d) = (self.shared.clone(), server.url.as_str().to_string(), server.fail_policy.cooldown);
+            tokio::spawn(async move { shared.cooldown(&url, d).await });
+        }
+    }
 }

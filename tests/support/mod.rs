@@ -307,3 +307,62 @@ pub async fn sql(url: &str, statement: &str) {
     sqlx::raw_sql(statement).execute(&pool).await.unwrap();
     pool.close().await;
 }
+
+/// A throwaway redis-server on a loopback port, owned by the test (stopped and started at
+/// will), killed on drop. `None` when redis-server is not installed, unless
+/// DROVER_REQUIRE_DATABASES=1 (CI), where that is a failure.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+impl RedisServer {
+    pub async fn start() -> Option<RedisServer> {
+        let found = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_ok();
+        if !found {
+            if std::env::var("DROVER_REQUIRE_DATABASES").is_ok_and(|v| v == "1") {
+                panic!("redis-server is not installed but DROVER_REQUIRE_DATABASES=1");
+            }
+            eprintln!("redis-server not installed: skipping (scripts/databases installs it)");
+            return None;
+        }
+        let port = free_port();
+        let mut r = RedisServer { child: None, port, url: format!("redis://127.0.0.1:{port}") };
+        r.restart().await;
+        Some(r)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: no persistence).
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

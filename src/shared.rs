@@ -1,0 +1,266 @@
+//! State shared by several drovers through Redis (`state.redis_url`, or `REDIS_URL`):
+//! rate-limit buckets and cooldowns. Optional: without Redis, or while it is unreachable,
+//! each drover uses its own buckets and cooldowns (limits.rs, fleet.rs).
+//!
+//! **Limits.** The same token bucket as limits.rs (GCRA's admission rule), kept in a Redis
+//! hash per bucket (`t` tokens, `at` microseconds) and run by one Lua script with Redis's own
+//! clock (`TIME`), so every drover sees one bucket and one time. A request's buckets (its
+//! client address, its key's requests and its key's tokens) are judged in one script call:
+//! all pass and are taken together, or none is taken and the first refusal says how long to
+//! wait. Tokens are debited after the answer by a second call made off the request path.
+//!
+//! **Cooldowns.** A server that a drover puts into cooldown is written as
+//! `drover:cooldown:<url>` with the cooldown as its expiry; every drover reads those keys
+//! every 500 ms and cools the server down for what is left, so the others follow within
+//! a second.
+//!
+//! **Redis down.** A failed or slow call (over `state.redis_timeout`) marks Redis down:
+//! requests use the local buckets at once, the log says so once, /health reports it, and a
+//! background ping every second brings Redis back into use when it answers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+
+use crate::fleet::Fleet;
+use crate::redis::{Redis, Reply};
+
+/// Judges KEYS[i] as buckets of ARGV[2i] per minute taking ARGV[2i+1] tokens (0: admit while
+/// above zero, take nothing) when ARGV[1] is "admit", or takes ARGV[3] from KEYS[1] whatever
+/// is left when it is "debit". Returns {0, 0}, or {i, ms to wait} for the first refusal.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local state = {}
+for i, key in ipairs(KEYS) do
+  local per = tonumber(ARGV[2 * i])
+  local n = tonumber(ARGV[2 * i + 1])
+  local b = redis.call('HMGET', key, 't', 'at')
+  local tokens = tonumber(b[1]) or per
+  local at = tonumber(b[2]) or now
+  tokens = math.min(per, tokens + math.max(0, now - at) * per / 60000000)
+  if ARGV[1] == 'admit' then
+    local ok
+    if n > 0 then ok = tokens >= n else ok = tokens > 0 end
+    if not ok then
+      local need = n
+      if n == 0 then need = 0.000001 end
+      return {i, math.max(1, math.ceil((need - tokens) * 60000 / per))}
+    end
+  end
+  state[i] = {per, tokens - n}
+end
+for i, key in ipairs(KEYS) do
+  local per, left = state[i][1], state[i][2]
+  redis.call('HSET', key, 't', tostring(left), 'at', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil((per - left) * 60000 / per) + 1000)
+end
+return {0, 0}
+"#;
+
+/// How often cooldowns are read, and a down Redis pinged.
+const POLL: Duration = Duration::from_millis(500);
+
+/// One bucket of a request: its Redis key, its limit, and the tokens it takes (0: admit
+/// while above zero).
+pub struct BucketUse {
+    pub key: String,
+    pub per_minute: u64,
+    pub take: u64,
+}
+
+pub struct Shared {
+    redis: Option<Redis>,
+    up: AtomicBool,
+    /// The script's SHA-1 once loaded (EVALSHA); loaded again after a Redis restart.
+    sha: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn new(url: Option<&str>, timeout: Duration) -> Result<Shared, String> {
+        let redis = url.map(|u| Redis::from_url(u, timeout)).transpose()?;
+        Ok(Shared { up: AtomicBool::new(redis.is_some()), redis, sha: Mutex::new(None), last_error: Mutex::new(None) })
+    }
+
+    /// No shared state: every drover on its own.
+    pub fn none() -> Shared {
+        Shared { redis: None, up: AtomicBool::new(false), sha: Mutex::new(None), last_error: Mutex::new(None) }
+    }
+
+    pub fn configured(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Redis configured and answering: limits and cooldowns go through it.
+    pub fn active(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// For /health: absent without Redis.
+    pub fn report(&self) -> Option<Value> {
+        let redis = self.redis.as_ref()?;
+        Some(if self.active() {
+            json!({ "state": "ok", "redis": redis.address() })
+        } else {
+            json!({ "state": "unreachable", "redis": redis.address(), "error": self.last_error.lock().unwrap().clone(),
+                    "serving": "per-process limits and cooldowns until Redis answers" })
+        })
+    }
+
+    fn down(&self, why: String) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            log::warn!(
+                "shared state: Redis unreachable ({why}); limits and cooldowns are per process until it answers"
+            );
+        }
+        *self.last_error.lock().unwrap() = Some(why);
+    }
+
+    /// Runs the bucket script; `None` when Redis is not in use (the caller decides locally).
+    async fn script(&self, keys: &[&str], args: &[String]) -> Option<Reply> {
+        let redis = self.redis.as_ref().filter(|_| self.active())?;
+        for _ in 0..2 {
+            let sha = self.sha.lock().unwrap().clone();
+            let sha = match sha {
+                Some(s) => s,
+                None => match redis.query(&[b"SCRIPT", b"LOAD", SCRIPT.as_bytes()]).await {
+                    Ok(Reply::Bulk(Some(s))) => {
+                        let s = String::from_utf8_lossy(&s).to_string();
+                        *self.sha.lock().unwrap() = Some(s.clone());
+                        s
+                    }
+                    Ok(other) => {
+                        self.down(format!("SCRIPT LOAD answered {other:?}"));
+                        return None;
+                    }
+                    Err(e) => {
+                        self.down(e);
+                        return None;
+                    }
+                },
+            };
+            let n = keys.len().to_string();
+            let mut call: Vec<&[u8]> = vec![b"EVALSHA", sha.as_bytes(), n.as_bytes()];
+            call.extend(keys.iter().map(|k| k.as_bytes()));
+            call.extend(args.iter().map(|a| a.as_bytes()));
+            match redis.query(&call).await {
+                Ok(Reply::Error(e)) if e.starts_with("NOSCRIPT") => *self.sha.lock().unwrap() = None,
+                Ok(Reply::Error(e)) => {
+                    self.down(e);
+                    return None;
+                }
+                Ok(reply) => return Some(reply),
+                Err(e) => {
+                    self.down(e);
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Judges a request's buckets fleet-wide: `Some(Ok)` all taken, `Some(Err((i, wait)))`
+    /// refused by bucket `i`, `None` when Redis is not in use (judge locally).
+    pub async fn admit(&self, buckets: &[BucketUse]) -> Option<Result<(), (usize, Duration)>> {
+        if buckets.is_empty() || !self.active() {
+            return None;
+        }
+        let keys: Vec<&str> = buckets.iter().map(|b| b.key.as_str()).collect();
+        let mut args = vec!["admit".to_string()];
+        for b in buckets {
+            args.push(b.per_minute.to_string());
+            args.push(b.take.to_string());
+        }
+        match self.script(&keys, &args).await? {
+            Reply::Array(Some(r)) if r.len() == 2 => match (r[0].int(), r[1].int()) {
+                (Some(0), _) => Some(Ok(())),
+                (Some(i), Some(ms)) => Some(Err(((i - 1).max(0) as usize, Duration::from_millis(ms.max(1) as u64)))),
+                _ => None,
+            },
+            other => {
+                self.down(format!("the limits script answered {other:?}"));
+                None
+            }
+        }
+    }
+
+    /// Takes `n` tokens from a bucket, whatever is left (a key's tokens, after its answer).
+    pub async fn debit(&self, key: &str, per_minute: u64, n: u64) -> bool {
+        let args = ["debit".to_string(), per_minute.to_string(), n.to_string()];
+        self.script(&[key], &args).await.is_some()
+    }
+
+    /// Tells the other drovers that `server` cools down for `d`.
+    pub async fn cooldown(&self, server: &str, d: Duration) {
+        let Some(redis) = self.redis.as_ref().filter(|_| self.active()) else { return };
+        let key = format!("drover:cooldown:{server}");
+        let ms = d.as_millis().max(1).to_string();
+        if let Err(e) = redis.query(&[b"SET", key.as_bytes(), b"1", b"PX", ms.as_bytes()]).await {
+            self.down(e);
+        }
+    }
+
+    /// One pass: servers other drovers put into cooldown are cooled down here for what is left.
+    async fn follow_cooldowns(&self, fleet: &Fleet) {
+        let Some(redis) = self.redis.as_ref() else { return };
+        let keys: Vec<String> = fleet.servers.iter().map(|s| format!("drover:cooldown:{}", s.url.as_str())).collect();
+        let commands: Vec<Vec<&[u8]>> = keys.iter().map(|k| vec![&b"PTTL"[..], k.as_bytes()]).collect();
+        match redis.pipeline(&commands).await {
+            Ok(replies) => {
+                for (server, reply) in fleet.servers.iter().zip(replies) {
+                    if let Some(ms) = reply.int().filter(|ms| *ms > 0) {
+                        server.cool_down_for(Duration::from_millis(ms as u64));
+                    }
+                }
+            }
+            Err(e) => self.down(e),
+        }
+    }
+
+    /// A down Redis: back in use when it answers a PING.
+    async fn ping(&self) {
+        let Some(redis) = self.redis.as_ref() else { return };
+        if let Ok(Reply::Status(s)) = redis.query(&[b"PING"]).await {
+            if s == "PONG" && !self.up.swap(true, Ordering::Relaxed) {
+                *self.sha.lock().unwrap() = None;
+                log::info!(
+                    "shared state: Redis {} answers again; limits and cooldowns are fleet-wide",
+                    redis.address()
+                );
+            }
+        }
+    }
+}
+
+/// Follows cooldowns while Redis is up, pings it while it is down.
+pub struct SharedService {
+    pub shared: Arc<Shared>,
+    pub fleet: Arc<arc_swap::ArcSwap<Fleet>>,
+}
+
+#[async_trait]
+impl BackgroundService for SharedService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if !self.shared.configured() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {
+                    if self.shared.active() {
+                        self.shared.follow_cooldowns(&self.fleet.load()).await;
+                    } else {
+                        self.shared.ping().await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
