@@ -82,6 +82,9 @@ pub struct RoutableBody {
     span: Range<usize>,
     /// `options.num_ctx`: Ollama reloads a model loaded with another context size.
     pub num_ctx: Option<u32>,
+    /// Temperature 0 or a fixed seed (Ollama's options or OpenAI's top level): the response
+    /// cache may answer it.
+    pub deterministic: bool,
 }
 
 /// How much of a prompt names its conversation (see `conversation_key`).
@@ -89,16 +92,16 @@ const PROMPT_PREFIX: usize = 512;
 
 impl RoutableBody {
     pub fn parse(bytes: Bytes) -> Result<RoutableBody, BodyError> {
-        let (model, span, num_ctx) = {
+        let (model, span, num_ctx, deterministic) = {
             let mut de = serde_json::Deserializer::from_slice(&bytes);
-            let (raw, options) = match (&mut de).deserialize_any(ModelFinder) {
-                Ok(Found::Object(raw, options)) => (raw, options),
+            let kept = match (&mut de).deserialize_any(ModelFinder) {
+                Ok(Found::Object(kept)) => kept,
                 Ok(Found::NotObject) => return Err(BodyError::NotAnObject),
                 Err(e) if e.to_string().starts_with("recursion limit exceeded") => return Err(BodyError::TooDeep),
                 Err(e) => return Err(BodyError::Malformed(e.to_string())),
             };
             de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
-            let raw = raw.ok_or(BodyError::MissingModel)?;
+            let raw = kept.model.ok_or(BodyError::MissingModel)?;
             let text = raw.get();
             if !text.starts_with('"') {
                 return Err(BodyError::ModelNotString);
@@ -108,16 +111,21 @@ impl RoutableBody {
                 return Err(BodyError::MissingModel);
             }
             let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
-            let num_ctx = options.and_then(|o| {
-                #[derive(serde::Deserialize)]
-                struct Options {
-                    num_ctx: Option<u32>,
-                }
-                serde_json::from_str::<Options>(o.get()).ok().and_then(|o| o.num_ctx)
-            });
-            (model, start..start + text.len(), num_ctx)
+            #[derive(serde::Deserialize, Default)]
+            struct Options {
+                num_ctx: Option<u32>,
+                temperature: Option<f64>,
+                seed: Option<i64>,
+            }
+            let options: Options = kept.options.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or_default();
+            let number = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<f64>().ok());
+            // The same body gives the same answer: no sampling, or a fixed seed.
+            let deterministic = [options.temperature, number(kept.temperature)].contains(&Some(0.0))
+                || options.seed.is_some()
+                || number(kept.seed).is_some();
+            (model, start..start + text.len(), options.num_ctx, deterministic)
         };
-        Ok(RoutableBody { bytes, model, span, num_ctx })
+        Ok(RoutableBody { bytes, model, span, num_ctx, deterministic })
     }
 
     /// A key for the conversation this request continues, from its opening: the messages up
@@ -260,9 +268,17 @@ impl<'de> Visitor<'de> for SkipVisitor {
     }
 }
 
+/// The top-level values the parse keeps.
+#[derive(Default)]
+struct Kept<'a> {
+    model: Option<&'a RawValue>,
+    options: Option<&'a RawValue>,
+    temperature: Option<&'a RawValue>,
+    seed: Option<&'a RawValue>,
+}
+
 enum Found<'a> {
-    /// The `model` and `options` values, when present.
-    Object(Option<&'a RawValue>, Option<&'a RawValue>),
+    Object(Kept<'a>),
     NotObject,
 }
 
@@ -277,20 +293,25 @@ impl<'de> Visitor<'de> for ModelFinder {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut model, mut options) = (None, None);
+        let mut kept = Kept::default();
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "model" {
-                model = Some(map.next_value::<&'de RawValue>()?);
-            } else if key == "options" {
-                // Kept whole (a small object), and checked for depth below like the rest.
-                let raw = map.next_value::<&'de RawValue>()?;
-                serde_json::from_str::<Skip>(raw.get()).map_err(serde::de::Error::custom)?;
-                options = Some(raw);
-            } else {
-                map.next_value::<Skip>()?;
-            }
+            let slot = match key.as_ref() {
+                "model" => &mut kept.model,
+                "options" => &mut kept.options,
+                "temperature" => &mut kept.temperature,
+                "seed" => &mut kept.seed,
+                _ => {
+                    map.next_value::<Skip>()?;
+                    continue;
+                }
+            };
+            // Kept whole (the model string, a small options object, numbers), and checked for
+            // depth like the rest.
+            let raw = map.next_value::<&'de RawValue>()?;
+            serde_json::from_str::<Skip>(raw.get()).map_err(serde::de::Error::custom)?;
+            *slot = Some(raw);
         }
-        Ok(Found::Object(model, options))
+        Ok(Found::Object(kept))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {

@@ -254,6 +254,15 @@ struct LbSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct CacheSection {
+    enabled: Option<bool>,
+    ttl: Option<RawDuration>,
+    max_bytes: Option<usize>,
+    max_entry_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct StateSection {
     redis_url: Option<String>,
     redis_timeout: Option<RawDuration>,
@@ -484,6 +493,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// state.redis_timeout: a slower Redis call counts as Redis down.
     pub redis_timeout: Duration,
+    /// The response cache for deterministic requests (cache.rs).
+    pub cache: crate::cache::CacheSettings,
     /// auth.require_keys: model calls and fleet views need an API key.
     pub require_keys: bool,
     /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
@@ -550,7 +561,7 @@ impl Settings {
             v.error("(file)", "the top level must be a mapping of sections");
             return Err(ConfigErrors(v.errors));
         };
-        const SECTIONS: [&str; 16] = [
+        const SECTIONS: [&str; 17] = [
             "server",
             "database",
             "servers",
@@ -565,6 +576,7 @@ impl Settings {
             "compression",
             "affinity",
             "state",
+            "cache",
             "logging",
             "pingora",
         ];
@@ -617,6 +629,16 @@ impl Settings {
             }
         }
         let redis_timeout = v.duration("state.redis_timeout", state.redis_timeout, "50ms");
+        let c: CacheSection = v.section(map, "cache");
+        let cache = crate::cache::CacheSettings {
+            enabled: c.enabled.unwrap_or(true),
+            ttl: v.duration("cache.ttl", c.ttl, "10m"),
+            max_bytes: c.max_bytes.unwrap_or(64 * 1024 * 1024),
+            max_entry_bytes: c.max_entry_bytes.unwrap_or(1024 * 1024),
+        };
+        if cache.max_entry_bytes > cache.max_bytes {
+            v.error("cache.max_entry_bytes", format!("{}: must not exceed cache.max_bytes", cache.max_entry_bytes));
+        }
         let limits: LimitsSection = v.section(map, "limits");
         if limits.client_requests_per_minute == Some(0) {
             v.error("limits.client_requests_per_minute", "must be at least 1 (leave it out for no limit)");
@@ -769,6 +791,7 @@ impl Settings {
                 affinity,
                 redis_url,
                 redis_timeout,
+                cache,
                 require_keys: auth.require_keys.unwrap_or(false),
                 compression_level,
                 compression_min_bytes: compression.min_bytes.unwrap_or(1024),

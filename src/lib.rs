@@ -13,6 +13,7 @@ pub mod affinity;
 pub mod api;
 pub mod backends;
 pub mod body;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod cors;

@@ -113,6 +113,20 @@ pub static QUEUE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
 });
 
 /// Registers every metric at start, so each is exported (at zero) before its first event.
+pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_cache_requests_total",
+        "Deterministic requests and the response cache: hit, miss, or bypass (Cache-Control)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("drover_cache_bytes", "Bytes held by the in-memory response cache")
+        .expect("metric registers once")
+});
+
 /// Per model asked: requests answered and tokens reported (prompt and completion), since start.
 pub fn per_model() -> std::collections::BTreeMap<String, (u64, u64)> {
     use prometheus::core::Collector;
@@ -144,6 +158,8 @@ pub fn init() {
     LazyLock::force(&RESOURCE_CHECKS);
     LazyLock::force(&QUEUE_LENGTH);
     LazyLock::force(&QUEUE_WAIT);
+    LazyLock::force(&CACHE);
+    LazyLock::force(&CACHE_BYTES);
 }
 
 /// Why an attempt failed before any byte reached the client.

@@ -165,6 +165,22 @@ impl Shared {
         None
     }
 
+    /// One command, when Redis is in use; `None` otherwise or when it fails (marked down).
+    pub async fn query(&self, args: &[&[u8]]) -> Option<Reply> {
+        let redis = self.redis.as_ref().filter(|_| self.active())?;
+        match redis.query(args).await {
+            Ok(Reply::Error(e)) => {
+                log::warn!("shared state: Redis refused a command: {e}");
+                None
+            }
+            Ok(reply) => Some(reply),
+            Err(e) => {
+                self.down(e);
+                None
+            }
+        }
+    }
+
     /// Judges a request's buckets fleet-wide: `Some(Ok)` all taken, `Some(Err((i, wait)))`
     /// refused by bucket `i`, `None` when Redis is not in use (judge locally).
     pub async fn admit(&self, buckets: &[BucketUse]) -> Option<Result<(), (usize, Duration)>> {

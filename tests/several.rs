@@ -151,6 +151,16 @@ async fn three_drovers_share_limits_cooldowns_and_routes() {
         }
     }
 
+    // The response cache is shared through Redis: an answer one drover got, the others replay.
+    let body = json!({ "model": "chat", "stream": false, "messages": [{ "role": "user", "content": "2+2?" }],
+                       "options": { "temperature": 0 } });
+    let mut seen = Vec::new();
+    for d in &drovers {
+        let r = http().post(format!("{}/api/chat", d.url)).bearer_auth(&open).json(&body).send().await.unwrap();
+        seen.push(support::header(&r, "x-drover-cache"));
+    }
+    assert_eq!(seen, ["miss", "hit", "hit"]);
+
     // 3. Redis stopped and started again under load: no request lost; each drover says so
     // in /health while it is down, and uses Redis again once it is back.
     let load = Load::start(&urls, &open, "chat");

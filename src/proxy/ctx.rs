@@ -75,6 +75,9 @@ pub struct Chosen {
 /// The state of a model-routed request across its attempts.
 pub struct Routed {
     pub body: RoutableBody,
+    /// The answer as it passes, to keep in the response cache (cache.rs), when it may be;
+    /// `None` again once it outgrows cache.max_entry_bytes.
+    pub cache_fill: Option<Vec<u8>>,
     /// The conversation it continues (affinity.rs), when affinity applies.
     pub affinity: Option<u64>,
     /// Ollama's native /api (openai-kind servers cannot serve it).
@@ -122,6 +125,7 @@ pub struct Relay {
 impl Routed {
     pub fn new(body: RoutableBody, native: bool, fleet: Arc<Fleet>) -> Routed {
         Routed {
+            cache_fill: None,
             affinity: None,
             body,
             native,

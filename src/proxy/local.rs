@@ -289,6 +289,9 @@ impl Drover {
         };
         match first {
             Ok(chosen) => {
+                if self.answered_from_cache(session, ctx, &mut routed, &chosen).await {
+                    return true;
+                }
                 routed.next = Some(chosen);
                 ctx.routed = Some(Box::new(routed));
                 false

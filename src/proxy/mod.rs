@@ -12,6 +12,7 @@
 
 mod account;
 mod admit;
+mod cached;
 mod ctx;
 mod local;
 mod relay;
@@ -67,6 +68,8 @@ pub struct Drover {
     recent_errors: crate::dashboard::RecentErrors,
     /// Limits and cooldowns shared with other drovers through Redis (shared.rs).
     pub(crate) shared: Arc<crate::shared::Shared>,
+    /// Answers to deterministic requests (cache.rs).
+    cache: crate::cache::ResponseCache,
 }
 
 impl Drover {
@@ -106,6 +109,7 @@ impl Drover {
             next_id: AtomicU64::new(0),
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
             recent_errors: Default::default(),
+            cache: crate::cache::ResponseCache::new(settings.cache.clone(), shared.clone()),
             shared,
         }
     }
@@ -272,7 +276,10 @@ impl ProxyHttp for Drover {
         self.give_up(session, e, ctx).await
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if e.is_none() {
+            self.keep_answer(session, ctx).await;
+        }
         self.log(session, ctx);
         // The slot and any memory reservation are given back now, not when Pingora drops the context.
         ctx.routed = None;

@@ -32,6 +32,9 @@ impl Drover {
             route.server.mark_loaded(&route.actual_model, r.body.num_ctx);
         }
         resp.insert_header("x-drover-server", route.server.url.as_str())?;
+        if r.cache_fill.is_some() {
+            resp.insert_header("x-drover-cache", "miss")?;
+        }
         resp.insert_header("x-drover-attempts", ctx.attempts.to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         super::local::cors_headers(resp, ctx)?;
@@ -48,6 +51,13 @@ impl Drover {
             ctx.bytes_out += data.len() as u64;
             if let Some(scan) = r.relay.scan.as_mut() {
                 scan.feed(data);
+            }
+            if let Some(fill) = r.cache_fill.as_mut() {
+                if fill.len() + data.len() <= self.cache.settings.max_entry_bytes {
+                    fill.extend_from_slice(data);
+                } else {
+                    r.cache_fill = None;
+                }
             }
         }
         if end {
