@@ -254,6 +254,16 @@ struct LbSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct MemorySection {
+    enabled: Option<bool>,
+    header: Option<String>,
+    ttl: Option<RawDuration>,
+    max_messages: Option<usize>,
+    max_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct CacheSection {
     enabled: Option<bool>,
     ttl: Option<RawDuration>,
@@ -495,6 +505,8 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// The response cache for deterministic requests (cache.rs).
     pub cache: crate::cache::CacheSettings,
+    /// Conversation memory (memory.rs), off by default.
+    pub memory: crate::memory::MemorySettings,
     /// auth.require_keys: model calls and fleet views need an API key.
     pub require_keys: bool,
     /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
@@ -561,7 +573,7 @@ impl Settings {
             v.error("(file)", "the top level must be a mapping of sections");
             return Err(ConfigErrors(v.errors));
         };
-        const SECTIONS: [&str; 17] = [
+        const SECTIONS: [&str; 18] = [
             "server",
             "database",
             "servers",
@@ -577,6 +589,7 @@ impl Settings {
             "affinity",
             "state",
             "cache",
+            "memory",
             "logging",
             "pingora",
         ];
@@ -636,6 +649,24 @@ impl Settings {
             max_bytes: c.max_bytes.unwrap_or(64 * 1024 * 1024),
             max_entry_bytes: c.max_entry_bytes.unwrap_or(1024 * 1024),
         };
+        let mem: MemorySection = v.section(map, "memory");
+        let mem_header = mem.header.as_deref().unwrap_or("x-session-id");
+        let memory = crate::memory::MemorySettings {
+            enabled: mem.enabled.unwrap_or(false),
+            header: http::HeaderName::try_from(mem_header.to_ascii_lowercase()).unwrap_or_else(|_| {
+                v.error("memory.header", format!("{mem_header:?} is not a valid header name"));
+                http::HeaderName::from_static("x-session-id")
+            }),
+            ttl: v.duration("memory.ttl", mem.ttl, "1h"),
+            max_messages: mem.max_messages.unwrap_or(50),
+            max_bytes: mem.max_bytes.unwrap_or(256 * 1024),
+        };
+        if memory.max_messages < 2 {
+            v.error(
+                "memory.max_messages",
+                format!("{}: must be at least 2 (a question and its answer)", memory.max_messages),
+            );
+        }
         if cache.max_entry_bytes > cache.max_bytes {
             v.error("cache.max_entry_bytes", format!("{}: must not exceed cache.max_bytes", cache.max_entry_bytes));
         }
@@ -792,6 +823,7 @@ impl Settings {
                 redis_url,
                 redis_timeout,
                 cache,
+                memory,
                 require_keys: auth.require_keys.unwrap_or(false),
                 compression_level,
                 compression_min_bytes: compression.min_bytes.unwrap_or(1024),

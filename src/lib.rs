@@ -23,6 +23,7 @@ pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod manage;
+pub mod memory;
 pub mod metrics;
 pub mod ollama;
 pub mod probe;

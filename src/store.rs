@@ -79,14 +79,17 @@ impl Backend {
             Backend::Sqlite => &[
                 (1, "ollama_servers", include_str!("../migrations/sqlite/0001_ollama_servers.sql")),
                 (2, "api_keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
+                (3, "conversations", include_str!("../migrations/sqlite/0003_conversations.sql")),
             ],
             Backend::Postgres => &[
                 (1, "ollama_servers", include_str!("../migrations/postgres/0001_ollama_servers.sql")),
                 (2, "api_keys", include_str!("../migrations/postgres/0002_api_keys.sql")),
+                (3, "conversations", include_str!("../migrations/postgres/0003_conversations.sql")),
             ],
             Backend::MySql => &[
                 (1, "ollama_servers", include_str!("../migrations/mysql/0001_ollama_servers.sql")),
                 (2, "api_keys", include_str!("../migrations/mysql/0002_api_keys.sql")),
+                (3, "conversations", include_str!("../migrations/mysql/0003_conversations.sql")),
             ],
         }
     }
@@ -512,6 +515,44 @@ impl Store {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+
+    /// A conversation's messages (JSON), unless expired by `now_ms`.
+    pub async fn get_conversation(&self, key: &str, now_ms: i64) -> Result<Option<String>, String> {
+        let sql =
+            self.backend.sql("SELECT messages FROM drover_conversations WHERE session_key = ? AND expires_at > ?");
+        let row =
+            sqlx::query(&sql).bind(key).bind(now_ms).fetch_optional(&self.pool).await.map_err(|e| e.to_string())?;
+        // MySQL's MEDIUMTEXT reaches sqlx's Any driver as a BLOB: read it as bytes there.
+        row.map(|r| {
+            r.try_get::<String, _>(0)
+                .or_else(|_| r.try_get::<Vec<u8>, _>(0).map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .map_err(|e| e.to_string())
+        })
+        .transpose()
+    }
+
+    /// Replaces a conversation's messages; expired conversations are removed on the way.
+    pub async fn put_conversation(
+        &self,
+        key: &str,
+        messages: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), String> {
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        let delete = self.backend.sql("DELETE FROM drover_conversations WHERE session_key = ? OR expires_at <= ?");
+        sqlx::query(&delete).bind(key).bind(now_ms).execute(&mut *tx).await.map_err(|e| e.to_string())?;
+        let insert =
+            self.backend.sql("INSERT INTO drover_conversations (session_key, messages, expires_at) VALUES (?, ?, ?)");
+        sqlx::query(&insert)
+            .bind(key)
+            .bind(messages)
+            .bind(expires_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())
     }
 

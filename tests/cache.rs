@@ -95,3 +95,66 @@ async fn deterministic_answers_come_back_from_the_cache() {
     let metrics = http().get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("drover_cache_requests_total{result=\"hit\"} 4"), "{metrics}");
 }
+
+async fn chat_in(d: &Drover, path: &str, session: Option<&str>, messages: Value, stream: bool) -> u16 {
+    let mut req = http()
+        .post(format!("{}{path}", d.url))
+        .json(&json!({ "model": "chat", "messages": messages, "stream": stream }));
+    if let Some(s) = session {
+        req = req.header("X-Session-Id", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    r.bytes().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn conversation_memory_carries_a_session_from_turn_to_turn() {
+    let m = MockOllama::start("m", &["llama3:latest"]).await;
+    m.set_stream(2, Duration::from_millis(1));
+    let d = Drover::start(&format!(
+        "{FAST}memory: {{ enabled: true, ttl: 2s, max_messages: 6 }}\nroutes:\n{}",
+        support::route_yaml("chat", &m.url, "llama3:latest", 1, 1)
+    ))
+    .await;
+    let sent_messages = || m.last_json()["messages"].as_array().unwrap().clone();
+    let system = json!({ "role": "system", "content": "be brief" });
+    let q1 = json!({ "role": "user", "content": "my name is Ann" });
+    let q2 = json!({ "role": "user", "content": "what is my name?" });
+
+    // Turn 1 goes as sent; turn 2 sends only its question and the server sees the history.
+    assert_eq!(chat_in(&d, "/api/chat", Some("s1"), json!([system, q1]), false).await, 200);
+    assert_eq!(sent_messages(), vec![system.clone(), q1.clone()]);
+    assert_eq!(chat_in(&d, "/api/chat", Some("s1"), json!([q2]), true).await, 200);
+    let seen = sent_messages();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!((seen[0].clone(), seen[1].clone(), seen[3].clone()), (system.clone(), q1.clone(), q2.clone()));
+    assert_eq!(seen[2], json!({ "role": "assistant", "content": "tok0 tok1 from m" }), "turn 1's answer");
+    // The streamed answer of turn 2 was read too; the OpenAI API shares the session.
+    assert_eq!(
+        chat_in(&d, "/v1/chat/completions", Some("s1"), json!([{ "role": "user", "content": "and?" }]), true).await,
+        200
+    );
+    let seen = sent_messages();
+    assert_eq!(seen[4]["content"], "tok0 tok1 ", "turn 2's streamed answer: {seen:?}");
+    assert_eq!(seen.len(), 6);
+
+    // Bounded: max_messages 6 keeps the system prompt and the latest five.
+    assert_eq!(chat_in(&d, "/api/chat", Some("s1"), json!([{ "role": "user", "content": "last" }]), false).await, 200);
+    let seen = sent_messages();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen[0], system);
+    assert_eq!(seen[5]["content"], "last");
+
+    // Other sessions, and requests without the header, are left alone.
+    assert_eq!(chat_in(&d, "/api/chat", Some("s2"), json!([q2]), false).await, 200);
+    assert_eq!(sent_messages(), vec![q2.clone()]);
+    assert_eq!(chat_in(&d, "/api/chat", None, json!([q2]), false).await, 200);
+    assert_eq!(sent_messages(), vec![q2.clone()]);
+
+    // A session idle for the TTL is forgotten.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(chat_in(&d, "/api/chat", Some("s1"), json!([q2]), false).await, 200);
+    assert_eq!(sent_messages(), vec![q2]);
+}

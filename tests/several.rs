@@ -104,7 +104,7 @@ async fn three_drovers_share_limits_cooldowns_and_routes() {
     // shared cooldown, not because each drover's own checks saw it.
     let yaml = format!(
         "load_balancer:\n  health_check_interval: 30s\n  db_check_interval: 200ms\n  max_fails: 1\n  cooldown: 30s\n\
-         auth:\n  require_keys: true\nstate:\n  redis_url: \"{}\"\nroutes:\n{}{}",
+         auth:\n  require_keys: true\nmemory:\n  enabled: true\nstate:\n  redis_url: \"{}\"\nroutes:\n{}{}",
         redis.url,
         support::route_yaml("chat", &a.url, "llama3:latest", 100, 1),
         support::route_yaml("chat", &b.url, "llama3:latest", 100, 1),
@@ -160,6 +160,16 @@ async fn three_drovers_share_limits_cooldowns_and_routes() {
         seen.push(support::header(&r, "x-drover-cache"));
     }
     assert_eq!(seen, ["miss", "hit", "hit"]);
+
+    // Conversation memory in Redis: a session's second turn, on another drover, carries the first.
+    for (d, text) in [(&drovers[0], "my name is Ann"), (&drovers[2], "what is my name?")] {
+        let body = json!({ "model": "extra", "stream": false, "messages": [{ "role": "user", "content": text }] });
+        let r = http().post(format!("{}/api/chat", d.url)).bearer_auth(&open).header("x-session-id", "s-1");
+        assert_eq!(r.json(&body).send().await.unwrap().status(), 200);
+    }
+    let sent = a.last_json()["messages"].as_array().unwrap().clone();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0]["content"], "my name is Ann");
 
     // 3. Redis stopped and started again under load: no request lost; each drover says so
     // in /health while it is down, and uses Redis again once it is back.

@@ -459,3 +459,27 @@ async fn api_keys_on_every_database() {
         keys_suite(kind, &url).await;
     }
 }
+
+/// Conversation memory kept in the store's drover_conversations table (no Redis).
+#[tokio::test]
+async fn conversation_memory_on_every_database() {
+    for (kind, base) in database_urls() {
+        let url = fresh_database(kind, &base).await;
+        let m = MockOllama::start("m", &["m:1b"]).await;
+        let yaml = format!("{FAST}memory: {{ enabled: true }}\nroutes:\n{}", route_yaml("chat", &m.url, "m:1b", 1, 1));
+        let d = Drover::start_with_db(&yaml, Some(&url)).await;
+        for (turn, text) in ["first question", "second question"].iter().enumerate() {
+            let body = json!({ "model": "chat", "stream": false, "messages": [{ "role": "user", "content": text }] });
+            let r = http()
+                .post(format!("{}/api/chat", d.url))
+                .header("x-session-id", "abc")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{kind}");
+            let sent = m.last_json()["messages"].as_array().unwrap().len();
+            assert_eq!(sent, 1 + turn * 2, "{kind}: turn {turn}: {}", d.log());
+        }
+    }
+}

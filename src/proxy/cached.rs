@@ -92,4 +92,15 @@ impl Drover {
         };
         self.cache.put(&key, entry).await;
     }
+
+    /// A chat request with a session (memory.rs): its body with the session's earlier
+    /// messages put first, and the turn to store after the answer. Otherwise the body as is.
+    pub(super) async fn with_history(&self, session: &Session, body: Bytes) -> (Bytes, Option<crate::memory::Turn>) {
+        let req = session.req_header();
+        let Some(id) = self.memory.session(req.uri.path(), &req.headers) else { return (body, None) };
+        match self.memory.recall(id, &body).await {
+            Some((with_history, turn)) => (Bytes::from(with_history), Some(turn)),
+            None => (body, None),
+        }
+    }
 }

@@ -78,6 +78,8 @@ pub struct Routed {
     /// The answer as it passes, to keep in the response cache (cache.rs), when it may be;
     /// `None` again once it outgrows cache.max_entry_bytes.
     pub cache_fill: Option<Vec<u8>>,
+    /// The session turn to store once the answer is in (memory.rs), and the answer so far.
+    pub memory: Option<(crate::memory::Turn, Vec<u8>)>,
     /// The conversation it continues (affinity.rs), when affinity applies.
     pub affinity: Option<u64>,
     /// Ollama's native /api (openai-kind servers cannot serve it).
@@ -126,6 +128,7 @@ impl Routed {
     pub fn new(body: RoutableBody, native: bool, fleet: Arc<Fleet>) -> Routed {
         Routed {
             cache_fill: None,
+            memory: None,
             affinity: None,
             body,
             native,

@@ -268,6 +268,7 @@ impl Drover {
             }
         };
         ctx.bytes_in = body.len() as u64;
+        let (body, turn) = self.with_history(session, body).await;
         let body = match RoutableBody::parse(body) {
             Ok(b) => b,
             Err(e) => {
@@ -282,6 +283,7 @@ impl Drover {
             return true;
         }
         let mut routed = Routed::new(body, native, self.fleet.load_full());
+        routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         let first = {
             let req = self.scheduler.request(&routed);

@@ -70,6 +70,8 @@ pub struct Drover {
     pub(crate) shared: Arc<crate::shared::Shared>,
     /// Answers to deterministic requests (cache.rs).
     cache: crate::cache::ResponseCache,
+    /// Conversation memory (memory.rs).
+    memory: Arc<crate::memory::Memory>,
 }
 
 impl Drover {
@@ -95,7 +97,14 @@ impl Drover {
             compression_level: settings.compression_level,
             compression_min_bytes: settings.compression_min_bytes,
             tally: reloader.tally.clone(),
-            admin: Admin { settings: settings.clone(), client, keeper, resources, fleet: fleet.clone(), reloader },
+            admin: Admin {
+                settings: settings.clone(),
+                client,
+                keeper,
+                resources,
+                fleet: fleet.clone(),
+                reloader: reloader.clone(),
+            },
             scheduler,
             fleet,
             max_body_bytes: settings.load_balancer.max_body_bytes,
@@ -110,6 +119,7 @@ impl Drover {
             id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
             recent_errors: Default::default(),
             cache: crate::cache::ResponseCache::new(settings.cache.clone(), shared.clone()),
+            memory: Arc::new(crate::memory::Memory::new(settings.memory.clone(), shared.clone(), reloader.clone())),
             shared,
         }
     }

@@ -52,6 +52,13 @@ impl Drover {
             if let Some(scan) = r.relay.scan.as_mut() {
                 scan.feed(data);
             }
+            if let Some((_, answer)) = r.memory.as_mut() {
+                if answer.len() + data.len() <= self.memory.settings.max_bytes * 4 {
+                    answer.extend_from_slice(data);
+                } else {
+                    r.memory = None;
+                }
+            }
             if let Some(fill) = r.cache_fill.as_mut() {
                 if fill.len() + data.len() <= self.cache.settings.max_entry_bytes {
                     fill.extend_from_slice(data);
@@ -63,6 +70,11 @@ impl Drover {
         if end {
             if let Some(scan) = r.relay.scan.take() {
                 ctx.usage = scan.finish();
+            }
+            // The answer is whole: the session's turn is stored before the client can send
+            // the next one (which waits for it).
+            if let Some((turn, answer)) = r.memory.take().filter(|_| ctx.status == 200) {
+                self.memory.remember_soon(turn, crate::memory::answer_text(&answer));
             }
         }
     }
