@@ -46,6 +46,7 @@ need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v redis-server >/dev/null || need+=(redis-server)   # limits shared through Redis
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -75,7 +76,7 @@ ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drov
 # ---- backends and proxies ---------------------------------------------------------------
 # A port already taken (a run still going, or one that was killed) would measure the wrong
 # process: refuse to start instead.
-for port in 18180 18181 18182 18183 18184 18185 18186 18187 18190 18193 18196 18197; do
+for port in 18180 18181 18182 18183 18184 18185 18186 18187 18188 18189 18190 18193 18196 18197 18198; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port is already in use (another run, or what a killed run left behind); stop it first"
     exit 1
@@ -179,6 +180,18 @@ RUST_LOG=warn "$BIN/drover" serve -c "$WORK/keys.yaml" 2>"$WORK/keys.log" &
 KEYS_PID=$!
 PIDS+=($KEYS_PID)
 
+# The same again with its limits judged in Redis (state.redis_url), sharing the keys' store:
+# what fleet-wide limits cost per request (one script call to Redis for the key's and the
+# client's buckets).
+redis-server --port 18189 --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+sed -e 's/18187/18188/; s/18197/18198/' -e "s|$WORK/keys-access.log|$WORK/redis-access.log|" \
+    -e "s|$WORK/keys-upgrade.sock|$WORK/redis-upgrade.sock|; s|$WORK/keys.pid|$WORK/redis-drover.pid|" "$WORK/keys.yaml" > "$WORK/redis.yaml"
+cat >> "$WORK/redis.yaml" <<EOF
+state: { redis_url: "redis://127.0.0.1:18189" }
+load_balancer: { db_check_interval: 500ms }
+EOF
+
 cat > "$WORK/litellm.yaml" <<EOF
 model_list:
   - model_name: bench
@@ -200,6 +213,14 @@ wait_http http://127.0.0.1:18187/health
 BENCH_KEY=$(curl -sf -X POST http://127.0.0.1:18187/admin/keys -H 'content-type: application/json' \
   -d '{"name": "bench", "requests_per_minute": 1000000000, "tokens_per_minute": 1000000000000}' \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+# The Redis-backed drover starts after the key exists in the shared store, and must say its
+# shared state is ok.
+RUST_LOG=warn "$BIN/drover" serve -c "$WORK/redis.yaml" 2>"$WORK/redis-drover.log" &
+REDIS_DROVER_PID=$!
+PIDS+=($REDIS_DROVER_PID)
+wait_http http://127.0.0.1:18188/health
+curl -sf http://127.0.0.1:18188/health | grep -q '"shared_state":{"redis":"127.0.0.1:18189","state":"ok"}' \
+  || { log "the Redis-backed drover does not use Redis: $(curl -s http://127.0.0.1:18188/health)"; exit 1; }
 [ -z "$BASELINE" ] || wait_http http://127.0.0.1:18186/status
 wait_http http://127.0.0.1:18190/api/version
 sleep 1
@@ -274,10 +295,11 @@ for p in "${BACKEND_PIDS[@]}"; do taskset -apc 1 "$p" >/dev/null; done
 for _ in $(seq 1 "$CPU_ROUNDS"); do
   RUNS[CPU_R]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "")"
   RUNS[CPU_K]+=" $(cpu_us "$KEYS_PID" http://127.0.0.1:18187/api/chat "$BENCH_KEY")"
+  RUNS[CPU_KR]+=" $(cpu_us "$REDIS_DROVER_PID" http://127.0.0.1:18188/api/chat "$BENCH_KEY")"
   [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$BASE_PID" http://127.0.0.1:18186/api/chat "")"
 done
 for p in "${BACKEND_PIDS[@]}"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$p" >/dev/null; done
-for k in CPU_R CPU_K ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in CPU_R CPU_K CPU_KR ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
 log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
@@ -290,6 +312,15 @@ for _ in $(seq 1 "$ROUNDS"); do
 done
 for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99 ${BASELINE:+B_P50 B_P99}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}; B_FAIL=${RUNS[B_FAIL]:-0}
+# Limits judged here and in Redis: the latency each adds at the same rate, interleaved.
+for _ in $(seq 1 "$ROUNDS"); do
+  for t in K:18187 KR:18188; do
+    read -r p50 p99 _ failed <<<"$(KEY=$BENCH_KEY "$LG" rate "http://127.0.0.1:${t#*:}/api/chat" "$WORK/chat.json" "$RATE" "$RATE_SECONDS")"
+    RUNS[${t%%:*}_P50]+=" $p50"; RUNS[${t%%:*}_P99]+=" $p99"; RUNS[${t%%:*}_FAIL]=$(( ${RUNS[${t%%:*}_FAIL]:-0} + failed ))
+  done
+done
+for k in K_P50 K_P99 KR_P50 KR_P99; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+K_FAIL=${RUNS[K_FAIL]}; KR_FAIL=${RUNS[KR_FAIL]}
 LRATE=$((RATE / 10))
 L_P50=nan; L_P99=nan; L_FAIL=0
 if [ -z "$SKIP_LITELLM" ]; then
@@ -369,7 +400,17 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   echo "|---|---|---|"
   echo "| keys and limits off | $CPU_R | 1.00 |"
   echo "| auth.require_keys, a key with both limits, limits.client_requests_per_minute | $CPU_K | $(ratio "$CPU_K" "$CPU_R") |"
+  echo "| the same, limits judged in Redis (state.redis_url: fleet-wide) | $CPU_KR | $(ratio "$CPU_KR" "$CPU_R") |"
   [ -z "$BASELINE" ] || echo "| baseline $BASELINE | $CPU_B | $(ratio "$CPU_B" "$CPU_R") |"
+  echo
+  echo "### Limits in Redis: latency at $RATE requests/s (median of $ROUNDS interleaved runs)"
+  echo
+  echo "| drover | p50 ms | p99 ms | p99 added vs limits off, ms | failed |"
+  echo "|---|---|---|---|---|"
+  added() { awk -v a="$1" -v b="$R_P99" 'BEGIN{printf "%.3f", a-b}'; }
+  echo "| keys and limits off | $R_P50 | $R_P99 | 0 | $R_FAIL |"
+  echo "| keys and limits, in this process | $K_P50 | $K_P99 | $(added "$K_P99") | $K_FAIL |"
+  echo "| keys and limits, in Redis | $KR_P50 | $KR_P99 | $(added "$KR_P99") | $KR_FAIL |"
   echo
   echo "### Memory (RSS; nginx: the proxy instance's master and workers)"
   echo
@@ -393,6 +434,8 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   check "delay each streamed line gains, ms" "$GAIN_R" "<=" 1
   check "peak RSS MB, $HOLD_STREAMS open streams" "$(awk -v k="$PEAK" 'BEGIN{printf "%.1f", k/1024}')" "<=" 150
   check "CPU per request with keys and limits on / off" "$(ratio "$CPU_K" "$CPU_R")" "<=" 1.05
+  check "CPU per request with limits in Redis / off" "$(ratio "$CPU_KR" "$CPU_R")" "<=" 1.10
+  check "p99 added by limits in Redis, ms at $RATE/s" "$(awk -v a="$KR_P99" -v b="$R_P99" 'BEGIN{printf "%.3f", a-b}')" "<=" 1
   if [ -n "$BASELINE" ]; then
     echo
     echo "### This build against the baseline ($BASELINE, $(git log -1 --format=%s "$BASELINE" | cut -c1-60)...), same run, interleaved"

@@ -35,7 +35,12 @@ async fn rate(client: reqwest::Client, url: String, body: Vec<u8>, rps: u64, sec
             tokio::spawn(async move {
                 tokio::time::sleep_until(start + gap * i as u32).await;
                 let sent = Instant::now();
-                let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+                let mut req = client.post(url).header("content-type", "application/json").body(body);
+                // An API key, for drovers that require one (KEY in the environment).
+                if let Ok(key) = std::env::var("KEY") {
+                    req = req.bearer_auth(key);
+                }
+                let r = req.send().await;
                 let ok = match r {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                     Err(_) => false,
