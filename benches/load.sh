@@ -189,7 +189,6 @@ sed -e 's/18187/18188/; s/18197/18198/' -e "s|$WORK/keys-access.log|$WORK/redis-
     -e "s|$WORK/keys-upgrade.sock|$WORK/redis-upgrade.sock|; s|$WORK/keys.pid|$WORK/redis-drover.pid|" "$WORK/keys.yaml" > "$WORK/redis.yaml"
 cat >> "$WORK/redis.yaml" <<EOF
 state: { redis_url: "redis://127.0.0.1:18189" }
-load_balancer: { db_check_interval: 500ms }
 EOF
 
 cat > "$WORK/litellm.yaml" <<EOF

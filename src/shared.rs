@@ -9,6 +9,14 @@
 //! all pass and are taken together, or none is taken and the first refusal says how long to
 //! wait. Tokens are debited after the answer by a second call made off the request path.
 //!
+//! **Leases.** A limit under `EXACT_BELOW` per minute asks Redis on every request: exact
+//! across drovers. A larger one also takes a lease, up to a tenth of a second of the limit
+//! (at most `LEASE_MAX`), and admits from it here until it is spent or a second old; the
+//! "admit while above zero" check of a tokens-per-minute limit is likewise trusted for
+//! `CHECK_TRUST`. Leased tokens are taken from the shared bucket, so the fleet never admits
+//! more than the limit; an unspent lease that expires is lost, so it may admit up to a tenth
+//! of a second of the limit less per drover. This keeps Redis off the path of most requests.
+//!
 //! **Cooldowns.** A server that a drover puts into cooldown is written as
 //! `drover:cooldown:<url>` with the cooldown as its expiry; every drover reads those keys
 //! every 500 ms and cools the server down for what is left, so the others follow within
@@ -16,7 +24,7 @@
 //!
 //! **Redis down.** A failed or slow call (over `state.redis_timeout`) marks Redis down:
 //! requests use the local buckets at once, the log says so once, /health reports it, and a
-//! background ping every second brings Redis back into use when it answers.
+//! background ping every 500 ms brings Redis back into use when it answers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,20 +38,24 @@ use serde_json::{json, Value};
 use crate::fleet::Fleet;
 use crate::redis::{Redis, Reply};
 
-/// Judges KEYS[i] as buckets of ARGV[2i] per minute taking ARGV[2i+1] tokens (0: admit while
-/// above zero, take nothing) when ARGV[1] is "admit", or takes ARGV[3] from KEYS[1] whatever
-/// is left when it is "debit". Returns {0, 0}, or {i, ms to wait} for the first refusal.
+/// Judges KEYS[i] as a bucket of ARGV[3i-1] per minute taking ARGV[3i] tokens (0: admit while
+/// above zero, take nothing) and up to ARGV[3i+1] more as a lease when ARGV[1] is "admit", or
+/// takes ARGV[3] from KEYS[1] whatever is left when it is "debit". Returns {0, 0, leased per
+/// key...}, or {i, ms to wait} for the first refusal (nothing taken).
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local state = {}
+local granted = {0, 0}
 for i, key in ipairs(KEYS) do
-  local per = tonumber(ARGV[2 * i])
-  local n = tonumber(ARGV[2 * i + 1])
+  local per = tonumber(ARGV[3 * i - 1])
+  local n = tonumber(ARGV[3 * i])
+  local lease = tonumber(ARGV[3 * i + 1])
   local b = redis.call('HMGET', key, 't', 'at')
   local tokens = tonumber(b[1]) or per
   local at = tonumber(b[2]) or now
   tokens = math.min(per, tokens + math.max(0, now - at) * per / 60000000)
+  local extra = 0
   if ARGV[1] == 'admit' then
     local ok
     if n > 0 then ok = tokens >= n else ok = tokens > 0 end
@@ -52,19 +64,35 @@ for i, key in ipairs(KEYS) do
       if n == 0 then need = 0.000001 end
       return {i, math.max(1, math.ceil((need - tokens) * 60000 / per))}
     end
+    if n > 0 and lease > 0 then extra = math.max(0, math.min(lease, math.floor(tokens - n))) end
   end
-  state[i] = {per, tokens - n}
+  state[i] = {per, tokens - n - extra}
+  granted[i + 2] = extra
 end
 for i, key in ipairs(KEYS) do
   local per, left = state[i][1], state[i][2]
   redis.call('HSET', key, 't', tostring(left), 'at', tostring(now))
   redis.call('PEXPIRE', key, math.ceil((per - left) * 60000 / per) + 1000)
 end
-return {0, 0}
+return granted
 "#;
 
 /// How often cooldowns are read, and a down Redis pinged.
 const POLL: Duration = Duration::from_millis(500);
+
+/// Limits below this many per minute take no lease: every request asks Redis.
+const EXACT_BELOW: u64 = 600;
+/// The most a lease holds.
+const LEASE_MAX: u64 = 100;
+/// How long a lease, or a passed "above zero" check, is used.
+const LEASE_LIFE: Duration = Duration::from_secs(1);
+const CHECK_TRUST: Duration = Duration::from_millis(100);
+
+/// Tokens leased here from a shared bucket, or until when its check is trusted.
+struct Lease {
+    tokens: u64,
+    until: std::time::Instant,
+}
 
 /// One bucket of a request: its Redis key, its limit, and the tokens it takes (0: admit
 /// while above zero).
@@ -76,6 +104,7 @@ pub struct BucketUse {
 
 pub struct Shared {
     redis: Option<Redis>,
+    leases: Mutex<std::collections::HashMap<String, Lease>>,
     up: AtomicBool,
     /// The script's SHA-1 once loaded (EVALSHA); loaded again after a Redis restart.
     sha: Mutex<Option<String>>,
@@ -85,12 +114,24 @@ pub struct Shared {
 impl Shared {
     pub fn new(url: Option<&str>, timeout: Duration) -> Result<Shared, String> {
         let redis = url.map(|u| Redis::from_url(u, timeout)).transpose()?;
-        Ok(Shared { up: AtomicBool::new(redis.is_some()), redis, sha: Mutex::new(None), last_error: Mutex::new(None) })
+        Ok(Shared {
+            up: AtomicBool::new(redis.is_some()),
+            redis,
+            leases: Default::default(),
+            sha: Mutex::new(None),
+            last_error: Mutex::new(None),
+        })
     }
 
     /// No shared state: every drover on its own.
     pub fn none() -> Shared {
-        Shared { redis: None, up: AtomicBool::new(false), sha: Mutex::new(None), last_error: Mutex::new(None) }
+        Shared {
+            redis: None,
+            up: AtomicBool::new(false),
+            leases: Default::default(),
+            sha: Mutex::new(None),
+            last_error: Mutex::new(None),
+        }
     }
 
     pub fn configured(&self) -> bool {
@@ -187,15 +228,22 @@ impl Shared {
         if buckets.is_empty() || !self.active() {
             return None;
         }
+        if self.admit_from_leases(buckets) {
+            return Some(Ok(()));
+        }
         let keys: Vec<&str> = buckets.iter().map(|b| b.key.as_str()).collect();
         let mut args = vec!["admit".to_string()];
         for b in buckets {
             args.push(b.per_minute.to_string());
             args.push(b.take.to_string());
+            args.push(lease_size(b).to_string());
         }
         match self.script(&keys, &args).await? {
-            Reply::Array(Some(r)) if r.len() == 2 => match (r[0].int(), r[1].int()) {
-                (Some(0), _) => Some(Ok(())),
+            Reply::Array(Some(r)) if r.len() >= 2 => match (r[0].int(), r[1].int()) {
+                (Some(0), _) => {
+                    self.keep_leases(buckets, &r[2..]);
+                    Some(Ok(()))
+                }
                 (Some(i), Some(ms)) => Some(Err(((i - 1).max(0) as usize, Duration::from_millis(ms.max(1) as u64)))),
                 _ => None,
             },
@@ -206,9 +254,40 @@ impl Shared {
         }
     }
 
+    /// Admits from what this drover holds when every bucket can: leased tokens, or a
+    /// recently passed check. Takes them; false (nothing taken) when one cannot.
+    fn admit_from_leases(&self, buckets: &[BucketUse]) -> bool {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap();
+        let ready = buckets
+            .iter()
+            .all(|b| leases.get(&b.key).is_some_and(|l| l.until > now && (b.take == 0 || l.tokens >= b.take)));
+        if ready {
+            for b in buckets.iter().filter(|b| b.take > 0) {
+                leases.get_mut(&b.key).expect("checked").tokens -= b.take;
+            }
+        }
+        ready
+    }
+
+    /// Keeps what the script leased (and the checks it passed, for large limits).
+    fn keep_leases(&self, buckets: &[BucketUse], granted: &[Reply]) {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap();
+        leases.retain(|_, l| l.until > now);
+        for (b, g) in buckets.iter().zip(granted) {
+            let extra = g.int().unwrap_or(0).max(0) as u64;
+            if b.take == 0 && b.per_minute >= EXACT_BELOW {
+                leases.insert(b.key.clone(), Lease { tokens: 0, until: now + CHECK_TRUST });
+            } else if extra > 0 {
+                leases.insert(b.key.clone(), Lease { tokens: extra, until: now + LEASE_LIFE });
+            }
+        }
+    }
+
     /// Takes `n` tokens from a bucket, whatever is left (a key's tokens, after its answer).
     pub async fn debit(&self, key: &str, per_minute: u64, n: u64) -> bool {
-        let args = ["debit".to_string(), per_minute.to_string(), n.to_string()];
+        let args = ["debit".to_string(), per_minute.to_string(), n.to_string(), "0".to_string()];
         self.script(&[key], &args).await.is_some()
     }
 
@@ -251,6 +330,16 @@ impl Shared {
                 );
             }
         }
+    }
+}
+
+/// How many tokens a request of this bucket leases beyond its own: none for small limits
+/// (exact), else a tenth of a second of the limit, at most `LEASE_MAX`.
+fn lease_size(b: &BucketUse) -> u64 {
+    if b.take == 0 || b.per_minute < EXACT_BELOW {
+        0
+    } else {
+        (b.per_minute / 600).min(LEASE_MAX)
     }
 }
 
