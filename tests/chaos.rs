@@ -70,7 +70,7 @@ fn load(url: &str, seen: &Arc<Mutex<Seen>>, stop: &Arc<AtomicBool>) -> Vec<tokio
             tokio::spawn(async move {
                 let mut n = 0usize;
                 while !stop.load(Ordering::SeqCst) {
-                    one_request(&url, (n + i) % 3 == 0, &seen).await;
+                    one_request(&url, (n + i).is_multiple_of(3), &seen).await;
                     n += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
