@@ -161,11 +161,14 @@ async fn three_drovers_share_limits_cooldowns_and_routes() {
     }
     assert_eq!(seen, ["miss", "hit", "hit"]);
 
-    // Conversation memory in Redis: a session's second turn, on another drover, carries the first.
+    // Conversation memory in Redis: a session's second turn, on another drover, carries the
+    // first. (A turn is stored as its answer ends; on another drover, the next turn must come
+    // a moment later to see it: a person's pace, here 100 ms.)
     for (d, text) in [(&drovers[0], "my name is Ann"), (&drovers[2], "what is my name?")] {
         let body = json!({ "model": "extra", "stream": false, "messages": [{ "role": "user", "content": text }] });
         let r = http().post(format!("{}/api/chat", d.url)).bearer_auth(&open).header("x-session-id", "s-1");
         assert_eq!(r.json(&body).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let sent = a.last_json()["messages"].as_array().unwrap().clone();
     assert_eq!(sent.len(), 3, "{sent:?}");
