@@ -7,7 +7,7 @@
 //! clock (`TIME`), so every drover sees one bucket and one time. A request's buckets (its
 //! client address, its key's requests and its key's tokens) are judged in one script call:
 //! all pass and are taken together, or none is taken and the first refusal says how long to
-//! wait. Tokens are debited after the answer by a second call made off the request path.
+//! wait. Tokens are debited after the answer, in batches every 100 ms, off the request path.
 //!
 //! **Leases.** A limit under `EXACT_BELOW` per minute asks Redis on every request: exact
 //! across drovers. A larger one also takes a lease, up to a tenth of a second of the limit
@@ -79,6 +79,8 @@ return granted
 
 /// How often cooldowns are read, and a down Redis pinged.
 const POLL: Duration = Duration::from_millis(500);
+/// How often answers' token counts are taken from the shared buckets.
+const FLUSH: Duration = Duration::from_millis(100);
 
 /// Limits below this many per minute take no lease: every request asks Redis.
 const EXACT_BELOW: u64 = 600;
@@ -105,6 +107,8 @@ pub struct BucketUse {
 pub struct Shared {
     redis: Option<Redis>,
     leases: Mutex<std::collections::HashMap<String, Lease>>,
+    /// Tokens to take from shared buckets (answers' token counts), written every `FLUSH`.
+    debits: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     up: AtomicBool,
     /// The script's SHA-1 once loaded (EVALSHA); loaded again after a Redis restart.
     sha: Mutex<Option<String>>,
@@ -118,6 +122,7 @@ impl Shared {
             up: AtomicBool::new(redis.is_some()),
             redis,
             leases: Default::default(),
+            debits: Default::default(),
             sha: Mutex::new(None),
             last_error: Mutex::new(None),
         })
@@ -129,6 +134,7 @@ impl Shared {
             redis: None,
             up: AtomicBool::new(false),
             leases: Default::default(),
+            debits: Default::default(),
             sha: Mutex::new(None),
             last_error: Mutex::new(None),
         }
@@ -285,8 +291,23 @@ impl Shared {
         }
     }
 
-    /// Takes `n` tokens from a bucket, whatever is left (a key's tokens, after its answer).
-    pub async fn debit(&self, key: &str, per_minute: u64, n: u64) -> bool {
+    /// Takes `n` tokens from a bucket at the next flush (within `FLUSH`), whatever is left
+    /// then: a key's tokens, after its answer. Off the request path, one call per bucket.
+    pub fn debit_soon(&self, key: &str, per_minute: u64, n: u64) {
+        let mut debits = self.debits.lock().unwrap();
+        let d = debits.entry(key.to_string()).or_insert((per_minute, 0));
+        *d = (per_minute, d.1 + n);
+    }
+
+    async fn flush_debits(&self) {
+        let due: Vec<(String, (u64, u64))> = self.debits.lock().unwrap().drain().collect();
+        for (key, (per_minute, n)) in due {
+            self.debit(&key, per_minute, n).await;
+        }
+    }
+
+    /// Takes `n` tokens from a bucket, whatever is left.
+    async fn debit(&self, key: &str, per_minute: u64, n: u64) -> bool {
         let args = ["debit".to_string(), per_minute.to_string(), n.to_string(), "0".to_string()];
         self.script(&[key], &args).await.is_some()
     }
@@ -355,9 +376,17 @@ impl BackgroundService for SharedService {
         if !self.shared.configured() {
             return;
         }
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {
+                _ = tokio::time::sleep(FLUSH) => {
+                    ticks += 1;
+                    if self.shared.active() {
+                        self.shared.flush_debits().await;
+                    }
+                    if !ticks.is_multiple_of((POLL.as_millis() / FLUSH.as_millis()) as u32) {
+                        continue;
+                    }
                     if self.shared.active() {
                         self.shared.follow_cooldowns(&self.fleet.load()).await;
                     } else {

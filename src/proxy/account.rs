@@ -12,12 +12,11 @@ impl Drover {
         // A key's usage: the model calls it made that went to a server.
         if let Some(key) = ctx.key.as_ref().filter(|_| ctx.attempts > 0) {
             key.record(&ctx.usage, std::time::Instant::now());
-            // With Redis, the key's token bucket is the fleet's: debit it there, off the request path.
+            // With Redis, the key's token bucket is the fleet's: debit it there, in batches.
             let tokens = ctx.usage.prompt_tokens.unwrap_or(0) + ctx.usage.completion_tokens.unwrap_or(0);
             if let Some((bucket, per_minute)) = key.shared_token_bucket().filter(|_| tokens > 0 && self.shared.active())
             {
-                let shared = self.shared.clone();
-                tokio::spawn(async move { shared.debit(&bucket, per_minute, tokens).await });
+                self.shared.debit_soon(&bucket, per_minute, tokens);
             }
         }
         let req = session.req_header();
