@@ -9,7 +9,9 @@ route re-weighted), and one of the two servers flapping (killed and started agai
 descriptors and OS tasks (threads). At the end: a Markdown table and an SVG plot in OUT_DIR,
 and a slope test: after the first fifth (warm-up), each series is fitted with a line; a
 series fails when its fitted growth over the run is both over 10% of its mean and over an
-absolute floor (4 MiB, 8 descriptors, 2 tasks). Exit code 1 on a failed series or when
+absolute floor (4 MiB, 8 descriptors, 2 tasks), and it is not levelling off: its slope over
+the second half of those samples is at least two thirds of its slope over the first half
+(an allocator and pools warming up grow ever slower; a leak grows at the rate of the load). Exit code 1 on a failed series or when
 fewer than 95% of the requests that did not target the flapping server succeed.
 """
 
@@ -160,16 +162,21 @@ def main():
     xs = [s[0] / 60 for s in warm]
     minutes = (warm[-1][0] - warm[0][0]) / 60 if len(warm) > 1 else 0
     rows, failed = [], []
+    half = len(warm) // 2
     for name, i, floor in [("RSS bytes", 1, 4 * 2**20), ("open fds", 2, 8), ("OS tasks", 3, 2)]:
         ys = [s[i] for s in warm]
         per_min = slope(xs, ys) if len(warm) > 2 else 0.0
         growth = per_min * minutes
         mean = sum(ys) / len(ys)
-        bad = growth > 0.10 * mean and growth > floor
+        early = slope(xs[:half + 1], ys[:half + 1]) if half >= 2 else per_min
+        late = slope(xs[half:], ys[half:]) if len(warm) - half >= 3 else per_min
+        levelling = late < (2 / 3) * early if early > 0 else late <= 0
+        bad = growth > 0.10 * mean and growth > floor and not levelling
         if bad:
             failed.append(name)
+        verdict = "GROWS" if bad else ("levels off" if growth > 0.10 * mean and growth > floor else "flat")
         rows.append(f"| {name} | {warm[0][i]} | {samples[-1][i]} | {max(s[i] for s in samples)} | {per_min:.2f} | "
-                     f"{growth:.1f} | {'GROWS' if bad else 'flat'} |")
+                    f"{early:.2f} / {late:.2f} | {growth:.1f} | {verdict} |")
     total = COUNTS["ok"] + COUNTS["failed"]
     ok_share = COUNTS["ok"] / total if total else 0
     os.makedirs(OUT, exist_ok=True)
@@ -180,8 +187,8 @@ def main():
         f"among them), {COUNTS['hung_up']} hung up by the client mid-stream, {COUNTS['unknown_model_404']} "
         "unknown-model 404s; a route re-weighted every 5 s; one of two servers killed and restarted every 23 s.",
         "",
-        "| series | after warm-up | at the end | max | fitted slope per minute | fitted growth over the run | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| series | after warm-up | at the end | max | fitted slope per minute | slope, first / second half | fitted growth over the run | verdict |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "![soak samples](soak.svg)",
