@@ -22,10 +22,10 @@ log() { echo "soak: $*" >&2; }
 scripts/setup --no-python
 if [ "$PROFILE" = release ]; then
   cargo build --release --bin drover --examples
-  BIN=$ROOT/target/release
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 else
   cargo build --bin drover --examples
-  BIN=$ROOT/target/debug
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 fi
 for port in "$P" "$P_MOCK" "$P_FLAP" "$P_METRICS"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then log "port $port is in use; stop what holds it"; exit 1; fi
