@@ -30,6 +30,9 @@ async fn the_dashboard_shows_the_fleet_live_behind_the_admin_token() {
     }
     let r = no_redirects().get(format!("{}/dashboard?token=wrong", d.url)).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // A value that could not travel in a cookie is refused, not put in a header.
+    let r = no_redirects().get(format!("{}/dashboard?token=a%3B%20b", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
 
     // The token in the URL once: a cookie, and back to a URL without it.
     let r = no_redirects().get(format!("{}/dashboard?token=sesame", d.url)).send().await.unwrap();

@@ -34,7 +34,9 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// A top-level object with a `model` string somewhere among its keys, serialised compactly
 /// or pretty, and the model name.
 fn routable_body() -> impl Strategy<Value = (Vec<u8>, String)> {
-    (prop::collection::vec((any::<String>(), json_value()), 0..8), any::<String>(), any::<bool>()).prop_map(
+    // drover refuses a blank model (400), so the names here are never blank.
+    let model = any::<String>().prop_map(|s| if s.trim().is_empty() { format!("m{s}") } else { s });
+    (prop::collection::vec((any::<String>(), json_value()), 0..8), model, any::<bool>()).prop_map(
         |(fields, model, pretty)| {
             let mut object: Map<String, Value> = fields.into_iter().filter(|(k, _)| k != "model").collect();
             object.insert("model".into(), Value::String(model.clone()));
@@ -97,7 +99,6 @@ proptest! {
 
     #[test]
     fn the_rewrite_is_a_parse_set_serialise((bytes, model) in routable_body(), actual in any::<String>()) {
-        prop_assume!(!model.trim().is_empty());
         check_rewrite(&bytes, &model, &actual)?;
     }
 

@@ -140,6 +140,16 @@ impl Drover {
                 url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
             });
             if let Some(token) = given {
+                // A cookie value carries only visible ASCII without separators.
+                let cookie_safe = token.bytes().all(|b| b.is_ascii_graphic() && !b"\";,\\".contains(&b));
+                if !cookie_safe {
+                    let e = ApiError::new(
+                        400,
+                        "token_not_cookie_safe",
+                        "this admin.token cannot travel in a cookie; send it as Authorization: Bearer",
+                    );
+                    return self.error(session, ctx, e).await;
+                }
                 if self.admin.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
                     let mut header = ResponseHeader::build(303, Some(3)).expect("valid status");
                     header.insert_header(http::header::LOCATION, "/dashboard").expect("static header");
