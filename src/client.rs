@@ -41,8 +41,9 @@ impl Default for Client {
     }
 }
 
-/// One request to a server: a GET, or a POST when there is a body.
+/// One request to a server.
 struct Call<'a> {
+    method: &'static str,
     url: &'a ServerUrl,
     headers: &'a [(http::HeaderName, http::HeaderValue)],
     path: &'a str,
@@ -53,23 +54,18 @@ struct Call<'a> {
     lines: Option<&'a tokio::sync::mpsc::UnboundedSender<Value>>,
 }
 
-impl Call<'_> {
-    fn method(&self) -> &'static str {
-        if self.path == "/api/delete" {
-            "DELETE"
-        } else if self.body.is_some() {
-            "POST"
-        } else {
-            "GET"
-        }
-    }
-}
-
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
-        let call =
-            Call { url: &server.url, headers: &server.credentials.headers, path, body: None, timeout, lines: None };
+        let call = Call {
+            method: "GET",
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body: None,
+            timeout,
+            lines: None,
+        };
         self.call_server(server, call).await
     }
 
@@ -82,16 +78,25 @@ impl Client {
         timeout: Duration,
     ) -> Result<Value, String> {
         let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
-        let call = Call { url: &server.url, headers: &server.credentials.headers, path, body, timeout, lines: None };
+        let call = Call {
+            method: "POST",
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body,
+            timeout,
+            lines: None,
+        };
         self.call_server(server, call).await
     }
 
-    /// Sends `body` to `path` on `server` (`method` POST or DELETE) and hands each line of a
+    /// Sends `body` with `method` (POST, DELETE) to `path` on `server` and hands each line of a
     /// successful NDJSON answer to `lines` as it arrives; `idle` bounds each read, not the
     /// whole call (a pull of a large model takes as long as it takes). An `{"error": ...}`
     /// line ends the call with that error; an empty answer (copy, delete) is a success.
     pub async fn stream_json(
         &self,
+        method: &'static str,
         server: &Server,
         path: &str,
         body: &Value,
@@ -100,6 +105,7 @@ impl Client {
     ) -> Result<(), String> {
         let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
         let call = Call {
+            method,
             url: &server.url,
             headers: &server.credentials.headers,
             path,
@@ -113,7 +119,7 @@ impl Client {
 
     /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
     pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
-        let call = Call { url, headers: &[], path, body: None, timeout, lines: None };
+        let call = Call { method: "GET", url, headers: &[], path, body: None, timeout, lines: None };
         let run = async {
             let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
                 .await
@@ -159,9 +165,8 @@ impl Client {
         peer: &pingora::upstreams::peer::HttpPeer,
         call: &Call<'_>,
     ) -> Result<Value, Failure> {
-        let Call { url, headers, path, timeout, .. } = *call;
+        let Call { method, url, headers, path, timeout, .. } = *call;
         let body = call.body.clone();
-        let method = call.method();
         let before = |e: pingora::BError| Failure::BeforeAnswer(format!("{method} {path}: {e}"));
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
@@ -248,5 +253,5 @@ async fn within(
 ) -> Result<Value, String> {
     tokio::time::timeout(call.timeout, run)
         .await
-        .unwrap_or_else(|_| Err(format!("{} {}: no answer within {:?}", call.method(), call.path, call.timeout)))
+        .unwrap_or_else(|_| Err(format!("{} {}: no answer within {:?}", call.method, call.path, call.timeout)))
 }

@@ -74,11 +74,11 @@ impl Op {
     }
 
     /// The HTTP method Ollama expects.
-    pub fn method(self) -> http::Method {
+    pub fn method(self) -> &'static str {
         if self == Op::Delete {
-            http::Method::DELETE
+            "DELETE"
         } else {
-            http::Method::POST
+            "POST"
         }
     }
 }
@@ -245,7 +245,7 @@ pub fn run(plan: &Plan, client: &Arc<Client>, idle: Duration) -> tokio::sync::mp
         tokio::spawn(async move {
             let url = server.url.as_str().to_string();
             let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-            let call = client.stream_json(&server, op.path(), &body, idle, &lines_tx);
+            let call = client.stream_json(op.method(), &server, op.path(), &body, idle, &lines_tx);
             tokio::pin!(call);
             let result = loop {
                 tokio::select! {
@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(Op::named("delete"), Some(Op::Delete));
         assert_eq!(Op::named("/api/chat"), None);
         assert!(Op::Delete.destructive() && !Op::Pull.destructive());
-        assert_eq!(Op::Delete.method(), http::Method::DELETE);
+        assert_eq!(Op::Delete.method(), "DELETE");
     }
 
     #[test]

@@ -61,16 +61,16 @@ impl Drover {
         if session.write_response_header(Box::new(header), false).await.is_err() {
             return true;
         }
-        let pieces = entry.pieces();
-        let last = pieces.len().saturating_sub(1);
+        let mut pieces = entry.pieces();
+        if pieces.is_empty() {
+            pieces.push(Bytes::new()); // an empty stream still ends
+        }
+        let last = pieces.len() - 1;
         for (i, piece) in pieces.into_iter().enumerate() {
             ctx.bytes_out += piece.len() as u64;
             if session.write_response_body(Some(piece), i == last).await.is_err() {
                 break;
             }
-        }
-        if entry.body.is_empty() {
-            let _ = session.write_response_body(Some(Bytes::new()), true).await;
         }
         true
     }

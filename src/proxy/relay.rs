@@ -52,19 +52,12 @@ impl Drover {
             if let Some(scan) = r.relay.scan.as_mut() {
                 scan.feed(data);
             }
-            if let Some((_, answer)) = r.memory.as_mut() {
-                if answer.len() + data.len() <= self.memory.settings.max_bytes * 4 {
-                    answer.extend_from_slice(data);
-                } else {
-                    r.memory = None;
-                }
+            // A copy kept for the session's memory and for the cache, each dropped once too big.
+            if r.memory.as_mut().is_some_and(|(_, a)| !append_within(a, data, self.memory.settings.max_bytes * 4)) {
+                r.memory = None;
             }
-            if let Some(fill) = r.cache_fill.as_mut() {
-                if fill.len() + data.len() <= self.cache.settings.max_entry_bytes {
-                    fill.extend_from_slice(data);
-                } else {
-                    r.cache_fill = None;
-                }
+            if r.cache_fill.as_mut().is_some_and(|f| !append_within(f, data, self.cache.settings.max_entry_bytes)) {
+                r.cache_fill = None;
             }
         }
         if end {
@@ -126,4 +119,13 @@ impl Drover {
             None => session.shutdown().await,
         }
     }
+}
+
+/// Appends `data` to `buf` if the result stays within `limit` bytes; false when it would not.
+fn append_within(buf: &mut Vec<u8>, data: &[u8], limit: usize) -> bool {
+    let fits = buf.len() + data.len() <= limit;
+    if fits {
+        buf.extend_from_slice(data);
+    }
+    fits
 }
