@@ -118,7 +118,8 @@ async fn delete_needs_the_admin_token_and_copy_goes_where_the_source_is() {
     // Copy (not destructive): on each server, from the name it knows.
     let (status, lines) = manage(&d, "/api/copy", json!({ "source": "coder", "destination": "coder-backup" })).await;
     assert_eq!(status, 200, "{lines:?}");
-    assert!(a.models().contains(&"coder-backup".to_string()) && b.models().contains(&"coder-backup".to_string()));
+    assert!(a.models().contains(&"coder-backup:latest".to_string()));
+    assert!(b.models().contains(&"coder-backup:latest".to_string()));
     assert_eq!(a.managed(), ["/api/copy qwen2.5-coder:7b"]);
 
     // With the token, through the Ollama API: deleted on both.
@@ -176,7 +177,7 @@ async fn required_models_are_pulled_in_the_background_and_reported_in_health() {
     let rows = health["required_models"].as_array().unwrap();
     assert!(rows.iter().all(|r| r["state"] == "present" && r["server"] == a.url.as_str()), "{health}");
     assert!(seen_pulling, "progress was visible while the pull ran");
-    assert!(a.models().contains(&"nomic-embed-text".to_string()));
+    assert!(a.models().contains(&"nomic-embed-text:latest".to_string()));
     assert_eq!(a.managed(), ["/api/pull nomic-embed-text"], "llama3 was there already; pulled once");
     let r: Value = http().get(format!("{}/admin/models/required", d.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(r.as_array().unwrap().len(), 2, "{r}");

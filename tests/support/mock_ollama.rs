@@ -507,7 +507,7 @@ async fn manage(State(s): State<Arc<MockState>>, uri: Uri, body: Bytes) -> Respo
                 models.retain(|x| x != &model && *x != format!("{model}:latest"));
                 s.loaded.lock().unwrap().retain(|x| x != &model);
             } else if let Some(to) = name("destination") {
-                models.push(to);
+                models.push(tagged(&to));
             }
             return StatusCode::OK.into_response();
         }
@@ -529,7 +529,7 @@ async fn manage(State(s): State<Arc<MockState>>, uri: Uri, body: Bytes) -> Respo
     };
     let fails = path == "/api/pull" && model.starts_with("missing");
     if matches!(path.as_str(), "/api/pull" | "/api/create") && !fails && !has(&model) {
-        s.models.lock().unwrap().push(model.clone());
+        s.models.lock().unwrap().push(tagged(&model));
     }
     if req["stream"] == json!(false) {
         return if fails {
@@ -553,4 +553,13 @@ async fn manage(State(s): State<Arc<MockState>>, uri: Uri, body: Bytes) -> Respo
         Some((Ok::<_, std::io::Error>(Bytes::from(format!("{line}\n"))), it))
     });
     Response::builder().header("content-type", "application/x-ndjson").body(Body::from_stream(stream)).unwrap()
+}
+
+/// A model name as Ollama stores it: with a tag (`latest` when none was given).
+fn tagged(name: &str) -> String {
+    if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
 }
