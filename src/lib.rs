@@ -5,6 +5,7 @@
 //! `ProxyHttp`: wait, upstream, relay, account). `fleet` holds the snapshot they read;
 //! `health` keeps it current; `view` answers fleet-wide calls; `serve` starts it all.
 
+pub mod accept;
 pub mod accesslog;
 pub mod admin;
 pub mod admin_keys;

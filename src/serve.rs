@@ -2,13 +2,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
+use crate::accept::FirstRequest;
 use crate::backends::Health;
 use crate::config::{Env, Settings};
 use crate::fleet::Fleet;
@@ -120,7 +123,11 @@ pub fn run(args: ServeArgs) -> i32 {
     }
     let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone(), resources, shared.clone());
     let keeper = drover.admin.keeper.clone();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, drover, "drover");
+    // Pingora's proxy app, behind the wrapper that lets a connection accepted just before a
+    // graceful stop (upgrade or SIGTERM) have its first request answered.
+    let linger = Duration::from_secs(1).min(Duration::from_secs(settings.grace_period_seconds));
+    let app = FirstRequest::new(pingora::proxy::http_proxy(&server.configuration, drover), linger);
+    let mut proxy = Service::new("drover".to_string(), app);
     // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
     // buffers of its own, so the 64 KiB default only costs memory per open connection.
     let listener = ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));

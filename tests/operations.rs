@@ -334,6 +334,29 @@ async fn sigterm_closes_idle_kept_alive_connections_at_once() {
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed at once, without another answer: {read:?}");
 }
 
+/// A connection accepted just before drover stops, whose request is still on its way, is
+/// answered (and then closed), not dropped with the idle ones: under load that was a client's
+/// fresh connection failing in the middle of a graceful upgrade.
+#[tokio::test]
+async fn a_connection_opened_just_before_sigterm_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Drover::start_with_grace(FAST, 2).await;
+    let mut fresh = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    // Let drover accept it and start waiting for the request, then stop drover.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(d.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    fresh.write_all(b"GET /api/version HTTP/1.1\r\nHost: drover\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fresh.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    assert!(answer.starts_with("http/1.1 200"), "answered: {answer:?}");
+    assert!(answer.contains("connection: close"), "and closed after it: {answer:?}");
+    assert!(answer.contains("\"version\""), "{answer:?}");
+    assert!(d.exits_within(Duration::from_secs(10)).await, "exited after draining");
+}
+
 #[tokio::test]
 async fn a_bad_config_at_upgrade_leaves_the_old_process_serving() {
     let m = MockOllama::start("m", &["m:1b"]).await;

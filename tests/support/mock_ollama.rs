@@ -83,11 +83,14 @@ pub struct MockOllama {
 
 impl MockOllama {
     pub async fn start(name: &str, models: &[&str]) -> MockOllama {
-        Self::start_at("127.0.0.1:0", name, models).await
+        Self::serve_on(bind_restartable(), name, models)
     }
 
     pub async fn start_at(addr: &str, name: &str, models: &[&str]) -> MockOllama {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve_on(TcpListener::bind(addr).await.unwrap(), name, models)
+    }
+
+    fn serve_on(listener: TcpListener, name: &str, models: &[&str]) -> MockOllama {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(MockState {
             name: name.to_string(),
@@ -181,11 +184,29 @@ impl Drop for MockOllama {
     }
 }
 
-/// Binds `addr` again once the previous listener on it is gone.
+/// A loopback listener on a port below the kernel's ephemeral range (32768 and up on Linux),
+/// for servers a test stops and starts again on the same port: while one is stopped, no
+/// outgoing connection can take its port as a source port and keep it from listening again.
+pub fn bind_restartable() -> TcpListener {
+    use std::hash::{BuildHasher, RandomState};
+    let seed = RandomState::new().hash_one(std::process::id());
+    for i in 0..2000u64 {
+        let port = 20000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            l.set_nonblocking(true).unwrap();
+            return TcpListener::from_std(l).unwrap();
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
+}
+
+/// Binds `addr` again once the previous listener on it is gone (a few seconds at most).
 pub async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match TcpListener::bind(addr).await {
             Ok(l) => return l,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{addr} stayed taken for 10 s: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }

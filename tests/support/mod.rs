@@ -230,7 +230,7 @@ pub struct TcpRelay {
 
 impl TcpRelay {
     pub async fn start(target: SocketAddr) -> TcpRelay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = mock_ollama::bind_restartable();
         let port = listener.local_addr().unwrap().port();
         let relay = TcpRelay { port, target, task: std::sync::Mutex::new(None) };
         *relay.task.lock().unwrap() = Some(tokio::spawn(relay_loop(listener, target)));
@@ -327,7 +327,8 @@ impl RedisServer {
             eprintln!("redis-server not installed: skipping (scripts/databases installs it)");
             return None;
         }
-        let port = free_port();
+        // Below the ephemeral range, as it is stopped and started again on the same port.
+        let port = mock_ollama::bind_restartable().local_addr().unwrap().port();
         let mut r = RedisServer { child: None, port, url: format!("redis://127.0.0.1:{port}") };
         r.restart().await;
         Some(r)
