@@ -76,12 +76,14 @@ impl Default for ServerState {
     }
 }
 
-/// Failed requests since `started_ms` (milliseconds since the state's epoch), and when the last one was.
+/// Failed requests since `started_ms` (milliseconds since the state's epoch), and when the
+/// last one was: an `Instant`, as panic mode compares it between servers that may have failed
+/// within the same millisecond (one request's attempts, one after the other).
 #[derive(Default, Clone, Copy)]
 struct FailWindow {
     started_ms: u64,
     count: u32,
-    last_ms: u64,
+    last: Option<Instant>,
 }
 
 /// When failed requests take a server out: `max_fails` within `fail_timeout` cool it down for `cooldown`.
@@ -203,10 +205,10 @@ impl Server {
         let now = self.now_ms();
         let mut w = self.state.fails.lock().unwrap();
         if w.count == 0 || now.saturating_sub(w.started_ms) > p.fail_timeout.as_millis() as u64 {
-            *w = FailWindow { started_ms: now, count: 0, last_ms: now };
+            *w = FailWindow { started_ms: now, count: 0, last: None };
         }
         w.count += 1;
-        w.last_ms = now;
+        w.last = Some(Instant::now());
         self.state.failing.store(true, Ordering::Relaxed);
         if w.count < p.max_fails {
             return false;
@@ -226,7 +228,7 @@ impl Server {
     /// How long ago the last failed request was (panic mode tries the oldest failure first).
     pub fn since_last_failure(&self) -> Duration {
         let w = *self.state.fails.lock().unwrap();
-        Duration::from_millis(self.now_ms().saturating_sub(w.last_ms))
+        w.last.map_or_else(|| self.state.epoch.elapsed(), |t| t.elapsed())
     }
 
     /// Records why the last check or request failed.
