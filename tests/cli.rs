@@ -94,8 +94,15 @@ fn scripts_cluster_starts_a_fleet_and_stops_exactly_it() {
         bin_dir.join("examples/mock_ollama").exists(),
         "build the examples first (cargo build --examples; scripts/test does)"
     );
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (port, backends) = (free(), free());
+    // Four consecutive free ports (drover, its metrics, two backends), below the kernel's
+    // ephemeral range so that no outgoing connection of a test running beside this one takes
+    // one of them between this check and the script's start.
+    let base = (20000..32000u16)
+        .step_by(4)
+        .skip((std::process::id() % 2500) as usize)
+        .find(|&b| (b..b + 4).map(|p| std::net::TcpListener::bind(("127.0.0.1", p))).all(|l| l.is_ok()))
+        .expect("four free loopback ports");
+    let (port, backends) = (base, base + 1);
     let dir = std::env::temp_dir().join(format!("drover-cluster-test-{}", std::process::id()));
     let cluster = |arg: &[&str]| {
         Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
