@@ -39,7 +39,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut watch = shutdown.clone();
         let spoke = async {
-            // TLS streams do not peek (false at once): their handshake has already been read.
+            // Pingora's TLS streams cannot peek (Ok(false) at once): they go on unheld, as before.
             let mut first = [0u8; 1];
             matches!(tokio::time::timeout(SILENT_FOR_AT_MOST, stream.try_peek(&mut first)).await, Ok(Ok(_)))
         };
