@@ -5,7 +5,7 @@
 //! `ServerState` behind atomics, shared by every snapshot that names the server, so a
 //! reload of the routes never loses health or counters.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -528,8 +528,20 @@ impl Fleet {
             grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
         }
         let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
-        health.set_members(servers.iter().map(|s| s.backend.clone()).collect());
+        // A server this build drops stays a member of the health view until the fleet that
+        // still names it is replaced (`retire_departed`): a request reading that fleet in the
+        // meantime would otherwise find its server unknown to the view, which reads as down.
+        let mut members: BTreeSet<Backend> = servers.iter().map(|s| s.backend.clone()).collect();
+        if let Some(p) = previous {
+            members.extend(p.servers.iter().map(|s| s.backend.clone()));
+        }
+        health.set_members(members);
         Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released, health }
+    }
+
+    /// Once this fleet is published: the servers it no longer names leave the health view.
+    pub fn retire_departed(&self) {
+        self.health.set_members(self.servers.iter().map(|s| s.backend.clone()).collect());
     }
 
     /// The model's own routes, when at least one of them is active; otherwise it is served
@@ -628,6 +640,22 @@ mod tests {
             state: Arc::default(),
             released: Arc::new(Notify::new()),
         })
+    }
+
+    /// A reload that drops a server: requests still reading the published fleet find the
+    /// server ready until the new fleet is out and retires it.
+    #[test]
+    fn a_dropped_server_stays_in_the_view_until_its_fleet_is_replaced() {
+        let settings = |yaml: &str| Settings::parse(yaml, None, &crate::config::Env::default()).unwrap();
+        let health = Health::new();
+        let both = Fleet::build(&settings("servers: [ 'http://a:1', 'http://b:1' ]\n"), &[], &health, None);
+        let b = both.by_url["http://b:1"].clone();
+        assert!(b.healthy());
+        let only_a = Fleet::build(&settings("servers: [ 'http://a:1' ]\n"), &[], &health, Some(&both));
+        assert!(b.healthy(), "the published fleet still names b");
+        only_a.retire_departed();
+        assert!(!b.healthy(), "the new fleet is out: b has left the view");
+        assert!(only_a.by_url["http://a:1"].healthy());
     }
 
     #[test]

@@ -108,7 +108,9 @@ impl Reloader {
         let keys = store.list_keys().await?;
         self.keys.replace(keys);
         let previous = self.fleet.load_full();
-        self.fleet.store(Arc::new(Fleet::build(&self.settings, &rows, &previous.health, Some(&previous))));
+        let fleet = Arc::new(Fleet::build(&self.settings, &rows, &previous.health, Some(&previous)));
+        self.fleet.store(fleet.clone());
+        fleet.retire_departed();
         self.seen.store(marker, Ordering::SeqCst);
         Ok(rows.len())
     }
