@@ -6,12 +6,12 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use drover::backends::Health;
-use drover::body::RoutableBody;
 use drover::config::{Env, Settings, Strategy};
+use drover::fleet::backends::Health;
 use drover::fleet::Fleet;
-use drover::ollama::Inventory;
-use drover::select::{select, NoChecks, Request, Selection};
+use drover::protocol::body::RoutableBody;
+use drover::protocol::ollama::Inventory;
+use drover::routing::select::{select, NoChecks, Request, Selection};
 use serde_json::json;
 
 /// A fleet whose model "m" has `n` routes over `n` servers in three priority tiers.
@@ -90,7 +90,7 @@ fn tags_merge(c: &mut Criterion) {
             .collect();
         s.set_inventory(Inventory { names: names.into_iter().collect(), tags, ..Inventory::default() });
     }
-    c.bench_function("tags_merge/50_servers", |b| b.iter(|| black_box(drover::view::tags(black_box(&fleet)))));
+    c.bench_function("tags_merge/50_servers", |b| b.iter(|| black_box(drover::fleet::view::tags(black_box(&fleet)))));
 }
 
 criterion_group!(benches, selection, body_rewrite, tags_merge);

@@ -1,42 +1,29 @@
 //! drover: a load balancer for fleets of Ollama servers, built on Pingora.
 //!
-//! The data path, one file per stage: `api` (which API and endpoint) -> `body` (bounded
-//! read, model rewrite) -> `select` (tiers, weights, eligibility) -> `proxy` (the Pingora
-//! `ProxyHttp`: wait, upstream, relay, account). `fleet` holds the snapshot they read;
-//! `health` keeps it current; `view` answers fleet-wide calls; `serve` starts it all.
+//! Folders by concern, lower ones never importing higher ones (ARCHITECTURE.md has the
+//! table; tests/layout.rs checks it):
+//!
+//! - `protocol`, `storage`, `telemetry`: the APIs' shapes, the outside stores, counters.
+//! - `config`: the file format and the validated settings.
+//! - `fleet`: the servers, their health, the snapshot of routes.
+//! - `edge`: keys, limits, CORS. `routing`: selection, affinity, queue, resource check.
+//! - `state`: Redis-shared limits, the response cache, conversation memory, the store follower.
+//! - `admin`: the admin API, model management, required models, the dashboard.
+//! - `proxy`: the Pingora `ProxyHttp`, one hook per stage, on top of all of them.
+//!
+//! `serve` is the composition root: it builds every shared part once and starts Pingora.
+//! `accept` wraps Pingora's proxy app; `probe` is the resource agent run on each host.
 
 pub mod accept;
-pub mod accesslog;
 pub mod admin;
-pub mod admin_keys;
-pub mod admin_models;
-pub mod affinity;
-pub mod api;
-pub mod backends;
-pub mod body;
-pub mod cache;
-pub mod client;
 pub mod config;
-pub mod cors;
-pub mod dashboard;
+pub mod edge;
 pub mod fleet;
-pub mod health;
-pub mod keys;
-pub mod limits;
-pub mod manage;
-pub mod memory;
-pub mod metrics;
-pub mod ollama;
 pub mod probe;
+pub mod protocol;
 pub mod proxy;
-pub mod queue;
-pub mod redis;
-pub mod reload;
-pub mod required;
-pub mod resources;
-pub mod select;
+pub mod routing;
 pub mod serve;
-pub mod shared;
-pub mod store;
-pub mod usage;
-pub mod view;
+pub mod state;
+pub mod storage;
+pub mod telemetry;

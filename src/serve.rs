@@ -12,14 +12,22 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::accept::FirstRequest;
-use crate::backends::Health;
+use crate::admin::required::{Keeper, KeeperService};
+use crate::admin::{Admin, AdminParts};
 use crate::config::{Env, Settings};
+use crate::edge::keys::Keyring;
+use crate::fleet::backends::Health;
+use crate::fleet::client::Client;
+use crate::fleet::gauges::FleetCollector;
+use crate::fleet::health::ServerCheck;
 use crate::fleet::Fleet;
-use crate::health::ServerCheck;
-use crate::proxy::Drover;
-use crate::reload::Reloader;
-use crate::resources::ResourceCheck;
-use crate::store::{Store, StoredKey, StoredRoute};
+use crate::proxy::{Drover, Parts};
+use crate::routing::resources::ResourceCheck;
+use crate::state::cache::ResponseCache;
+use crate::state::memory::Memory;
+use crate::state::reload::{Reloader, Tally};
+use crate::state::shared::{Shared, SharedService};
+use crate::storage::store::{Store, StoreError, StoreHandle, StoredKey, StoredRoute};
 
 /// Command-line switches of `drover serve`.
 pub struct ServeArgs {
@@ -88,7 +96,8 @@ pub fn run(args: ServeArgs) -> i32 {
         }
     };
     let settings = Arc::new(settings);
-    // The parts the proxy, the admin API, the metrics and the background services share.
+    // Every shared part, built once here and handed to those that use it: the proxy, the
+    // admin API, the metrics and the background services.
     let health = Health::new();
     let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, &health, None)));
     log::info!(
@@ -98,20 +107,23 @@ pub fn run(args: ServeArgs) -> i32 {
         fleet.load().servers.len(),
         fleet.load().routes.len()
     );
-    let keyring = Arc::new(crate::keys::Keyring::default());
+    let keyring = Arc::new(Keyring::default());
     keyring.replace(keys);
     if settings.require_keys && keyring.is_empty() {
         log::warn!("auth.require_keys is on and no API key exists yet: every model call gets 401 until one is made (POST /admin/keys)");
     }
-    let reloader = Arc::new(Reloader::new(settings.clone(), fleet.clone(), keyring, marker));
+    let store = Arc::new(StoreHandle::new(&settings.database_url, settings.database_pool_size));
+    let tally = Arc::new(Tally::default());
+    let reloader =
+        Arc::new(Reloader::new(settings.clone(), store.clone(), fleet.clone(), keyring.clone(), tally.clone(), marker));
     let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
-    crate::metrics::init();
+    crate::telemetry::metrics::init();
     let readings = resources.clone();
-    crate::metrics::FleetCollector::register(fleet.clone(), Box::new(move || readings.free_memory()));
+    FleetCollector::register(fleet.clone(), Box::new(move || readings.free_memory()));
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&settings.metrics_listen.to_string());
     server.add_service(prometheus);
-    let shared = match crate::shared::Shared::new(settings.redis_url.as_deref(), settings.redis_timeout) {
+    let shared = match Shared::new(settings.redis_url.as_deref(), settings.redis_timeout) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("drover: state.redis_url: {e}");
@@ -119,10 +131,34 @@ pub fn run(args: ServeArgs) -> i32 {
         }
     };
     if let Some(u) = &settings.redis_url {
-        log::info!("shared state in Redis at {}", crate::store::redact_url(u));
+        log::info!("shared state in Redis at {}", crate::storage::store::redact_url(u));
     }
-    let drover = Drover::new(settings.clone(), fleet.clone(), reloader.clone(), resources, shared.clone());
-    let keeper = drover.admin.keeper.clone();
+    let client = Arc::new(Client::default());
+    let keeper = Arc::new(Keeper::new(&settings, fleet.clone(), client.clone()));
+    let admin = Arc::new(Admin::new(AdminParts {
+        settings: settings.clone(),
+        store: store.clone(),
+        reloader: reloader.clone(),
+        keyring: keyring.clone(),
+        client: client.clone(),
+        keeper: keeper.clone(),
+        resources: resources.clone(),
+        fleet: fleet.clone(),
+    }));
+    let drover = Drover::new(Parts {
+        settings: settings.clone(),
+        fleet: fleet.clone(),
+        reloader: reloader.clone(),
+        tally,
+        keys: keyring,
+        resources,
+        shared: shared.clone(),
+        admin,
+        keeper: keeper.clone(),
+        client,
+        cache: ResponseCache::new(settings.cache.clone(), shared.clone()),
+        memory: Arc::new(Memory::new(settings.memory.clone(), shared.clone(), store)),
+    });
     // Pingora's proxy app, behind the wrapper that lets a connection accepted just before a
     // graceful stop (upgrade or SIGTERM) have its first request answered.
     let linger = Duration::from_secs(1).min(Duration::from_secs(settings.grace_period_seconds));
@@ -144,8 +180,8 @@ pub fn run(args: ServeArgs) -> i32 {
     }
     server.add_service(proxy);
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
-    server.add_service(background_service("required models", crate::required::KeeperService(keeper)));
-    let following = crate::shared::SharedService { shared, fleet: fleet.clone() };
+    server.add_service(background_service("required models", KeeperService(keeper)));
+    let following = SharedService { shared, fleet: fleet.clone() };
     server.add_service(background_service("shared state", following));
     // Active health checks: drover's check, run over the fleet's health registry by
     // pingora-load-balancing's own service.
@@ -177,9 +213,9 @@ fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, Vec<StoredKey>, 
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     runtime.block_on(async {
-        let store = Store::connect(&settings.database_url, 1).await?;
-        store.migrate().await?;
-        let what = |e: String| format!("database {}: {e}", store.url);
+        let store = Store::connect(&settings.database_url, 1).await.map_err(|e| e.to_string())?;
+        store.migrate().await.map_err(|e| e.to_string())?;
+        let what = |e: StoreError| format!("database {}: {e}", store.url);
         let marker = store.marker().await.map_err(what)?;
         let rows = store.list().await.map_err(what)?;
         let keys = store.list_keys().await.map_err(what)?;

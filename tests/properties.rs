@@ -8,8 +8,8 @@
 //! property; a long run: `PROPTEST_CASES=200000 cargo test --release --test properties`.
 
 use bytes::Bytes;
-use drover::body::{BodyError, RoutableBody};
-use drover::usage::UsageScan;
+use drover::protocol::body::{BodyError, RoutableBody};
+use drover::protocol::usage::UsageScan;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

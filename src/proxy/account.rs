@@ -2,8 +2,9 @@
 
 use pingora::proxy::Session;
 
-use super::{Drover, RequestCtx};
-use crate::accesslog::Line;
+use super::ctx::RequestCtx;
+use super::drover::Drover;
+use crate::telemetry::accesslog::Line;
 
 impl Drover {
     /// Counts the request in the metrics and writes its access-log line.
@@ -14,7 +15,8 @@ impl Drover {
             key.record(&ctx.usage, std::time::Instant::now());
             // With Redis, the key's token bucket is the fleet's: debit it there, in batches.
             let tokens = ctx.usage.prompt_tokens.unwrap_or(0) + ctx.usage.completion_tokens.unwrap_or(0);
-            if let Some((bucket, per_minute)) = key.shared_token_bucket().filter(|_| tokens > 0 && self.shared.active())
+            if let Some((bucket, per_minute)) =
+                crate::state::shared::BucketUse::key_tokens(key).filter(|_| tokens > 0 && self.shared.active())
             {
                 self.shared.debit_soon(&bucket, per_minute, tokens);
             }
@@ -63,18 +65,20 @@ fn account(ctx: &RequestCtx) {
     let Some(model) = ctx.model.as_deref() else { return };
     let server = ctx.server.as_deref().unwrap_or("none");
     let status = ctx.status.to_string();
-    crate::metrics::REQUESTS.with_label_values(&[model, server, &status]).inc();
-    crate::metrics::REQUEST_DURATION.with_label_values(&[model]).observe(ctx.started.elapsed().as_secs_f64());
+    crate::telemetry::metrics::REQUESTS.with_label_values(&[model, server, &status]).inc();
+    crate::telemetry::metrics::REQUEST_DURATION
+        .with_label_values(&[model])
+        .observe(ctx.started.elapsed().as_secs_f64());
     if let Some(t) = ctx.ttfb {
-        crate::metrics::TTFB.with_label_values(&[model]).observe(t.as_secs_f64());
+        crate::telemetry::metrics::TTFB.with_label_values(&[model]).observe(t.as_secs_f64());
     }
     let u = &ctx.usage;
     for (kind, n) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
         if let Some(n) = n {
-            crate::metrics::TOKENS.with_label_values(&[model, server, kind]).inc_by(n);
+            crate::telemetry::metrics::TOKENS.with_label_values(&[model, server, kind]).inc_by(n);
         }
     }
     if let Some(load) = u.load_seconds {
-        crate::metrics::MODEL_LOAD.with_label_values(&[model, server]).observe(load);
+        crate::telemetry::metrics::MODEL_LOAD.with_label_values(&[model, server]).observe(load);
     }
 }

@@ -1,17 +1,22 @@
-//! Who may call: the per-address rate limit, the API key, and the key's own limits.
+//! Who may call: CORS (the Origin, and preflights), the per-address rate limit, the API key,
+//! and the key's own limits.
 //!
 //! Applied to model calls and fleet views; drover's liveness and metrics pages (/, /health,
 //! /metrics) stay open for load balancers and scrapers, and the admin API has its own token.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::{Drover, RequestCtx};
-use crate::api::{ApiError, Endpoint};
-use crate::keys::Key;
-use crate::limits::retry_after_seconds;
-use crate::shared::BucketUse;
+use super::ctx::RequestCtx;
+use super::drover::Drover;
+use crate::edge::cors::Verdict;
+use crate::edge::keys::Key;
+use crate::edge::limits::retry_after_seconds;
+use crate::protocol::api::{ApiError, Endpoint};
+use crate::state::shared::BucketUse;
 
 impl Drover {
     /// Checks a request against the limits and keys before anything else is done with it.
@@ -31,7 +36,7 @@ impl Drover {
         let now = Instant::now();
         let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let client_refused = |ip: std::net::IpAddr, wait| {
-            crate::metrics::RATE_LIMITED.with_label_values(&["client"]).inc();
+            crate::telemetry::metrics::RATE_LIMITED.with_label_values(&["client"]).inc();
             ApiError::new(
                 429,
                 "rate_limit_exceeded",
@@ -54,7 +59,7 @@ impl Drover {
             if matches!(endpoint, Management) && self.admin.authorize(ip, text("authorization")).is_ok() {
                 None
             } else {
-                let presented = crate::keys::presented(text("authorization"), text("x-api-key"));
+                let presented = crate::edge::keys::presented(text("authorization"), text("x-api-key"));
                 Some(self.keys.authenticate(presented)?)
             }
         } else {
@@ -65,13 +70,13 @@ impl Drover {
                 |(i, wait, kind)| match kind {
                     Limit::Client => client_refused(ip.expect("a client bucket has an address"), wait),
                     Limit::Key => {
-                        crate::metrics::RATE_LIMITED.with_label_values(&["key"]).inc();
+                        crate::telemetry::metrics::RATE_LIMITED.with_label_values(&["key"]).inc();
                         key.as_ref().expect("a key bucket has a key").refusal(i, wait)
                     }
                 },
             )?;
         } else if let Some(k) = key.as_ref().filter(|_| model_call) {
-            k.admit(now).inspect_err(|_| crate::metrics::RATE_LIMITED.with_label_values(&["key"]).inc())?;
+            k.admit(now).inspect_err(|_| crate::telemetry::metrics::RATE_LIMITED.with_label_values(&["key"]).inc())?;
         }
         ctx.key = key;
         Ok(())
@@ -87,11 +92,11 @@ impl Drover {
         let mut buckets = Vec::new();
         let mut kinds = Vec::new();
         if let (Some(limit), Some(ip)) = (&self.client_limit, ip) {
-            buckets.push(BucketUse { key: format!("drover:rl:client:{ip}"), per_minute: limit.per_minute(), take: 1 });
+            buckets.push(BucketUse::client(ip, limit.per_minute()));
             kinds.push((Limit::Client, 0));
         }
         if let Some(k) = key {
-            for (i, b) in k.shared_buckets().into_iter().enumerate() {
+            for (i, b) in BucketUse::of_key(k).into_iter().enumerate() {
                 buckets.push(b);
                 kinds.push((Limit::Key, i));
             }
@@ -112,6 +117,43 @@ impl Drover {
                     k.admit_local(now).map_err(|(i, wait)| (i, wait, Limit::Key))?;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// CORS: records an allowed Origin for the answer's headers; answers a preflight (204) or
+    /// a request from an origin not allowed (403) here. True when the request was answered.
+    pub(super) async fn cors_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
+        let req = session.req_header();
+        let text = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let host = text(http::header::HOST).or(req.uri.authority().map(|a| a.as_str()));
+        match self.cors.judge(text(http::header::ORIGIN), host) {
+            Verdict::NotCors => false,
+            Verdict::Deny(origin) => {
+                let msg =
+                    format!("origin {origin:?} is not allowed; add it to cors.allowed_origins (patterns may use *)");
+                self.error(session, ctx, ApiError::new(403, "origin_not_allowed", msg)).await;
+                true
+            }
+            Verdict::Allow(origin) => {
+                let preflight = req.method == http::Method::OPTIONS
+                    && req.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+                let asked = text(http::header::ACCESS_CONTROL_REQUEST_HEADERS).map(str::to_string);
+                ctx.cors_origin = Some(origin);
+                if !preflight {
+                    return false;
+                }
+                let mut h = ResponseHeader::build(204, Some(6)).expect("valid status");
+                h.insert_header(http::header::ACCESS_CONTROL_ALLOW_METHODS, crate::edge::cors::ALLOW_METHODS)
+                    .expect("static");
+                if let Some(asked) = asked {
+                    h.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, asked).expect("a header value");
+                }
+                h.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, crate::edge::cors::MAX_AGE).expect("static");
+                h.insert_header(http::header::CONTENT_LENGTH, "0").expect("static");
+                ctx.status = 204;
+                self.write(session, ctx, h, Bytes::new()).await;
+                true
             }
         }
     }

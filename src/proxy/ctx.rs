@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::api::{Api, ApiError};
-use crate::body::RoutableBody;
-use crate::fleet::{Fleet, Route, Server, Slot};
-use crate::resources::Reservation;
-use crate::usage::{Usage, UsageScan};
+use crate::fleet::{Fleet, Route, Server};
+use crate::protocol::api::{Api, ApiError};
+use crate::protocol::body::RoutableBody;
+use crate::protocol::usage::{Usage, UsageScan};
+use crate::routing::scheduler::Chosen;
 
 /// A request's context (Pingora's `CTX`), created for each request and logged when it ends.
 pub struct RequestCtx {
@@ -26,7 +26,7 @@ pub struct RequestCtx {
     pub bytes_out: u64,
     pub error: Option<String>,
     /// The API key the request presented, when keys are required.
-    pub key: Option<Arc<crate::keys::Key>>,
+    pub key: Option<Arc<crate::edge::keys::Key>>,
     /// The allowed Origin of a cross-origin browser request, echoed in every answer.
     pub cors_origin: Option<String>,
     /// What the answer said it used (tokens, load time).
@@ -64,14 +64,6 @@ impl Default for RequestCtx {
     }
 }
 
-/// A route picked for an attempt, with its concurrency slot and (for a cold load) the
-/// memory reserved on its server; both are given back when this is dropped.
-pub struct Chosen {
-    pub route: Arc<Route>,
-    pub slot: Slot,
-    pub reservation: Option<Reservation>,
-}
-
 /// The state of a model-routed request across its attempts.
 pub struct Routed {
     pub body: RoutableBody,
@@ -79,7 +71,7 @@ pub struct Routed {
     /// `None` again once it outgrows cache.max_entry_bytes.
     pub cache_fill: Option<Vec<u8>>,
     /// The session turn to store once the answer is in (memory.rs), and the answer so far.
-    pub memory: Option<(crate::memory::Turn, Vec<u8>)>,
+    pub memory: Option<(crate::state::memory::Turn, Vec<u8>)>,
     /// The conversation it continues (affinity.rs), when affinity applies.
     pub affinity: Option<u64>,
     /// Ollama's native /api (openai-kind servers cannot serve it).

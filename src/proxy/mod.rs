@@ -1,29 +1,37 @@
 //! The Pingora `ProxyHttp`: each hook is one stage of a request, implemented in the file named after it.
 //!
-//! - `request_filter`: classify; answer drover's own endpoints (local.rs); for a model-routed
-//!   call read and parse the body, keeping its tail in Pingora's retry buffer, and wait for
-//!   a first route (wait.rs).
+//! - `request_filter`: drover's CORS and who may call (admit.rs); drover's own endpoints
+//!   (own.rs); for a model-routed call the body stage (route.rs): read and parse the body,
+//!   keeping its tail in Pingora's retry buffer, a session's history first (memory.rs), an
+//!   answer from the response cache (cache.rs), else a first route (wait.rs).
 //! - `upstream_peer`, `upstream_request_filter`, `request_body_filter`, `fail_to_connect`,
 //!   `error_while_proxy`, `upstream_response_filter`: one attempt on one server, and whether
 //!   a failure is retried elsewhere (upstream.rs).
 //! - `response_filter`, `response_body_filter`, `fail_to_proxy`: the answer on its way back,
 //!   and errors in the client's format (relay.rs).
-//! - `logging`: metrics and the access-log line (account.rs).
+//! - `logging`: the answer kept for the cache (cache.rs); metrics and the access-log line (account.rs).
+//!
+//! `Drover` and the parts it is built from are in drover.rs; a request's state in ctx.rs;
+//! every answer drover writes itself goes through respond.rs.
+//!
+//! Owns: the per-request context, the per-address limiter, the recent errors for the dashboard.
+//! May import: every folder but serve (it sits on top).
 
 mod account;
 mod admit;
-mod cached;
+mod cache;
 mod ctx;
-mod local;
+mod drover;
+mod memory;
+mod own;
 mod relay;
+mod respond;
+mod route;
 mod upstream;
 mod wait;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -32,98 +40,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
 
 pub use ctx::RequestCtx;
+pub use drover::{Drover, Parts};
 pub use upstream::STALE_RETRIES;
-pub use wait::{unknown_model, Scheduler};
 
-use crate::admin::Admin;
-use crate::api::{classify, Api, ApiError, Endpoint};
-use crate::config::Settings;
-use crate::fleet::Fleet;
-use crate::reload::{Reloader, Tally};
-
-/// The balancer: one per process, shared by every request.
-pub struct Drover {
-    fleet: Arc<ArcSwap<Fleet>>,
-    scheduler: Scheduler,
-    tally: Arc<Tally>,
-    pub(crate) admin: Admin,
-    access_log: crate::accesslog::AccessLog,
-    cors: crate::cors::Cors,
-    keys: Arc<crate::keys::Keyring>,
-    require_keys: bool,
-    client_limit: Option<crate::limits::ClientLimiter>,
-    compression_level: u32,
-    compression_min_bytes: usize,
-    max_body_bytes: usize,
-    max_header_bytes: usize,
-    max_retry_count: u32,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    config_source: Option<String>,
-    database: String,
-    started: Instant,
-    next_id: AtomicU64,
-    id_prefix: String,
-    /// The last errors clients got, for the dashboard.
-    recent_errors: crate::dashboard::RecentErrors,
-    /// Limits and cooldowns shared with other drovers through Redis (shared.rs).
-    pub(crate) shared: Arc<crate::shared::Shared>,
-    /// Answers to deterministic requests (cache.rs).
-    cache: crate::cache::ResponseCache,
-    /// Conversation memory (memory.rs).
-    memory: Arc<crate::memory::Memory>,
-}
-
-impl Drover {
-    /// The balancer over the shared parts serve.rs builds: the fleet snapshot, the reloader
-    /// (store, tally) and the resource check.
-    pub fn new(
-        settings: Arc<Settings>,
-        fleet: Arc<ArcSwap<Fleet>>,
-        reloader: Arc<Reloader>,
-        resources: Arc<crate::resources::ResourceCheck>,
-        shared: Arc<crate::shared::Shared>,
-    ) -> Drover {
-        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let scheduler = Scheduler::new(&settings, resources.clone());
-        let client = Arc::new(crate::client::Client::default());
-        let keeper = Arc::new(crate::required::Keeper::new(&settings, fleet.clone(), client.clone()));
-        Drover {
-            access_log: crate::accesslog::AccessLog::new(&settings.access_log),
-            cors: crate::cors::Cors::new(&settings.cors_origins),
-            keys: reloader.keys.clone(),
-            require_keys: settings.require_keys,
-            client_limit: settings.client_requests_per_minute.map(crate::limits::ClientLimiter::new),
-            compression_level: settings.compression_level,
-            compression_min_bytes: settings.compression_min_bytes,
-            tally: reloader.tally.clone(),
-            admin: Admin {
-                settings: settings.clone(),
-                client,
-                keeper,
-                resources,
-                fleet: fleet.clone(),
-                reloader: reloader.clone(),
-            },
-            scheduler,
-            fleet,
-            max_body_bytes: settings.load_balancer.max_body_bytes,
-            max_header_bytes: settings.load_balancer.max_header_bytes,
-            max_retry_count: settings.load_balancer.max_retry_count,
-            connect_timeout: settings.http_client.connect_timeout,
-            read_timeout: settings.http_client.read_timeout,
-            config_source: settings.source.as_ref().map(|p| p.display().to_string()),
-            database: crate::store::redact_url(&settings.database_url),
-            started: Instant::now(),
-            next_id: AtomicU64::new(0),
-            id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
-            recent_errors: Default::default(),
-            cache: crate::cache::ResponseCache::new(settings.cache.clone(), shared.clone()),
-            memory: Arc::new(crate::memory::Memory::new(settings.memory.clone(), shared.clone(), reloader.clone())),
-            shared,
-        }
-    }
-}
+use crate::protocol::api::{classify, Api, ApiError, Endpoint};
 
 #[async_trait]
 impl ProxyHttp for Drover {
@@ -266,7 +186,7 @@ impl ProxyHttp for Drover {
     ) -> pingora::Result<()> {
         self.relay_header(upstream_response, ctx)?;
         if !self.worth_compressing(upstream_response) {
-            no_compression(session);
+            respond::no_compression(session);
         }
         Ok(())
     }
@@ -308,29 +228,6 @@ impl ProxyHttp for Drover {
         _context: ProxyWarnLogContext,
     ) -> bool {
         true
-    }
-}
-
-impl Drover {
-    /// Whether an answer may be compressed: a whole one (never a stream, whose lines would
-    /// wait in the encoder) of at least compression.min_bytes. Whether the client accepts
-    /// an encoding, and whether the answer is encoded already, Pingora's module decides.
-    fn worth_compressing(&self, resp: &ResponseHeader) -> bool {
-        let text = |name| resp.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-        let length = text(http::header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
-        if self.compression_level == 0 || length.is_none_or(|n| n < self.compression_min_bytes) {
-            return false;
-        }
-        let content_type = text(http::header::CONTENT_TYPE).unwrap_or("").to_ascii_lowercase();
-        !(content_type.starts_with("text/event-stream") || content_type.starts_with("application/x-ndjson"))
-    }
-}
-
-/// Turns response compression off for this answer.
-fn no_compression(session: &mut Session) {
-    use pingora::modules::http::compression::ResponseCompression;
-    if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
-        c.adjust_level(0);
     }
 }
 

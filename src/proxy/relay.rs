@@ -4,10 +4,11 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::{Drover, RequestCtx};
-use crate::api::{stream_error_tail, ApiError};
+use super::ctx::RequestCtx;
+use super::drover::Drover;
 use crate::fleet::Origin;
-use crate::usage::UsageScan;
+use crate::protocol::api::{stream_error_tail, ApiError};
+use crate::protocol::usage::UsageScan;
 
 impl Drover {
     /// `response_filter`: the answer's header is on its way to the client.
@@ -37,7 +38,7 @@ impl Drover {
         }
         resp.insert_header("x-drover-attempts", ctx.attempts.to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        super::local::cors_headers(resp, ctx)?;
+        super::respond::cors_headers(resp, ctx)?;
         Ok(())
     }
 
@@ -67,7 +68,7 @@ impl Drover {
             // The answer is whole: the session's turn is stored before the client can send
             // the next one (which waits for it).
             if let Some((turn, answer)) = r.memory.take().filter(|_| ctx.status == 200) {
-                self.memory.remember_soon(turn, crate::memory::answer_text(&answer));
+                self.memory.remember_soon(turn, crate::state::memory::answer_text(&answer));
             }
         }
     }

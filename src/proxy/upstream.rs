@@ -12,12 +12,13 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use super::ctx::RequestCtx;
 use super::ctx::Routed;
-use super::wait::Refused;
-use super::{Drover, RequestCtx};
-use crate::api::ApiError;
+use super::drover::Drover;
 use crate::fleet::Route;
-use crate::metrics::{self, RetryReason};
+use crate::protocol::api::ApiError;
+use crate::routing::scheduler::{Chosen, Refused};
+use crate::telemetry::metrics::{self, RetryReason};
 
 /// Stale pooled connections replaced on one request before the failure counts.
 pub const STALE_RETRIES: u32 = 2;
@@ -67,19 +68,11 @@ impl Drover {
     }
 
     /// Waits for the next route after a failure; none left gives the client's error.
-    async fn next_route(
-        &self,
-        session: &mut Session,
-        r: &mut Routed,
-        attempts: u32,
-    ) -> pingora::Result<super::ctx::Chosen> {
+    async fn next_route(&self, session: &mut Session, r: &mut Routed, attempts: u32) -> pingora::Result<Chosen> {
         if attempts > self.max_retry_count {
             return Err(self.exhausted(r, attempts));
         }
-        let picked = {
-            let req = self.scheduler.request(r);
-            self.scheduler.acquire(session.as_mut(), &r.fleet, &req, true).await
-        };
+        let picked = self.take_route(session.as_mut(), r, true).await;
         match picked {
             Ok(chosen) => Ok(chosen),
             Err(Refused::ClientGone) => {
@@ -229,10 +222,7 @@ impl Drover {
         if attempts > self.max_retry_count {
             return Ok(());
         }
-        let picked = {
-            let req = self.scheduler.request(r);
-            self.scheduler.acquire(session.as_mut(), &r.fleet, &req, true).await
-        };
+        let picked = self.take_route(session.as_mut(), r, true).await;
         match picked {
             Ok(chosen) => {
                 r.next = Some(chosen);

@@ -1,0 +1,143 @@
+//! `GET /dashboard`: one live page on the fleet, served by drover itself (no build step, no
+//! CDN): assets/dashboard.html and assets/dashboard.js, compiled into the binary. The page
+//! polls `GET /dashboard/data` every second and acts through the admin API (drain/enable a
+//! server, pull a model).
+//!
+//! Auth is the admin API's: loopback clients without `admin.token`; with a token, a bearer
+//! header, or the `drover_admin` cookie that `GET /dashboard?token=...` sets (HttpOnly,
+//! SameSite=Strict). The cookie alone is accepted for reads; a write made with it must also
+//! carry `X-Drover-Dashboard: 1`, which a cross-site form cannot send.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use crate::fleet::Fleet;
+
+pub const PAGE: &str = include_str!("../../assets/dashboard.html");
+pub const SCRIPT: &str = include_str!("../../assets/dashboard.js");
+pub const COOKIE: &str = "drover_admin";
+
+/// The last errors clients were answered with, newest last.
+#[derive(Default)]
+pub struct RecentErrors {
+    list: Mutex<VecDeque<Value>>,
+}
+
+/// How many errors the dashboard shows.
+const KEEP: usize = 30;
+
+impl RecentErrors {
+    pub fn push(&self, entry: Value) {
+        let mut list = self.list.lock().unwrap();
+        if list.len() == KEEP {
+            list.pop_front();
+        }
+        list.push_back(entry);
+    }
+
+    pub fn snapshot(&self) -> Vec<Value> {
+        self.list.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+/// Everything the page shows, as of now. Counters are totals; the page turns them into
+/// rates between two polls.
+pub struct Snapshot<'a> {
+    pub fleet: &'a Fleet,
+    pub queued: usize,
+    /// (server, free RAM, free VRAM) from the probes.
+    pub free_memory: Vec<(String, u64, Option<u64>)>,
+    pub errors: Vec<Value>,
+    pub required: Value,
+    pub uptime_seconds: u64,
+}
+
+pub fn data(s: Snapshot) -> Value {
+    let fleet = s.fleet;
+    let free: BTreeMap<&str, (u64, Option<u64>)> =
+        s.free_memory.iter().map(|(u, ram, vram)| (u.as_str(), (*ram, *vram))).collect();
+    let servers: Vec<Value> = fleet
+        .servers
+        .iter()
+        .map(|srv| {
+            let url = srv.url.as_str();
+            let mut tiers: Vec<Value> = fleet
+                .routes
+                .iter()
+                .flat_map(|(model, mr)| mr.routes.iter().map(move |r| (model, r)))
+                .filter(|(_, r)| std::sync::Arc::ptr_eq(&r.server, srv) && r.is_active)
+                .map(|(model, r)| json!({ "model": model, "priority": r.priority, "weight": r.weight }))
+                .collect();
+            tiers.sort_by_key(|t| (t["priority"].as_u64(), t["model"].as_str().map(str::to_string)));
+            let inv = srv.inventory();
+            let mut loaded: Vec<&String> = inv.loaded_names.iter().collect();
+            loaded.sort();
+            let cooling = srv.cooling_down();
+            let state = match (srv.drained(), srv.healthy(), cooling.is_some()) {
+                (true, _, _) => "drained",
+                (_, false, _) => "down",
+                (_, _, true) => "cooling_down",
+                _ if srv.at_capacity() => "busy",
+                _ => "up",
+            };
+            let (ram, vram) = free.get(url).copied().map_or((None, None), |(r, v)| (Some(r), v));
+            json!({
+                "url": url,
+                "kind": srv.kind.as_str(),
+                "state": state,
+                "drained": srv.drained(),
+                "routes": tiers,
+                "in_flight": srv.in_flight(),
+                "max_concurrency": srv.max_concurrency,
+                "loaded": loaded,
+                "free_ram_bytes": ram,
+                "free_vram_bytes": vram,
+                "requests": srv.request_count(),
+                "errors": srv.error_count(),
+                "last_error": srv.last_error(),
+                "version": inv.version,
+            })
+        })
+        .collect();
+    let models: Vec<Value> = crate::telemetry::metrics::per_model()
+        .into_iter()
+        .map(|(model, (requests, tokens))| json!({ "model": model, "requests": requests, "tokens": tokens }))
+        .collect();
+    json!({
+        "uptime_seconds": s.uptime_seconds,
+        "queued": s.queued,
+        "servers": servers,
+        "models": models,
+        "errors": s.errors,
+        "required_models": s.required,
+    })
+}
+
+/// The token in a `Cookie` header, if it carries drover's.
+pub fn cookie_token(cookie: Option<&str>) -> Option<&str> {
+    cookie?.split(';').map(str::trim).find_map(|c| c.strip_prefix(COOKIE)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cookie_among_others() {
+        assert_eq!(cookie_token(Some("a=1; drover_admin=s3cret; b=2")), Some("s3cret"));
+        assert_eq!(cookie_token(Some("drover_admin_x=1")), None);
+        assert_eq!(cookie_token(None), None);
+    }
+
+    #[test]
+    fn keeps_the_last_errors() {
+        let r = RecentErrors::default();
+        for i in 0..40 {
+            r.push(json!(i));
+        }
+        let s = r.snapshot();
+        assert_eq!((s.len(), s[0].clone(), s[29].clone()), (30, json!(10), json!(39)));
+    }
+}

@@ -1,0 +1,257 @@
+//! A small JSON client over Pingora's connector: GETs for health checks and inventory
+//! refreshes, POSTs for the admin API's calls to servers (preload), and POSTs whose answer is
+//! NDJSON progress handed over line by line (model management: pull, push, create).
+
+use std::time::Duration;
+
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use serde_json::Value;
+
+use crate::fleet::Server;
+use crate::protocol::ollama::ServerUrl;
+
+/// Pooled connections found closed, one after another, before a GET counts as failed.
+const STALE_RETRIES: u32 = 4;
+
+/// Responses larger than this are not inventories: refuse them rather than buffer them.
+const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why a GET failed: before any answer (a stale pooled connection looks like this), or otherwise.
+enum Failure {
+    BeforeAnswer(String),
+    Other(String),
+}
+
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Failure::BeforeAnswer(m) | Failure::Other(m) => m,
+        }
+    }
+}
+
+pub struct Client {
+    connector: Connector,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client { connector: Connector::new(None) }
+    }
+}
+
+/// One request to a server.
+struct Call<'a> {
+    method: &'static str,
+    url: &'a ServerUrl,
+    headers: &'a [(http::HeaderName, http::HeaderValue)],
+    path: &'a str,
+    body: Option<bytes::Bytes>,
+    timeout: Duration,
+    /// Where each line of a 2xx answer goes as it arrives (NDJSON progress), instead of the
+    /// answer being parsed whole. The read timeout then applies per read, not to the call.
+    lines: Option<&'a tokio::sync::mpsc::UnboundedSender<Value>>,
+}
+
+impl Client {
+    /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
+    pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
+        let call = Call {
+            method: "GET",
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body: None,
+            timeout,
+            lines: None,
+        };
+        self.call_server(server, call).await
+    }
+
+    /// POSTs `body` as JSON to `path` on `server` and parses the answer, all within `timeout`.
+    pub async fn post_json(
+        &self,
+        server: &Server,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
+        let call = Call {
+            method: "POST",
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body,
+            timeout,
+            lines: None,
+        };
+        self.call_server(server, call).await
+    }
+
+    /// Sends `body` with `method` (POST, DELETE) to `path` on `server` and hands each line of a
+    /// successful NDJSON answer to `lines` as it arrives; `idle` bounds each read, not the
+    /// whole call (a pull of a large model takes as long as it takes). An `{"error": ...}`
+    /// line ends the call with that error; an empty answer (copy, delete) is a success.
+    pub async fn stream_json(
+        &self,
+        method: &'static str,
+        server: &Server,
+        path: &str,
+        body: &Value,
+        idle: Duration,
+        lines: &tokio::sync::mpsc::UnboundedSender<Value>,
+    ) -> Result<(), String> {
+        let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
+        let call = Call {
+            method,
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body,
+            timeout: idle,
+            lines: Some(lines),
+        };
+        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+        self.send(&call, addr).await.map(|_| ())
+    }
+
+    /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
+    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
+        let call = Call { method: "GET", url, headers: &[], path, body: None, timeout, lines: None };
+        let run = async {
+            let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("cannot resolve {}", url.host))?;
+            self.send(&call, addr).await
+        };
+        within(&call, run).await
+    }
+
+    async fn call_server(&self, server: &Server, call: Call<'_>) -> Result<Value, String> {
+        let run = async {
+            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+            self.send(&call, addr).await
+        };
+        within(&call, run).await
+    }
+
+    /// One exchange, retried on a stale pooled connection.
+    async fn send(&self, call: &Call<'_>, addr: std::net::SocketAddr) -> Result<Value, String> {
+        let url = call.url;
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
+        peer.options.connection_timeout = Some(call.timeout);
+        let mut stale = 0;
+        loop {
+            let (up, reused) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
+            match self.exchange(up, &peer, call).await {
+                // A pooled connection the server closed while idle (Go's servers do): that
+                // says nothing about the server's health; ask again on another connection.
+                Err(Failure::BeforeAnswer(e)) if reused && stale < STALE_RETRIES => {
+                    log::debug!("stale pooled connection to {}: {e}", url.as_str());
+                    stale += 1;
+                }
+                result => return result.map_err(Failure::into_message),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut up: pingora::protocols::http::client::HttpSession,
+        peer: &pingora::upstreams::peer::HttpPeer,
+        call: &Call<'_>,
+    ) -> Result<Value, Failure> {
+        let Call { method, url, headers, path, timeout, .. } = *call;
+        let body = call.body.clone();
+        let before = |e: pingora::BError| Failure::BeforeAnswer(format!("{method} {path}: {e}"));
+        up.set_read_timeout(Some(timeout));
+        up.set_write_timeout(Some(timeout));
+        let full = format!("{}{path}", url.base_path);
+        let mut req =
+            RequestHeader::build(method, full.as_bytes(), Some(4)).map_err(|e| Failure::Other(e.to_string()))?;
+        req.insert_header(http::header::HOST, url.authority()).map_err(|e| Failure::Other(e.to_string()))?;
+        for (name, value) in headers {
+            req.insert_header(name.clone(), value.clone()).map_err(|e| Failure::Other(e.to_string()))?;
+        }
+        if let Some(b) = &body {
+            req.insert_header(http::header::CONTENT_TYPE, "application/json")
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            req.insert_header(http::header::CONTENT_LENGTH, b.len()).map_err(|e| Failure::Other(e.to_string()))?;
+        }
+        up.write_request_header(Box::new(req)).await.map_err(before)?;
+        if let Some(b) = body {
+            up.write_request_body(b, true).await.map_err(before)?;
+        }
+        up.finish_request_body().await.map_err(before)?;
+        up.read_response_header().await.map_err(|e| match e.etype() {
+            pingora::ErrorType::ReadTimedout => Failure::Other(format!("{method} {path}: {e}")),
+            _ => before(e),
+        })?;
+        let status = up.response_header().map_or(0, |h| h.status.as_u16());
+        let lines = call.lines.filter(|_| (200..300).contains(&status));
+        let mut answer = Vec::new();
+        while let Some(chunk) =
+            up.read_response_body().await.map_err(|e| Failure::Other(format!("{method} {path}: {e}")))?
+        {
+            if let Some(tx) = lines {
+                answer.extend_from_slice(&chunk);
+                while let Some(end) = memchr::memchr(b'\n', &answer) {
+                    let line: Vec<u8> = answer.drain(..=end).collect();
+                    forward_line(&line, tx).map_err(Failure::Other)?;
+                }
+                continue;
+            }
+            if answer.len() + chunk.len() > MAX_JSON_BYTES {
+                return Err(Failure::Other(format!("{method} {path}: answer larger than {MAX_JSON_BYTES} bytes")));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        if up.response_done() {
+            self.connector.release_http_session(up, peer, Some(Duration::from_secs(60))).await;
+        }
+        if !(200..300).contains(&status) {
+            let said = serde_json::from_slice::<Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)))
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            return Err(Failure::Other(format!("{method} {path}: HTTP {status}{said}")));
+        }
+        if let Some(tx) = lines {
+            forward_line(&answer, tx).map_err(Failure::Other)?;
+            return Ok(Value::Null);
+        }
+        if answer.iter().all(u8::is_ascii_whitespace) && call.body.is_some() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&answer).map_err(|e| Failure::Other(format!("{method} {path}: not JSON ({e})")))
+    }
+}
+
+/// One NDJSON line to `tx`; an `{"error": ...}` line is the call's error, in the server's own
+/// words. Blank lines pass.
+fn forward_line(line: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Value>) -> Result<(), String> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("progress line is not JSON ({e})"))?;
+    if let Some(e) = v.get("error") {
+        return Err(e.as_str().map_or_else(|| e.to_string(), str::to_string));
+    }
+    let _ = tx.send(v);
+    Ok(())
+}
+
+/// Runs `run` within the call's timeout.
+async fn within(
+    call: &Call<'_>,
+    run: impl std::future::Future<Output = Result<Value, String>>,
+) -> Result<Value, String> {
+    tokio::time::timeout(call.timeout, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("{} {}: no answer within {:?}", call.method, call.path, call.timeout)))
+}

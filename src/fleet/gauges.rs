@@ -1,0 +1,66 @@
+//! The fleet's gauges: server up, requests in flight and free memory, read from the current
+//! snapshot when Prometheus scrapes (registered in the same default registry as
+//! telemetry/metrics.rs), so the request path never updates them.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGaugeVec, Opts};
+
+use super::Fleet;
+
+/// Free memory per server as the probes last reported it: (server, RAM bytes, VRAM bytes).
+pub type FreeMemory = Box<dyn Fn() -> Vec<(String, u64, Option<u64>)> + Send + Sync>;
+
+/// Server up, requests in flight and free memory, read from the current snapshot when scraped.
+pub struct FleetCollector {
+    fleet: Arc<ArcSwap<Fleet>>,
+    free_memory: FreeMemory,
+    descs: Vec<Desc>,
+}
+
+impl FleetCollector {
+    fn gauges() -> (IntGaugeVec, IntGaugeVec, IntGaugeVec) {
+        let up =
+            IntGaugeVec::new(Opts::new("drover_server_up", "1 when the server passes its health checks"), &["server"]);
+        let in_flight =
+            IntGaugeVec::new(Opts::new("drover_server_in_flight", "Requests in flight on the server"), &["server"]);
+        let free = IntGaugeVec::new(
+            Opts::new("drover_resource_free_bytes", "Free memory the server's probe last reported"),
+            &["server", "kind"],
+        );
+        (up.expect("valid metric"), in_flight.expect("valid metric"), free.expect("valid metric"))
+    }
+
+    /// Registers the collector in the default registry (once per process).
+    pub fn register(fleet: Arc<ArcSwap<Fleet>>, free_memory: FreeMemory) {
+        let (up, in_flight, free) = Self::gauges();
+        let descs = [up.desc(), in_flight.desc(), free.desc()].into_iter().flatten().cloned().collect();
+        if let Err(e) = prometheus::register(Box::new(FleetCollector { fleet, free_memory, descs })) {
+            log::warn!("fleet metrics not registered: {e}");
+        }
+    }
+}
+
+impl Collector for FleetCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (up, in_flight, free) = Self::gauges();
+        for s in &self.fleet.load().servers {
+            up.with_label_values(&[s.url.as_str()]).set(s.healthy() as i64);
+            in_flight.with_label_values(&[s.url.as_str()]).set(s.in_flight() as i64);
+        }
+        for (server, ram, vram) in (self.free_memory)() {
+            free.with_label_values(&[&server, "ram"]).set(ram as i64);
+            if let Some(v) = vram {
+                free.with_label_values(&[&server, "vram"]).set(v as i64);
+            }
+        }
+        [up.collect(), in_flight.collect(), free.collect()].concat()
+    }
+}

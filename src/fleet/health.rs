@@ -1,0 +1,144 @@
+//! drover's active health check, run over the fleet's `HealthRegistry` (backends.rs) by pingora-load-balancing's `HealthCheckService`.
+//!
+//! The check is per server kind: an Ollama server is asked GET /api/version, an
+//! openai-kind one GET /v1/models (neither loads a model), and a healthy answer refreshes
+//! the server's /api/tags and /api/ps in the same pass. The crate keeps the rise/fall
+//! state and logs each flip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::Backend;
+use pingora::{Error, ErrorType};
+use serde_json::Value;
+
+use crate::config::LoadBalancing;
+use crate::fleet::client::Client;
+use crate::fleet::{Fleet, Server};
+use crate::protocol::ollama::{contexts_of, models_of, names_of, Inventory, Kind, ServerUrl};
+
+/// drover's check of one server, by kind, with the inventory refresh in the same pass.
+pub struct ServerCheck {
+    fleet: Arc<ArcSwap<Fleet>>,
+    client: Client,
+    timeout: Duration,
+    rise: usize,
+    fall: usize,
+}
+
+impl ServerCheck {
+    pub fn new(fleet: Arc<ArcSwap<Fleet>>, lb: &LoadBalancing) -> ServerCheck {
+        ServerCheck {
+            fleet,
+            client: Client::default(),
+            timeout: lb.health_check_timeout,
+            rise: lb.rise as usize,
+            fall: lb.fall as usize,
+        }
+    }
+
+    fn server(&self, target: &Backend) -> Option<Arc<Server>> {
+        let url = target.ext.get::<ServerUrl>()?;
+        self.fleet.load().by_url.get(url.as_str()).cloned()
+    }
+
+    async fn refresh_inventory(&self, server: &Server, check_answer: Value) {
+        let inventory = match server.kind {
+            Kind::OpenAi => inventory_from_openai(&check_answer),
+            Kind::Ollama => {
+                let (tags, ps) = futures::join!(
+                    self.client.get_json(server, "/api/tags", self.timeout),
+                    self.client.get_json(server, "/api/ps", self.timeout),
+                );
+                let previous = server.inventory();
+                let version = check_answer.get("version").and_then(Value::as_str).map(str::to_string);
+                // Keep the last good list when one refresh fails: a slow answer is not an empty server.
+                let tags = tags.map(|v| models_of(&v)).unwrap_or_else(|_| previous.tags.clone());
+                let loaded = ps.map(|v| models_of(&v)).unwrap_or_else(|_| previous.loaded.clone());
+                Inventory {
+                    names: names_of(&tags),
+                    loaded_names: names_of(&loaded),
+                    loaded_ctx: contexts_of(&loaded),
+                    tags,
+                    loaded,
+                    version,
+                }
+            }
+        };
+        server.set_inventory(inventory);
+    }
+}
+
+#[async_trait]
+impl HealthCheck for ServerCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        // A server already gone from the fleet passes: it is about to leave the view.
+        let Some(server) = self.server(target) else { return Ok(()) };
+        let result = match server.refresh_address().await {
+            Err(e) => Err(format!("cannot resolve {}: {e}", server.url.host)),
+            Ok(_) => match server.kind {
+                Kind::Ollama => self.client.get_json(&server, "/api/version", self.timeout).await,
+                Kind::OpenAi => self.client.get_json(&server, "/v1/models", self.timeout).await,
+            },
+        };
+        match result {
+            Ok(answer) => {
+                self.refresh_inventory(&server, answer).await;
+                Ok(())
+            }
+            Err(why) => {
+                server.note_error(&why);
+                Error::e_explain(ErrorType::ConnectError, why)
+            }
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if let (true, Some(server)) = (healthy, self.server(target)) {
+            // A server the checks saw come back is worth trying again at once.
+            server.end_cooldown();
+        }
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        target.ext.get::<ServerUrl>().map_or_else(|| format!("{target:?}"), |u| format!("server {}", u.as_str()))
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.rise
+        } else {
+            self.fall
+        }
+    }
+}
+
+/// An openai-kind server's /v1/models, described as Ollama tags so the fleet view is uniform.
+fn inventory_from_openai(answer: &Value) -> Inventory {
+    let tags: Vec<Value> = answer
+        .get("data")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("id").and_then(Value::as_str))
+        .map(|id| serde_json::json!({ "name": id, "model": id, "size": 0, "digest": "", "details": {} }))
+        .collect();
+    Inventory { names: names_of(&tags), tags, ..Inventory::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_models_become_tags() {
+        let inv = inventory_from_openai(&json!({"object": "list", "data": [{"id": "smol"}, {"id": "x:1b"}]}));
+        assert!(inv.names.contains("smol:latest"));
+        assert!(inv.names.contains("x:1b"));
+        assert_eq!(inv.tags[0]["name"], "smol");
+    }
+}

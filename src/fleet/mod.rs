@@ -1,0 +1,414 @@
+//! The fleet: the servers drover can send to, what they have, and the routing table that
+//! maps virtual models to them, as one immutable snapshot (`Fleet`) behind an `ArcSwap`.
+//!
+//! Owns: the snapshot and its build from settings and stored routes (this file), each
+//! server and its live state (server.rs), health as pingora-load-balancing backends
+//! (backends.rs) and drover's check (health.rs), the JSON client servers are asked with
+//! (client.rs), the fleet's gauges (gauges.rs) and the fleet-wide answers (view.rs).
+//! May import: config, protocol, storage, telemetry.
+//!
+//! Per-server live state (health, cooldown, in-flight count, what models it has) sits in
+//! `ServerState` behind atomics, shared by every snapshot that names the server, so a
+//! reload of the routes never loses health or counters.
+
+pub mod backends;
+pub mod client;
+pub mod gauges;
+pub mod health;
+pub mod server;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+pub use server::{FailPolicy, IdleModel, Server, ServerState, Slot};
+
+use crate::config::{RouteInput, RouteSpec, ServerSpec, Settings};
+use crate::protocol::ollama::{canonical_model, Device, Kind, ServerUrl};
+use crate::storage::store::StoredRoute;
+use backends::Health;
+use pingora::lb::Backend;
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `routes:` in the config file: read-only for the admin API.
+    Config,
+    /// A row of the `ollama_servers` table.
+    Store,
+    /// A server that lists the model in /api/tags, with no route naming it.
+    Discovered,
+}
+
+/// One way to serve a virtual model: a server and the name it knows the model by.
+pub struct Route {
+    /// Row id for stored routes; position in `routes:` for config routes.
+    pub id: Option<i64>,
+    pub virtual_model: String,
+    pub actual_model: String,
+    pub server: Arc<Server>,
+    pub weight: u32,
+    pub priority: u32,
+    pub device: Device,
+    pub performance: f64,
+    pub description: String,
+    pub is_active: bool,
+    pub skip_resource_check: bool,
+    pub origin: Origin,
+}
+
+/// The routes of one virtual model, with the smooth weighted round-robin state over them.
+pub struct ModelRoutes {
+    pub routes: Vec<Arc<Route>>,
+    /// nginx's smooth weighted round robin: one running weight per route, same order.
+    pub current: Mutex<Vec<i64>>,
+}
+
+impl ModelRoutes {
+    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+        let n = routes.len();
+        ModelRoutes { routes, current: Mutex::new(vec![0; n]) }
+    }
+}
+
+/// One immutable view of the fleet: servers by URL and routes by virtual model.
+pub struct Fleet {
+    pub servers: Vec<Arc<Server>>,
+    pub by_url: HashMap<String, Arc<Server>>,
+    pub routes: BTreeMap<String, ModelRoutes>,
+    /// Round-robin counter for discovered models (equal weights).
+    pub discovery_turn: AtomicUsize,
+    /// Notified when a slot on any server is released: queued requests wait on it.
+    pub released: Arc<Notify>,
+    /// Health of every server (pingora-load-balancing), shared by successive snapshots.
+    pub health: Arc<Health>,
+}
+
+impl Fleet {
+    /// Builds the fleet from settings and stored routes, reusing live state of servers in
+    /// `previous`, and makes its servers the membership of `health`.
+    ///
+    /// A server's probe_url and max_concurrency come from `servers:` or, failing that, from
+    /// the first route naming it that sets them.
+    pub fn build(settings: &Settings, stored: &[StoredRoute], health: &Arc<Health>, previous: Option<&Fleet>) -> Fleet {
+        let mut specs: Vec<ServerSpec> = Vec::new();
+        let mut merge = |spec: ServerSpec| -> String {
+            let key = spec.url.as_str().to_string();
+            match specs.iter_mut().find(|s| s.url == spec.url) {
+                Some(known) => {
+                    known.probe_url = known.probe_url.take().or(spec.probe_url);
+                    known.max_concurrency = known.max_concurrency.or(spec.max_concurrency);
+                    known.max_fails = known.max_fails.or(spec.max_fails);
+                    known.fail_timeout = known.fail_timeout.or(spec.fail_timeout);
+                    if known.credentials == Default::default() {
+                        known.credentials = spec.credentials;
+                    }
+                }
+                None => specs.push(spec),
+            }
+            key
+        };
+        for spec in &settings.servers {
+            merge(spec.clone());
+        }
+        // Every route, whatever its source, as one validated spec with where it came from.
+        let mut drafts: Vec<(String, RouteSpec, Origin, i64)> = Vec::new();
+        for (i, r) in settings.routes.iter().enumerate() {
+            drafts.push((merge(server_spec_of_route(r)), r.clone(), Origin::Config, i as i64));
+        }
+        for row in stored {
+            // Rows were validated when written through the admin API; one edited by hand in
+            // SQL may not be: skip it with a warning rather than refuse the whole table.
+            match RouteInput::from(row).validate() {
+                Ok(spec) => drafts.push((merge(server_spec_of_route(&spec)), spec, Origin::Store, row.id)),
+                Err(bad) => {
+                    let why: Vec<String> = bad.iter().map(|(field, e)| format!("{field} {e}")).collect();
+                    log::warn!("ollama_servers row {} ignored: {}", row.id, why.join("; "));
+                }
+            }
+        }
+        if settings.servers.is_empty() && drafts.is_empty() {
+            // Nothing names a fleet: front the local Ollama, serving what it lists.
+            merge(ServerSpec {
+                url: ServerUrl::parse(crate::config::DEFAULT_SERVER).expect("default server URL is valid"),
+                kind: Kind::Ollama,
+                probe_url: None,
+                max_concurrency: None,
+                max_fails: None,
+                fail_timeout: None,
+                credentials: Default::default(),
+                required_models: Vec::new(),
+            });
+        }
+
+        let default_limit = settings.load_balancer.max_concurrency;
+        let released = previous.map_or_else(|| Arc::new(Notify::new()), |p| p.released.clone());
+        let health = health.clone();
+        let mut servers: Vec<Arc<Server>> = Vec::new();
+        let mut by_url: HashMap<String, Arc<Server>> = HashMap::new();
+        for spec in specs {
+            let key = spec.url.as_str().to_string();
+            let max_concurrency = spec.max_concurrency.unwrap_or(default_limit);
+            let lb = &settings.load_balancer;
+            let fail_policy = FailPolicy {
+                max_fails: spec.max_fails.unwrap_or(lb.max_fails),
+                fail_timeout: spec.fail_timeout.unwrap_or(lb.fail_timeout),
+                cooldown: lb.cooldown,
+            };
+            let old = previous.and_then(|p| p.by_url.get(&key));
+            let server = match old {
+                Some(o)
+                    if o.kind == spec.kind
+                        && o.probe_url == spec.probe_url
+                        && o.max_concurrency == max_concurrency
+                        && o.fail_policy == fail_policy
+                        && o.credentials == spec.credentials =>
+                {
+                    o.clone()
+                }
+                // Settings changed: a new server, carrying on the old one's live state.
+                _ => Arc::new(Server {
+                    kind: spec.kind,
+                    probe_url: spec.probe_url,
+                    max_concurrency,
+                    fail_policy,
+                    credentials: spec.credentials,
+                    backend: Health::backend(&spec.url),
+                    health: health.clone(),
+                    url: spec.url,
+                    state: old.map_or_else(Arc::default, |o| o.state.clone()),
+                    released: released.clone(),
+                }),
+            };
+            servers.push(server.clone());
+            by_url.insert(key, server);
+        }
+        let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
+        for (key, spec, origin, id) in drafts {
+            let route = route_of(spec, origin, id, by_url[&key].clone());
+            grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
+        }
+        let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
+        // A server this build drops stays a member of the health view until the fleet that
+        // still names it is replaced (`retire_departed`): a request reading that fleet in the
+        // meantime would otherwise find its server unknown to the view, which reads as down.
+        let mut members: BTreeSet<Backend> = servers.iter().map(|s| s.backend.clone()).collect();
+        if let Some(p) = previous {
+            members.extend(p.servers.iter().map(|s| s.backend.clone()));
+        }
+        health.set_members(members);
+        Fleet { servers, by_url, routes, discovery_turn: AtomicUsize::new(0), released, health }
+    }
+
+    /// Once this fleet is published: the servers it no longer names leave the health view.
+    pub fn retire_departed(&self) {
+        self.health.set_members(self.servers.iter().map(|s| s.backend.clone()).collect());
+    }
+
+    /// The model's own routes, when at least one of them is active; otherwise it is served
+    /// by discovery.
+    pub fn named_routes(&self, model: &str) -> Option<&ModelRoutes> {
+        self.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active))
+    }
+
+    /// The names the servers know a model by: its active routes' actual models (distinct,
+    /// in route order), else, for a discovered model, the name itself when a server lists it.
+    pub fn actual_models<'a>(&'a self, model: &'a str) -> Vec<&'a str> {
+        match self.named_routes(model) {
+            Some(mr) => {
+                let mut names: Vec<&str> = Vec::new();
+                for r in mr.routes.iter().filter(|r| r.is_active) {
+                    if !names.contains(&r.actual_model.as_str()) {
+                        names.push(&r.actual_model);
+                    }
+                }
+                names
+            }
+            None => {
+                let wanted = canonical_model(model);
+                let listed = self.servers.iter().any(|s| s.inventory().names.contains(&wanted));
+                if listed {
+                    vec![model]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// Routes a model has when no route names it: every server that lists it.
+    pub fn discover(&self, model: &str) -> Vec<Arc<Route>> {
+        let wanted = canonical_model(model);
+        self.servers
+            .iter()
+            .filter(|s| s.inventory().names.contains(&wanted))
+            .map(|s| {
+                Arc::new(Route {
+                    id: None,
+                    virtual_model: model.to_string(),
+                    actual_model: model.to_string(),
+                    server: s.clone(),
+                    weight: 100,
+                    priority: 1,
+                    device: Device::Gpu,
+                    performance: 0.0,
+                    description: String::new(),
+                    is_active: true,
+                    skip_resource_check: true,
+                    origin: Origin::Discovered,
+                })
+            })
+            .collect()
+    }
+
+    /// Every model name a client can ask for: virtual names and what servers list.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: HashSet<String> = self
+            .routes
+            .iter()
+            .filter(|(_, mr)| mr.routes.iter().any(|r| r.is_active))
+            .map(|(m, _)| m.clone())
+            .collect();
+        for s in &self.servers {
+            names.extend(s.inventory().names.iter().cloned());
+        }
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort();
+        names
+    }
+}
+
+fn route_of(spec: RouteSpec, origin: Origin, id: i64, server: Arc<Server>) -> Route {
+    Route {
+        id: Some(id),
+        virtual_model: spec.virtual_model_name,
+        actual_model: spec.actual_model_name,
+        server,
+        weight: spec.weight,
+        priority: spec.priority,
+        device: spec.device,
+        performance: spec.performance,
+        description: spec.description,
+        is_active: spec.is_active,
+        skip_resource_check: spec.skip_resource_check,
+        origin,
+    }
+}
+
+fn server_spec_of_route(r: &RouteSpec) -> ServerSpec {
+    ServerSpec {
+        url: r.server_url.clone(),
+        kind: Kind::Ollama,
+        probe_url: r.probe_url.clone(),
+        max_concurrency: r.max_concurrency,
+        max_fails: None,
+        fail_timeout: None,
+        credentials: Default::default(),
+        required_models: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ollama::Inventory;
+    use std::time::Duration;
+
+    fn server(limit: usize) -> Arc<Server> {
+        let url = ServerUrl::parse("http://a:1").unwrap();
+        Arc::new(Server {
+            backend: Health::backend(&url),
+            health: Health::new(),
+            url,
+            kind: Kind::Ollama,
+            probe_url: None,
+            max_concurrency: limit,
+            fail_policy: FailPolicy { cooldown: Duration::from_millis(30), ..FailPolicy::default() },
+            credentials: Default::default(),
+            state: Arc::default(),
+            released: Arc::new(Notify::new()),
+        })
+    }
+
+    /// A reload that drops a server: requests still reading the published fleet find the
+    /// server ready until the new fleet is out and retires it.
+    #[test]
+    fn a_dropped_server_stays_in_the_view_until_its_fleet_is_replaced() {
+        let settings = |yaml: &str| Settings::parse(yaml, None, &crate::config::Env::default()).unwrap();
+        let health = Health::new();
+        let both = Fleet::build(&settings("servers: [ 'http://a:1', 'http://b:1' ]\n"), &[], &health, None);
+        let b = both.by_url["http://b:1"].clone();
+        assert!(b.healthy());
+        let only_a = Fleet::build(&settings("servers: [ 'http://a:1' ]\n"), &[], &health, Some(&both));
+        assert!(b.healthy(), "the published fleet still names b");
+        only_a.retire_departed();
+        assert!(!b.healthy(), "the new fleet is out: b has left the view");
+        assert!(only_a.by_url["http://a:1"].healthy());
+    }
+
+    #[test]
+    fn slots_respect_the_limit_and_release_on_drop() {
+        let s = server(2);
+        let a = s.try_acquire("m").unwrap();
+        let _b = s.try_acquire("m").unwrap();
+        assert!(s.try_acquire("m").is_none());
+        drop(a);
+        assert!(s.try_acquire("m").is_some());
+        assert_eq!(s.request_count(), 3);
+    }
+
+    #[test]
+    fn idle_loaded_models_are_reclaimable() {
+        let s = server(4);
+        s.set_inventory(Inventory {
+            loaded: vec![
+                serde_json::json!({"name": "a:1b", "size": 100, "size_vram": 60}),
+                serde_json::json!({"name": "b:1b", "size": 200, "size_vram": 150}),
+            ],
+            ..Inventory::default()
+        });
+        assert_eq!(s.idle_loaded_bytes(true), 210);
+        let busy = s.try_acquire("b:1b").unwrap();
+        assert_eq!((s.idle_loaded_bytes(true), s.idle_loaded_bytes(false)), (60, 100));
+        drop(busy);
+        assert_eq!(s.idle_loaded_bytes(true), 210);
+    }
+
+    #[test]
+    fn max_fails_within_fail_timeout_start_a_cooldown() {
+        let s = Arc::new(Server {
+            fail_policy: FailPolicy {
+                max_fails: 3,
+                fail_timeout: Duration::from_millis(200),
+                cooldown: Duration::from_secs(60),
+            },
+            ..Arc::try_unwrap(server(1)).ok().unwrap()
+        });
+        assert!(!s.record_failure("a") && !s.record_failure("b"));
+        assert!(s.cooling_down().is_none(), "two failures of three do not take it out");
+        s.record_success();
+        assert!(!s.record_failure("a") && !s.record_failure("b"), "a success started the count again");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!s.record_failure("c"), "the window expired: counting starts again");
+        assert!(!s.record_failure("d"));
+        assert!(s.record_failure("e"), "the third within the window does");
+        assert!(s.cooling_down().is_some());
+        assert!(!s.record_failure("f"), "already cooling down: no new transition");
+        assert_eq!(s.error_count(), 8);
+        assert!(s.since_last_failure() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn cooldown_expires() {
+        let s = server(1);
+        assert!(s.record_failure("boom"));
+        assert!(s.cooling_down().is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(s.cooling_down().is_none());
+        assert_eq!(s.error_count(), 1);
+        assert_eq!(s.last_error().as_deref(), Some("boom"));
+    }
+}

@@ -1,0 +1,364 @@
+//! One upstream server: identity, kind, limits and credentials, and its live state (failure
+//! window, cooldown, in-flight count, inventory) shared by every snapshot that names it;
+//! `Slot`, a concurrency slot on it, released when dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora::lb::Backend;
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::backends::Health;
+use crate::protocol::ollama::{canonical_model, names_of, Inventory, Kind, ServerUrl};
+
+#[derive(Default, Clone, Copy)]
+struct ModelUse {
+    in_flight: usize,
+    last_used: Option<Instant>,
+}
+
+/// A loaded model no request through drover is using.
+pub struct IdleModel {
+    pub name: String,
+    pub bytes: u64,
+    pub last_used: Option<Instant>,
+}
+
+/// Live state of one server, shared across snapshots.
+pub struct ServerState {
+    /// Milliseconds since `epoch` until which the server is skipped after failed requests.
+    cooldown_until_ms: AtomicU64,
+    /// Failed requests counted in the current `fail_timeout` window (nginx's max_fails).
+    fails: Mutex<FailWindow>,
+    /// Whether `fails` counts any: a success then resets it (read without the lock).
+    failing: AtomicBool,
+    /// Taken out of selection by hand (the health view's enablement, shown in /lb-stats).
+    drained: AtomicBool,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    inventory: ArcSwap<Inventory>,
+    last_error: Mutex<Option<String>>,
+    resolved: Mutex<Option<SocketAddr>>,
+    /// Per model (canonical name): requests in flight and when the last one ended. A
+    /// loaded model with none in flight is idle; the longest idle is unloaded first.
+    active_models: Mutex<HashMap<String, ModelUse>>,
+    epoch: Instant,
+}
+
+impl Default for ServerState {
+    fn default() -> Self {
+        ServerState {
+            cooldown_until_ms: AtomicU64::new(0),
+            fails: Mutex::new(FailWindow::default()),
+            failing: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            inventory: ArcSwap::from_pointee(Inventory::default()),
+            last_error: Mutex::new(None),
+            resolved: Mutex::new(None),
+            active_models: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// Failed requests since `started_ms` (milliseconds since the state's epoch), and when the
+/// last one was: an `Instant`, as panic mode compares it between servers that may have failed
+/// within the same millisecond (one request's attempts, one after the other).
+#[derive(Default, Clone, Copy)]
+struct FailWindow {
+    started_ms: u64,
+    count: u32,
+    last: Option<Instant>,
+}
+
+/// When failed requests take a server out: `max_fails` within `fail_timeout` cool it down for `cooldown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailPolicy {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for FailPolicy {
+    fn default() -> Self {
+        FailPolicy { max_fails: 1, fail_timeout: Duration::from_secs(10), cooldown: Duration::from_secs(10) }
+    }
+}
+
+/// One upstream server: identity, kind and limits, plus its live state.
+pub struct Server {
+    pub url: ServerUrl,
+    pub kind: Kind,
+    pub probe_url: Option<ServerUrl>,
+    pub max_concurrency: usize,
+    pub fail_policy: FailPolicy,
+    /// Its API key or headers (servers: api_key, headers, forward_client_auth).
+    pub credentials: crate::config::Credentials,
+    /// This server in the health view (pingora-load-balancing), which decides `healthy()`.
+    pub backend: Backend,
+    pub(super) health: Arc<Health>,
+    pub state: Arc<ServerState>,
+    /// Shared by the whole fleet: notified whenever any slot is released.
+    pub(super) released: Arc<Notify>,
+}
+
+impl Server {
+    /// Up by the health checks (rise/fall), and not taken out by hand. A server starts up,
+    /// as Pingora's backends do: a dead one is found by the first check or the first
+    /// request, whose retry goes elsewhere.
+    pub fn healthy(&self) -> bool {
+        self.health.ready(&self.backend)
+    }
+
+    /// Takes the server out of selection by hand (drain), or puts it back.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.state.drained.store(!enabled, Ordering::Relaxed);
+        self.health.set_enabled(&self.backend, enabled)
+    }
+
+    /// Taken out by hand (admin API: POST /admin/drain).
+    pub fn drained(&self) -> bool {
+        self.state.drained.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.state.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.state.inventory.load_full()
+    }
+
+    /// Replaces what is loaded here with a fresh /api/ps list, keeping the rest of the inventory.
+    pub fn set_loaded(&self, loaded: Vec<Value>) {
+        let mut updated = (*self.inventory()).clone();
+        updated.loaded_names = names_of(&loaded);
+        updated.loaded_ctx = crate::protocol::ollama::contexts_of(&loaded);
+        updated.loaded = loaded;
+        self.set_inventory(updated);
+    }
+
+    /// Records that `model` is loaded here (it just answered), with the context size it was
+    /// asked for when known, until the next /api/ps says otherwise.
+    pub fn mark_loaded(&self, model: &str, num_ctx: Option<u32>) {
+        let name = canonical_model(model);
+        let current = self.inventory();
+        let ctx_known = num_ctx.is_none_or(|n| current.loaded_ctx.get(&name) == Some(&n));
+        if !current.loaded_names.contains(&name) || !ctx_known {
+            let mut updated = (*current).clone();
+            if let Some(n) = num_ctx {
+                updated.loaded_ctx.insert(name.clone(), n);
+            }
+            updated.loaded_names.insert(name);
+            self.set_inventory(updated);
+        }
+    }
+
+    pub fn set_inventory(&self, inv: Inventory) {
+        self.state.inventory.store(Arc::new(inv));
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.state.last_error.lock().unwrap().clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.state.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Remaining cooldown, if the server is cooling down.
+    pub fn cooling_down(&self) -> Option<Duration> {
+        let until = self.state.cooldown_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// A request failed on this server: count it; the `max_fails`-th failure within
+    /// `fail_timeout` skips the server for `cooldown`. Returns true when it starts cooling down.
+    pub fn record_failure(&self, reason: &str) -> bool {
+        let p = self.fail_policy;
+        self.state.errors.fetch_add(1, Ordering::Relaxed);
+        *self.state.last_error.lock().unwrap() = Some(reason.to_string());
+        let now = self.now_ms();
+        let mut w = self.state.fails.lock().unwrap();
+        if w.count == 0 || now.saturating_sub(w.started_ms) > p.fail_timeout.as_millis() as u64 {
+            *w = FailWindow { started_ms: now, count: 0, last: None };
+        }
+        w.count += 1;
+        w.last = Some(Instant::now());
+        self.state.failing.store(true, Ordering::Relaxed);
+        if w.count < p.max_fails {
+            return false;
+        }
+        w.count = 0;
+        let until = now + p.cooldown.as_millis() as u64;
+        self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed) <= now
+    }
+
+    /// A request succeeded here: failures counted so far are forgotten (as nginx does).
+    pub fn record_success(&self) {
+        if self.state.failing.swap(false, Ordering::Relaxed) {
+            self.state.fails.lock().unwrap().count = 0;
+        }
+    }
+
+    /// How long ago the last failed request was (panic mode tries the oldest failure first).
+    pub fn since_last_failure(&self) -> Duration {
+        let w = *self.state.fails.lock().unwrap();
+        w.last.map_or_else(|| self.state.epoch.elapsed(), |t| t.elapsed())
+    }
+
+    /// Records why the last check or request failed.
+    pub fn note_error(&self, why: &str) {
+        *self.state.last_error.lock().unwrap() = Some(why.to_string());
+    }
+
+    /// Cools the server down for `d` from now (another drover saw it fail), unless it
+    /// already cools down for longer.
+    pub fn cool_down_for(&self, d: Duration) {
+        let until = self.now_ms() + d.as_millis() as u64;
+        self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Ends a cooldown early: the health checks saw the server come back.
+    pub fn end_cooldown(&self) {
+        self.state.cooldown_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Takes one concurrency slot for `model` if the server is under its limit.
+    pub fn try_acquire(self: &Arc<Self>, model: &str) -> Option<Slot> {
+        let limit = self.max_concurrency;
+        self.state
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
+            .ok()?;
+        self.state.requests.fetch_add(1, Ordering::Relaxed);
+        let model = canonical_model(model);
+        self.state.active_models.lock().unwrap().entry(model.clone()).or_default().in_flight += 1;
+        Some(Slot { server: self.clone(), model })
+    }
+
+    /// Models loaded here that no request through drover is using, least recently used
+    /// first: Ollama unloads such models to make room. `gpu` picks VRAM (size_vram) or RAM (size).
+    pub fn idle_models(&self, gpu: bool) -> Vec<IdleModel> {
+        let active = self.state.active_models.lock().unwrap();
+        let mut idle: Vec<IdleModel> = self
+            .inventory()
+            .loaded
+            .iter()
+            .filter_map(|m| {
+                let name = canonical_model(m.get("name").or_else(|| m.get("model")).and_then(Value::as_str)?);
+                let used = active.get(&name).copied().unwrap_or_default();
+                let bytes = m.get(if gpu { "size_vram" } else { "size" }).and_then(Value::as_u64)?;
+                (used.in_flight == 0).then_some(IdleModel { name, bytes, last_used: used.last_used })
+            })
+            .collect();
+        idle.sort_by_key(|m| m.last_used);
+        idle
+    }
+
+    /// Bytes held by idle models (see `idle_models`).
+    pub fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
+        self.idle_models(gpu).iter().map(|m| m.bytes).sum()
+    }
+
+    /// Drops models from what drover believes is loaded here: the server is about to unload
+    /// them to fit a load drover just admitted, so they are no longer warm.
+    pub fn forget_loaded(&self, models: &[String]) {
+        let mut updated = (*self.inventory()).clone();
+        updated.loaded.retain(|m| {
+            let name = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).map(canonical_model);
+            !name.is_some_and(|n| models.contains(&n))
+        });
+        for m in models {
+            updated.loaded_names.remove(m);
+        }
+        self.set_inventory(updated);
+    }
+
+    pub fn at_capacity(&self) -> bool {
+        self.in_flight() >= self.max_concurrency
+    }
+
+    /// The address to connect to, resolving the host name when it is not cached.
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        if let Some(addr) = *self.state.resolved.lock().unwrap() {
+            return Ok(addr);
+        }
+        self.refresh_address().await
+    }
+
+    /// Resolves the host name again (called by the health loop, so DNS changes are followed).
+    pub async fn refresh_address(&self) -> std::io::Result<SocketAddr> {
+        let addr = tokio::net::lookup_host((self.url.host.as_str(), self.url.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{} resolves to no address", self.url.host)))?;
+        *self.state.resolved.lock().unwrap() = Some(addr);
+        Ok(addr)
+    }
+
+    /// A Pingora peer for this server with the given timeouts.
+    pub fn peer(&self, addr: SocketAddr, connect: Duration, read: Duration) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect * 2);
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer
+    }
+}
+
+/// A concurrency slot on a server for one model, released when dropped.
+pub struct Slot {
+    server: Arc<Server>,
+    model: String,
+}
+
+impl Slot {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Gives the slot back without waking queued requests: for a slot held only for an
+    /// instant during selection, whose release frees nothing a waiter could use. (Waking
+    /// them would also wake the selecting request itself, which would spin.)
+    pub fn give_back_quietly(mut self) {
+        self.release();
+        std::mem::forget(self);
+    }
+
+    fn release(&mut self) {
+        self.server.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(u) = self.server.state.active_models.lock().unwrap().get_mut(&self.model) {
+            u.in_flight -= 1;
+            u.last_used = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+        self.server.released.notify_waiters();
+    }
+}

@@ -1,0 +1,544 @@
+//! The request body: a bounded read, the `model` field found in one pass, and the model name rewritten in place.
+//!
+//! The body is never turned into a JSON tree: it is validated and scanned once, the byte
+//! span of the `model` value is remembered, and a rewrite splices the new name into that
+//! span, leaving every other byte exactly as the client sent it.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use pingora::protocols::http::ServerSession;
+
+use crate::protocol::api::ApiError;
+
+/// Why a body cannot be routed.
+#[derive(Debug, PartialEq)]
+pub enum BodyError {
+    TooLarge {
+        limit: usize,
+    },
+    /// A chunked body too large to be replayed by the proxy (see `read_bounded`).
+    ChunkedTooLarge,
+    /// Arrays and objects nested deeper than `MAX_DEPTH`.
+    TooDeep,
+    Malformed(String),
+    NotAnObject,
+    MissingModel,
+    ModelNotString,
+    Read(String),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        match e {
+            BodyError::TooLarge { limit } => ApiError::new(
+                413,
+                "body_too_large",
+                format!(
+                    "request body is larger than the {limit} bytes this server accepts (load_balancer.max_body_bytes)"
+                ),
+            ),
+            BodyError::ChunkedTooLarge => ApiError::new(
+                411,
+                "length_required",
+                format!(
+                    "a chunked request body over {} KiB cannot be routed: send it with a Content-Length header",
+                    TAIL_LIMIT / 1024
+                ),
+            ),
+            BodyError::TooDeep => ApiError::new(
+                400,
+                "invalid_json",
+                format!("request body nests arrays or objects more than {MAX_DEPTH} levels deep"),
+            ),
+            BodyError::Malformed(why) => {
+                ApiError::new(400, "invalid_json", format!("request body is not valid JSON: {why}"))
+            }
+            BodyError::NotAnObject => ApiError::new(400, "invalid_json", "request body must be a JSON object"),
+            BodyError::MissingModel => {
+                ApiError::new(400, "missing_model", "model is required: add a \"model\" field naming the model to use")
+            }
+            BodyError::ModelNotString => {
+                ApiError::new(400, "missing_model", "\"model\" must be a string naming the model to use")
+            }
+            BodyError::Read(why) => {
+                ApiError::new(400, "body_read_failed", format!("could not read the request body: {why}"))
+            }
+        }
+    }
+}
+
+/// A body whose model is known and whose model field can be rewritten.
+#[derive(Debug, Clone)]
+pub struct RoutableBody {
+    bytes: Bytes,
+    pub model: String,
+    /// Byte range of the `model` value (the JSON string, quotes included).
+    span: Range<usize>,
+    /// `options.num_ctx`: Ollama reloads a model loaded with another context size.
+    pub num_ctx: Option<u32>,
+    /// Temperature 0 or a fixed seed (Ollama's options or OpenAI's top level): the response
+    /// cache may answer it.
+    pub deterministic: bool,
+}
+
+/// How much of a prompt names its conversation (see `conversation_key`).
+const PROMPT_PREFIX: usize = 512;
+
+impl RoutableBody {
+    pub fn parse(bytes: Bytes) -> Result<RoutableBody, BodyError> {
+        let (model, span, num_ctx, deterministic) = {
+            let mut de = serde_json::Deserializer::from_slice(&bytes);
+            let kept = match (&mut de).deserialize_any(ModelFinder) {
+                Ok(Found::Object(kept)) => kept,
+                Ok(Found::NotObject) => return Err(BodyError::NotAnObject),
+                Err(e) if e.to_string().starts_with("recursion limit exceeded") => return Err(BodyError::TooDeep),
+                Err(e) => return Err(BodyError::Malformed(e.to_string())),
+            };
+            de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
+            let raw = kept.model.ok_or(BodyError::MissingModel)?;
+            let text = raw.get();
+            if !text.starts_with('"') {
+                return Err(BodyError::ModelNotString);
+            }
+            let model: String = serde_json::from_str(text).map_err(|_| BodyError::ModelNotString)?;
+            if model.trim().is_empty() {
+                return Err(BodyError::MissingModel);
+            }
+            let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
+            #[derive(serde::Deserialize, Default)]
+            struct Options {
+                num_ctx: Option<u32>,
+                temperature: Option<f64>,
+                seed: Option<i64>,
+            }
+            let options: Options = kept.options.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or_default();
+            let number = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<f64>().ok());
+            // The same body gives the same answer: no sampling, or a fixed seed.
+            let deterministic = [options.temperature, number(kept.temperature)].contains(&Some(0.0))
+                || options.seed.is_some()
+                || number(kept.seed).is_some();
+            (model, start..start + text.len(), options.num_ctx, deterministic)
+        };
+        Ok(RoutableBody { bytes, model, span, num_ctx, deterministic })
+    }
+
+    /// A key for the conversation this request continues, from its opening: the messages up
+    /// to and including the first user message (so the system prompt and the first question),
+    /// or the system prompt and the first `PROMPT_PREFIX` bytes of a prompt. The same for
+    /// every turn of one conversation as clients resend the history; `None` when the body
+    /// has neither. A second pass over the body, made only when prefix affinity is on.
+    pub fn conversation_key(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        #[derive(serde::Deserialize)]
+        struct Opening<'a> {
+            #[serde(borrow)]
+            messages: Option<Vec<&'a RawValue>>,
+            #[serde(borrow)]
+            system: Option<&'a RawValue>,
+            #[serde(borrow)]
+            instructions: Option<&'a RawValue>,
+            #[serde(borrow)]
+            prompt: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            input: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Role<'a> {
+            #[serde(borrow)]
+            role: Option<Cow<'a, str>>,
+        }
+        let o: Opening = serde_json::from_slice(&self.bytes).ok()?;
+        // std's SipHash with fixed keys: the same key in every drover process of one build.
+        let mut h = std::hash::DefaultHasher::new();
+        self.model.hash(&mut h);
+        let mut any = false;
+        for part in [o.system, o.instructions].into_iter().flatten() {
+            part.get().hash(&mut h);
+            any = true;
+        }
+        let messages = o
+            .messages
+            .or_else(|| o.input.filter(|i| i.get().starts_with('[')).and_then(|i| serde_json::from_str(i.get()).ok()));
+        if let Some(messages) = messages {
+            for m in messages {
+                m.get().hash(&mut h);
+                any = true;
+                let role = serde_json::from_str::<Role>(m.get()).ok().and_then(|r| r.role);
+                if role.as_deref() == Some("user") {
+                    break;
+                }
+            }
+        } else if let Some(p) = o.prompt.as_deref() {
+            let end = (0..=p.len().min(PROMPT_PREFIX)).rev().find(|&i| p.is_char_boundary(i)).unwrap_or(0);
+            p[..end].hash(&mut h);
+            any = true;
+        } else if let Some(i) = o.input {
+            i.get().hash(&mut h);
+            any = true;
+        }
+        any.then(|| h.finish())
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The body with `model` set to `actual`; the original bytes when nothing changes.
+    pub fn rewritten(&self, actual: &str) -> Bytes {
+        if actual == self.model && self.bytes[self.span.clone()].len() == actual.len() + 2 {
+            return self.bytes.clone();
+        }
+        let quoted = serde_json::to_string(actual).expect("strings serialise");
+        let mut out = BytesMut::with_capacity(self.bytes.len() - self.span.len() + quoted.len());
+        out.extend_from_slice(&self.bytes[..self.span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&self.bytes[self.span.end..]);
+        out.freeze()
+    }
+}
+
+/// A value read only to be checked and dropped. Unlike `IgnoredAny`, which serde_json skips
+/// without any depth limit, it goes through `deserialize_any`, so serde_json's recursion
+/// limit (`MAX_DEPTH` nested arrays and objects) applies to the whole body.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+}
+
+/// The top-level values the parse keeps.
+#[derive(Default)]
+struct Kept<'a> {
+    model: Option<&'a RawValue>,
+    options: Option<&'a RawValue>,
+    temperature: Option<&'a RawValue>,
+    seed: Option<&'a RawValue>,
+}
+
+enum Found<'a> {
+    Object(Kept<'a>),
+    NotObject,
+}
+
+/// Walks the top-level object once; keeps the last `model` value (as Go's decoder, and so Ollama, does).
+struct ModelFinder;
+
+impl<'de> Visitor<'de> for ModelFinder {
+    type Value = Found<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Kept::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "model" => &mut kept.model,
+                "options" => &mut kept.options,
+                "temperature" => &mut kept.temperature,
+                "seed" => &mut kept.seed,
+                _ => {
+                    map.next_value::<Skip>()?;
+                    continue;
+                }
+            };
+            // Kept whole (the model string, a small options object, numbers), and checked for
+            // depth like the rest.
+            let raw = map.next_value::<&'de RawValue>()?;
+            serde_json::from_str::<Skip>(raw.get()).map_err(serde::de::Error::custom)?;
+            *slot = Some(raw);
+        }
+        Ok(Found::Object(kept))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Found::NotObject)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Found::NotObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Found::NotObject)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Found::NotObject)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Found::NotObject)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Found::NotObject)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Found::NotObject)
+    }
+}
+
+/// How deep a body may nest arrays and objects, the top-level object included: serde_json's
+/// own recursion limit (it refuses a 128th level), which stops a hostile body from
+/// exhausting the stack; deeper bodies are refused (400) and never forwarded.
+pub const MAX_DEPTH: usize = 127;
+
+/// The size of Pingora's retry buffer: the proxy loop replays a body only when this buffer
+/// holds it whole. See `read_bounded`.
+pub const TAIL_LIMIT: usize = 64 * 1024;
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+///
+/// With `keep_tail`, the body's last bytes are kept in Pingora's retry buffer: it is switched
+/// on once at most `TAIL_LIMIT` bytes remain, so it is never truncated. The proxy loop then
+/// calls `request_body_filter` at the start of every attempt, and drover hands it the whole
+/// rewritten body there. A chunked body (length unknown in advance) has to fit the buffer
+/// whole; a larger one gets 411.
+pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: bool) -> Result<Bytes, BodyError> {
+    let headers = &session.req_header().headers;
+    let declared = if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        None
+    } else {
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+    };
+    if declared.is_some_and(|n: usize| n > limit) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    if expects_continue(session) {
+        // Pingora does not answer Expect itself when the body is read from a filter, and by
+        // default closes a connection that was answered before its body was read.
+        session.set_close_on_response_before_downstream_finish(false);
+        let sent = session.write_continue_response().await;
+        session.set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|e| BodyError::Read(e.to_string()))?;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    loop {
+        if keep_tail && declared.is_none_or(|n| n - session.body_bytes_read() <= TAIL_LIMIT) {
+            session.enable_retry_buffering();
+        }
+        match session.read_request_body().await.map_err(|e| BodyError::Read(e.to_string()))? {
+            Some(chunk) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            None => break,
+        }
+    }
+    if keep_tail && !buf.is_empty() && session.get_retry_buffer().is_none() {
+        return Err(BodyError::ChunkedTooLarge);
+    }
+    Ok(buf.freeze())
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+pub fn expects_continue(session: &ServerSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads and discards what is left of a refused body, so that the client, still sending,
+/// reads the refusal instead of a reset connection. Bounded in bytes and time.
+pub async fn drain(session: &mut ServerSession, max_bytes: usize, within: std::time::Duration) {
+    if session.is_body_done() || (expects_continue(session) && session.body_bytes_read() == 0) {
+        // Done, or the client was never told to send it.
+        return;
+    }
+    let _ = tokio::time::timeout(within, async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > max_bytes {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RoutableBody, BodyError> {
+        RoutableBody::parse(Bytes::from(s.to_string()))
+    }
+
+    #[test]
+    fn finds_and_rewrites_model_leaving_the_rest() {
+        let b = parse(r#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "qwen3" ,"stream":true}"#)
+            .unwrap();
+        assert_eq!(b.model, "qwen3");
+        let out = b.rewritten("qwen3:14b");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "qwen3:14b" ,"stream":true}"#
+        );
+    }
+
+    #[test]
+    fn same_name_is_zero_copy() {
+        let b = parse(r#"{"model":"m"}"#).unwrap();
+        let out = b.rewritten("m");
+        assert_eq!(out.as_ptr(), b.bytes.as_ptr());
+    }
+
+    #[test]
+    fn escaped_names_are_decoded_and_reencoded() {
+        let b = parse(r#"{"model":"a\u0062c"}"#).unwrap();
+        assert_eq!(b.model, "abc");
+        assert_eq!(&b.rewritten("abc")[..], br#"{"model":"abc"}"#);
+        assert_eq!(&b.rewritten("x\"y")[..], br#"{"model":"x\"y"}"#);
+    }
+
+    #[test]
+    fn nested_model_keys_are_not_the_model() {
+        let b = parse(r#"{"options":{"model":"inner"},"model":"outer"}"#).unwrap();
+        assert_eq!(b.model, "outer");
+        assert_eq!(&b.rewritten("o2")[..], br#"{"options":{"model":"inner"},"model":"o2"}"#);
+    }
+
+    #[test]
+    fn bad_bodies_are_named() {
+        assert!(matches!(parse("{\"model\": \"x\""), Err(BodyError::Malformed(_))));
+        assert!(matches!(parse("{\"model\": \"x\"} trailing"), Err(BodyError::Malformed(_))));
+        assert!(matches!(parse(""), Err(BodyError::Malformed(_))));
+        assert_eq!(parse("[1,2]").unwrap_err(), BodyError::NotAnObject);
+        assert_eq!(parse("{\"prompt\":\"hi\"}").unwrap_err(), BodyError::MissingModel);
+        assert_eq!(parse("{\"model\":\"  \"}").unwrap_err(), BodyError::MissingModel);
+        assert_eq!(parse("{\"model\":7}").unwrap_err(), BodyError::ModelNotString);
+        assert_eq!(parse("{\"model\":null}").unwrap_err(), BodyError::ModelNotString);
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |depth: usize| format!("{{\"model\":\"m\",\"x\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
+        // The top-level object is one level: 126 arrays inside it make the most allowed.
+        assert_eq!(parse(&nested(MAX_DEPTH - 1)).unwrap().model, "m");
+        assert_eq!(parse(&nested(MAX_DEPTH)).unwrap_err(), BodyError::TooDeep);
+        let deep_object = format!("{{\"model\":\"m\",\"o\":{}{}}}", "{\"a\":".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+        assert_eq!(parse(&deep_object).unwrap_err(), BodyError::TooDeep);
+        assert_eq!(parse(&nested(100_000)).unwrap_err(), BodyError::TooDeep, "no stack overflow");
+        let e: ApiError = BodyError::TooDeep.into();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("127 levels"), "{}", e.message);
+    }
+
+    #[test]
+    fn large_bodies_keep_their_bytes() {
+        let filler = "x".repeat(8 * 1024 * 1024);
+        let text = format!(r#"{{"model":"v","prompt":"{filler}"}}"#);
+        let b = parse(&text).unwrap();
+        let out = b.rewritten("actual:7b");
+        assert_eq!(out.len(), text.len() + "actual:7b".len() - 1);
+        assert!(out.ends_with(format!("{filler}\"}}").as_bytes()));
+    }
+
+    #[test]
+    fn num_ctx_is_read_from_options() {
+        assert_eq!(parse(r#"{"model":"m","options":{"temperature":0,"num_ctx":8192}}"#).unwrap().num_ctx, Some(8192));
+        assert_eq!(parse(r#"{"model":"m","options":{"num_ctx":"big"}}"#).unwrap().num_ctx, None);
+        assert_eq!(parse(r#"{"model":"m"}"#).unwrap().num_ctx, None);
+        let deep = format!(r#"{{"model":"m","options":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(matches!(parse(&deep), Err(BodyError::TooDeep)), "options are depth-checked too");
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_key_from_turn_to_turn() {
+        let key = |s: &str| parse(s).unwrap().conversation_key();
+        let sys = r#"{"role":"system","content":"be brief"}"#;
+        let u1 = r#"{"role":"user","content":"hi"}"#;
+        let a1 = r#"{"role":"assistant","content":"hello"}"#;
+        let u2 = r#"{"role":"user","content":"more"}"#;
+        let turn1 = key(&format!(r#"{{"model":"m","messages":[{sys},{u1}]}}"#));
+        let turn2 = key(&format!(r#"{{"model":"m","messages":[{sys},{u1},{a1},{u2}],"stream":true}}"#));
+        assert!(turn1.is_some());
+        assert_eq!(turn1, turn2);
+        // Without a system prompt too.
+        assert_eq!(
+            key(&format!(r#"{{"model":"m","messages":[{u1}]}}"#)),
+            key(&format!(r#"{{"model":"m","messages":[{u1},{a1},{u2}]}}"#))
+        );
+        // Another opening, another model: another conversation.
+        assert_ne!(turn1, key(&format!(r#"{{"model":"m","messages":[{sys},{u2}]}}"#)));
+        assert_ne!(turn1, key(&format!(r#"{{"model":"n","messages":[{sys},{u1}]}}"#)));
+        // A prompt's opening; nothing to go by in an embedding of numbers.
+        let long = "x".repeat(600);
+        assert_eq!(
+            key(&format!(r#"{{"model":"m","prompt":"{long}"}}"#)),
+            key(&format!(r#"{{"model":"m","prompt":"{long} and more"}}"#))
+        );
+        assert_eq!(key(r#"{"model":"m","keep_alive":0}"#), None);
+    }
+}

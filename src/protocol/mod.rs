@@ -1,0 +1,12 @@
+//! The protocols drover speaks: which API and endpoint a request is (api.rs), errors in that
+//! API's own format, the request body read bounded and its model found and rewritten in
+//! one pass (body.rs), usage read from answers as they pass (usage.rs), and Ollama's
+//! vocabulary: server URLs, kinds, devices, model names, inventories (ollama.rs).
+//!
+//! Owns: pure functions and value types, no state.
+//! May import: nothing else of drover's.
+
+pub mod api;
+pub mod body;
+pub mod ollama;
+pub mod usage;

@@ -1,0 +1,263 @@
+//! What drover answers itself: the fleet views, operations pages, the admin API and the
+//! dashboard behind its token, and model management (pull, push, create, copy, delete)
+//! merged over the servers. Writes through respond.rs.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use super::ctx::RequestCtx;
+use super::drover::Drover;
+use super::respond::{cors_headers, no_compression, ADMIN_BODY_LIMIT};
+use crate::admin::manage::{Op, Progress};
+use crate::fleet::view;
+use crate::fleet::Fleet;
+use crate::protocol::api::{Api, ApiError, DashboardPart, Endpoint};
+use crate::protocol::body::read_bounded;
+use crate::routing::scheduler::unknown_model;
+
+impl Drover {
+    /// Answers an endpoint that is not model-routed.
+    pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, endpoint: Endpoint) {
+        let fleet = self.fleet.load_full();
+        match endpoint {
+            Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
+            Endpoint::Tags => self.json(session, ctx, 200, &view::tags(&fleet)).await,
+            Endpoint::Ps => self.json(session, ctx, 200, &view::ps(&fleet)).await,
+            Endpoint::Models => {
+                ctx.api = Api::OpenAi;
+                self.json(session, ctx, 200, &view::models(&fleet)).await
+            }
+            Endpoint::Model(name) => {
+                ctx.api = Api::OpenAi;
+                match view::model(&fleet, &name) {
+                    Some(m) => self.json(session, ctx, 200, &m).await,
+                    None => self.error(session, ctx, unknown_model(&fleet, &name)).await,
+                }
+            }
+            Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
+            Endpoint::Metrics => {
+                let (body, content_type) = crate::telemetry::metrics::render();
+                self.send(session, ctx, 200, &content_type, body.into()).await
+            }
+            Endpoint::Root => {
+                self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
+            }
+            Endpoint::Health => {
+                let (code, mut body) = view::health(&fleet, &self.reloader.state(), self.keeper.report());
+                if let Some(shared) = self.shared.report() {
+                    if shared["state"] != "ok" && body["status"] == "ok" {
+                        body["status"] = "degraded".into();
+                    }
+                    body["shared_state"] = shared;
+                }
+                self.json(session, ctx, code, &body).await
+            }
+            Endpoint::Status => {
+                let body = view::status(&fleet, self.started.elapsed(), self.config_source.as_deref(), &self.database);
+                self.json(session, ctx, 200, &body).await
+            }
+            Endpoint::LbStats => {
+                let body = view::lb_stats(&fleet, self.scheduler.queue_len());
+                self.json(session, ctx, 200, &body).await
+            }
+            Endpoint::Admin => self.admin(session, ctx).await,
+            Endpoint::Dashboard(part) => self.dashboard(session, ctx, part, &fleet).await,
+            Endpoint::Management => self.manage(session, ctx).await,
+            Endpoint::NotFound(api) => {
+                ctx.api = api;
+                let path = session.req_header().uri.path().to_string();
+                self.error(session, ctx, ApiError::new(404, "not_found", format!("no such endpoint: {path}"))).await
+            }
+            Endpoint::MethodNotAllowed(api) => {
+                ctx.api = api;
+                let req = session.req_header();
+                let msg = format!("{} is not allowed on {}", req.method, req.uri.path());
+                self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await
+            }
+        }
+    }
+
+    /// The admin API's auth (token, or loopback without one); answers the refusal itself.
+    /// The dashboard's cookie stands for the token on reads, and on writes that carry
+    /// `X-Drover-Dashboard` (dashboard.rs).
+    async fn admin_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let req = session.req_header();
+        let text = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let cookie_allowed = req.method == http::Method::GET || text("x-drover-dashboard").is_some();
+        let from_cookie = crate::admin::dashboard::cookie_token(text("cookie"))
+            .filter(|_| cookie_allowed)
+            .map(|t| format!("Bearer {t}"));
+        let auth = text("authorization").map(str::to_string).or(from_cookie);
+        match self.admin.authorize(client, auth.as_deref()) {
+            Ok(()) => false,
+            Err((code, body)) => {
+                session.set_keepalive(None);
+                ctx.error = body.get("error").and_then(Value::as_str).map(str::to_string);
+                self.json(session, ctx, code, &body).await;
+                true
+            }
+        }
+    }
+
+    async fn admin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if self.admin_refused(session, ctx).await {
+            return;
+        }
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let body = if method == http::Method::POST || method == http::Method::PUT {
+            match read_bounded(session, ADMIN_BODY_LIMIT, false).await {
+                Ok(b) => Some(b),
+                Err(e) => return self.refuse_body(session, ctx, e).await,
+            }
+        } else {
+            None
+        };
+        let (code, reply) = self.admin.handle(&method, &path, body.as_deref()).await;
+        if code >= 400 {
+            ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
+        }
+        self.json(session, ctx, code, &reply).await
+    }
+
+    /// The dashboard: the page, its script, its data. `GET /dashboard?token=...` with the
+    /// admin token sets the cookie that lets the page in, and sends the browser back to a
+    /// URL without the token.
+    async fn dashboard(&self, session: &mut Session, ctx: &mut RequestCtx, part: DashboardPart, fleet: &Fleet) {
+        if part == DashboardPart::Page {
+            let given = session.req_header().uri.query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+            });
+            if let Some(token) = given {
+                // A cookie value carries only visible ASCII without separators.
+                let cookie_safe = token.bytes().all(|b| b.is_ascii_graphic() && !b"\";,\\".contains(&b));
+                if !cookie_safe {
+                    let e = ApiError::new(
+                        400,
+                        "token_not_cookie_safe",
+                        "this admin.token cannot travel in a cookie; send it as Authorization: Bearer",
+                    );
+                    return self.error(session, ctx, e).await;
+                }
+                if self.admin.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
+                    let mut header = ResponseHeader::build(303, Some(3)).expect("valid status");
+                    header.insert_header(http::header::LOCATION, "/dashboard").expect("static header");
+                    let cookie =
+                        format!("{}={token}; Path=/; HttpOnly; SameSite=Strict", crate::admin::dashboard::COOKIE);
+                    header.insert_header(http::header::SET_COOKIE, cookie).expect("token is header-safe");
+                    header.insert_header(http::header::CONTENT_LENGTH, "0").expect("static header");
+                    ctx.status = 303;
+                    return self.write(session, ctx, header, Bytes::new()).await;
+                }
+            }
+        }
+        if self.admin_refused(session, ctx).await {
+            return;
+        }
+        match part {
+            DashboardPart::Page => {
+                self.send(session, ctx, 200, "text/html; charset=utf-8", crate::admin::dashboard::PAGE.into()).await
+            }
+            DashboardPart::Script => {
+                self.send(session, ctx, 200, "text/javascript; charset=utf-8", crate::admin::dashboard::SCRIPT.into())
+                    .await
+            }
+            DashboardPart::Data => {
+                let data = crate::admin::dashboard::data(crate::admin::dashboard::Snapshot {
+                    fleet,
+                    queued: self.scheduler.queue_len(),
+                    free_memory: self.resources.free_memory(),
+                    errors: self.recent_errors.snapshot(),
+                    required: self.keeper.report(),
+                    uptime_seconds: self.started.elapsed().as_secs(),
+                });
+                self.json(session, ctx, 200, &data).await
+            }
+        }
+    }
+
+    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: sent to the servers that
+    /// should hold the model (manage.rs), their progress merged into one NDJSON stream.
+    async fn manage(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let (method, path, query) = {
+            let req = session.req_header();
+            (req.method.clone(), req.uri.path().to_string(), req.uri.query().map(str::to_string))
+        };
+        let op = Op::named(&path).expect("classified as management");
+        if method != op.method() {
+            let msg = format!("{method} is not allowed on {path} (use {})", op.method());
+            return self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await;
+        }
+        if op.destructive() && self.admin_refused(session, ctx).await {
+            return;
+        }
+        let body = match read_bounded(session, ADMIN_BODY_LIMIT, false).await {
+            Ok(b) => b,
+            Err(e) => return self.refuse_body(session, ctx, e).await,
+        };
+        let fleet = self.fleet.load_full();
+        let plan = match crate::admin::manage::plan(op, &body, query.as_deref(), &fleet) {
+            Ok(p) => p,
+            Err(e) => return self.error(session, ctx, e).await,
+        };
+        ctx.model = Some(plan.model.clone());
+        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&plan.model)) {
+            let e = key.refuse_model(&plan.model);
+            return self.error(session, ctx, e).await;
+        }
+        let idle = self.read_timeout;
+        if !plan.stream {
+            let (code, reply) = crate::admin::manage::run_to_end(&plan, &self.client, idle).await;
+            ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
+            return self.json(session, ctx, code, &reply).await;
+        }
+        let mut header = ResponseHeader::build(200, Some(3)).expect("valid status");
+        header.insert_header(http::header::CONTENT_TYPE, "application/x-ndjson").expect("static header");
+        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+        cors_headers(&mut header, ctx).expect("valid CORS headers");
+        no_compression(session);
+        ctx.status = 200;
+        if session.write_response_header(Box::new(header), false).await.is_err() {
+            return;
+        }
+        let mut progress = crate::admin::manage::run(&plan, &self.client, idle);
+        let mut outcome = crate::admin::manage::Outcome::default();
+        let mut client_gone = false;
+        while let Some(p) = progress.recv().await {
+            let line = match p {
+                Progress::Line(v) => v,
+                Progress::Done { server, result } => {
+                    outcome.record(op, server, result);
+                    continue;
+                }
+            };
+            // The servers carry on if the client leaves, as Ollama's own pull does.
+            if !client_gone {
+                client_gone = self.write_line(session, ctx, &line, false).await.is_err();
+            }
+        }
+        let (code, last) = outcome.summary(&plan);
+        if code >= 400 {
+            ctx.error = last.get("error").and_then(Value::as_str).map(str::to_string);
+        }
+        if !client_gone {
+            let _ = self.write_line(session, ctx, &last, true).await;
+        }
+    }
+
+    async fn write_line(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        line: &Value,
+        end: bool,
+    ) -> pingora::Result<()> {
+        let mut bytes = serde_json::to_vec(line).expect("json values serialise");
+        bytes.push(b'\n');
+        ctx.bytes_out += bytes.len() as u64;
+        session.write_response_body(Some(Bytes::from(bytes)), end).await
+    }
+}

@@ -1,0 +1,61 @@
+//! The body stage of a model-routed call: read the body whole (bounded), put a session's
+//! earlier messages first (memory.rs), parse it once, check the key may use the model, and
+//! answer from the response cache or wait for a first route (wait.rs).
+
+use pingora::proxy::Session;
+
+use super::ctx::{RequestCtx, Routed};
+use super::drover::Drover;
+use crate::protocol::body::{read_bounded, RoutableBody};
+use crate::routing::scheduler::Refused;
+
+impl Drover {
+    /// The body stage of a model-routed call: read and parse the body, then wait for a
+    /// first route. Returns true when the request was answered here (an error).
+    pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx, native: bool) -> bool {
+        let body = match read_bounded(session, self.max_body_bytes, true).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.refuse_body(session, ctx, e).await;
+                return true;
+            }
+        };
+        ctx.bytes_in = body.len() as u64;
+        let (body, turn) = self.with_history(session, body).await;
+        let body = match RoutableBody::parse(body) {
+            Ok(b) => b,
+            Err(e) => {
+                self.error(session, ctx, e.into()).await;
+                return true;
+            }
+        };
+        ctx.model = Some(body.model.clone());
+        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&body.model)) {
+            let e = key.refuse_model(&body.model);
+            self.error(session, ctx, e).await;
+            return true;
+        }
+        let mut routed = Routed::new(body, native, self.fleet.load_full());
+        routed.memory = turn.map(|t| (t, Vec::new()));
+        routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
+        if self.answered_from_cache(session, ctx, &mut routed).await {
+            return true;
+        }
+        match self.take_route(session, &routed, false).await {
+            Ok(chosen) => {
+                routed.next = Some(chosen);
+                ctx.routed = Some(Box::new(routed));
+                false
+            }
+            Err(Refused::ClientGone) => {
+                ctx.error = Some("client disconnected".into());
+                session.set_keepalive(None);
+                true
+            }
+            Err(Refused::Error(e)) => {
+                self.error(session, ctx, e).await;
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Routing: which route an attempt takes. Selection (select/: eligibility, priority tiers,
+//! one file per strategy, panic mode, the dry-run explanation), conversation affinity
+//! (affinity.rs), the FIFO queue (queue.rs) and the resource check with its probe cache and
+//! memory reservations (resources.rs).
+//!
+//! Owns: the queue, the probe readings, the memory reserved by cold loads in flight.
+//! May import: config, fleet, protocol, telemetry, probe.
+
+pub mod affinity;
+pub mod queue;
+pub mod resources;
+pub mod scheduler;
+pub mod select;

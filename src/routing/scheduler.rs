@@ -1,0 +1,202 @@
+//! Turning selections into slots: refresh the probe readings, apply the model's strategy,
+//! and keep the FIFO queue of requests waiting while every server of a model is busy (or
+//! lacks the memory to load it). Refusals carry the client's error: 404 for an unknown
+//! model, 503 with Retry-After when nothing can serve it now.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::queue::Queue;
+use super::resources::{Reservation, ResourceCheck};
+use super::select::{select, Request, Selection};
+use crate::config::{Affinity, AffinityMode, Settings, Strategy};
+use crate::fleet::{Fleet, Route, Server, Slot};
+use crate::protocol::api::ApiError;
+use crate::protocol::body::RoutableBody;
+
+/// A route picked for an attempt, with its concurrency slot and (for a cold load) the
+/// memory reserved on its server; both are given back when this is dropped.
+pub struct Chosen {
+    pub route: Arc<Route>,
+    pub slot: Slot,
+    pub reservation: Option<Reservation>,
+}
+
+/// Why no route was taken.
+pub enum Refused {
+    /// Nothing can serve the request; the client gets this error.
+    Error(ApiError),
+    /// The client hung up while waiting.
+    ClientGone,
+}
+
+/// Turns selections into slots: refreshes probe readings, applies the strategy, and keeps
+/// the queue of requests waiting for a busy model.
+pub struct Scheduler {
+    pub resources: Arc<ResourceCheck>,
+    queue: Queue,
+    strategy: Strategy,
+    model_strategies: HashMap<String, Strategy>,
+    panic_mode: bool,
+    cooldown: Duration,
+    match_num_ctx: bool,
+    affinity: Affinity,
+}
+
+impl Scheduler {
+    pub fn new(settings: &Settings, resources: Arc<ResourceCheck>) -> Scheduler {
+        let lb = &settings.load_balancer;
+        Scheduler {
+            resources,
+            queue: Queue::new(lb.queue_size, lb.queue_timeout),
+            strategy: lb.strategy,
+            model_strategies: lb.model_strategies.clone(),
+            panic_mode: lb.panic_mode,
+            cooldown: lb.cooldown,
+            match_num_ctx: lb.match_num_ctx,
+            affinity: settings.affinity.clone(),
+        }
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The strategy for a virtual model.
+    pub fn strategy_of(&self, model: &str) -> Strategy {
+        self.model_strategies.get(model).copied().unwrap_or(self.strategy)
+    }
+
+    /// A routed request as selection sees it: its body, the API it came in on, the servers
+    /// it tried already and the conversation it continues.
+    pub fn request<'a>(
+        &self,
+        body: &'a RoutableBody,
+        native_api: bool,
+        tried: &'a [Arc<Server>],
+        conversation: Option<u64>,
+    ) -> Request<'a> {
+        Request {
+            model: &body.model,
+            native_api,
+            tried,
+            waiting: 0,
+            panic_mode: self.panic_mode,
+            num_ctx: body.num_ctx.filter(|_| self.match_num_ctx),
+            affinity: conversation.map(|key| (key, self.affinity.load_factor)),
+        }
+    }
+
+    /// The conversation a request belongs to (affinity.rs): its session header, else, in
+    /// prefix mode, the hash of its opening; `None` with affinity off.
+    pub fn conversation(&self, headers: &http::HeaderMap, body: &RoutableBody) -> Option<u64> {
+        match self.affinity.mode {
+            AffinityMode::Off => None,
+            mode => match headers.get(&self.affinity.header) {
+                Some(v) if !v.is_empty() => Some(super::affinity::header_key(&body.model, v.as_bytes())),
+                _ if mode == AffinityMode::Prefix => body.conversation_key(),
+                _ => None,
+            },
+        }
+    }
+
+    /// Takes a slot on the best eligible route, waiting in the queue while all are busy;
+    /// gives up when `client_gone` resolves.
+    pub async fn acquire(
+        &self,
+        fleet: &Fleet,
+        req: &Request<'_>,
+        retrying: bool,
+        client_gone: impl Future<Output = ()>,
+    ) -> Result<Chosen, Refused> {
+        tokio::pin!(client_gone);
+        let deadline = Instant::now() + self.queue.timeout;
+        let mut ticket = None;
+        let queue_full = || {
+            Refused::Error(
+                ApiError::new(
+                    503,
+                    "queue_full",
+                    format!(
+                        "every server for model {:?} is busy and {} requests are already waiting (load_balancer.queue_size); retry later",
+                        req.model, self.queue.size
+                    ),
+                )
+                .retry_after(1),
+            )
+        };
+        if self.queue.has_line(req.model) {
+            // Others are already waiting for this model: no overtaking them.
+            ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
+        }
+        loop {
+            let released = fleet.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let my_turn = ticket.as_ref().is_none_or(|t| t.at_head());
+            let selection = if my_turn {
+                if let Some(mr) = fleet.named_routes(req.model) {
+                    self.resources.refresh(&mr.routes).await;
+                }
+                let req = Request { waiting: self.queue.line_len(req.model), ..*req };
+                select(fleet, self.strategy_of(req.model), &req, &self.resources)
+            } else {
+                Selection::AllBusy { memory: None }
+            };
+            match selection {
+                Selection::Chosen(route, slot, reservation) => return Ok(Chosen { route, slot, reservation }),
+                Selection::UnknownModel => return Err(Refused::Error(unknown_model(fleet, req.model))),
+                Selection::Unavailable(why) => {
+                    let what = if retrying { "no other server can serve" } else { "no server can serve" };
+                    return Err(Refused::Error(
+                        ApiError::new(503, "no_server_available", format!("{what} model {:?} now: {why}", req.model))
+                            .retry_after(self.cooldown.as_secs().max(1)),
+                    ));
+                }
+                Selection::AllBusy { memory } => {
+                    if ticket.is_none() {
+                        ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Refused::Error(self.timed_out(req.model, memory)));
+                    }
+                    // Wake on a freed slot, and now and then anyway: health and cooldowns change too.
+                    tokio::select! {
+                        _ = released => {}
+                        _ = tokio::time::sleep(left.min(Duration::from_millis(250))) => {}
+                        _ = &mut client_gone => return Err(Refused::ClientGone),
+                    }
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self, model: &str, memory: Option<String>) -> ApiError {
+        let message = match memory {
+            Some(why) => format!(
+                "no server had the memory to load model {model:?} within {:?} (load_balancer.queue_timeout): {why}",
+                self.queue.timeout
+            ),
+            None => format!(
+                "every server for model {model:?} stayed busy for {:?} (load_balancer.queue_timeout); retry later",
+                self.queue.timeout
+            ),
+        };
+        ApiError::new(503, "queue_timeout", message).retry_after(self.queue.timeout.as_secs().max(1))
+    }
+}
+
+/// A 404 that lists the models a client can ask for.
+pub fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
+    let names = fleet.model_names();
+    let known = if names.is_empty() {
+        "no models are available yet (no server reported any)".to_string()
+    } else {
+        let shown: Vec<&str> = names.iter().take(50).map(String::as_str).collect();
+        format!("available models: {}", shown.join(", "))
+    };
+    ApiError::new(404, "model_not_found", format!("model {model:?} not found on any server; {known}"))
+}
