@@ -1,47 +1,27 @@
 //! Choosing a server for one attempt: eligibility, priority tiers, and the split inside a tier.
 //!
-//! The selector proposes; eligibility is policy: a route is a candidate when it is active,
-//! its server is healthy, not cooling down, not yet tried for this request and speaks the
-//! request's API. The lowest priority with a candidate under its concurrency limit wins;
-//! inside it the strategy (weighted by default) picks one and takes a slot atomically.
+//! The selector proposes; eligibility is policy (eligible.rs): a route is a candidate when it
+//! is active, its server is healthy, not cooling down, not yet tried for this request and
+//! speaks the request's API. The lowest priority with a candidate under its concurrency
+//! limit wins; inside it the strategy picks one and takes a slot atomically. One file per
+//! strategy, as pingora-load-balancing's `selection/` has: weighted.rs (nginx's smooth
+//! weighted round robin, the default), least_busy.rs, warm_first.rs (narrows the tier to
+//! where the model is loaded, then weighted). explain.rs is the same decision as a dry run.
 
-use std::sync::atomic::Ordering;
+mod eligible;
+mod explain;
+mod least_busy;
+mod warm_first;
+mod weighted;
+
 use std::sync::Arc;
 
+pub use eligible::{ineligible, routes_of, ModelRoutesRef, NoChecks, Policy, Request, Skip};
+pub use explain::{explain, Explanation};
+
 use crate::config::Strategy;
-use crate::fleet::{Fleet, ModelRoutes, Route, Server, Slot};
-use crate::protocol::ollama::Kind;
-
-/// Why a route was not used.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Skip {
-    Inactive,
-    AlreadyTried,
-    Down,
-    CoolingDown(std::time::Duration),
-    /// An openai-kind server cannot answer Ollama's native /api calls.
-    WrongApi,
-    Busy,
-    /// The resource check failed: the model would not fit (the text says why).
-    NoMemory(String),
-    /// The server's probe did not answer and resources.fail_open is false.
-    ProbeUnreachable,
-}
-
-impl std::fmt::Display for Skip {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Skip::Inactive => write!(f, "inactive"),
-            Skip::AlreadyTried => write!(f, "already tried for this request"),
-            Skip::Down => write!(f, "down"),
-            Skip::CoolingDown(d) => write!(f, "cooling down ({}s left)", d.as_secs() + 1),
-            Skip::WrongApi => write!(f, "openai-kind server cannot serve the Ollama /api"),
-            Skip::Busy => write!(f, "busy (at max_concurrency)"),
-            Skip::NoMemory(why) => write!(f, "not enough memory ({why})"),
-            Skip::ProbeUnreachable => write!(f, "probe unreachable (resources.fail_open is false)"),
-        }
-    }
-}
+use crate::fleet::{Fleet, ModelRoutes, Route, Slot};
+use eligible::{sort_out, tiers_of, Sorted};
 
 /// The result of one selection.
 pub enum Selection<H> {
@@ -57,113 +37,6 @@ pub enum Selection<H> {
     UnknownModel,
 }
 
-/// What a request needs from a server.
-pub struct Request<'a> {
-    pub model: &'a str,
-    /// True for Ollama's native /api endpoints, which openai-kind servers lack.
-    pub native_api: bool,
-    /// Servers already tried for this request.
-    pub tried: &'a [Arc<Server>],
-    /// Requests queued for this model (warm_first loads it elsewhere when its warm servers
-    /// cannot take them all).
-    pub waiting: usize,
-    /// When every usable route is cooling down, use the one that failed longest ago
-    /// rather than refuse (load_balancer.panic_mode).
-    pub panic_mode: bool,
-    /// `options.num_ctx`: a server with the model loaded at another context size is cold
-    /// for this request (Ollama reloads it).
-    pub num_ctx: Option<u32>,
-    /// The conversation this request continues (affinity.rs), and the load bound
-    /// (affinity.load_factor) under which it sticks to its server.
-    pub affinity: Option<(u64, f64)>,
-}
-
-impl Request<'_> {
-    /// A request for `model` with nothing else known: no retry, no context size, no conversation.
-    pub fn plain(model: &str, native_api: bool) -> Request<'_> {
-        Request { model, native_api, tried: &[], waiting: 0, panic_mode: false, num_ctx: None, affinity: None }
-    }
-}
-
-/// Why `route` cannot take this request now, ignoring its concurrency limit.
-pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
-    let s = &route.server;
-    if !route.is_active {
-        Some(Skip::Inactive)
-    } else if req.tried.iter().any(|t| Arc::ptr_eq(t, s)) {
-        Some(Skip::AlreadyTried)
-    } else if req.native_api && s.kind == Kind::OpenAi {
-        Some(Skip::WrongApi)
-    } else if !s.healthy() {
-        Some(Skip::Down)
-    } else {
-        s.cooling_down().map(Skip::CoolingDown)
-    }
-}
-
-/// What selection asks of the rest of drover: the resource check, and where a model is warm.
-pub trait Policy {
-    /// What an admitted route holds until the request ends (the resource check: reserved memory).
-    type Hold;
-    /// Admits `route` once it has a slot; a cold load gets its memory reserved.
-    fn admit(&self, route: &Route) -> Result<Option<Self::Hold>, Skip>;
-    /// What `admit` would say now, changing nothing (for explanations).
-    fn check(&self, route: &Route) -> Result<(), Skip>;
-    /// Whether the route's model is loaded (or loading) on its server, usable at `num_ctx`.
-    fn warm(&self, route: &Route, num_ctx: Option<u32>) -> bool;
-}
-
-/// No resource check; warm means listed by the server's last /api/ps.
-pub struct NoChecks;
-
-impl Policy for NoChecks {
-    type Hold = ();
-
-    fn admit(&self, _: &Route) -> Result<Option<()>, Skip> {
-        Ok(None)
-    }
-
-    fn check(&self, _: &Route) -> Result<(), Skip> {
-        Ok(())
-    }
-
-    fn warm(&self, route: &Route, num_ctx: Option<u32>) -> bool {
-        route.server.inventory().warm_for(&route.actual_model, num_ctx)
-    }
-}
-
-/// The routes a model has: its active rows, else (discovery) the servers that list it, rotated.
-pub fn routes_of(fleet: &Fleet, model: &str) -> Option<ModelRoutesRef> {
-    match fleet.named_routes(model) {
-        Some(_) => Some(ModelRoutesRef::Named),
-        None => {
-            let found = fleet.discover(model);
-            if found.is_empty() {
-                return None;
-            }
-            // Discovered routes are all equal: rotate a shared counter instead of keeping weights.
-            let turn = fleet.discovery_turn.fetch_add(1, Ordering::Relaxed);
-            let n = found.len();
-            Some(ModelRoutesRef::Discovered(ModelRoutes::new((0..n).map(|i| found[(turn + i) % n].clone()).collect())))
-        }
-    }
-}
-
-/// Where a model's routes come from for one request.
-pub enum ModelRoutesRef {
-    Named,
-    Discovered(ModelRoutes),
-}
-
-impl ModelRoutesRef {
-    pub fn get<'a>(&'a self, fleet: &'a Fleet, model: &str) -> &'a ModelRoutes {
-        match self {
-            ModelRoutesRef::Named => &fleet.routes[model],
-            ModelRoutesRef::Discovered(mr) => mr,
-        }
-    }
-}
-
 pub fn select<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Selection<P::Hold> {
     match routes_of(fleet, req.model) {
         None => Selection::UnknownModel,
@@ -172,47 +45,6 @@ pub fn select<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, polic
             select_among(found.get(fleet, req.model), strategy, req, policy)
         }
     }
-}
-
-/// Routes sorted out for one request: the eligible ones (indices into `mr.routes`), and
-/// why each other one is not (inactive routes included). In panic mode, when nothing is
-/// eligible but some routes only cool down, the one that failed longest ago is eligible.
-struct Sorted {
-    eligible: Vec<usize>,
-    skipped: Vec<(usize, Skip)>,
-}
-
-fn sort_out(mr: &ModelRoutes, req: &Request) -> Sorted {
-    let mut sorted = Sorted { eligible: Vec::new(), skipped: Vec::new() };
-    for (i, r) in mr.routes.iter().enumerate() {
-        match ineligible(r, req) {
-            None => sorted.eligible.push(i),
-            Some(why) => sorted.skipped.push((i, why)),
-        }
-    }
-    if sorted.eligible.is_empty() && req.panic_mode {
-        // Panic mode: one request's failure must not leave a model with no server at all;
-        // the route that failed longest ago is the likeliest to have recovered.
-        let oldest = sorted
-            .skipped
-            .iter()
-            .filter(|(_, why)| matches!(why, Skip::CoolingDown(_)))
-            .max_by_key(|(i, _)| mr.routes[*i].server.since_last_failure())
-            .map(|(i, _)| *i);
-        if let Some(i) = oldest {
-            sorted.skipped.retain(|(j, _)| *j != i);
-            sorted.eligible.push(i);
-        }
-    }
-    sorted
-}
-
-/// The priorities of `eligible` routes, best first.
-fn tiers_of(mr: &ModelRoutes, eligible: &[usize]) -> Vec<u32> {
-    let mut tiers: Vec<u32> = eligible.iter().map(|&i| mr.routes[i].priority).collect();
-    tiers.sort_unstable();
-    tiers.dedup();
-    tiers
 }
 
 fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, policy: &P) -> Selection<P::Hold> {
@@ -230,22 +62,10 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
         let mut open: Vec<usize> = in_tier.iter().copied().filter(|&i| !mr.routes[i].server.at_capacity()).collect();
         busy |= open.len() < in_tier.len();
         if strategy == Strategy::WarmFirst {
-            let warm: Vec<usize> =
-                in_tier.iter().copied().filter(|&i| policy.warm(&mr.routes[i], req.num_ctx)).collect();
-            let warm_open: Vec<usize> = open.iter().copied().filter(|i| warm.contains(i)).collect();
-            let warm_capacity: usize = warm.iter().map(|&i| mr.routes[i].server.max_concurrency).sum();
-            if !warm_open.is_empty() {
-                open = warm_open;
-            } else if !warm.is_empty() && req.waiting < warm_capacity {
+            match warm_first::narrow(mr, &in_tier, open, req, policy) {
+                Some(narrowed) => open = narrowed,
                 // Waiting for a warm server beats loading the model again elsewhere.
-                return Selection::AllBusy { memory: None };
-            } else if req.num_ctx.is_some() {
-                // A load where the model is not running at another context size does not
-                // take it away from the requests using that size.
-                let clash = |i: &usize| policy.warm(&mr.routes[*i], None);
-                if open.iter().any(|i| !clash(i)) {
-                    open.retain(|i| !clash(i));
-                }
+                None => return Selection::AllBusy { memory: None },
             }
         }
         // A slot can be taken by another request between the check and the pick, and the
@@ -280,108 +100,13 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
     Selection::Unavailable(reasons.join("; "))
 }
 
-/// How a request for a model would be served now, route by route, as `select` decides it
-/// but without taking a slot or reserving memory (the resource check runs as a dry run).
-pub struct Explanation {
-    /// "routes" (named by routes), "discovery" (servers that list it) or "unknown".
-    pub source: &'static str,
-    /// The priority that serves now, if any route can.
-    pub serving: Option<u32>,
-    /// Every route, with `None` when it is among those a request would pick from, or why not.
-    pub verdicts: Vec<(Arc<Route>, Option<String>)>,
-}
-
-pub fn explain<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Explanation {
-    let (source, mr) = match fleet.named_routes(req.model) {
-        Some(mr) => ("routes", mr),
-        None => {
-            let found = fleet.discover(req.model);
-            let source = if found.is_empty() { "unknown" } else { "discovery" };
-            return explain_among(source, &ModelRoutes::new(found), Strategy::Weighted, req, policy);
-        }
-    };
-    explain_among(source, mr, strategy, req, policy)
-}
-
-fn explain_among<P: Policy>(
-    source: &'static str,
-    mr: &ModelRoutes,
-    strategy: Strategy,
-    req: &Request,
-    policy: &P,
-) -> Explanation {
-    let Sorted { eligible, skipped } = sort_out(mr, req);
-    let mut verdicts: Vec<Option<String>> = vec![None; mr.routes.len()];
-    for (i, why) in skipped {
-        verdicts[i] = Some(why.to_string());
-    }
-    let mut serving = None;
-    for tier in tiers_of(mr, &eligible) {
-        let in_tier: Vec<usize> = eligible.iter().copied().filter(|&i| mr.routes[i].priority == tier).collect();
-        if let Some(best) = serving {
-            for i in in_tier {
-                verdicts[i] = Some(format!(
-                    "wrong tier: priority {tier} is a fallback while priority {best} has routes available"
-                ));
-            }
-            continue;
-        }
-        let mut candidates = Vec::new();
-        for i in in_tier {
-            let route = &mr.routes[i];
-            if route.server.at_capacity() {
-                verdicts[i] = Some(Skip::Busy.to_string());
-            } else if let Err(why) = policy.check(route) {
-                verdicts[i] = Some(why.to_string());
-            } else {
-                candidates.push(i);
-            }
-        }
-        if strategy == Strategy::WarmFirst && candidates.iter().any(|&i| policy.warm(&mr.routes[i], req.num_ctx)) {
-            for &i in candidates.iter().filter(|&&i| !policy.warm(&mr.routes[i], req.num_ctx)) {
-                verdicts[i] = Some("cold: warm_first uses the servers with the model loaded".into());
-            }
-        }
-        if !candidates.is_empty() {
-            serving = Some(tier);
-        }
-    }
-    let verdicts = mr.routes.iter().cloned().zip(verdicts).collect();
-    Explanation { source, serving, verdicts }
-}
-
 /// Picks one of `open` (indices into `mr.routes`, non-empty) by the strategy.
 fn pick(mr: &ModelRoutes, strategy: Strategy, open: &[usize]) -> usize {
     match strategy {
         // warm_first has already narrowed `open` to warm routes where it could.
-        Strategy::Weighted | Strategy::WarmFirst => smooth_weighted(mr, open),
-        Strategy::LeastBusy => *open
-            .iter()
-            .min_by(|&&a, &&b| {
-                let load = |i: usize| {
-                    let r = &mr.routes[i];
-                    (r.server.in_flight() as f64 + 1.0) / r.weight as f64
-                };
-                load(a).total_cmp(&load(b))
-            })
-            .expect("open is not empty"),
+        Strategy::Weighted | Strategy::WarmFirst => weighted::pick(mr, open),
+        Strategy::LeastBusy => least_busy::pick(mr, open),
     }
-}
-
-/// nginx's smooth weighted round robin over a subset: deterministic, and weights 30/70
-/// give exactly 3 of 10 and 7 of 10 in every run of ten picks, interleaved.
-fn smooth_weighted(mr: &ModelRoutes, open: &[usize]) -> usize {
-    let mut current = mr.current.lock().unwrap();
-    let total: i64 = open.iter().map(|&i| mr.routes[i].weight as i64).sum();
-    let mut best = open[0];
-    for &i in open {
-        current[i] += mr.routes[i].weight as i64;
-        if current[i] > current[best] {
-            best = i;
-        }
-    }
-    current[best] -= total;
-    best
 }
 
 #[cfg(test)]
@@ -389,6 +114,7 @@ mod tests {
     use super::*;
     use crate::config::{Env, Settings};
     use crate::fleet::backends::Health;
+    use crate::fleet::Server;
     use std::time::Duration;
 
     fn fleet(yaml: impl AsRef<str>) -> Fleet {

@@ -1,0 +1,262 @@
+//! The validated configuration: real types (addresses, durations, URLs, strategies), each
+//! value checked, with its defaults applied. Everything else in drover reads this.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::ollama::{Device, Kind, ServerUrl};
+
+/// The fleet used when neither `servers:`, `routes:` nor the store names one: a local Ollama.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:11434";
+
+/// One configuration error: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every error found while loading; never empty.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// server.tls: a TLS listener beside the plain one (rustls; HTTP/2 offered by ALPN).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key, read at start (and so again by the new
+    /// process of a graceful upgrade).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How traffic is split inside the winning priority tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Weighted,
+    WarmFirst,
+    LeastBusy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub url: ServerUrl,
+    pub kind: Kind,
+    pub probe_url: Option<ServerUrl>,
+    pub max_concurrency: Option<usize>,
+    /// Passive failure counting, overriding load_balancer.max_fails / fail_timeout.
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Duration>,
+    pub credentials: Credentials,
+    /// Pulled in the background when missing (required.rs).
+    pub required_models: Vec<String>,
+}
+
+/// What a server is sent to let drover in: its own API key or headers, never the client's
+/// unless `forward_client_auth` says so.
+#[derive(Clone, Default, PartialEq)]
+pub struct Credentials {
+    /// Sent on every request to the server, health checks included (`api_key` becomes
+    /// `Authorization: Bearer ...`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Pass the client's Authorization / x-api-key on to this server.
+    pub forward_client_auth: bool,
+}
+
+/// Header names only: values are secrets and never reach a log.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Credentials")
+            .field("headers", &names)
+            .field("forward_client_auth", &self.forward_client_auth)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub virtual_model_name: String,
+    pub server_url: ServerUrl,
+    pub actual_model_name: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub device: Device,
+    pub performance: f64,
+    pub description: String,
+    pub is_active: bool,
+    pub skip_resource_check: bool,
+    pub probe_url: Option<ServerUrl>,
+    pub max_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadBalancing {
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub db_check_interval: Duration,
+    pub max_retry_count: u32,
+    /// How long a server that failed `max_fails` requests within `fail_timeout` is skipped.
+    pub cooldown: Duration,
+    /// Failed requests within `fail_timeout` that put a server into cooldown (nginx's max_fails).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// When every route of a model is cooling down, try the one that failed longest ago
+    /// instead of refusing (Envoy's panic mode).
+    pub panic_mode: bool,
+    pub max_body_bytes: usize,
+    /// Largest request header block accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    pub strategy: Strategy,
+    /// Per virtual model, overriding `strategy`.
+    pub model_strategies: std::collections::HashMap<String, Strategy>,
+    pub max_concurrency: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+    /// A server with the model loaded at another num_ctx counts as cold for a request that
+    /// asks for a context size (Ollama would reload it).
+    pub match_num_ctx: bool,
+}
+
+/// Which requests of one conversation go back to the server that served the last turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityMode {
+    Off,
+    /// Only requests that carry the session header.
+    Header,
+    /// The session header, else a hash of the conversation's opening.
+    Prefix,
+}
+
+#[derive(Debug, Clone)]
+pub struct Affinity {
+    pub mode: AffinityMode,
+    /// Lower-case header name.
+    pub header: http::HeaderName,
+    /// A server takes a conversation while its requests in flight stay under
+    /// load_factor x the tier's average (bounded-load consistent hashing).
+    pub load_factor: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resources {
+    pub memory_threshold: f64,
+    pub cache_ttl_min: Duration,
+    pub cache_ttl_max: Duration,
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub keepalive_pool: usize,
+}
+
+/// The response cache (cache.enabled, ttl, max_bytes, max_entry_bytes).
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_bytes: usize,
+    pub max_entry_bytes: usize,
+}
+
+/// Conversation memory (memory.enabled, header, ttl, max_messages, max_bytes).
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    pub enabled: bool,
+    pub header: http::HeaderName,
+    pub ttl: Duration,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// Everything drover runs on, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub tls: Option<Tls>,
+    pub metrics_listen: SocketAddr,
+    pub threads: usize,
+    pub database_url: String,
+    pub database_pool_size: u32,
+    pub servers: Vec<ServerSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub load_balancer: LoadBalancing,
+    pub resources: Resources,
+    pub http_client: HttpClient,
+    pub admin_token: Option<String>,
+    /// Origin patterns allowed beside Ollama's local defaults (cors.allowed_origins).
+    pub cors_origins: Vec<String>,
+    /// compression.level: gzip/zstd/brotli level for whole answers a client accepts compressed (0: off).
+    pub compression_level: u32,
+    /// compression.min_bytes: answers smaller than this go as they are.
+    pub compression_min_bytes: usize,
+    pub affinity: Affinity,
+    /// state.redis_url (or REDIS_URL): limits and cooldowns shared by several drovers.
+    pub redis_url: Option<String>,
+    /// state.redis_timeout: a slower Redis call counts as Redis down.
+    pub redis_timeout: Duration,
+    /// The response cache for deterministic requests (cache.rs).
+    pub cache: CacheSettings,
+    /// Conversation memory (memory.rs), off by default.
+    pub memory: MemorySettings,
+    /// auth.require_keys: model calls and fleet views need an API key.
+    pub require_keys: bool,
+    /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
+    pub client_requests_per_minute: Option<u64>,
+    pub access_log: String,
+    pub grace_period_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+/// The environment variables drover reads, gathered so tests can pass their own.
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub servers: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            database_url: var("DATABASE_URL"),
+            listen: var("DROVER_LISTEN"),
+            admin_token: var("DROVER_ADMIN_TOKEN"),
+            servers: var("DROVER_SERVERS"),
+            redis_url: var("REDIS_URL"),
+        }
+    }
+}
