@@ -87,14 +87,14 @@ impl Drover {
     pub(super) async fn keep_answer(&self, session: &Session, ctx: &mut RequestCtx) {
         let Some(r) = ctx.routed.as_deref_mut() else { return };
         let Some(fill) = r.cache_fill.take() else { return };
-        let Some(route) = r.route.as_ref() else { return };
+        let Some(run) = r.attempt.running() else { return };
         if ctx.status != 200 || ctx.error.is_some() || r.client_gone {
             return;
         }
-        let key = ResponseCache::key(session.req_header().uri.path(), &route.actual_model, &r.payload);
+        let key = ResponseCache::key(session.req_header().uri.path(), &run.route.actual_model, &run.payload);
         let entry = crate::state::cache::Entry {
             content_type: r.relay.content_type.clone(),
-            server: route.server.url.as_str().to_string(),
+            server: run.route.server.url.as_str().to_string(),
             body: Bytes::from(fill),
         };
         self.cache.put(&key, entry).await;

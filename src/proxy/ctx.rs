@@ -80,21 +80,9 @@ pub struct Routed {
     pub fleet: Arc<Fleet>,
     /// Servers already tried.
     pub tried: Vec<Arc<Server>>,
-    /// The route the next attempt will use, picked before it starts.
-    pub next: Option<Chosen>,
-    /// The route of the attempt in progress (or the last one).
-    pub route: Option<Arc<Route>>,
-    /// Its slot and reservation, given back as soon as the attempt fails.
-    pub held: Option<Chosen>,
-    /// The body as the current route's server must see it (model rewritten).
-    pub payload: Bytes,
-    /// Set by `upstream_peer`, cleared when `request_body_filter` sends the payload: once per attempt.
-    pub payload_armed: bool,
-    /// The upstream socket, corked until the body is written (see `upstream::cork`).
-    pub corked: Option<std::os::unix::io::RawFd>,
-    /// The last attempt met a pooled connection the server had closed: try the same route
-    /// again on a fresh connection, not counted as an attempt.
-    pub resend_same: bool,
+    /// Where the request stands between its attempts.
+    pub attempt: Attempt,
+    /// Stale pooled connections replaced so far (load_balancer retries do not count them).
     pub stale_retries: u32,
     /// "server: what went wrong", for the error when no server is left.
     pub last_failure: Option<String>,
@@ -104,6 +92,73 @@ pub struct Routed {
     pub client_gone: bool,
     /// Reading the answer as it passes.
     pub relay: Relay,
+}
+
+/// Where a routed request stands between its attempts, in the order Pingora's hooks move it:
+/// `Waiting` -> `Ready` (the body stage took a first route) -> `Running` (`upstream_peer`)
+/// -> `Failed` (a failure before any byte reached the client) -> `Running` again on the next
+/// route, or the end. A hook that finds another state than its own has nothing to act on.
+pub enum Attempt {
+    /// No route taken yet.
+    Waiting,
+    /// A route is taken, with its slot, for an attempt not yet started.
+    Ready(Chosen),
+    /// An attempt under way (or answered) on its route.
+    Running(Running),
+    /// The last attempt failed and gave its slot back. `next` is the route already taken for
+    /// the following one (a 5xx answer, while another server was free).
+    Failed { last: Running, next: Option<Chosen> },
+}
+
+/// One attempt on one route.
+pub struct Running {
+    pub route: Arc<Route>,
+    /// Its slot and reservation; `None` once the attempt failed.
+    pub held: Option<Chosen>,
+    /// The body as this route's server must see it (model rewritten).
+    pub payload: Bytes,
+    /// Set by `upstream_peer`, cleared when `request_body_filter` sends the payload: once per attempt.
+    pub armed: bool,
+    /// The upstream socket, corked until the body is written (see `upstream::cork`).
+    pub corked: Option<std::os::unix::io::RawFd>,
+    /// The attempt met a pooled connection the server had closed: the next one goes to the
+    /// same route on a fresh connection, not counted as an attempt.
+    pub resend: bool,
+}
+
+impl Attempt {
+    /// The route of the attempt under way, or of the last one.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        match self {
+            Attempt::Running(run) | Attempt::Failed { last: run, .. } => Some(&run.route),
+            Attempt::Waiting | Attempt::Ready(_) => None,
+        }
+    }
+
+    /// The attempt under way, if one is.
+    pub fn running(&mut self) -> Option<&mut Running> {
+        match self {
+            Attempt::Running(run) => Some(run),
+            _ => None,
+        }
+    }
+
+    /// The attempt under way failed: its slot goes back now, the server free for others
+    /// while the request moves on.
+    pub fn fail(&mut self) {
+        *self = match std::mem::replace(self, Attempt::Waiting) {
+            Attempt::Running(mut last) => {
+                last.held = None;
+                Attempt::Failed { last, next: None }
+            }
+            other => other,
+        };
+    }
+
+    /// Whether the next attempt's route is taken already (after a 5xx).
+    pub fn has_next(&self) -> bool {
+        matches!(self, Attempt::Failed { next: Some(_), .. })
+    }
 }
 
 /// What the relay learns about the answer as it streams back.
@@ -126,13 +181,7 @@ impl Routed {
             native,
             fleet,
             tried: Vec::new(),
-            next: None,
-            route: None,
-            held: None,
-            payload: Bytes::new(),
-            payload_armed: false,
-            corked: None,
-            resend_same: false,
+            attempt: Attempt::Waiting,
             stale_retries: 0,
             last_failure: None,
             refusal: None,

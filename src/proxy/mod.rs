@@ -115,8 +115,8 @@ impl ProxyHttp for Drover {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(r) = ctx.routed.as_deref_mut() {
-            r.corked = upstream::cork(fd);
+        if let Some(run) = ctx.routed.as_deref_mut().and_then(|r| r.attempt.running()) {
+            run.corked = upstream::cork(fd);
         }
         Ok(())
     }
@@ -137,11 +137,11 @@ impl ProxyHttp for Drover {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(r) = ctx.routed.as_deref_mut() {
+        if let Some(run) = ctx.routed.as_deref_mut().and_then(|r| r.attempt.running()) {
             // Called with the retry buffer (the body's tail) at the start of every attempt:
             // the server gets the whole rewritten body instead, once.
-            *body = std::mem::take(&mut r.payload_armed).then(|| r.payload.clone());
-            if let Some(fd) = r.corked.take() {
+            *body = std::mem::take(&mut run.armed).then(|| run.payload.clone());
+            if let Some(fd) = run.corked.take() {
                 upstream::uncork_soon(fd);
             }
         }

@@ -14,7 +14,7 @@ impl Drover {
     /// `response_filter`: the answer's header is on its way to the client.
     pub(super) fn relay_header(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
         let Some(r) = ctx.routed.as_deref_mut() else { return Ok(()) };
-        let route = r.route.as_ref().expect("an attempt answered");
+        let Some(route) = r.attempt.route() else { return Ok(()) };
         let status = resp.status.as_u16();
         let content_type = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         r.relay.scan = Some(UsageScan::new(content_type));

@@ -4,7 +4,7 @@
 
 use pingora::proxy::Session;
 
-use super::ctx::{RequestCtx, Routed};
+use super::ctx::{Attempt, RequestCtx, Routed};
 use super::drover::Drover;
 use crate::protocol::body::{read_bounded, RoutableBody};
 use crate::routing::scheduler::Refused;
@@ -43,7 +43,7 @@ impl Drover {
         }
         match self.take_route(session, &routed, false).await {
             Ok(chosen) => {
-                routed.next = Some(chosen);
+                routed.attempt = Attempt::Ready(chosen);
                 ctx.routed = Some(Box::new(routed));
                 false
             }

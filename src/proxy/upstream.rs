@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::ctx::RequestCtx;
 use super::ctx::Routed;
+use super::ctx::{Attempt, RequestCtx, Running};
 use super::drover::Drover;
 use crate::fleet::Route;
 use crate::protocol::api::ApiError;
@@ -31,31 +32,38 @@ impl Drover {
         let Some(r) = routed.as_deref_mut() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer for a request drover answers itself");
         };
-        if std::mem::take(&mut r.resend_same) {
-            let route = r.route.clone().expect("a route was tried");
-            if let Ok(addr) = route.server.resolve().await {
-                r.payload_armed = true;
-                return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout)));
+        if let Some(run) = r.attempt.running().filter(|run| run.resend) {
+            run.resend = false;
+            if let Ok(addr) = run.route.server.resolve().await {
+                run.armed = true;
+                return Ok(Box::new(run.route.server.peer(addr, self.connect_timeout, self.read_timeout)));
             }
+            r.attempt.fail();
         }
         loop {
-            let chosen = match r.next.take() {
-                Some(c) => c,
-                None => self.next_route(session, r, *attempts).await?,
+            let chosen = match std::mem::replace(&mut r.attempt, Attempt::Waiting) {
+                Attempt::Ready(chosen) | Attempt::Failed { next: Some(chosen), .. } => chosen,
+                previous => {
+                    r.attempt = previous;
+                    self.next_route(session, r, *attempts).await?
+                }
             };
             let route = chosen.route.clone();
             r.tried.push(route.server.clone());
             *attempts += 1;
             *server = Some(route.server.url.as_str().to_string());
             *actual_model = Some(route.actual_model.clone());
-            r.route = Some(route.clone());
-            r.held = Some(chosen);
-            match route.server.resolve().await {
-                Ok(addr) => {
-                    r.payload = r.body.rewritten(&route.actual_model);
-                    r.payload_armed = true;
-                    return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout)));
-                }
+            let resolved = route.server.resolve().await;
+            r.attempt = Attempt::Running(Running {
+                payload: if resolved.is_ok() { r.body.rewritten(&route.actual_model) } else { Bytes::new() },
+                armed: resolved.is_ok(),
+                route: route.clone(),
+                held: Some(chosen),
+                corked: None,
+                resend: false,
+            });
+            match resolved {
+                Ok(addr) => return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout))),
                 Err(e) => {
                     let why = format!("cannot resolve {}: {e}", route.server.url.host);
                     self.failed(r, &route, RetryReason::Connect, why, request_id);
@@ -105,8 +113,8 @@ impl Drover {
     /// `upstream_request_filter`: the server's path prefix and Host, the rewritten body's
     /// length, and the request id. Pingora has already removed hop-by-hop headers.
     pub(super) fn prepare_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-        let Some(r) = ctx.routed.as_deref() else { return Ok(()) };
-        let route = r.route.as_ref().expect("upstream_peer chose a route");
+        let Some(Attempt::Running(run)) = ctx.routed.as_deref().map(|r| &r.attempt) else { return Ok(()) };
+        let route = &run.route;
         let url = &route.server.url;
         if !url.base_path.is_empty() {
             let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -114,7 +122,7 @@ impl Drover {
             req.set_uri(uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "server base path", e))?);
         }
         req.insert_header(http::header::HOST, url.authority())?;
-        req.insert_header(http::header::CONTENT_LENGTH, r.payload.len())?;
+        req.insert_header(http::header::CONTENT_LENGTH, run.payload.len())?;
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.remove_header(&http::header::EXPECT);
         // drover answers CORS at the edge; a server's own origin check (OLLAMA_ORIGINS) would
@@ -139,8 +147,8 @@ impl Drover {
     /// `fail_to_connect`: count the failure, and retry while attempts remain.
     pub(super) fn connect_failed(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         let attempts = ctx.attempts;
-        if let Some(r) = ctx.routed.as_deref_mut() {
-            let route = r.route.clone().expect("a route was tried");
+        let Some(r) = ctx.routed.as_deref_mut() else { return e };
+        if let Some(route) = r.attempt.route().cloned() {
             self.failed(r, &route, RetryReason::Connect, format!("connect: {e}"), &ctx.request_id);
             e.set_retry(attempts <= self.max_retry_count);
         }
@@ -158,8 +166,8 @@ impl Drover {
         let attempts = ctx.attempts;
         let answered = ctx.status != 0;
         let Some(r) = ctx.routed.as_deref_mut() else { return e };
-        let route = r.route.clone().expect("a route was tried");
-        if r.next.is_some() {
+        let Some(route) = r.attempt.route().cloned() else { return e };
+        if r.attempt.has_next() {
             // A 5xx turned into this error by `check_status`, the next route already taken.
             e.set_retry(true);
             return e;
@@ -189,7 +197,9 @@ impl Drover {
             // A pooled connection the server closed while idle: not the server's fault.
             log::debug!("stale pooled connection to {}: {e}", route.server.url.as_str());
             r.stale_retries += 1;
-            r.resend_same = true;
+            if let Some(run) = r.attempt.running() {
+                run.resend = true;
+            }
             e.set_retry(true);
             return e;
         }
@@ -216,7 +226,7 @@ impl Drover {
         if status < 500 {
             return Ok(());
         }
-        let route = r.route.clone().expect("a route was tried");
+        let Some(route) = r.attempt.route().cloned() else { return Ok(()) };
         let why = format!("answered HTTP {status}");
         self.failed(r, &route, RetryReason::Status5xx, why.clone(), &ctx.request_id);
         if attempts > self.max_retry_count {
@@ -225,7 +235,9 @@ impl Drover {
         let picked = self.take_route(session.as_mut(), r, true).await;
         match picked {
             Ok(chosen) => {
-                r.next = Some(chosen);
+                if let Attempt::Failed { next, .. } = &mut r.attempt {
+                    *next = Some(chosen);
+                }
                 let mut e = Error::explain(ErrorType::HTTPStatus(status), why);
                 e.set_retry(true);
                 Err(e)
@@ -254,8 +266,7 @@ impl Drover {
             );
         }
         r.last_failure = Some(format!("{url}: {why}"));
-        // The slot goes back now: the server is free for others while this request moves on.
-        r.held = None;
+        r.attempt.fail();
     }
 }
 
