@@ -6,7 +6,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::admin::{error, invalid, parse_body, store_failed, Admin, Reply};
+use super::fields::{check_fields, error, nullable, parse_body, store_failed, Reply};
+use super::Admin;
 use crate::config::rules;
 use crate::storage::store::{KeyFields, StoredKey};
 
@@ -124,79 +125,65 @@ fn key_id(id: &str) -> Result<i64, Reply> {
 /// Checks every field of a key request; on any error, a 400 naming each bad field.
 fn key_fields(m: &Map<String, Value>, creating: bool) -> Result<KeyFields, Reply> {
     let mut f = KeyFields::default();
-    let mut bad: Map<String, Value> = Map::new();
-    let mut fail = |field: &str, why: String| {
-        bad.insert(field.to_string(), json!(why));
-    };
-    let per_minute = |v: &Value| match v {
-        Value::Null => Ok(None),
-        _ => match v.as_i64() {
-            Some(n) if n >= 1 => Ok(Some(n)),
+    let required: &[&str] = if creating { &["name"] } else { &[] };
+    let per_minute = |v: &Value| {
+        nullable(v, |v| match v.as_i64() {
+            Some(n) if n >= 1 => Ok(n),
             _ => Err(format!("{v}: must be an integer >= 1, or null for no limit")),
-        },
+        })
     };
-    for (key, v) in m {
-        let k = key.as_str();
+    check_fields(m, &IGNORED, required, |k, v| {
         match k {
             "name" => match v.as_str() {
                 Some(s) if !s.trim().is_empty() && s.chars().count() <= 100 => f.name = Some(s.trim().to_string()),
-                _ => fail(k, format!("{v}: must be a string of 1 to 100 characters")),
+                _ => return Err(format!("{v}: must be a string of 1 to 100 characters")),
             },
             "models" => match v.as_array() {
                 Some(list) if !list.is_empty() => {
                     let mut names = Vec::new();
+                    let mut bad = None;
                     for m in list {
                         match m.as_str() {
                             Some("*") => names.push("*".to_string()),
                             Some(s) => match rules::name(s) {
                                 Ok(()) => names.push(s.to_string()),
-                                Err(e) => fail(k, e),
+                                Err(e) => bad = Some(e),
                             },
-                            None => fail(k, format!("{m}: must be a model name")),
+                            None => bad = Some(format!("{m}: must be a model name")),
                         }
+                    }
+                    if let Some(why) = bad {
+                        return Err(why);
                     }
                     f.models = Some(names);
                 }
-                _ => fail(k, format!("{v}: must be a non-empty list of virtual model names, or [\"*\"] for all")),
+                _ => return Err(format!("{v}: must be a non-empty list of virtual model names, or [\"*\"] for all")),
             },
-            "requests_per_minute" => match per_minute(v) {
-                Ok(n) => f.requests_per_minute = Some(n),
-                Err(e) => fail(k, e),
-            },
-            "tokens_per_minute" => match per_minute(v) {
-                Ok(n) => f.tokens_per_minute = Some(n),
-                Err(e) => fail(k, e),
-            },
+            "requests_per_minute" => f.requests_per_minute = Some(per_minute(v)?),
+            "tokens_per_minute" => f.tokens_per_minute = Some(per_minute(v)?),
             "expires_at" => match v {
                 Value::Null => f.expires_at = Some(None),
                 Value::String(s) => match humantime::parse_rfc3339_weak(s) {
                     Ok(t) => f.expires_at = Some(Some(humantime::format_rfc3339_seconds(t).to_string())),
-                    Err(e) => fail(k, format!("{s:?}: expected an RFC 3339 time such as 2027-01-31T00:00:00Z ({e})")),
+                    Err(e) => {
+                        return Err(format!("{s:?}: expected an RFC 3339 time such as 2027-01-31T00:00:00Z ({e})"))
+                    }
                 },
-                _ => fail(k, format!("{v}: must be an RFC 3339 time or null")),
+                _ => return Err(format!("{v}: must be an RFC 3339 time or null")),
             },
             "is_active" => match v {
                 Value::Bool(b) => f.is_active = Some(*b),
-                _ => fail(k, format!("{v}: must be true or false")),
+                _ => return Err(format!("{v}: must be true or false")),
             },
-            _ if IGNORED.contains(&k) => {}
-            "key" | "key_hash" => fail(k, "drover makes keys itself; create a new key instead".into()),
-            _ => fail(k, "unknown field".into()),
+            "key" | "key_hash" => return Err("drover makes keys itself; create a new key instead".into()),
+            _ => return Err("unknown field".into()),
         }
+        Ok(())
+    })?;
+    if creating && f.models.is_none() {
+        f.models = Some(vec!["*".into()]);
     }
-    if creating {
-        if !m.contains_key("name") {
-            fail("name", "is required".into());
-        }
-        if f.models.is_none() {
-            f.models = Some(vec!["*".into()]);
-        }
-    }
-    if bad.is_empty() {
-        Ok(f)
-    } else {
-        Err(invalid(bad))
-    }
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! May import: config, edge, fleet, protocol, routing, state, storage, telemetry.
 
 pub mod dashboard;
+pub mod fields;
 pub mod keys;
 pub mod manage;
 pub mod models;
@@ -23,6 +24,9 @@ use arc_swap::ArcSwap;
 use http::Method;
 use serde_json::{json, Map, Value};
 
+pub use fields::Reply;
+use fields::{check_fields, error, invalid, nullable, parse_body, store_failed};
+
 use crate::admin::required::Keeper;
 use crate::config::{rules, RouteInput, RouteSpec, Settings, Strategy};
 use crate::edge::keys::Keyring;
@@ -33,31 +37,6 @@ use crate::routing::resources::ResourceCheck;
 use crate::routing::select::{explain, Explanation, Request};
 use crate::state::reload::Reloader;
 use crate::storage::store::{RouteFields, StoreError, StoreHandle, StoredRoute};
-
-/// An admin answer: status and JSON body.
-pub type Reply = (u16, Value);
-
-pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
-    (status, json!({ "error": message.into() }))
-}
-
-/// The answer to a store failure: 409 when the write conflicts with a stored row (a
-/// uniqueness rule), 404 when the row is gone, 503 when the database cannot be reached.
-/// `after` follows the cause, e.g. ", nothing was changed".
-pub(crate) fn store_failed(e: &StoreError, after: &str) -> Reply {
-    let (status, cause) = match e {
-        StoreError::Conflict(_) => (409, "conflicts with a stored row"),
-        StoreError::NotFound(_) => (404, "not found in the store"),
-        StoreError::Unavailable(_) => (503, "store unreachable"),
-    };
-    error(status, format!("{cause}{after}: {e}"))
-}
-
-/// The 400 for a request with bad fields: each named with why, and nothing written.
-pub(crate) fn invalid(bad: Map<String, Value>) -> Reply {
-    let names: Vec<String> = bad.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect();
-    (400, json!({ "error": format!("invalid fields, nothing was changed: {}", names.join("; ")), "fields": bad }))
-}
 
 /// The admin API over the shared parts serve.rs built.
 pub struct Admin {
@@ -478,15 +457,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(crate) fn parse_body(body: Option<&[u8]>) -> Result<Map<String, Value>, Reply> {
-    let body = body.filter(|b| !b.is_empty()).ok_or_else(|| error(400, "a JSON object body is required"))?;
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(error(400, "the body must be a JSON object")),
-        Err(e) => Err(error(400, format!("the body is not valid JSON: {e}"))),
-    }
-}
-
 /// Fields drover writes itself; sent back unchanged by clients that PUT what they GOT.
 const IGNORED_FIELDS: [&str; 6] = ["id", "created_at", "updated_at", "count", "source", "read_only"];
 
@@ -519,103 +489,67 @@ fn whole(route: RouteInput) -> Result<(), Reply> {
 
 pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteFields, Reply> {
     let mut f = RouteFields::default();
-    let mut bad: Map<String, Value> = Map::new();
-    let mut fail = |field: &str, why: String| {
-        bad.insert(field.to_string(), json!(why));
+    let required: &[&str] = if creating { &["virtual_model_name", "server_url"] } else { &[] };
+    let name = |v: &Value| match v.as_str() {
+        Some(s) => rules::name(s).map(|()| s.to_string()),
+        None => Err(format!("{v}: must be a string")),
     };
-    for (key, v) in m {
-        let k = key.as_str();
+    let url = |v: &Value| match v.as_str() {
+        Some(s) => ServerUrl::parse(s).map(|u| u.as_str().to_string()),
+        None => Err(format!("{v}: must be a string URL")),
+    };
+    let at_least_one = |v: &Value, what: &str| match v.as_i64() {
+        Some(n) => rules::at_least_one(n).map(|()| n),
+        None => Err(format!("{v}: must be an integer >= 1{what}")),
+    };
+    check_fields(m, &IGNORED_FIELDS, required, |k, v| {
         match k {
-            "virtual_model_name" | "actual_model_name" => match v.as_str().map(|s| (s, rules::name(s))) {
-                Some((s, Ok(()))) => {
-                    let s = Some(s.to_string());
-                    if k == "virtual_model_name" {
-                        f.virtual_model_name = s
-                    } else {
-                        f.actual_model_name = s
-                    }
-                }
-                Some((_, Err(e))) => fail(k, e),
-                None => fail(k, format!("{v}: must be a string")),
-            },
-            "server_url" => match v.as_str().map(ServerUrl::parse) {
-                Some(Ok(u)) => f.server_url = Some(u.as_str().to_string()),
-                Some(Err(e)) => fail(k, e),
-                None => fail(k, format!("{v}: must be a string URL")),
-            },
-            "probe_url" => match v {
-                Value::Null => f.probe_url = Some(None),
-                Value::String(s) => match ServerUrl::parse(s) {
-                    Ok(u) => f.probe_url = Some(Some(u.as_str().to_string())),
-                    Err(e) => fail(k, e),
-                },
-                _ => fail(k, format!("{v}: must be a URL or null")),
-            },
-            "weight" | "priority" => match v.as_i64().map(|n| (n, rules::at_least_one(n))) {
-                Some((n, Ok(()))) => {
-                    if k == "weight" {
-                        f.weight = Some(n)
-                    } else {
-                        f.priority = Some(n)
-                    }
-                }
-                Some((_, Err(e))) => fail(k, e),
-                None => fail(k, format!("{v}: must be an integer >= 1")),
-            },
-            "max_concurrency" => match v {
-                Value::Null => f.max_concurrency = Some(None),
-                _ => match v.as_i64().map(|n| (n, rules::at_least_one(n))) {
-                    Some((n, Ok(()))) => f.max_concurrency = Some(Some(n)),
-                    Some((_, Err(e))) => fail(k, e),
-                    None => fail(k, format!("{v}: must be an integer >= 1 or null")),
-                },
-            },
+            "virtual_model_name" => f.virtual_model_name = Some(name(v)?),
+            "actual_model_name" => f.actual_model_name = Some(name(v)?),
+            "server_url" => f.server_url = Some(url(v)?),
+            "probe_url" => {
+                let u = match v {
+                    Value::Null | Value::String(_) => nullable(v, url)?,
+                    _ => return Err(format!("{v}: must be a URL or null")),
+                };
+                f.probe_url = Some(u)
+            }
+            "weight" => f.weight = Some(at_least_one(v, "")?),
+            "priority" => f.priority = Some(at_least_one(v, "")?),
+            "max_concurrency" => f.max_concurrency = Some(nullable(v, |v| at_least_one(v, " or null"))?),
             "type" => match v.as_str().map(rules::device) {
-                Some(Ok(d)) => f.device = Some(d.as_str().to_string()),
-                Some(Err(e)) => fail(k, e),
-                None => fail(k, format!("{v}: expected \"CPU\" or \"GPU\"")),
+                Some(d) => f.device = Some(d?.as_str().to_string()),
+                None => return Err(format!("{v}: expected \"CPU\" or \"GPU\"")),
             },
-            "performance" => match v.as_f64().map(|n| (n, rules::performance(n))) {
-                Some((n, Ok(()))) => f.performance = Some(n),
-                Some((_, Err(e))) => fail(k, e),
-                None => fail(k, format!("{v}: must be a number of GB >= 0")),
+            "performance" => match v.as_f64() {
+                Some(n) => f.performance = Some(rules::performance(n).map(|()| n)?),
+                None => return Err(format!("{v}: must be a number of GB >= 0")),
             },
             "description" => match v {
                 Value::Null => f.description = Some(None),
                 Value::String(s) => f.description = Some(Some(s.clone())),
-                _ => fail(k, format!("{v}: must be a string or null")),
+                _ => return Err(format!("{v}: must be a string or null")),
             },
             "is_active" | "skip_resource_check" => {
                 let b = match v {
-                    Value::Bool(b) => Some(*b),
-                    Value::Number(n) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => Some(n.as_i64() == Some(1)),
-                    _ => None,
+                    Value::Bool(b) => *b,
+                    Value::Number(n) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => n.as_i64() == Some(1),
+                    _ => return Err(format!("{v}: must be true or false")),
                 };
-                match b {
-                    Some(b) if k == "is_active" => f.is_active = Some(b),
-                    Some(b) => f.skip_resource_check = Some(b),
-                    None => fail(k, format!("{v}: must be true or false")),
+                if k == "is_active" {
+                    f.is_active = Some(b)
+                } else {
+                    f.skip_resource_check = Some(b)
                 }
             }
-            _ if IGNORED_FIELDS.contains(&k) => {}
-            _ => fail(k, "unknown field".into()),
+            _ => return Err("unknown field".into()),
         }
+        Ok(())
+    })?;
+    if creating && f.actual_model_name.is_none() {
+        f.actual_model_name = f.virtual_model_name.clone();
     }
-    if creating {
-        for required in ["virtual_model_name", "server_url"] {
-            if !m.contains_key(required) {
-                fail(required, "is required".into());
-            }
-        }
-        if f.actual_model_name.is_none() {
-            f.actual_model_name = f.virtual_model_name.clone();
-        }
-    }
-    if bad.is_empty() {
-        Ok(f)
-    } else {
-        Err(invalid(bad))
-    }
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::fields::{error, invalid, parse_body, Reply};
+use super::Admin;
 use crate::admin::manage::Op;
-use crate::admin::{error, invalid, parse_body, Admin, Reply};
 use crate::fleet::{Fleet, Server};
 use crate::protocol::ollama::{Kind, ServerUrl};
 
