@@ -10,10 +10,7 @@ use support::{free_port, header, http, Drover, FAST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn route(model: &str, server: &MockOllama, extra: &str) -> String {
-    format!(
-        "  - {{ virtual_model_name: {model}, server_url: \"{}\", actual_model_name: \"m:1b\"{extra} }}\n",
-        server.url
-    )
+    support::route_yaml_with(model, &server.url, "m:1b", extra)
 }
 
 async fn post_text(d: &Drover, body: String) -> reqwest::Response {

@@ -19,10 +19,7 @@ async fn post(d: &Drover, path: &str, body: Value) -> reqwest::Response {
 }
 
 fn route(model: &str, server: &MockOllama, actual: &str, weight: u32, priority: u32) -> String {
-    format!(
-        "  - {{ virtual_model_name: {model}, server_url: \"{}\", actual_model_name: \"{actual}\", weight: {weight}, priority: {priority} }}\n",
-        server.url
-    )
+    support::route_yaml(model, &server.url, actual, weight, priority)
 }
 
 #[tokio::test]

@@ -32,8 +32,13 @@ pub async fn chat(d: &Drover, model: &str) -> (u16, String, serde_json::Value) {
 
 /// A config line for one route.
 pub fn route_yaml(model: &str, server_url: &str, actual: &str, weight: u32, priority: u32) -> String {
+    route_yaml_with(model, server_url, actual, &format!(", weight: {weight}, priority: {priority}"))
+}
+
+/// A `routes:` entry with `extra` fields (", key: value, ...") after the three names.
+pub fn route_yaml_with(model: &str, server_url: &str, actual: &str, extra: &str) -> String {
     format!(
-        "  - {{ virtual_model_name: {model}, server_url: \"{server_url}\", actual_model_name: \"{actual}\", weight: {weight}, priority: {priority} }}\n"
+        "  - {{ virtual_model_name: {model}, server_url: \"{server_url}\", actual_model_name: \"{actual}\"{extra} }}\n"
     )
 }
 
