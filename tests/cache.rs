@@ -96,6 +96,46 @@ async fn deterministic_answers_come_back_from_the_cache() {
     assert!(metrics.contains("drover_cache_requests_total{result=\"hit\"} 4"), "{metrics}");
 }
 
+#[tokio::test]
+async fn a_cache_hit_takes_no_slot_and_no_queue_place() {
+    // One slot on the only server, held by a request that never gets its answer: a hit is
+    // answered anyway, where a miss waits in the queue and times out.
+    let m = MockOllama::start("m", &["llama3:latest"]).await;
+    let config = format!(
+        "{FAST}  queue_timeout: 1s\nroutes:\n{}",
+        support::route_yaml_with("chat", &m.url, "llama3:latest", ", max_concurrency: 1")
+    );
+    let d = Drover::start(&config).await;
+    let msgs = json!([{ "role": "user", "content": "what is 2+2?" }]);
+    let body = json!({ "model": "chat", "stream": false, "messages": msgs, "options": { "temperature": 0 } });
+    assert_eq!(post(&d, "/api/chat", &body, &[]).await.1, "miss");
+
+    m.set_mode(Mode::Hang);
+    let held = {
+        let url = format!("{}/api/chat", d.url);
+        let sampled = json!({ "model": "chat", "stream": false, "messages": msgs, "options": { "temperature": 0.7 } });
+        tokio::spawn(async move { http().post(url).json(&sampled).send().await.map(|r| r.status().as_u16()) })
+    };
+    let mut taken = false;
+    for _ in 0..100 {
+        let s: Value = http().get(format!("{}/lb-stats", d.url)).send().await.unwrap().json().await.unwrap();
+        taken = s.to_string().contains("\"in_flight\":1");
+        if taken {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(taken, "the held request took the only slot");
+    let started = std::time::Instant::now();
+    let hit = post(&d, "/api/chat", &body, &[]).await;
+    assert_eq!((hit.0, hit.1.as_str()), (200, "hit"), "answered from the cache while the only slot is taken");
+    assert!(started.elapsed() < Duration::from_millis(900), "not queued: {:?}", started.elapsed());
+    let other = json!({ "model": "chat", "stream": false, "messages": [{ "role": "user", "content": "3+3?" }],
+                        "options": { "temperature": 0 } });
+    assert_eq!(post(&d, "/api/chat", &other, &[]).await.0, 503, "a miss waits for the slot and times out");
+    held.abort();
+}
+
 async fn chat_in(d: &Drover, path: &str, session: Option<&str>, messages: Value, stream: bool) -> u16 {
     let mut req = http()
         .post(format!("{}{path}", d.url))

@@ -77,3 +77,31 @@ pub(crate) fn nullable<T>(v: &Value, check: impl FnOnce(&Value) -> Result<T, Str
         _ => check(v).map(Some),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_map_to_their_status() {
+        let after = ", nothing was changed";
+        assert_eq!(store_failed(&StoreError::Conflict("dup".into()), after).0, 409);
+        assert_eq!(store_failed(&StoreError::NotFound("gone".into()), after).0, 404);
+        let (status, body) = store_failed(&StoreError::Unavailable("refused".into()), after);
+        assert_eq!(status, 503);
+        assert_eq!(body["error"], "store unreachable, nothing was changed: refused");
+    }
+
+    #[test]
+    fn every_bad_field_is_named_and_required_ones_too() {
+        let m = serde_json::from_str::<Map<String, Value>>(r#"{"a": 1, "b": "x", "id": 7}"#).unwrap();
+        let (status, body) = check_fields(&m, &["id"], &["c"], |k, _| match k {
+            "a" => Ok(()),
+            _ => Err("bad".into()),
+        })
+        .unwrap_err();
+        assert_eq!(status, 400);
+        assert_eq!(body["fields"], json!({ "b": "bad", "c": "is required" }));
+        assert!(check_fields(&m, &["id", "b"], &["a"], |_, _| Ok(())).is_ok());
+    }
+}

@@ -35,7 +35,7 @@ pub enum Refused {
 /// Turns selections into slots: refreshes probe readings, applies the strategy, and keeps
 /// the queue of requests waiting for a busy model.
 pub struct Scheduler {
-    pub resources: Arc<ResourceCheck>,
+    resources: Arc<ResourceCheck>,
     queue: Queue,
     strategy: Strategy,
     model_strategies: HashMap<String, Strategy>,

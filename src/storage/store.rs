@@ -765,4 +765,23 @@ mod tests {
         store.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn a_uniqueness_violation_is_a_conflict_and_an_unreachable_store_is_unavailable() {
+        let dir = std::env::temp_dir().join(format!("drover-store-conflict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&format!("sqlite://{}/t.db", dir.display()), 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let fields = KeyFields { name: Some("ci".into()), models: Some(vec!["*".into()]), ..Default::default() };
+        store.insert_key(&fields, "same-hash", "drv_abc").await.unwrap();
+        let again = store.insert_key(&fields, "same-hash", "drv_abc").await.unwrap_err();
+        assert!(matches!(again, StoreError::Conflict(_)), "{again:?}");
+        assert_eq!(store.list_keys().await.unwrap().len(), 1, "nothing half-written");
+        assert!(matches!(store.get_key(12345).await, Ok(None)));
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+        let away = Store::connect("postgres://u:p@127.0.0.1:1/db", 1).await.err().unwrap();
+        assert!(matches!(away, StoreError::Unavailable(_)), "{away:?}");
+        assert!(away.to_string().contains("u:***@"), "password hidden: {away}");
+    }
 }
