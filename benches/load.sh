@@ -58,18 +58,19 @@ if [ -z "$SKIP_LITELLM" ] && ! .venv-bench/bin/python -c "import litellm" 2>/dev
   .venv-bench/bin/pip install -q 'litellm[proxy]'
 fi
 cargo build --release --bin drover --example mock_ollama --example loadgen
-BIN=$ROOT/target/release
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release
 BASELINE=${BASELINE:-}
 if [ -n "$BASELINE" ]; then
   # The baseline revision, built apart so this build's target/ stays as it is.
-  BASE_SRC=$ROOT/target/baseline-src
+  BASE_SRC=$TARGET/baseline-src
   if [ ! -d "$BASE_SRC" ] || [ "$(git -C "$BASE_SRC" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$BASELINE")" ]; then
     git worktree remove --force "$BASE_SRC" 2>/dev/null || rm -rf "$BASE_SRC"
     git worktree prune
     git worktree add --detach "$BASE_SRC" "$BASELINE" >&2
   fi
-  (cd "$BASE_SRC" && CARGO_TARGET_DIR=$ROOT/target/baseline cargo build --release --bin drover)
-  BASE_BIN=$ROOT/target/baseline/release/drover
+  (cd "$BASE_SRC" && CARGO_TARGET_DIR=$TARGET/baseline cargo build --release --bin drover)
+  BASE_BIN=$TARGET/baseline/release/drover
 fi
 ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drover
 
@@ -227,6 +228,8 @@ sleep 1
 # ---- bodies -----------------------------------------------------------------------------
 echo '{"model":"bench","stream":false,"messages":[{"role":"user","content":"Say hello in one short sentence, please."}]}' > "$WORK/chat.json"
 echo '{"model":"bench","messages":[{"role":"user","content":"Say hello in one short sentence, please."}]}' > "$WORK/openai.json"
+# A deterministic request (temperature 0): after the first, every one is a response-cache hit.
+echo '{"model":"bench","stream":false,"options":{"temperature":0},"messages":[{"role":"user","content":"Say hello in one short sentence, please."}]}' > "$WORK/cached.json"
 echo '{"model":"stream","messages":[{"role":"user","content":"Say hello."}]}' > "$WORK/stream.json"
 sed 's/"stream"/"bench:1b"/' "$WORK/stream.json" > "$WORK/stream-direct.json"
 cat > "$WORK/post.lua" <<'EOF'
@@ -276,11 +279,11 @@ fi
 # CPU time the process used during one wrk run (utime + stime from /proc), per request answered.
 # Pinned (drover on core 0; wrk and the backends on core 1) so that the contestants do not
 # share a core with the load they measure: single runs still move by 10-20% on a VM.
-cpu_us() { # PID URL KEY -> microseconds of CPU per request
-  local before after out n
+cpu_us() { # PID URL KEY [BODY] -> microseconds of CPU per request
+  local before after out n body=${4:-$WORK/chat.json}
   taskset -apc 0 "$1" >/dev/null
   before=$(awk '{print $14 + $15}' "/proc/$1/stat")
-  out=$(BODY=$WORK/chat.json KEY=$3 taskset -c 1 wrk -t1 -c16 -d"$DURATION"s -s "$WORK/post.lua" "$2" 2>&1)
+  out=$(BODY=$body KEY=$3 taskset -c 1 wrk -t1 -c16 -d"$DURATION"s -s "$WORK/post.lua" "$2" 2>&1)
   after=$(awk '{print $14 + $15}' "/proc/$1/stat")
   taskset -apc "0-$(( $(nproc) - 1 ))" "$1" >/dev/null
   if grep -q "Non-2xx" <<<"$out"; then log "non-2xx answers from $2: $(grep Non-2xx <<<"$out")"; fi
@@ -295,10 +298,11 @@ for _ in $(seq 1 "$CPU_ROUNDS"); do
   RUNS[CPU_R]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "")"
   RUNS[CPU_K]+=" $(cpu_us "$KEYS_PID" http://127.0.0.1:18187/api/chat "$BENCH_KEY")"
   RUNS[CPU_KR]+=" $(cpu_us "$REDIS_DROVER_PID" http://127.0.0.1:18188/api/chat "$BENCH_KEY")"
+  RUNS[CPU_C]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "" "$WORK/cached.json")"
   [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$BASE_PID" http://127.0.0.1:18186/api/chat "")"
 done
 for p in "${BACKEND_PIDS[@]}"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$p" >/dev/null; done
-for k in CPU_R CPU_K CPU_KR ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in CPU_R CPU_K CPU_KR CPU_C ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
 log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
@@ -400,6 +404,7 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   echo "| keys and limits off | $CPU_R | 1.00 |"
   echo "| auth.require_keys, a key with both limits, limits.client_requests_per_minute | $CPU_K | $(ratio "$CPU_K" "$CPU_R") |"
   echo "| the same, limits judged in Redis (state.redis_url: fleet-wide) | $CPU_KR | $(ratio "$CPU_KR" "$CPU_R") |"
+  echo "| a response-cache hit (temperature 0, answered by drover: no queue place, slot or server) | $CPU_C | $(ratio "$CPU_C" "$CPU_R") |"
   [ -z "$BASELINE" ] || echo "| baseline $BASELINE | $CPU_B | $(ratio "$CPU_B" "$CPU_R") |"
   echo
   echo "### Limits in Redis: latency at $RATE requests/s (median of $ROUNDS interleaved runs)"
