@@ -149,6 +149,7 @@ database: { url: "sqlite://$WORK/drover.db" }
 logging: { access_log: "$WORK/access.log" }
 pingora: { upgrade_sock: "$WORK/upgrade.sock", pid_file: "$WORK/drover.pid" }
 load_balancer: { max_concurrency: 100000, queue_timeout: 60s }
+cache: { enabled: true }
 servers: [ "http://127.0.0.1:18181", "http://127.0.0.1:18182", "http://127.0.0.1:18190" ]
 routes:
   - { virtual_model_name: bench, server_url: "http://127.0.0.1:18181", actual_model_name: "bench:1b" }

@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use support::mock_ollama::{MockOllama, Mode};
 use support::{http, Drover, FAST};
 
+/// The cache is off unless the configuration turns it on.
+const CACHE: &str = "cache:\n  enabled: true\n";
+
 async fn post(d: &Drover, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, String, String, Vec<u8>) {
     let mut req = http().post(format!("{}{path}", d.url)).json(body);
     for (k, v) in headers {
@@ -26,7 +29,8 @@ async fn deterministic_answers_come_back_from_the_cache() {
     let m = MockOllama::start("m", &["llama3:latest"]).await;
     m.set_stream(3, Duration::from_millis(5));
     let d =
-        Drover::start(&format!("{FAST}routes:\n{}", support::route_yaml("chat", &m.url, "llama3:latest", 1, 1))).await;
+        Drover::start(&format!("{FAST}{CACHE}routes:\n{}", support::route_yaml("chat", &m.url, "llama3:latest", 1, 1)))
+            .await;
     let msgs = json!([{ "role": "user", "content": "what is 2+2?" }]);
 
     // Not streamed, temperature 0: the second answer is the first, and the server saw one.
@@ -102,7 +106,7 @@ async fn a_cache_hit_takes_no_slot_and_no_queue_place() {
     // answered anyway, where a miss waits in the queue and times out.
     let m = MockOllama::start("m", &["llama3:latest"]).await;
     let config = format!(
-        "{FAST}  queue_timeout: 1s\nroutes:\n{}",
+        "{FAST}  queue_timeout: 1s\n{CACHE}routes:\n{}",
         support::route_yaml_with("chat", &m.url, "llama3:latest", ", max_concurrency: 1")
     );
     let d = Drover::start(&config).await;

@@ -66,14 +66,14 @@ async fn the_dashboard_shows_the_fleet_live_behind_the_admin_token() {
     let servers = data["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 2);
     assert_eq!(servers[0]["url"], a.url);
-    assert_eq!(servers[0]["routes"], json!([{ "model": "chat", "priority": 1, "weight": 100 }]));
+    assert_eq!(servers[0]["routes"], json!([{ "model": "chat:latest", "priority": 1, "weight": 100 }]));
     assert_eq!(servers[1]["routes"][0]["priority"], 2);
     assert!(servers[0]["loaded"].as_array().unwrap().contains(&json!("llama3:latest")), "{data}");
-    let chat_row = data["models"].as_array().unwrap().iter().find(|m| m["model"] == "chat").unwrap().clone();
+    let chat_row = data["models"].as_array().unwrap().iter().find(|m| m["model"] == "chat:latest").unwrap().clone();
     assert_eq!(chat_row["requests"], 2, "{data}");
     let errors = data["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{data}");
-    assert_eq!((errors[0]["status"].as_u64(), errors[0]["model"].as_str()), (Some(failed as u64), Some("chat")));
+    assert_eq!((errors[0]["status"].as_u64(), errors[0]["model"].as_str()), (Some(failed as u64), Some("chat:latest")));
 
     // Live: a server going down shows within the health-check interval.
     b.stop();

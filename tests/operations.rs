@@ -98,17 +98,21 @@ async fn metrics_are_valid_and_count_what_was_sent() {
     for text in [&main, &service] {
         let s = samples(text);
         let server = format!("server=\"{}\"", m.url);
-        assert_eq!(sum(&s, "drover_requests_total", &["model=\"chat\"", &server, "status=\"200\""]), 7.0, "{text}");
-        assert_eq!(sum(&s, "drover_requests_total", &["model=\"nope\"", "status=\"404\""]), 1.0);
-        assert_eq!(sum(&s, "drover_tokens_total", &["model=\"chat\"", "kind=\"prompt\""]), 35.0);
         assert_eq!(
-            sum(&s, "drover_tokens_total", &["model=\"chat\"", "kind=\"completion\""]),
+            sum(&s, "drover_requests_total", &["model=\"chat:latest\"", &server, "status=\"200\""]),
+            7.0,
+            "{text}"
+        );
+        assert_eq!(sum(&s, "drover_requests_total", &["model=\"nope:latest\"", "status=\"404\""]), 1.0);
+        assert_eq!(sum(&s, "drover_tokens_total", &["model=\"chat:latest\"", "kind=\"prompt\""]), 35.0);
+        assert_eq!(
+            sum(&s, "drover_tokens_total", &["model=\"chat:latest\"", "kind=\"completion\""]),
             3.0 * 4.0 + 2.0 * 3.0 + 4.0 + 3.0
         );
-        assert_eq!(sum(&s, "drover_request_duration_seconds_count", &["model=\"chat\""]), 7.0);
-        assert_eq!(sum(&s, "drover_time_to_first_byte_seconds_count", &["model=\"chat\""]), 7.0);
+        assert_eq!(sum(&s, "drover_request_duration_seconds_count", &["model=\"chat:latest\""]), 7.0);
+        assert_eq!(sum(&s, "drover_time_to_first_byte_seconds_count", &["model=\"chat:latest\""]), 7.0);
         assert_eq!(
-            sum(&s, "drover_model_load_seconds_count", &["model=\"chat\""]),
+            sum(&s, "drover_model_load_seconds_count", &["model=\"chat:latest\""]),
             5.0,
             "Ollama answers carry load_duration"
         );
@@ -196,7 +200,7 @@ async fn access_log_has_a_json_line_per_request_and_reopens_on_sigusr1() {
         (l["method"].as_str(), l["path"].as_str(), l["status"].as_u64()),
         (Some("POST"), Some("/api/chat"), Some(200))
     );
-    assert_eq!((l["model"].as_str(), l["actual_model"].as_str()), (Some("chat"), Some("qwen3:14b")));
+    assert_eq!((l["model"].as_str(), l["actual_model"].as_str()), (Some("chat:latest"), Some("qwen3:14b")));
     assert_eq!(l["server"], m.url);
     assert_eq!(
         (l["attempts"].as_u64(), l["prompt_tokens"].as_u64(), l["completion_tokens"].as_u64()),

@@ -23,6 +23,153 @@ fn route(model: &str, server: &MockOllama, actual: &str, weight: u32, priority: 
 }
 
 #[tokio::test]
+async fn names_resolve_as_ollama_resolves_them_and_an_unload_reaches_every_server() {
+    let a = MockOllama::start("a", &["llama3:latest"]).await;
+    let b = MockOllama::start("b", &["llama3:latest"]).await;
+    let d = Drover::start(&format!(
+        "{FAST}routes:\n{}{}",
+        route("team", &a, "llama3:latest", 1, 1),
+        route("team", &b, "llama3:latest", 1, 1)
+    ))
+    .await;
+    let msgs = json!([{ "role": "user", "content": "hi" }]);
+    for name in ["team", "team:latest", "library/team", "registry.ollama.ai/library/team:latest"] {
+        let r = post(&d, "/api/chat", json!({ "model": name, "stream": false, "messages": msgs })).await;
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(header(&r, "x-drover-model"), "llama3:latest");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["model"], name, "the answer names the model as asked");
+    }
+    // Streamed: every line names it as asked.
+    let r = post(&d, "/api/generate", json!({ "model": "team", "prompt": "hi" })).await;
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() > 1 && lines.iter().all(|l| l["model"] == "team"), "{text}");
+    // Listed with its tag; loaded on both servers, as the merged /api/ps says at once.
+    let get = |path: &str| {
+        let url = format!("{}{path}", d.url);
+        async move { client().get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(names(&get("/api/tags").await).contains(&"team:latest".to_string()));
+    assert_eq!(a.loaded(), ["llama3:latest"]);
+    assert_eq!(b.loaded(), ["llama3:latest"]);
+    assert!(names(&get("/api/ps").await).contains(&"team:latest".to_string()));
+
+    // `ollama stop team`: unloaded on every server that has it, and gone from /api/ps at once.
+    let r = post(&d, "/api/generate", json!({ "model": "team", "keep_alive": 0 })).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!((answer["done_reason"].as_str(), answer["model"].as_str()), (Some("unload"), Some("team")));
+    assert!(a.loaded().is_empty() && b.loaded().is_empty(), "{:?} {:?}", a.loaded(), b.loaded());
+    let ps = names(&get("/api/ps").await);
+    assert!(!ps.contains(&"team:latest".to_string()) && !ps.contains(&"llama3:latest".to_string()), "{ps:?}");
+    let r = post(&d, "/api/chat", json!({ "model": "team:latest", "messages": [], "keep_alive": "0s" })).await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!((answer["done_reason"].as_str(), answer["message"]["content"].as_str()), (Some("unload"), Some("")));
+
+    // /api/show with the legacy `name` (litellm sends it), for the virtual model.
+    let r = post(&d, "/api/show", json!({ "name": "team" })).await;
+    assert_eq!(r.status(), 200);
+    let shown = if a.last_json()["name"].is_string() { a.last_json() } else { b.last_json() };
+    assert_eq!(shown["name"], "llama3:latest", "the server was asked for the actual model");
+
+    // Anthropic's count_tokens is routed by model like /v1/messages.
+    let r = post(&d, "/v1/messages/count_tokens", json!({ "model": "team", "messages": msgs })).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.json::<Value>().await.unwrap()["input_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn ollama_api_on_an_openai_kind_server_by_translation() {
+    let llama = MockOllama::start("llama", &["smol"]).await;
+    llama.set_stream(3, Duration::from_millis(5));
+    let d = Drover::start(&format!(
+        "{FAST}servers:\n  - {{ url: \"{}\", kind: openai }}\nroutes:\n{}",
+        llama.url,
+        route("team", &llama, "smol", 1, 1)
+    ))
+    .await;
+    let msgs = json!([{ "role": "user", "content": "hi" }]);
+
+    // Streamed chat: NDJSON line by line, named as asked, a final object with counts.
+    let r = post(
+        &d,
+        "/api/chat",
+        json!({ "model": "team", "messages": msgs, "options": { "num_predict": 8, "temperature": 0 } }),
+    )
+    .await;
+    assert_eq!((r.status().as_u16(), header(&r, "content-type").as_str()), (200, "application/x-ndjson"));
+    let sent = llama.last_json();
+    assert_eq!(llama.state.last.lock().unwrap().as_ref().unwrap().path, "/v1/chat/completions");
+    assert_eq!(
+        (sent["model"].as_str(), sent["max_tokens"].as_i64(), sent["temperature"].as_f64()),
+        (Some("smol"), Some(8), Some(0.0))
+    );
+    assert!(sent.get("options").is_none());
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines.iter().all(|l| l["model"] == "team"));
+    assert_eq!(lines[0]["message"]["content"], "tok0 ");
+    let last = lines.last().unwrap();
+    assert_eq!((last["done"].as_bool(), last["done_reason"].as_str()), (Some(true), Some("stop")));
+    assert_eq!((last["prompt_eval_count"].as_u64(), last["eval_count"].as_u64()), (Some(5), Some(3)));
+
+    // Whole chat with tools: the call comes back with its arguments as an object.
+    let tools = json!([{ "type": "function", "function": { "name": "lookup", "parameters": { "type": "object" } } }]);
+    let r = post(&d, "/api/chat", json!({ "model": "team", "messages": msgs, "stream": false, "tools": tools })).await;
+    assert_eq!(r.status(), 200);
+    let whole: Value = r.json().await.unwrap();
+    assert_eq!(whole["message"]["tool_calls"][0], json!({ "function": { "name": "lookup", "arguments": { "q": 1 } } }));
+    assert_eq!((whole["done"].as_bool(), whole["model"].as_str()), (Some(true), Some("team")));
+
+    // Generate, streamed and whole.
+    let r = post(&d, "/api/generate", json!({ "model": "team", "prompt": "hi" })).await;
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["response"], "tok0 ", "{text}");
+    assert_eq!(lines.last().unwrap()["done"], true);
+    assert_eq!(llama.state.last.lock().unwrap().as_ref().unwrap().path, "/v1/completions");
+    let r = post(&d, "/api/generate", json!({ "model": "team", "prompt": "hi", "stream": false })).await;
+    assert!(r.json::<Value>().await.unwrap()["response"].as_str().unwrap().ends_with("from llama"));
+
+    // Embeddings, new and old: one vector per input, in order.
+    let r = post(&d, "/api/embed", json!({ "model": "team", "input": ["a", "b"] })).await;
+    let e: Value = r.json().await.unwrap();
+    assert_eq!((e["embeddings"][0][0].as_f64(), e["embeddings"][1][0].as_f64()), (Some(0.0), Some(1.0)), "{e}");
+    assert_eq!(e["model"], "team");
+    let r = post(&d, "/api/embeddings", json!({ "model": "team", "prompt": "a" })).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["embedding"][1], 0.2);
+
+    // /api/show from what drover knows; the model discovered by its own name works too.
+    let r = post(&d, "/api/show", json!({ "model": "team" })).await;
+    assert_eq!(r.status(), 200);
+    let shown: Value = r.json().await.unwrap();
+    assert_eq!(shown["capabilities"], json!(["completion"]));
+    assert!(shown["details"].is_object() && shown["model_info"].is_object());
+    let r = post(&d, "/api/chat", json!({ "model": "smol", "messages": msgs, "stream": false })).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["model"], "smol");
+
+    // What cannot be translated is a 400 that says so, not a retryable 503.
+    let r = post(&d, "/api/generate", json!({ "model": "team", "prompt": "x", "images": ["iVBOR"] })).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("/api/chat"));
+
+    // Tokens are counted as for any answer.
+    let metrics = client().get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("drover_tokens_total{")
+            && l.contains("model=\"team:latest\"")
+            && l.contains("kind=\"prompt\"")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn rewrites_the_model_and_leaves_the_rest_of_the_body() {
     let gpu = MockOllama::start("gpu", &["qwen3:14b"]).await;
     let d = Drover::start(&format!("{FAST}routes:\n{}", route("chat", &gpu, "qwen3:14b", 1, 1))).await;
@@ -32,8 +179,9 @@ async fn rewrites_the_model_and_leaves_the_rest_of_the_body() {
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-drover-server"), gpu.url);
     assert_eq!(header(&r, "x-drover-attempts"), "1");
+    assert_eq!(header(&r, "x-drover-model"), "qwen3:14b", "the server's name for it, in a header");
     let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer["model"], "qwen3:14b", "the server saw the actual model name");
+    assert_eq!(answer["model"], "chat", "Ollama's API names the model as it was asked for");
     let mut expected = body.clone();
     expected["model"] = json!("qwen3:14b");
     assert_eq!(gpu.last_json(), expected, "only the model field changed");
@@ -156,8 +304,8 @@ async fn large_bodies_are_resent_on_retry() {
         let r = client().post(format!("{}/api/generate", d.url)).body(text.clone()).send().await.unwrap();
         assert_eq!(r.status(), 200, "{size}: {}", d.log());
         let attempts = header(&r, "x-drover-attempts");
-        let answer: Value = r.json().await.unwrap();
-        assert_eq!(answer["model"], "big:1b");
+        assert_eq!(header(&r, "x-drover-model"), "big:1b");
+        assert_eq!(r.json::<Value>().await.unwrap()["model"], "big", "named as asked");
         assert_eq!(good.requests(), good_before + 1);
         let got = good.last_body().unwrap();
         assert_eq!(got.len(), expected_len, "{size}");
@@ -230,7 +378,8 @@ async fn backup_tier_takes_over_and_hands_back() {
         let r = post(&d, "/api/chat", json!({ "model": "m", "stream": false })).await;
         assert_eq!(r.status(), 200);
         let server = header(&r, "x-drover-server");
-        let model = r.json::<Value>().await.unwrap()["model"].as_str().unwrap().to_string();
+        let model = header(&r, "x-drover-model");
+        assert_eq!(r.json::<Value>().await.unwrap()["model"], "m", "named as asked");
         (server, model)
     };
     for _ in 0..5 {
@@ -354,7 +503,7 @@ async fn streams_arrive_chunk_by_chunk_as_written() {
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);
     assert_eq!(lines[5]["done"], true);
-    assert!(lines.iter().all(|l| l["model"] == "s:1b"));
+    assert!(lines.iter().all(|l| l["model"] == "s"), "every line names the model as asked");
     let first = chunks.first().unwrap().0;
     let last = chunks.last().unwrap().0;
     eprintln!("NDJSON: {} chunks, first at {first:?}, last at {last:?}", chunks.len());
@@ -439,7 +588,7 @@ async fn fleet_wide_answers_merge_the_servers() {
     );
     let tags = get("/api/tags").await;
     let names: Vec<&str> = tags["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["chat", "llama3:latest", "phi4:latest", "qwen3:14b"]);
+    assert_eq!(names, ["chat:latest", "llama3:latest", "phi4:latest", "qwen3:14b"], "listed with their tags");
     assert_eq!(tags["models"][0]["details"]["family"], "mock", "virtual entry has real details");
     let ps = get("/api/ps").await;
     assert_eq!(ps["models"][0]["name"], "phi4:latest");
@@ -598,7 +747,7 @@ async fn anthropic_messages_and_openai_responses_route_by_model_in_their_own_for
             .lines()
             .filter(|l| {
                 l.starts_with("drover_tokens_total{")
-                    && l.contains("model=\"coder\"")
+                    && l.contains("model=\"coder:latest\"")
                     && l.contains(&format!("kind=\"{kind}\""))
             })
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())

@@ -104,7 +104,7 @@ async fn three_drovers_share_limits_cooldowns_and_routes() {
     // shared cooldown, not because each drover's own checks saw it.
     let yaml = format!(
         "load_balancer:\n  health_check_interval: 30s\n  db_check_interval: 200ms\n  max_fails: 1\n  cooldown: 30s\n\
-         auth:\n  require_keys: true\nmemory:\n  enabled: true\nstate:\n  redis_url: \"{}\"\nroutes:\n{}{}",
+         auth:\n  require_keys: true\nmemory:\n  enabled: true\ncache:\n  enabled: true\nstate:\n  redis_url: \"{}\"\nroutes:\n{}{}",
         redis.url,
         support::route_yaml("chat", &a.url, "llama3:latest", 100, 1),
         support::route_yaml("chat", &b.url, "llama3:latest", 100, 1),
@@ -158,6 +158,9 @@ async fn three_drovers_share_limits_cooldowns_and_routes() {
     for d in &drovers {
         let r = http().post(format!("{}/api/chat", d.url)).bearer_auth(&open).json(&body).send().await.unwrap();
         seen.push(support::header(&r, "x-drover-cache"));
+        // An answer is stored as its request ends, just after its last byte went out: the
+        // next client, on another drover, comes at a person's pace (README: Response cache).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen, ["miss", "hit", "hit"]);
 

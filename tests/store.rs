@@ -85,7 +85,7 @@ async fn admin_suite(kind: &str, url: &str) {
     assert_eq!((row["performance"].as_f64(), row["is_active"].as_bool()), (Some(8.5), Some(true)));
     assert_eq!(row["source"], "store");
     let (s, _, answer) = api.chat("chat").await;
-    assert_eq!((s, answer["model"].as_str()), (200, Some("qwen3:14b")), "{kind}");
+    assert_eq!((s, answer["model"].as_str()), (200, Some("chat")), "{kind}: named as asked");
     assert_eq!(api.get(&format!("/admin/servers/{id}")).await.1["description"], "primary");
 
     // Bad input: 400 naming the field, nothing written.
@@ -142,7 +142,7 @@ async fn admin_suite(kind: &str, url: &str) {
     let (_, overview) = api.get("/admin/server-priority/overview").await;
     let names: Vec<&str> =
         overview["models"].as_array().unwrap().iter().map(|m| m["virtual_model_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["chat", "fixed"]);
+    assert_eq!(names, ["chat:latest", "fixed:latest"], "named as Ollama resolves them");
     assert_eq!(api.get("/admin/resource-cache/stats").await.0, 200);
     assert_eq!(api.post("/admin/resource-cache/clear", json!({})).await.0, 200);
 

@@ -32,7 +32,7 @@ use crate::config::{rules, RouteInput, RouteSpec, Settings, Strategy};
 use crate::edge::keys::Keyring;
 use crate::fleet::client::Client;
 use crate::fleet::{Fleet, ModelRoutes, Origin, Route};
-use crate::protocol::ollama::{Kind, ServerUrl};
+use crate::protocol::ollama::{canonical, Kind, ServerUrl};
 use crate::routing::resources::ResourceCheck;
 use crate::routing::select::{explain, Explanation, Request};
 use crate::state::reload::Reloader;
@@ -363,7 +363,7 @@ impl Admin {
 
     fn strategy_of(&self, model: &str) -> Strategy {
         let lb = &self.settings.load_balancer;
-        lb.model_strategies.get(model).copied().unwrap_or(lb.strategy)
+        lb.model_strategies.get(canonical(model).as_ref()).copied().unwrap_or(lb.strategy)
     }
 }
 

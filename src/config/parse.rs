@@ -222,7 +222,7 @@ impl Validator {
             .into_iter()
             .map(|(model, s)| {
                 let parsed = self.strategy(&format!("load_balancer.model_strategies.{model}"), &s);
-                (model, parsed)
+                (crate::protocol::ollama::canonical_model(&model), parsed)
             })
             .collect();
         let mut at_least_one = |key: &str, n: u32| {
@@ -325,7 +325,7 @@ impl Validator {
     fn cache_and_memory_sections(&mut self, map: &serde_yaml::Mapping) -> (CacheSettings, MemorySettings) {
         let c: CacheSection = self.section(map, "cache");
         let cache = CacheSettings {
-            enabled: c.enabled.unwrap_or(true),
+            enabled: c.enabled.unwrap_or(false),
             ttl: self.duration("cache.ttl", c.ttl, "10m"),
             max_bytes: c.max_bytes.unwrap_or(64 * 1024 * 1024),
             max_entry_bytes: c.max_entry_bytes.unwrap_or(1024 * 1024),
@@ -561,6 +561,7 @@ mod tests {
         assert_eq!(s.load_balancer.cooldown, Duration::from_secs(10));
         assert!(s.servers.is_empty(), "the default fleet is decided with the stored routes");
         assert_eq!(s.database_url, "sqlite://drover.db");
+        assert!(!s.cache.enabled, "a proxy standing in for Ollama answers from a cache only when asked to");
     }
 
     #[test]
@@ -630,7 +631,7 @@ mod tests {
     fn strategies_per_model() {
         let s = parse("load_balancer: { strategy: least_busy, model_strategies: { qwen3: warm_first } }\n").unwrap();
         assert_eq!(s.load_balancer.strategy, Strategy::LeastBusy);
-        assert_eq!(s.load_balancer.model_strategies["qwen3"], Strategy::WarmFirst);
+        assert_eq!(s.load_balancer.model_strategies["qwen3:latest"], Strategy::WarmFirst);
         let err = parse("load_balancer: { model_strategies: { qwen3: fastest } }\n").unwrap_err();
         assert_eq!(err.0[0].key, "load_balancer.model_strategies.qwen3");
     }

@@ -123,8 +123,17 @@ fn inventory_from_openai(answer: &Value) -> Inventory {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|m| m.get("id").and_then(Value::as_str))
-        .map(|id| serde_json::json!({ "name": id, "model": id, "size": 0, "digest": "", "details": {} }))
+        .filter_map(|m| Some((m, m.get("id").and_then(Value::as_str)?, m.get("created").and_then(Value::as_i64))))
+        .map(|(m, id, created)| {
+            // Shown with its tag, as Ollama lists models; `own` keeps the id the server knows.
+            let mut tag = crate::protocol::ollama::synthetic_tag(id, created);
+            tag["own"] = Value::from(id);
+            // vLLM tells its context size here (llama.cpp in /props).
+            if let Some(n) = m.get("max_model_len").and_then(Value::as_u64) {
+                tag["context_length"] = n.into();
+            }
+            tag
+        })
         .collect();
     Inventory { names: names_of(&tags), tags, ..Inventory::default() }
 }
@@ -139,6 +148,7 @@ mod tests {
         let inv = inventory_from_openai(&json!({"object": "list", "data": [{"id": "smol"}, {"id": "x:1b"}]}));
         assert!(inv.names.contains("smol:latest"));
         assert!(inv.names.contains("x:1b"));
-        assert_eq!(inv.tags[0]["name"], "smol");
+        assert_eq!(inv.tags[0]["name"], "smol:latest");
+        assert_eq!(inv.own_name("smol:latest"), Some("smol"), "requests name it as the server does");
     }
 }

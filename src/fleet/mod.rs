@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 pub use server::{FailPolicy, IdleModel, Server, ServerState, Slot};
 
 use crate::config::{RouteInput, RouteSpec, ServerSpec, Settings};
-use crate::protocol::ollama::{canonical_model, Device, Kind, ServerUrl};
+use crate::protocol::ollama::{canonical, canonical_model, Device, Kind, ServerUrl};
 use crate::storage::store::StoredRoute;
 use backends::Health;
 use pingora::lb::Backend;
@@ -78,6 +78,7 @@ impl ModelRoutes {
 pub struct Fleet {
     pub servers: Vec<Arc<Server>>,
     pub by_url: HashMap<String, Arc<Server>>,
+    /// By virtual model name as Ollama resolves it (`canonical`: "m" is "m:latest").
     pub routes: BTreeMap<String, ModelRoutes>,
     /// Round-robin counter for discovered models (equal weights).
     pub discovery_turn: AtomicUsize,
@@ -189,7 +190,7 @@ impl Fleet {
         let mut grouped: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
         for (key, spec, origin, id) in drafts {
             let route = route_of(spec, origin, id, by_url[&key].clone());
-            grouped.entry(route.virtual_model.clone()).or_default().push(Arc::new(route));
+            grouped.entry(canonical_model(&route.virtual_model)).or_default().push(Arc::new(route));
         }
         let routes = grouped.into_iter().map(|(m, rs)| (m, ModelRoutes::new(rs))).collect();
         // A server this build drops stays a member of the health view until the fleet that
@@ -208,33 +209,33 @@ impl Fleet {
         self.health.set_members(self.servers.iter().map(|s| s.backend.clone()).collect());
     }
 
-    /// The model's own routes, when at least one of them is active; otherwise it is served
-    /// by discovery.
+    /// The model's own routes (by its name as Ollama resolves it: "m" is "m:latest"), when at
+    /// least one of them is active; otherwise it is served by discovery.
     pub fn named_routes(&self, model: &str) -> Option<&ModelRoutes> {
-        self.routes.get(model).filter(|mr| mr.routes.iter().any(|r| r.is_active))
+        self.routes.get(canonical(model).as_ref()).filter(|mr| mr.routes.iter().any(|r| r.is_active))
     }
 
     /// The names the servers know a model by: its active routes' actual models (distinct,
     /// in route order), else, for a discovered model, the name itself when a server lists it.
-    pub fn actual_models<'a>(&'a self, model: &'a str) -> Vec<&'a str> {
+    pub fn actual_models(&self, model: &str) -> Vec<String> {
         match self.named_routes(model) {
             Some(mr) => {
-                let mut names: Vec<&str> = Vec::new();
+                let mut names: Vec<String> = Vec::new();
                 for r in mr.routes.iter().filter(|r| r.is_active) {
-                    if !names.contains(&r.actual_model.as_str()) {
-                        names.push(&r.actual_model);
+                    if !names.contains(&r.actual_model) {
+                        names.push(r.actual_model.clone());
                     }
                 }
                 names
             }
             None => {
-                let wanted = canonical_model(model);
-                let listed = self.servers.iter().any(|s| s.inventory().names.contains(&wanted));
-                if listed {
-                    vec![model]
-                } else {
-                    Vec::new()
+                let mut names: Vec<String> = Vec::new();
+                for r in self.discover(model) {
+                    if !names.contains(&r.actual_model) {
+                        names.push(r.actual_model.clone());
+                    }
                 }
+                names
             }
         }
     }
@@ -244,12 +245,17 @@ impl Fleet {
         let wanted = canonical_model(model);
         self.servers
             .iter()
-            .filter(|s| s.inventory().names.contains(&wanted))
-            .map(|s| {
-                Arc::new(Route {
+            .filter_map(|s| {
+                let inventory = s.inventory();
+                if !inventory.names.contains(&wanted) {
+                    return None;
+                }
+                let own = inventory.own_name(&wanted).unwrap_or(&wanted).to_string();
+                Some(Arc::new(Route {
                     id: None,
-                    virtual_model: model.to_string(),
-                    actual_model: model.to_string(),
+                    virtual_model: wanted.clone(),
+                    // The name the server lists it by (an openai-kind server checks it).
+                    actual_model: own,
                     server: s.clone(),
                     weight: 100,
                     priority: 1,
@@ -259,7 +265,7 @@ impl Fleet {
                     is_active: true,
                     skip_resource_check: true,
                     origin: Origin::Discovered,
-                })
+                }))
             })
             .collect()
     }

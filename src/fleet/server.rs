@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::backends::Health;
-use crate::protocol::ollama::{canonical_model, names_of, Inventory, Kind, ServerUrl};
+use crate::protocol::ollama::{canonical, canonical_model, names_of, Inventory, Kind, ServerUrl};
 
 #[derive(Default, Clone, Copy)]
 struct ModelUse {
@@ -167,9 +167,46 @@ impl Server {
             if let Some(n) = num_ctx {
                 updated.loaded_ctx.insert(name.clone(), n);
             }
+            // Listed by the merged /api/ps at once, in /api/ps's shape (the tags entry, with
+            // what Ollama adds for a loaded model), until the next health pass reads the real one.
+            let listed = updated.loaded.iter().any(|m| {
+                m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).is_some_and(|n| canonical(n) == name)
+            });
+            if !listed {
+                let mut entry = updated
+                    .tags
+                    .iter()
+                    .find(|m| m.get("name").and_then(Value::as_str).is_some_and(|n| canonical(n) == name))
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({ "name": name, "model": name }));
+                if let Some(o) = entry.as_object_mut() {
+                    o.remove("own");
+                    o.remove("modified_at");
+                    let expires = std::time::SystemTime::now() + Duration::from_secs(300);
+                    o.insert("expires_at".into(), humantime::format_rfc3339_seconds(expires).to_string().into());
+                    let size = o.get("size").cloned().unwrap_or(Value::from(0));
+                    o.insert("size_vram".into(), size);
+                    if let Some(n) = num_ctx {
+                        o.insert("context_length".into(), n.into());
+                    }
+                }
+                updated.loaded.push(entry);
+            }
             updated.loaded_names.insert(name);
             self.set_inventory(updated);
         }
+    }
+
+    /// The model was unloaded through drover: out of the merged /api/ps at once.
+    pub fn mark_unloaded(&self, model: &str) {
+        let name = canonical_model(model);
+        let mut updated = (*self.inventory()).clone();
+        updated.loaded_names.remove(&name);
+        updated.loaded_ctx.remove(&name);
+        updated.loaded.retain(|m| {
+            m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).is_none_or(|n| canonical(n) != name)
+        });
+        self.set_inventory(updated);
     }
 
     pub fn set_inventory(&self, inv: Inventory) {

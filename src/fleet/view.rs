@@ -24,13 +24,19 @@ fn merged(
         let inv = s.inventory();
         for m in pick(&inv) {
             if let Some(name) = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str) {
-                by_name.entry(canonical_model(name)).or_insert_with(|| m.clone());
+                by_name.entry(canonical_model(name)).or_insert_with(|| {
+                    let mut entry = m.clone();
+                    if let Some(o) = entry.as_object_mut() {
+                        o.remove("own");
+                    }
+                    entry
+                });
             }
         }
     }
     let mut virtuals: Vec<(String, Value)> = Vec::new();
     for (virtual_name, mr) in &fleet.routes {
-        let key = canonical_model(virtual_name);
+        let key = virtual_name.clone();
         if by_name.contains_key(&key) {
             continue;
         }
@@ -44,12 +50,20 @@ fn merged(
             }
             None if virtual_only_if_present => continue,
             None if active.count() == 0 => continue,
-            None => json!({ "name": virtual_name, "model": virtual_name, "size": 0, "digest": "", "details": {} }),
+            None => crate::protocol::ollama::synthetic_tag(virtual_name, None),
         };
         virtuals.push((key, entry));
     }
     by_name.extend(virtuals);
-    by_name.into_values().collect()
+    // Listed as Ollama lists them: the name with its tag.
+    by_name
+        .into_iter()
+        .map(|(name, mut entry)| {
+            entry["name"] = json!(name);
+            entry["model"] = json!(name);
+            entry
+        })
+        .collect()
 }
 
 /// GET /api/tags: every model the healthy servers have, and every virtual model name.
@@ -236,15 +250,25 @@ mod tests {
     fn tags_are_merged_deduplicated_and_include_virtual_names() {
         let t = tags(&fleet());
         let names: Vec<&str> = t["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["chat", "ghost", "llama3:latest", "qwen3:14b"]);
+        assert_eq!(
+            names,
+            ["chat:latest", "ghost:latest", "llama3:latest", "qwen3:14b"],
+            "with their tags, as Ollama lists them"
+        );
         assert_eq!(t["models"][0]["size"], 7, "virtual entry borrows the actual model's details");
+        assert_eq!(
+            t["models"][1]["digest"].as_str().unwrap().len(),
+            64,
+            "a virtual name no server has is Ollama-shaped"
+        );
+        assert!(t["models"][1]["modified_at"].is_string());
     }
 
     #[test]
     fn ps_lists_loaded_and_their_virtual_names() {
         let p = ps(&fleet());
         let names: Vec<&str> = p["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["chat", "qwen3:14b"]);
+        assert_eq!(names, ["chat:latest", "qwen3:14b"]);
     }
 
     #[test]
@@ -253,7 +277,7 @@ mod tests {
         assert_eq!(version(&f)["version"], "0.5.10");
         let m = models(&f);
         assert_eq!(m["object"], "list");
-        assert_eq!(m["data"][0]["id"], "chat");
+        assert_eq!(m["data"][0]["id"], "chat:latest");
         assert!(model(&f, "llama3").is_some());
         assert!(model(&f, "nope").is_none());
     }

@@ -22,7 +22,7 @@ impl Api {
     /// The API a path belongs to, before anything else is known about the request.
     pub fn of_path(path: &str) -> Api {
         match path {
-            "/v1/messages" => Api::Anthropic,
+            "/v1/messages" | "/v1/messages/count_tokens" => Api::Anthropic,
             "/v1/responses" => Api::Responses,
             p if p.starts_with("/v1/") => Api::OpenAi,
             _ => Api::Ollama,
@@ -75,9 +75,12 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         "/api/generate" | "/api/chat" | "/api/embed" | "/api/embeddings" | "/api/show" => {
             post(Endpoint::Routed { api, native: true })
         }
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/messages" | "/v1/responses" => {
-            post(Endpoint::Routed { api, native: false })
-        }
+        "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings"
+        | "/v1/messages"
+        | "/v1/messages/count_tokens"
+        | "/v1/responses" => post(Endpoint::Routed { api, native: false }),
         "/api/tags" => get(Endpoint::Tags),
         "/api/ps" => get(Endpoint::Ps),
         "/v1/models" => get(Endpoint::Models),
@@ -218,6 +221,10 @@ mod tests {
         assert_eq!(classify(&Method::GET, "/api/chat"), Endpoint::MethodNotAllowed(Api::Ollama));
         assert_eq!(classify(&Method::POST, "/v1/messages"), Endpoint::Routed { api: Api::Anthropic, native: false });
         assert_eq!(classify(&Method::POST, "/v1/responses"), Endpoint::Routed { api: Api::Responses, native: false });
+        assert_eq!(
+            classify(&Method::POST, "/v1/messages/count_tokens"),
+            Endpoint::Routed { api: Api::Anthropic, native: false }
+        );
         assert_eq!(classify(&Method::GET, "/v1/messages"), Endpoint::MethodNotAllowed(Api::Anthropic));
         assert_eq!(classify(&Method::HEAD, "/"), Endpoint::Root);
         assert_eq!(classify(&Method::GET, "/v1/models/qwen3:14b"), Endpoint::Model("qwen3:14b".into()));

@@ -77,7 +77,11 @@ impl From<BodyError> for ApiError {
 #[derive(Debug, Clone)]
 pub struct RoutableBody {
     bytes: Bytes,
+    /// The model as the client wrote it.
     pub model: String,
+    /// The model as Ollama resolves it ("m" is "m:latest"): the key of routes, queues,
+    /// affinity, a key's allowed models and metric labels.
+    pub name: String,
     /// Byte range of the `model` value (the JSON string, quotes included).
     span: Range<usize>,
     /// `options.num_ctx`: Ollama reloads a model loaded with another context size.
@@ -85,6 +89,16 @@ pub struct RoutableBody {
     /// Temperature 0 or a fixed seed (Ollama's options or OpenAI's top level): the response
     /// cache may answer it.
     pub deterministic: bool,
+    /// `keep_alive: 0` with no prompt and no messages: Ollama's unload (what `ollama stop` sends).
+    pub unload: bool,
+}
+
+/// Whether a `keep_alive` value (a number of seconds, or a duration such as "0", "0s", "0m")
+/// is zero: unload now.
+fn keep_alive_is_zero(raw: &str) -> bool {
+    let text = raw.trim().trim_matches('"');
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    !digits.is_empty() && digits.parse::<f64>().is_ok_and(|n| n == 0.0)
 }
 
 /// How much of a prompt names its conversation (see `conversation_key`).
@@ -92,7 +106,7 @@ const PROMPT_PREFIX: usize = 512;
 
 impl RoutableBody {
     pub fn parse(bytes: Bytes) -> Result<RoutableBody, BodyError> {
-        let (model, span, num_ctx, deterministic) = {
+        let (model, span, num_ctx, deterministic, unload) = {
             let mut de = serde_json::Deserializer::from_slice(&bytes);
             let kept = match (&mut de).deserialize_any(ModelFinder) {
                 Ok(Found::Object(kept)) => kept,
@@ -101,7 +115,7 @@ impl RoutableBody {
                 Err(e) => return Err(BodyError::Malformed(e.to_string())),
             };
             de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
-            let raw = kept.model.ok_or(BodyError::MissingModel)?;
+            let raw = kept.model.or(kept.name).ok_or(BodyError::MissingModel)?;
             let text = raw.get();
             if !text.starts_with('"') {
                 return Err(BodyError::ModelNotString);
@@ -123,9 +137,11 @@ impl RoutableBody {
             let deterministic = [options.temperature, number(kept.temperature)].contains(&Some(0.0))
                 || options.seed.is_some()
                 || number(kept.seed).is_some();
-            (model, start..start + text.len(), options.num_ctx, deterministic)
+            let unload = kept.keep_alive.is_some_and(|k| keep_alive_is_zero(k.get())) && !kept.asks;
+            (model, start..start + text.len(), options.num_ctx, deterministic, unload)
         };
-        Ok(RoutableBody { bytes, model, span, num_ctx, deterministic })
+        let name = crate::protocol::ollama::canonical_model(&model);
+        Ok(RoutableBody { bytes, model, name, span, num_ctx, deterministic, unload })
     }
 
     /// A key for the conversation this request continues, from its opening: the messages up
@@ -156,7 +172,7 @@ impl RoutableBody {
         let o: Opening = serde_json::from_slice(&self.bytes).ok()?;
         // std's SipHash with fixed keys: the same key in every drover process of one build.
         let mut h = std::hash::DefaultHasher::new();
-        self.model.hash(&mut h);
+        self.name.hash(&mut h);
         let mut any = false;
         for part in [o.system, o.instructions].into_iter().flatten() {
             part.get().hash(&mut h);
@@ -193,6 +209,11 @@ impl RoutableBody {
         self.bytes.is_empty()
     }
 
+    /// The body as the client sent it.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
     /// The body with `model` set to `actual`; the original bytes when nothing changes.
     pub fn rewritten(&self, actual: &str) -> Bytes {
         if actual == self.model && self.bytes[self.span.clone()].len() == actual.len() + 2 {
@@ -204,6 +225,59 @@ impl RoutableBody {
         out.extend_from_slice(quoted.as_bytes());
         out.extend_from_slice(&self.bytes[self.span.end..]);
         out.freeze()
+    }
+}
+
+/// A value skipped like `Skip`, noting whether it is blank: null, "" or [].
+struct Blank(bool);
+
+impl<'de> serde::Deserialize<'de> for Blank {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Blank, D::Error> {
+        d.deserialize_any(BlankVisitor)
+    }
+}
+
+struct BlankVisitor;
+
+impl<'de> Visitor<'de> for BlankVisitor {
+    type Value = Blank;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Blank, A::Error> {
+        let empty = seq.next_element::<Skip>()?.is_none();
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Blank(empty))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Blank, A::Error> {
+        SkipVisitor.visit_map(map).map(|_| Blank(false))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Blank, E> {
+        Ok(Blank(v.is_empty()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Blank, E> {
+        Ok(Blank(true))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Blank, E> {
+        Ok(Blank(false))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Blank, E> {
+        Ok(Blank(false))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Blank, E> {
+        Ok(Blank(false))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Blank, E> {
+        Ok(Blank(false))
     }
 }
 
@@ -272,9 +346,14 @@ impl<'de> Visitor<'de> for SkipVisitor {
 #[derive(Default)]
 struct Kept<'a> {
     model: Option<&'a RawValue>,
+    /// The legacy `name` (Ollama's /api/show and model management accept it for `model`).
+    name: Option<&'a RawValue>,
     options: Option<&'a RawValue>,
     temperature: Option<&'a RawValue>,
     seed: Option<&'a RawValue>,
+    keep_alive: Option<&'a RawValue>,
+    /// A non-blank `prompt` or `messages`: something to answer.
+    asks: bool,
 }
 
 enum Found<'a> {
@@ -297,9 +376,16 @@ impl<'de> Visitor<'de> for ModelFinder {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let slot = match key.as_ref() {
                 "model" => &mut kept.model,
+                "name" => &mut kept.name,
                 "options" => &mut kept.options,
                 "temperature" => &mut kept.temperature,
                 "seed" => &mut kept.seed,
+                "keep_alive" => &mut kept.keep_alive,
+                "prompt" | "messages" => {
+                    // Skipped in the same pass, noting only whether it is blank.
+                    kept.asks |= !map.next_value::<Blank>()?.0;
+                    continue;
+                }
                 _ => {
                     map.next_value::<Skip>()?;
                     continue;
@@ -445,6 +531,36 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             r#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "qwen3:14b" ,"stream":true}"#
         );
+    }
+
+    #[test]
+    fn the_legacy_name_field_stands_for_a_missing_model() {
+        let b = parse(r#"{"name":"team-llama","verbose":true}"#).unwrap();
+        assert_eq!((b.model.as_str(), b.name.as_str()), ("team-llama", "team-llama:latest"));
+        assert_eq!(&b.rewritten("llama3.2:3b")[..], br#"{"name":"llama3.2:3b","verbose":true}"#);
+        let both = parse(r#"{"name":"a","model":"b"}"#).unwrap();
+        assert_eq!(both.model, "b", "model wins");
+    }
+
+    #[test]
+    fn an_unload_is_keep_alive_zero_with_nothing_to_answer() {
+        for unload in [
+            r#"{"model":"m","keep_alive":0}"#,
+            r#"{"model":"m","keep_alive":"0s","prompt":""}"#,
+            r#"{"model":"m","messages":[],"keep_alive":"0"}"#,
+            r#"{"model":"m","keep_alive":0.0,"stream":false}"#,
+        ] {
+            assert!(parse(unload).unwrap().unload, "{unload}");
+        }
+        for not in [
+            r#"{"model":"m"}"#,
+            r#"{"model":"m","keep_alive":"5m"}"#,
+            r#"{"model":"m","keep_alive":-1}"#,
+            r#"{"model":"m","keep_alive":0,"prompt":"hi"}"#,
+            r#"{"model":"m","keep_alive":0,"messages":[{"role":"user","content":"hi"}]}"#,
+        ] {
+            assert!(!parse(not).unwrap().unload, "{not}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The protocols drover speaks: which API and endpoint a request is (api.rs), errors in that
 //! API's own format, the request body read bounded and its model found and rewritten in
-//! one pass (body.rs), usage read from answers as they pass (usage.rs), and Ollama's
+//! one pass (body.rs), usage read from answers as they pass (usage.rs), the asked model
+//! name put back into Ollama answers (echo.rs), Ollama's API translated to and from OpenAI's
+//! for servers that speak only that (translate.rs), and Ollama's
 //! vocabulary: server URLs, kinds, devices, model names, inventories (ollama.rs).
 //!
 //! Owns: pure functions and value types, no state.
@@ -8,5 +10,7 @@
 
 pub mod api;
 pub mod body;
+pub mod echo;
 pub mod ollama;
+pub mod translate;
 pub mod usage;

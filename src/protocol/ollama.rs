@@ -103,13 +103,83 @@ pub struct Inventory {
     pub version: Option<String>,
 }
 
-/// Ollama treats "llama3" and "llama3:latest" as the same model.
-pub fn canonical_model(name: &str) -> String {
-    if name.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
+/// A model name as Ollama resolves it, in the short form it lists (`/api/tags`): "llama3",
+/// "llama3:latest", "library/llama3" and "registry.ollama.ai/library/llama3:latest" are one
+/// model, "llama3:latest". The default registry host and the `library` namespace are left
+/// out, a missing tag is `latest`; any other host or namespace is kept ("hf.co/u/m:Q4",
+/// "myreg:5000/team/m:latest"). Borrowed when the name is already in that form.
+pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
+    let name = name.trim();
+    // A digest pin ("m@sha256:...") names the same model.
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
+    let mut rest = name;
+    if let Some(r) = strip_prefix_ignore_case(rest, "registry.ollama.ai/") {
+        rest = r;
+        if let Some(r) = strip_prefix_ignore_case(rest, "library/") {
+            rest = r;
+        }
+    } else if !rest[..rest.rfind('/').unwrap_or(0)].contains('/') {
+        // "library/m": namespace and model only (a host has a dot or a port, or a third part).
+        if let Some(r) = strip_prefix_ignore_case(rest, "library/") {
+            rest = r;
+        }
     }
+    let last = &rest[rest.rfind('/').map_or(0, |i| i + 1)..];
+    if last.contains(':') {
+        std::borrow::Cow::Borrowed(rest)
+    } else {
+        std::borrow::Cow::Owned(format!("{rest}:latest"))
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    (s.len() >= prefix.len() && s.is_char_boundary(prefix.len()) && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+/// `canonical`, owned.
+pub fn canonical_model(name: &str) -> String {
+    canonical(name).into_owned()
+}
+
+/// An Ollama-shaped /api/tags entry for a model a server names without Ollama's metadata
+/// (an openai-kind server's /v1/models, a virtual name no server lists yet): the name with
+/// its tag, a digest stable per name (SHA-256 of it: clients key caches by digest), and the
+/// details the name tells (parameter size "7b", quantization "Q4_K_M", family).
+/// `created` is the Unix time the server gave, if any.
+pub fn synthetic_tag(name: &str, created: Option<i64>) -> Value {
+    use sha2::Digest;
+    let name = canonical(name);
+    let digest: String = sha2::Sha256::digest(name.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_secs(created.unwrap_or(0).max(0) as u64);
+    let base = &name[name.rfind('/').map_or(0, |i| i + 1)..];
+    let words: Vec<&str> = base.split([':', '-', '_', '.']).filter(|w| !w.is_empty()).collect();
+    let size_word = |w: &&str| {
+        let (num, unit) = w.split_at(w.len() - 1);
+        !num.is_empty() && num.chars().all(|c| c.is_ascii_digit() || c == '.') && matches!(unit, "b" | "B" | "m" | "M")
+    };
+    let quant = base.rsplit([':', '-', '.']).find(|w| {
+        let u = w.to_ascii_uppercase();
+        (u.starts_with('Q') && u[1..].starts_with(|c: char| c.is_ascii_digit()))
+            || ["F16", "BF16", "F32", "FP16"].contains(&u.as_str())
+    });
+    let family: String =
+        words.first().map(|w| w.chars().take_while(|c| c.is_ascii_alphabetic()).collect()).unwrap_or_default();
+    serde_json::json!({
+        "name": name,
+        "model": name,
+        "modified_at": humantime::format_rfc3339_seconds(modified).to_string(),
+        "size": 0,
+        "digest": digest,
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": family.to_ascii_lowercase(),
+            "families": null,
+            "parameter_size": words.iter().find(|w| size_word(w)).map(|w| w.to_ascii_uppercase()).unwrap_or_default(),
+            "quantization_level": quant.map(|q| q.to_ascii_uppercase()).unwrap_or_default(),
+        },
+    })
 }
 
 /// The `models` array of an /api/tags or /api/ps answer.
@@ -130,6 +200,16 @@ pub fn contexts_of(models: &[Value]) -> std::collections::HashMap<String, u32> {
 }
 
 impl Inventory {
+    /// The name this server knows a model by (as its /api/tags or /v1/models lists it), for
+    /// a model's canonical name.
+    pub fn own_name(&self, canonical_name: &str) -> Option<&str> {
+        self.tags.iter().find_map(|m| {
+            let listed = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str)?;
+            let own = m.get("own").and_then(Value::as_str).unwrap_or(listed);
+            (canonical(listed) == canonical_name).then_some(own)
+        })
+    }
+
     /// Whether `model` is loaded here in a way a request with `num_ctx` can use without a
     /// reload: loaded, and (when both are known) with that context size. A request without
     /// num_ctx gets the server's default, which drover does not know: any load counts.
@@ -173,6 +253,42 @@ mod tests {
     fn canonical_names_add_latest() {
         assert_eq!(canonical_model("llama3"), "llama3:latest");
         assert_eq!(canonical_model("qwen3:14b"), "qwen3:14b");
+    }
+
+    #[test]
+    fn names_resolve_as_ollama_resolves_them() {
+        for same in [
+            "llama3",
+            "llama3:latest",
+            "library/llama3",
+            "library/llama3:latest",
+            "registry.ollama.ai/library/llama3",
+            "registry.ollama.ai/library/llama3:latest",
+            "Registry.Ollama.AI/library/llama3:latest",
+            "llama3@sha256:abc",
+            " llama3 ",
+        ] {
+            assert_eq!(canonical(same), "llama3:latest", "{same}");
+        }
+        assert_eq!(canonical("registry.ollama.ai/someone/m"), "someone/m:latest");
+        assert_eq!(canonical("hf.co/bartowski/Qwen3-GGUF:Q4_K_M"), "hf.co/bartowski/Qwen3-GGUF:Q4_K_M");
+        assert_eq!(canonical("myreg:5000/team/m"), "myreg:5000/team/m:latest");
+        assert_eq!(canonical("team/m:7b"), "team/m:7b");
+        assert!(matches!(canonical("qwen3:14b"), std::borrow::Cow::Borrowed(_)), "no allocation when canonical");
+    }
+
+    #[test]
+    fn synthetic_tags_are_ollama_shaped() {
+        let t = synthetic_tag("Qwen3-8B-Q4_K_M", Some(1_700_000_000));
+        assert_eq!(t["name"], "Qwen3-8B-Q4_K_M:latest");
+        assert_eq!(t["digest"].as_str().unwrap().len(), 64);
+        assert_eq!(t["digest"], synthetic_tag("Qwen3-8B-Q4_K_M:latest", None)["digest"], "stable per model");
+        assert_ne!(t["digest"], synthetic_tag("other", None)["digest"]);
+        assert_eq!(t["modified_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(t["details"]["parameter_size"], "8B");
+        assert_eq!(t["details"]["quantization_level"], "Q4_K_M");
+        assert_eq!(t["details"]["family"], "qwen");
+        assert_eq!(synthetic_tag("smol", None)["details"]["parameter_size"], "");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::ctx::{RequestCtx, Routed};
+use super::ctx::{Attempt, RequestCtx, Routed};
 use super::drover::Drover;
 use super::respond::{cors_headers, no_compression};
 use crate::state::cache::{Directive, ResponseCache};
@@ -38,10 +38,14 @@ impl Drover {
             return false;
         }
         let mut found = None;
-        for actual in routed.fleet.actual_models(&routed.body.model) {
-            let key = ResponseCache::key(session.req_header().uri.path(), actual, &routed.body.rewritten(actual));
+        for actual in routed.fleet.actual_models(&routed.body.name) {
+            let key = ResponseCache::key(
+                session.req_header().uri.path(),
+                &answer_name(routed, &actual),
+                &routed.body.rewritten(&actual),
+            );
             if let Some(entry) = self.cache.get(&key).await {
-                found = Some((actual.to_string(), entry));
+                found = Some((actual, entry));
                 break;
             }
         }
@@ -87,16 +91,28 @@ impl Drover {
     pub(super) async fn keep_answer(&self, session: &Session, ctx: &mut RequestCtx) {
         let Some(r) = ctx.routed.as_deref_mut() else { return };
         let Some(fill) = r.cache_fill.take() else { return };
-        let Some(run) = r.attempt.running() else { return };
+        let Attempt::Running(run) = &r.attempt else { return };
         if ctx.status != 200 || ctx.error.is_some() || r.client_gone {
             return;
         }
-        let key = ResponseCache::key(session.req_header().uri.path(), &run.route.actual_model, &run.payload);
+        let name = answer_name(r, &run.route.actual_model);
+        let key = ResponseCache::key(session.req_header().uri.path(), &name, &run.payload);
         let entry = crate::state::cache::Entry {
             content_type: r.relay.content_type.clone(),
             server: run.route.server.url.as_str().to_string(),
             body: Bytes::from(fill),
         };
         self.cache.put(&key, entry).await;
+    }
+}
+
+/// What the cache keys an answer by besides the path and the body: the model that served it,
+/// and on Ollama's API, where the answer names the model as asked (protocol/echo.rs), that
+/// name too.
+fn answer_name(r: &Routed, actual: &str) -> String {
+    if r.native && r.body.model != actual {
+        format!("{actual}\0{}", r.body.model)
+    } else {
+        actual.to_string()
     }
 }

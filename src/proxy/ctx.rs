@@ -74,8 +74,11 @@ pub struct Routed {
     pub memory: Option<(crate::state::memory::Turn, Vec<u8>)>,
     /// The conversation it continues (affinity.rs), when affinity applies.
     pub affinity: Option<u64>,
-    /// Ollama's native /api (openai-kind servers cannot serve it).
+    /// Ollama's native /api.
     pub native: bool,
+    /// An Ollama endpoint an openai-kind server can answer through translation (chat,
+    /// generate, embed, embeddings); the rest of /api needs an Ollama server.
+    pub translatable: Option<crate::protocol::translate::Endpoint>,
     /// The fleet snapshot the request started with, used to its end.
     pub fleet: Arc<Fleet>,
     /// Servers already tried.
@@ -124,6 +127,8 @@ pub struct Running {
     /// The attempt met a pooled connection the server had closed: the next one goes to the
     /// same route on a fresh connection, not counted as an attempt.
     pub resend: bool,
+    /// Ollama's API sent to an openai-kind server: the endpoint, and whether it streams.
+    pub translated: Option<(crate::protocol::translate::Endpoint, bool)>,
 }
 
 impl Attempt {
@@ -169,6 +174,10 @@ pub struct Relay {
     /// Whether the last byte sent ended a line (an error tail starts on a line of its own).
     pub ends_line: bool,
     pub scan: Option<UsageScan>,
+    /// Ollama's API under another name than the client's: the answer's model put back.
+    pub echo: Option<crate::protocol::echo::Echo>,
+    /// Ollama's API answered by an openai-kind server: the answer translated back.
+    pub translate: Option<crate::protocol::translate::Answer>,
 }
 
 impl Routed {
@@ -179,6 +188,7 @@ impl Routed {
             affinity: None,
             body,
             native,
+            translatable: None,
             fleet,
             tried: Vec::new(),
             attempt: Attempt::Waiting,
@@ -186,7 +196,14 @@ impl Routed {
             last_failure: None,
             refusal: None,
             client_gone: false,
-            relay: Relay { content_type: String::new(), sized: false, ends_line: true, scan: None },
+            relay: Relay {
+                content_type: String::new(),
+                sized: false,
+                ends_line: true,
+                scan: None,
+                echo: None,
+                translate: None,
+            },
         }
     }
 }

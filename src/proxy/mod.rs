@@ -27,6 +27,8 @@ mod own;
 mod relay;
 mod respond;
 mod route;
+mod show;
+mod unload;
 mod upstream;
 mod wait;
 
@@ -184,7 +186,8 @@ impl ProxyHttp for Drover {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.relay_header(upstream_response, ctx)?;
+        let h2 = session.is_http2();
+        self.relay_header(upstream_response, h2, ctx)?;
         if !self.worth_compressing(upstream_response) {
             respond::no_compression(session);
         }
@@ -198,7 +201,7 @@ impl ProxyHttp for Drover {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Duration>> {
-        self.relay_body(body.as_ref(), end_of_stream, ctx);
+        self.relay_body(body, end_of_stream, ctx);
         Ok(None)
     }
 

@@ -4,17 +4,28 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::ctx::RequestCtx;
+use super::ctx::{Attempt, RequestCtx};
 use super::drover::Drover;
 use crate::fleet::Origin;
 use crate::protocol::api::{stream_error_tail, ApiError};
+use crate::protocol::echo::Echo;
+use crate::protocol::translate::Answer;
 use crate::protocol::usage::UsageScan;
 
 impl Drover {
     /// `response_filter`: the answer's header is on its way to the client.
-    pub(super) fn relay_header(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
+    pub(super) fn relay_header(
+        &self,
+        resp: &mut ResponseHeader,
+        h2: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
         let Some(r) = ctx.routed.as_deref_mut() else { return Ok(()) };
-        let Some(route) = r.attempt.route() else { return Ok(()) };
+        let Some(route) = r.attempt.route().cloned() else { return Ok(()) };
+        let translated = match &r.attempt {
+            Attempt::Running(run) => run.translated,
+            _ => None,
+        };
         let status = resp.status.as_u16();
         let content_type = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         r.relay.scan = Some(UsageScan::new(content_type));
@@ -33,6 +44,30 @@ impl Drover {
             route.server.mark_loaded(&route.actual_model, r.body.num_ctx);
         }
         resp.insert_header("x-drover-server", route.server.url.as_str())?;
+        resp.insert_header("x-drover-model", route.actual_model.as_str())?;
+        if let Some((endpoint, stream)) = translated {
+            // An openai-kind server's answer, translated back to Ollama's (protocol/translate.rs).
+            let answer = Answer::new(endpoint, stream, status < 400, &r.body.model, ctx.started);
+            resp.insert_header(http::header::CONTENT_TYPE, answer.content_type())?;
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            if !h2 {
+                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+            r.relay.scan = Some(UsageScan::new(answer.content_type()));
+            r.relay.content_type = answer.content_type().to_string();
+            r.relay.sized = false;
+            r.relay.translate = Some(answer);
+        } else if r.native {
+            // Ollama names the model as it was asked for: the answer is rewritten line by line,
+            // so its length changes.
+            r.relay.echo = Echo::new(&route.actual_model, &r.body.model);
+            if r.relay.echo.is_some() && r.relay.sized {
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                if !h2 {
+                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+            }
+        }
         if r.cache_fill.is_some() {
             resp.insert_header("x-drover-cache", "miss")?;
         }
@@ -43,9 +78,14 @@ impl Drover {
     }
 
     /// `response_body_filter`: counts the bytes and reads token figures; the chunk itself passes untouched.
-    pub(super) fn relay_body(&self, chunk: Option<&bytes::Bytes>, end: bool, ctx: &mut RequestCtx) {
+    pub(super) fn relay_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut RequestCtx) {
         let Some(r) = ctx.routed.as_deref_mut() else { return };
-        if let Some(data) = chunk {
+        if let Some(answer) = r.relay.translate.as_mut() {
+            *body = Some(answer.feed(body.as_ref(), end));
+        } else if let Some(echo) = r.relay.echo.as_mut() {
+            *body = echo.feed(body.as_ref(), end);
+        }
+        if let Some(data) = body.as_ref() {
             if let Some(&last) = data.last() {
                 r.relay.ends_line = last == b'\n';
             }

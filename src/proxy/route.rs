@@ -1,6 +1,7 @@
 //! The body stage of a model-routed call: read the body whole (bounded), put a session's
 //! earlier messages first (memory.rs), parse it once, check the key may use the model, and
-//! answer from the response cache or wait for a first route (wait.rs).
+//! answer an unload for every server (unload.rs), from the response cache, or wait for a
+//! first route (wait.rs).
 
 use pingora::proxy::Session;
 
@@ -29,13 +30,24 @@ impl Drover {
                 return true;
             }
         };
-        ctx.model = Some(body.model.clone());
-        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&body.model)) {
+        ctx.model = Some(body.name.clone());
+        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&body.name)) {
             let e = key.refuse_model(&body.model);
             self.error(session, ctx, e).await;
             return true;
         }
+        let path = session.req_header().uri.path();
+        if native && body.unload && (path == "/api/generate" || path == "/api/chat") {
+            self.unload(session, ctx, &body).await;
+            return true;
+        }
+        if native && path == "/api/show" && self.show_locally(session, ctx, &body).await {
+            return true;
+        }
         let mut routed = Routed::new(body, native, self.fleet.load_full());
+        if native {
+            routed.translatable = crate::protocol::translate::Endpoint::of_path(session.req_header().uri.path());
+        }
         routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         if self.answered_from_cache(session, ctx, &mut routed).await {

@@ -18,6 +18,8 @@ use super::ctx::{Attempt, RequestCtx, Running};
 use super::drover::Drover;
 use crate::fleet::Route;
 use crate::protocol::api::ApiError;
+use crate::protocol::ollama::Kind;
+use crate::protocol::translate;
 use crate::routing::scheduler::{Chosen, Refused};
 use crate::telemetry::metrics::{self, RetryReason};
 
@@ -54,13 +56,29 @@ impl Drover {
             *server = Some(route.server.url.as_str().to_string());
             *actual_model = Some(route.actual_model.clone());
             let resolved = route.server.resolve().await;
+            // Ollama's API to a server that speaks only OpenAI's: translated (protocol/translate.rs).
+            let translate = r.translatable.filter(|_| route.server.kind == Kind::OpenAi);
+            let (payload, translated) = match translate {
+                Some(endpoint) => match translate::request(endpoint, r.body.bytes(), &route.actual_model) {
+                    Ok(t) => (t.body, Some((endpoint, t.stream))),
+                    Err(why) => {
+                        r.refusal = Some(ApiError::new(400, "cannot_translate", why));
+                        let mut e = Error::explain(ErrorType::HTTPStatus(400), "request cannot be translated");
+                        e.set_retry(false);
+                        return Err(e);
+                    }
+                },
+                None if resolved.is_ok() => (r.body.rewritten(&route.actual_model), None),
+                None => (Bytes::new(), None),
+            };
             r.attempt = Attempt::Running(Running {
-                payload: if resolved.is_ok() { r.body.rewritten(&route.actual_model) } else { Bytes::new() },
+                payload,
                 armed: resolved.is_ok(),
                 route: route.clone(),
                 held: Some(chosen),
                 corked: None,
                 resend: false,
+                translated,
             });
             match resolved {
                 Ok(addr) => return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout))),
@@ -116,7 +134,10 @@ impl Drover {
         let Some(Attempt::Running(run)) = ctx.routed.as_deref().map(|r| &r.attempt) else { return Ok(()) };
         let route = &run.route;
         let url = &route.server.url;
-        if !url.base_path.is_empty() {
+        if let Some((endpoint, _)) = run.translated {
+            let uri = format!("{}{}", url.base_path, endpoint.openai_path());
+            req.set_uri(uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "translated path", e))?);
+        } else if !url.base_path.is_empty() {
             let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let uri = format!("{}{pq}", url.base_path);
             req.set_uri(uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "server base path", e))?);

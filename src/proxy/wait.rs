@@ -18,7 +18,9 @@ impl Drover {
         r: &Routed,
         retrying: bool,
     ) -> Result<Chosen, Refused> {
-        let req = self.scheduler.request(&r.body, r.native, &r.tried, r.affinity);
+        // Only what cannot be translated needs an Ollama server.
+        let needs_ollama = r.native && r.translatable.is_none();
+        let req = self.scheduler.request(&r.body, needs_ollama, &r.tried, r.affinity);
         self.scheduler.acquire(&r.fleet, &req, retrying, client_gone(session)).await
     }
 }

@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn a_key_keeps_its_server_and_keys_spread_by_weight() {
         let f = fleet(&[100, 100, 200]);
-        let mr = &f.routes["m"];
+        let mr = &f.routes["m:latest"];
         let all = [0, 1, 2];
         let mut counts = [0usize; 3];
         for k in 0..4000u64 {
@@ -94,7 +94,7 @@ mod tests {
     #[test]
     fn losing_a_server_moves_only_its_conversations() {
         let f = fleet(&[100, 100, 100]);
-        let mr = &f.routes["m"];
+        let mr = &f.routes["m:latest"];
         for k in 0..500u64 {
             let before = order(mr, &[0, 1, 2], k, 1.25)[0];
             let after = order(mr, &[0, 2], k, 1.25)[0];
@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn a_server_over_its_bound_spills_to_the_next() {
         let f = fleet(&[100, 100]);
-        let mr = &f.routes["m"];
+        let mr = &f.routes["m:latest"];
         let key = 7;
         let first = order(mr, &[0, 1], key, 1.25)[0];
         // Three in flight on the first, none on the other: bound ceil(1.25 * 4 / 2) = 3.

@@ -66,6 +66,7 @@ impl Scheduler {
 
     /// The strategy for a virtual model.
     pub fn strategy_of(&self, model: &str) -> Strategy {
+        // Keys are canonical (config/parse.rs), as is every request's model.
         self.model_strategies.get(model).copied().unwrap_or(self.strategy)
     }
 
@@ -79,7 +80,7 @@ impl Scheduler {
         conversation: Option<u64>,
     ) -> Request<'a> {
         Request {
-            model: &body.model,
+            model: &body.name,
             native_api,
             tried,
             waiting: 0,
@@ -95,7 +96,7 @@ impl Scheduler {
         match self.affinity.mode {
             AffinityMode::Off => None,
             mode => match headers.get(&self.affinity.header) {
-                Some(v) if !v.is_empty() => Some(super::affinity::header_key(&body.model, v.as_bytes())),
+                Some(v) if !v.is_empty() => Some(super::affinity::header_key(&body.name, v.as_bytes())),
                 _ if mode == AffinityMode::Prefix => body.conversation_key(),
                 _ => None,
             },
@@ -198,5 +199,6 @@ pub fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
         let shown: Vec<&str> = names.iter().take(50).map(String::as_str).collect();
         format!("available models: {}", shown.join(", "))
     };
-    ApiError::new(404, "model_not_found", format!("model {model:?} not found on any server; {known}"))
+    let shown = model.strip_suffix(":latest").unwrap_or(model);
+    ApiError::new(404, "model_not_found", format!("model {shown:?} not found on any server; {known}"))
 }

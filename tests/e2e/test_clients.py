@@ -136,7 +136,7 @@ routes:
 def test_ollama_client_chat_and_stream(fleet):
     client = fleet.ollama()
     answer = client.chat(model="chat", messages=[{"role": "user", "content": "hi"}])
-    assert answer.model == "qwen3:14b"
+    assert answer.model == "chat"  # as Ollama does: the name it was asked for
     assert answer.message.content.endswith("from mock")
     assert answer.done
 
@@ -154,11 +154,11 @@ def test_ollama_client_chat_and_stream(fleet):
 def test_ollama_client_lists_the_fleet(fleet):
     client = fleet.ollama()
     names = {m.model for m in client.list().models}
-    assert {"chat", "smol", "qwen3:14b", "llama3:latest"} <= names
+    assert {"chat:latest", "smol:latest", "qwen3:14b", "llama3:latest"} <= names
     client.chat(model="chat", messages=[{"role": "user", "content": "warm"}])
     time.sleep(0.8)
     loaded = {m.model for m in client.ps().models}
-    assert "qwen3:14b" in loaded and "chat" in loaded
+    assert "qwen3:14b" in loaded and "chat:latest" in loaded
 
 
 def test_ollama_client_sees_ollama_errors(fleet):
@@ -199,17 +199,33 @@ def test_openai_client_through_ollama_and_errors(fleet):
     )
     assert chunks[-1].choices[0].finish_reason == "stop"
     ids = {m.id for m in client.models.list()}
-    assert {"chat", "smol"} <= ids
+    assert {"chat:latest", "smol:latest"} <= ids
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["code"] == "model_not_found"
-    with pytest.raises(ollama.ResponseError) as e:
-        # Ollama's native API cannot go to the openai-kind llama.cpp server, and drover says so.
-        fleet.ollama().chat(model="smol", messages=[{"role": "user", "content": "hi"}])
-    assert e.value.status_code == 503
-    assert "openai-kind server cannot serve" in e.value.error
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="drv_wrong", max_retries=0).models.list()
+
+
+def test_ollama_client_against_llama_cpp_through_translation(fleet):
+    # llama.cpp speaks only OpenAI's API; drover translates Ollama's both ways.
+    client = fleet.ollama()
+    answer = client.chat(model="smol", messages=[{"role": "user", "content": "Say hi"}], options={"num_predict": 3})
+    assert answer.model == "smol" and answer.done and answer.done_reason in ("stop", "length")
+    assert answer.message.role == "assistant" and answer.message.content
+    assert answer.eval_count and answer.eval_count <= 3 and answer.prompt_eval_count > 0
+    assert answer.total_duration > 0
+    parts = list(
+        client.chat(model="smol", messages=[{"role": "user", "content": "Say hi"}], stream=True, options={"num_predict": 3})
+    )
+    assert parts[-1].done and not any(p.done for p in parts[:-1])
+    assert "".join(p.message.content for p in parts)
+    gen = client.generate(model="smol", prompt="Once upon a time", options={"num_predict": 3, "temperature": 0})
+    assert gen.done and gen.response
+    shown = client.show("smol")
+    assert "completion" in shown.capabilities
+    assert any(k.endswith("context_length") and v == 512 for k, v in shown.modelinfo.items()), shown.modelinfo
+    assert "smol:latest" in {m.model for m in client.list().models}
 
 
 def test_anthropic_and_responses_clients(fleet):
@@ -234,14 +250,15 @@ def test_tls_with_real_clients_http1_and_http2(fleet):
     with httpx.Client(verify=trust, http2=True) as h2:
         r = h2.get(f"{fleet.https}/api/tags", headers={"Authorization": f"Bearer {fleet.key}"})
         assert r.status_code == 200 and r.http_version == "HTTP/2"
-        assert any(m["name"] == "chat" for m in r.json()["models"])
+        assert any(m["name"] == "chat:latest" for m in r.json()["models"])
         r = h2.post(
             f"{fleet.https}/api/chat",
             headers={"Authorization": f"Bearer {fleet.key}"},
             json={"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": False},
         )
         assert r.status_code == 200 and r.http_version == "HTTP/2"
-        assert r.json()["model"] == "qwen3:14b"
+        assert r.json()["model"] == "chat"
+        assert r.headers["x-drover-model"] == "qwen3:14b"
     client = ollama.Client(host=fleet.https, verify=trust, headers={"Authorization": f"Bearer {fleet.key}"})
     parts = list(client.chat(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert parts[-1].done

@@ -146,6 +146,11 @@ impl MockOllama {
         self.state.managed.lock().unwrap().clone()
     }
 
+    /// The models this server has loaded now (its /api/ps).
+    pub fn loaded(&self) -> Vec<String> {
+        self.state.loaded.lock().unwrap().clone()
+    }
+
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }
@@ -260,6 +265,7 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/v1/completions", post(routed))
         .route("/v1/embeddings", post(routed))
         .route("/v1/messages", post(routed))
+        .route("/v1/messages/count_tokens", post(routed))
         .route("/v1/responses", post(routed))
         .route("/api/pull", post(manage))
         .route("/api/push", post(manage))
@@ -349,10 +355,29 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "invalid JSON");
     };
-    let model = req["model"].as_str().unwrap_or_default().to_string();
+    // Ollama's /api/show (and model management) still read the legacy `name`.
+    let model = req["model"].as_str().or(req["name"].as_str()).unwrap_or_default().to_string();
     let known = s.models.lock().unwrap().iter().any(|m| m == &model || *m == format!("{model}:latest"));
     if !known {
         return error(StatusCode::NOT_FOUND, &format!("model \"{model}\" not found, try pulling it first"));
+    }
+    let openai = path.starts_with("/v1/");
+    // keep_alive 0 with nothing to answer unloads the model, as `ollama stop` asks it.
+    let asks_nothing = req.get("messages").is_none_or(|m| m.as_array().is_some_and(|a| a.is_empty()))
+        && req.get("prompt").is_none_or(|p| p.as_str() == Some(""));
+    let keep_alive_zero = req
+        .get("keep_alive")
+        .is_some_and(|k| k.as_i64() == Some(0) || k.as_str() == Some("0") || k.as_str() == Some("0s"));
+    if !openai && asks_nothing && keep_alive_zero && (path == "/api/generate" || path == "/api/chat") {
+        s.loaded.lock().unwrap().retain(|m| m != &model && *m != format!("{model}:latest"));
+        let created_at = "2026-01-01T00:00:00Z";
+        let answer = if path == "/api/chat" {
+            json!({ "model": model, "created_at": created_at, "message": { "role": "assistant", "content": "" },
+                    "done_reason": "unload", "done": true })
+        } else {
+            json!({ "model": model, "created_at": created_at, "response": "", "done": true, "done_reason": "unload" })
+        };
+        return axum::Json(answer).into_response();
     }
     {
         let mut loaded = s.loaded.lock().unwrap();
@@ -360,16 +385,29 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
             loaded.push(model.clone());
         }
     }
-    let openai = path.starts_with("/v1/");
+    if path == "/v1/messages/count_tokens" {
+        let words = req["messages"].to_string().split_whitespace().count() as u64;
+        return axum::Json(json!({ "input_tokens": words + 3 })).into_response();
+    }
     if path.ends_with("embed") || path.ends_with("embeddings") || path == "/api/show" {
+        // One vector per input, in order (the i-th starts with i).
+        let inputs = match &req["input"] {
+            Value::Array(a) => a.len().max(1),
+            _ => 1,
+        };
+        let vector = |i: usize| json!([i as f64, 0.2, 0.3]);
         let answer = match path.as_str() {
-            "/api/show" => json!({ "model": model, "details": { "family": "mock" }, "modelfile": "" }),
-            "/api/embeddings" => json!({ "embedding": [0.1, 0.2, 0.3] }),
+            "/api/show" => json!({ "model": model, "details": { "family": "mock" }, "modelfile": "",
+                                   "capabilities": ["completion", "tools"] }),
+            "/api/embeddings" => json!({ "embedding": vector(0) }),
             "/v1/embeddings" => {
-                json!({ "object": "list", "model": model, "data": [{ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] }],
-                                        "usage": { "prompt_tokens": 2, "total_tokens": 2 } })
+                let data: Vec<Value> =
+                    (0..inputs).map(|i| json!({ "object": "embedding", "index": i, "embedding": vector(i) })).collect();
+                json!({ "object": "list", "model": model, "data": data, "usage": { "prompt_tokens": 2, "total_tokens": 2 } })
             }
-            _ => json!({ "model": model, "embeddings": [[0.1, 0.2, 0.3]], "prompt_eval_count": 2 }),
+            _ => {
+                json!({ "model": model, "embeddings": (0..inputs).map(vector).collect::<Vec<_>>(), "prompt_eval_count": 2 })
+            }
         };
         return axum::Json(answer).into_response();
     }
@@ -380,7 +418,18 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         s.completed.fetch_add(1, Ordering::SeqCst);
-        return axum::Json(whole_answer(&s, &path, &model)).into_response();
+        let mut answer = whole_answer(&s, &path, &model);
+        // Asked with tools: the answer calls the first one, as a model that uses tools does.
+        if let Some(tool) = req["tools"].get(0) {
+            let name = tool["function"]["name"].clone();
+            if path == "/v1/chat/completions" {
+                answer["choices"][0]["message"]["tool_calls"] = json!([{ "id": "call_1", "type": "function", "function": { "name": name, "arguments": "{\"q\":1}" } }]);
+                answer["choices"][0]["finish_reason"] = json!("tool_calls");
+            } else if path == "/api/chat" {
+                answer["message"]["tool_calls"] = json!([{ "function": { "name": name, "arguments": { "q": 1 } } }]);
+            }
+        }
+        return axum::Json(answer).into_response();
     }
     stream_answer(s, path, model, mode == Mode::DropMidStream as u8)
 }
@@ -436,6 +485,10 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
             } else if path == "/v1/responses" {
                 let e = json!({ "type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": piece });
                 format!("event: response.output_text.delta\ndata: {e}\n\n")
+            } else if path == "/v1/completions" {
+                let c = json!({ "id": "cmpl-1", "object": "text_completion", "model": model,
+                                "choices": [{ "index": 0, "text": piece, "finish_reason": null }] });
+                format!("data: {c}\n\n")
             } else if sse {
                 let c = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                                 "choices": [{ "index": 0, "delta": { "content": piece }, "finish_reason": null }] });

@@ -140,7 +140,7 @@ pub enum ModelRoutesRef {
 impl ModelRoutesRef {
     pub fn get<'a>(&'a self, fleet: &'a Fleet, model: &str) -> &'a ModelRoutes {
         match self {
-            ModelRoutesRef::Named => &fleet.routes[model],
+            ModelRoutesRef::Named => fleet.named_routes(model).unwrap_or_else(|| &fleet.routes[model]),
             ModelRoutesRef::Discovered(mr) => mr,
         }
     }

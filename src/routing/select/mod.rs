@@ -278,7 +278,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
             if let Selection::Chosen(r, _, _) = select(&f, Strategy::Weighted, &req, &NoChecks) {
-                assert_eq!(r.actual_model, "llama3");
+                assert_eq!(r.actual_model, "llama3:latest", "as Ollama resolves it (no tags listed)");
                 seen.insert(r.server.url.as_str().to_string());
             }
         }
