@@ -10,13 +10,15 @@
 //! registry needs the model once. Only Ollama servers manage models; openai-kind servers
 //! are never targets.
 //!
-//! The merged stream: each server's progress lines, as Ollama writes them, with a
-//! `server` field added; a server's own `success` becomes `"<url>: success"`; the last
+//! The merged stream looks like one Ollama pull (`Merge`): one progress line per layer with
+//! `total`/`completed` summed over the servers, each other status once, a `server` field
+//! saying whose progress moved the line (never in the status text); the last
 //! line is `{"status": "success"}` only when every server succeeded, otherwise an
 //! `{"error": ...}` line naming each server that failed and why (Ollama's clients raise on
 //! it). With `"stream": false` the answer is one object: 200 with `status` and per-server
 //! results, or 502 with `error` and the same results.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -268,12 +270,43 @@ pub fn run(plan: &Plan, client: &Arc<Client>, idle: Duration) -> tokio::sync::mp
 
 fn forward(out: &tokio::sync::mpsc::UnboundedSender<Progress>, url: &str, mut line: Value) {
     if let Some(o) = line.as_object_mut() {
-        if o.get("status").and_then(Value::as_str) == Some("success") {
-            o.insert("status".into(), json!(format!("{url}: success")));
-        }
         o.insert("server".into(), json!(url));
     }
     let _ = out.send(Progress::Line(line));
+}
+
+/// The servers' progress lines merged into what one Ollama pull shows: one line per layer
+/// (`digest`) with `total` and `completed` summed over the servers fetching it, each other
+/// status once, no server's own `success` (the stream's last line says success once all
+/// succeeded). `server` names the server whose progress moved the line; status texts carry
+/// no server.
+#[derive(Default)]
+pub struct Merge {
+    /// Per digest, per server: (total, completed).
+    layers: HashMap<String, HashMap<String, (u64, u64)>>,
+    said: HashSet<String>,
+}
+
+impl Merge {
+    /// The line to send for a server's line, if any.
+    pub fn line(&mut self, line: Value) -> Option<Value> {
+        let status = line.get("status").and_then(Value::as_str).unwrap_or("").to_string();
+        let server = line.get("server").and_then(Value::as_str).unwrap_or("").to_string();
+        if line.get("error").is_some() {
+            return Some(line);
+        }
+        if status == "success" {
+            return None;
+        }
+        let Some(digest) = line.get("digest").and_then(Value::as_str) else {
+            return self.said.insert(status).then_some(line);
+        };
+        let n = |k: &str| line.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let servers = self.layers.entry(digest.to_string()).or_default();
+        servers.insert(server.clone(), (n("total"), n("completed")));
+        let (total, completed) = servers.values().fold((0, 0), |(t, c), (t2, c2)| (t + t2, c + c2));
+        Some(json!({ "status": status, "digest": digest, "total": total, "completed": completed, "server": server }))
+    }
 }
 
 /// What a successful call changed on the server, in drover's copy of its inventory (names

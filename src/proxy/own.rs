@@ -226,9 +226,13 @@ impl Drover {
         let mut progress = crate::admin::manage::run(&plan, &self.client, idle);
         let mut outcome = crate::admin::manage::Outcome::default();
         let mut client_gone = false;
+        let mut merge = crate::admin::manage::Merge::default();
         while let Some(p) = progress.recv().await {
             let line = match p {
-                Progress::Line(v) => v,
+                Progress::Line(v) => match merge.line(v) {
+                    Some(line) => line,
+                    None => continue,
+                },
                 Progress::Done { server, result } => {
                     outcome.record(op, server, result);
                     continue;
