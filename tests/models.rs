@@ -259,3 +259,31 @@ async fn preload_loads_the_model_where_routing_will_want_it() {
     }
     assert_eq!(answer["results"][0]["server"], backup.url, "{answer}");
 }
+
+#[tokio::test]
+async fn a_blob_reaches_every_server_before_the_create_that_names_it() {
+    use sha2::Digest;
+    let a = MockOllama::start("a", &["llama3:latest"]).await;
+    let b = MockOllama::start("b", &["llama3:latest"]).await;
+    let d = Drover::start(&format!("{FAST}servers: [ \"{}\", \"{}\" ]\n", a.url, b.url)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A model file's worth of bytes, sent in pieces: every server gets all of it.
+    let blob: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let digest =
+        format!("sha256:{}", sha2::Sha256::digest(&blob).iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let url = format!("{}/api/blobs/{digest}", d.url);
+    assert_eq!(http().head(&url).send().await.unwrap().status(), 404, "nobody has it yet");
+    let r = http().post(&url).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    for m in [&a, &b] {
+        assert_eq!(m.state.blobs.lock().unwrap().get(&digest), Some(&blob.len()), "{}", m.url);
+    }
+    assert_eq!(http().head(&url).send().await.unwrap().status(), 200);
+    // Only on one server: not there for the fleet, so the client uploads it.
+    b.state.blobs.lock().unwrap().clear();
+    assert_eq!(http().head(&url).send().await.unwrap().status(), 404);
+    // Bytes that are not the digest: the servers' refusal, in Ollama's shape.
+    let r = http().post(&url).body(b"not the same bytes".to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "digest mismatch");
+}

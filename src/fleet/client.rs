@@ -232,6 +232,61 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends `method` `path` to `server` with a body of `length` bytes that arrives on `chunks`
+    /// (a blob upload, streamed as it comes: nothing is held whole); `HEAD` with no body.
+    /// Returns the status and the server's `error`, if it gave one. `idle` bounds each write
+    /// and the wait for the answer.
+    pub async fn send_stream(
+        &self,
+        method: &'static str,
+        server: &Server,
+        path: &str,
+        length: Option<u64>,
+        mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        idle: Duration,
+    ) -> Result<(u16, Option<String>), String> {
+        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+        let url = &server.url;
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
+        peer.options.connection_timeout = Some(idle);
+        // A connector of its own, so a fresh connection: a body that cannot be sent again must
+        // not meet a pooled one the server closed while idle.
+        let (mut up, _) = Connector::new(None).get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
+        up.set_read_timeout(Some(idle));
+        up.set_write_timeout(Some(idle));
+        let full = format!("{}{path}", url.base_path);
+        let fail = |e: pingora::BError| format!("{method} {path}: {e}");
+        let mut req = RequestHeader::build(method, full.as_bytes(), Some(4)).map_err(fail)?;
+        req.insert_header(http::header::HOST, url.authority()).map_err(fail)?;
+        for (name, value) in &server.credentials.headers {
+            req.insert_header(name.clone(), value.clone()).map_err(fail)?;
+        }
+        if let Some(n) = length {
+            req.insert_header(http::header::CONTENT_LENGTH, n).map_err(fail)?;
+        }
+        up.write_request_header(Box::new(req)).await.map_err(fail)?;
+        while let Some(chunk) = chunks.recv().await {
+            up.write_request_body(chunk, false).await.map_err(fail)?;
+        }
+        up.finish_request_body().await.map_err(fail)?;
+        up.read_response_header().await.map_err(fail)?;
+        let status = up.response_header().map_or(0, |h| h.status.as_u16());
+        let mut answer: Vec<u8> = Vec::new();
+        if method != "HEAD" {
+            while let Some(chunk) = up.read_response_body().await.map_err(fail)? {
+                if answer.len() < 64 * 1024 {
+                    answer.extend_from_slice(&chunk);
+                }
+            }
+        }
+        let said = serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)));
+        Ok((status, said))
+    }
+}
+
 /// One NDJSON line to `tx`; an `{"error": ...}` line is the call's error, in the server's own
 /// words. Blank lines pass.
 fn forward_line(line: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Value>) -> Result<(), String> {

@@ -58,6 +58,8 @@ pub enum Endpoint {
     Metrics,
     /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change the servers' disks (manage.rs).
     Management,
+    /// /api/blobs/{digest}: HEAD (does every server have it) and POST (upload to every server).
+    Blob(String),
     /// /admin/...: drover's admin API.
     Admin,
     /// /dashboard (the page), /dashboard/app.js, /dashboard/data: the live fleet page.
@@ -93,6 +95,10 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
         // The method (DELETE for /api/delete, POST for the rest) is checked where it is answered.
         "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => Endpoint::Management,
         p if p.starts_with("/admin/") => Endpoint::Admin,
+        p if p.starts_with("/api/blobs/") && p.len() > "/api/blobs/".len() => match *method {
+            Method::HEAD | Method::GET | Method::POST => Endpoint::Blob(p["/api/blobs/".len()..].to_string()),
+            _ => Endpoint::MethodNotAllowed(api),
+        },
         "/dashboard" | "/dashboard/" => get(Endpoint::Dashboard(DashboardPart::Page)),
         "/dashboard/app.js" => get(Endpoint::Dashboard(DashboardPart::Script)),
         "/dashboard/data" => get(Endpoint::Dashboard(DashboardPart::Data)),
@@ -230,6 +236,8 @@ mod tests {
         assert_eq!(classify(&Method::GET, "/v1/models/qwen3:14b"), Endpoint::Model("qwen3:14b".into()));
         assert_eq!(classify(&Method::GET, "/v1/nothing"), Endpoint::NotFound(Api::OpenAi));
         assert_eq!(classify(&Method::DELETE, "/api/delete"), Endpoint::Management);
+        assert_eq!(classify(&Method::HEAD, "/api/blobs/sha256:ab"), Endpoint::Blob("sha256:ab".into()));
+        assert_eq!(classify(&Method::DELETE, "/api/blobs/sha256:ab"), Endpoint::MethodNotAllowed(Api::Ollama));
         assert_eq!(classify(&Method::PUT, "/admin/servers/3"), Endpoint::Admin);
     }
 

@@ -28,8 +28,8 @@ impl Drover {
     ) -> Result<(), ApiError> {
         use Endpoint::*;
         let model_call = matches!(endpoint, Routed { .. });
-        let guarded =
-            model_call || matches!(endpoint, Tags | Ps | Models | Model(_) | Version | Status | LbStats | Management);
+        let guarded = model_call
+            || matches!(endpoint, Tags | Ps | Models | Model(_) | Version | Status | LbStats | Management | Blob(_));
         if !guarded {
             return Ok(());
         }

@@ -19,6 +19,7 @@
 
 mod account;
 mod admit;
+mod blobs;
 mod cache;
 mod ctx;
 mod drover;

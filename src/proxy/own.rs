@@ -65,6 +65,7 @@ impl Drover {
             Endpoint::Admin => self.admin(session, ctx).await,
             Endpoint::Dashboard(part) => self.dashboard(session, ctx, part, &fleet).await,
             Endpoint::Management => self.manage(session, ctx).await,
+            Endpoint::Blob(digest) => self.blob(session, ctx, &digest).await,
             Endpoint::NotFound(api) => {
                 ctx.api = api;
                 let path = session.req_header().uri.path().to_string();

@@ -72,6 +72,8 @@ pub struct MockState {
     /// Serve one request per connection, and close a kept-alive connection unanswered when
     /// the next request comes on it (a keep-alive timeout racing the client's next request).
     pub close_reused: AtomicBool,
+    /// Blobs received (POST /api/blobs/:digest), by digest.
+    pub blobs: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 pub struct MockOllama {
@@ -109,6 +111,7 @@ impl MockOllama {
             version: "0.6.5".into(),
             healthy: AtomicBool::new(true),
             close_reused: AtomicBool::new(false),
+            blobs: Mutex::new(std::collections::HashMap::new()),
         });
         let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
         *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
@@ -272,6 +275,7 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/api/create", post(manage))
         .route("/api/copy", post(manage))
         .route("/api/delete", axum::routing::delete(manage))
+        .route("/api/blobs/{digest}", axum::routing::head(blob_head).post(blob_upload))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -329,6 +333,33 @@ async fn v1_models(State(s): State<Arc<MockState>>) -> Response {
         .map(|m| json!({ "id": m, "object": "model", "created": 0, "owned_by": "library" }))
         .collect();
     axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// HEAD /api/blobs/:digest: 200 when the blob is here, 404 otherwise (as Ollama).
+async fn blob_head(
+    State(s): State<Arc<MockState>>,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+) -> Response {
+    if s.blobs.lock().unwrap().contains_key(&digest) {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// POST /api/blobs/:digest: stored when the body's SHA-256 is the digest, 201; 400 otherwise.
+async fn blob_upload(
+    State(s): State<Arc<MockState>>,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    use sha2::Digest;
+    let actual: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    if digest.strip_prefix("sha256:") != Some(actual.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "digest mismatch");
+    }
+    s.blobs.lock().unwrap().insert(digest, body.len());
+    StatusCode::CREATED.into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
