@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_clients import TARGET, free_port, wait_http
+from conftest import TARGET, free_port, wait_http
 
 TOKEN = "dashboard-test-token"
 

@@ -428,8 +428,11 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
         };
         let vector = |i: usize| json!([i as f64, 0.2, 0.3]);
         let answer = match path.as_str() {
-            "/api/show" => json!({ "model": model, "details": { "family": "mock" }, "modelfile": "",
-                                   "capabilities": ["completion", "tools"] }),
+            "/api/show" => json!({ "model": model, "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                                   "details": { "parent_model": "", "format": "gguf", "family": "mock", "families": ["mock"],
+                                                "parameter_size": "1B", "quantization_level": "Q4_0" },
+                                   "model_info": { "general.architecture": "mock", "mock.context_length": 4096 },
+                                   "capabilities": ["completion", "tools"], "modified_at": "2026-01-01T00:00:00Z" }),
             "/api/embeddings" => json!({ "embedding": vector(0) }),
             "/v1/embeddings" => {
                 let data: Vec<Value> =
@@ -462,7 +465,8 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
         }
         return axum::Json(answer).into_response();
     }
-    stream_answer(s, path, model, mode == Mode::DropMidStream as u8)
+    let tool = req["tools"].get(0).map(|t| t["function"]["name"].as_str().unwrap_or("").to_string());
+    stream_answer(s, path, model, mode == Mode::DropMidStream as u8, tool)
 }
 
 fn content(s: &MockState) -> String {
@@ -501,7 +505,7 @@ fn whole_answer(s: &MockState, path: &str, model: &str) -> Value {
 const SENT_AT: &str = "@sent-at@";
 
 /// Streams NDJSON (Ollama) or SSE (OpenAI), one chunk per gap; counts readers that leave early.
-fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool) -> Response {
+fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool, tool: Option<String>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let sse = path.starts_with("/v1/");
     tokio::spawn(async move {
@@ -550,17 +554,30 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool)
                                "usage": { "input_tokens": 5, "output_tokens": n, "total_tokens": 5 + n } } });
             lines.push(format!("event: response.completed\ndata: {done}\n\n"));
         } else if sse {
+            // Asked with tools: the call streams in two pieces, as OpenAI's servers send it.
+            if let (Some(name), "/v1/chat/completions") = (&tool, path.as_str()) {
+                for piece in [
+                    json!({ "index": 0, "id": "call_1", "type": "function", "function": { "name": name, "arguments": "{\"q\"" } }),
+                    json!({ "index": 0, "function": { "arguments": ":1}" } }),
+                ] {
+                    let c = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+                                    "choices": [{ "index": 0, "delta": { "tool_calls": [piece] }, "finish_reason": null }] });
+                    lines.push(format!("data: {c}\n\n"));
+                }
+            }
+            let finish = if tool.is_some() { "tool_calls" } else { "stop" };
             let last = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
-                               "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }],
+                               "choices": [{ "index": 0, "delta": {}, "finish_reason": finish }],
                                "usage": { "prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n } });
             lines.push(format!("data: {last}\n\n"));
             lines.push("data: [DONE]\n\n".into());
         } else {
-            lines.push(format!(
-                "{}\n",
-                json!({ "model": model, "created_at": SENT_AT, "done": true, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 1000,
-                        "prompt_eval_count": 5, "eval_count": n, "eval_duration": 500, "message": { "role": "assistant", "content": "" } })
-            ));
+            let mut done = json!({ "model": model, "created_at": SENT_AT, "done": true, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 1000,
+                        "prompt_eval_count": 5, "eval_count": n, "eval_duration": 500, "message": { "role": "assistant", "content": "" } });
+            if let Some(name) = &tool {
+                done["message"]["tool_calls"] = json!([{ "function": { "name": name, "arguments": { "q": 1 } } }]);
+            }
+            lines.push(format!("{done}\n"));
         }
         for (i, line) in lines.into_iter().enumerate() {
             if i > 0 {
