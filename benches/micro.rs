@@ -1,4 +1,6 @@
-//! Micro-benchmarks of the request path's own work: selection, body parse + model rewrite, /api/tags merge.
+//! Micro-benchmarks of the request path's own work: selection, body parse + model rewrite,
+//! /api/tags merge, and per stream line: the asked model name put back into an Ollama line,
+//! an OpenAI SSE line translated to Ollama's NDJSON.
 //!
 //! Run: `cargo bench --bench micro`.
 
@@ -93,5 +95,25 @@ fn tags_merge(c: &mut Criterion) {
     c.bench_function("tags_merge/50_servers", |b| b.iter(|| black_box(drover::fleet::view::tags(black_box(&fleet)))));
 }
 
-criterion_group!(benches, selection, body_rewrite, tags_merge);
+/// One streamed line of each: what a stream pays per line on top of passing it through.
+fn stream_lines(c: &mut Criterion) {
+    use drover::protocol::echo::Echo;
+    use drover::protocol::translate::{Answer, Endpoint};
+    let ndjson = Bytes::from_static(
+        b"{\"model\":\"llama3.2:latest\",\"created_at\":\"2026-12-05T04:00:00.123456789Z\",\"message\":{\"role\":\"assistant\",\"content\":\" the\"},\"done\":false}\n",
+    );
+    let sse = Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"smol\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" the\"},\"finish_reason\":null}]}\n\n",
+    );
+    let mut echo = Echo::new("llama3.2:latest", "team-llama").unwrap();
+    c.bench_function("stream_line/echo_asked_name", |b| {
+        b.iter(|| black_box(echo.feed(Some(black_box(&ndjson)), false)))
+    });
+    let mut answer = Answer::new(Endpoint::Chat, true, true, "team", std::time::Instant::now());
+    c.bench_function("stream_line/translate_sse_to_ndjson", |b| {
+        b.iter(|| black_box(answer.feed(Some(black_box(&sse)), false)))
+    });
+}
+
+criterion_group!(benches, selection, body_rewrite, tags_merge, stream_lines);
 criterion_main!(benches);

@@ -262,8 +262,11 @@ impl Client {
         for (name, value) in &server.credentials.headers {
             req.insert_header(name.clone(), value.clone()).map_err(fail)?;
         }
-        if let Some(n) = length {
-            req.insert_header(http::header::CONTENT_LENGTH, n).map_err(fail)?;
+        match length {
+            Some(n) => req.insert_header(http::header::CONTENT_LENGTH, n).map_err(fail)?,
+            // A body of unknown length (the client sent it chunked): chunked on to the server.
+            None if method != "HEAD" => req.insert_header(http::header::TRANSFER_ENCODING, "chunked").map_err(fail)?,
+            None => {}
         }
         up.write_request_header(Box::new(req)).await.map_err(fail)?;
         while let Some(chunk) = chunks.recv().await {
