@@ -170,6 +170,59 @@ async fn ollama_api_on_an_openai_kind_server_by_translation() {
 }
 
 #[tokio::test]
+async fn anthropic_and_responses_reach_a_server_without_them_as_chat_completions() {
+    let llama = MockOllama::start("llama", &["smol"]).await;
+    llama.set_stream(3, Duration::from_millis(5));
+    llama.state.no_messages.store(true, std::sync::atomic::Ordering::SeqCst);
+    let d = Drover::start(&format!(
+        "{FAST}servers:\n  - {{ url: \"{}\", kind: openai }}\nroutes:\n{}",
+        llama.url,
+        route("coder", &llama, "smol", 1, 1)
+    ))
+    .await;
+    let msgs = json!([{ "role": "user", "content": "hi" }]);
+    // The server answers 404 for /v1/messages: the same request goes again as chat completions.
+    let r =
+        post(&d, "/v1/messages", json!({ "model": "coder", "max_tokens": 8, "system": "be brief", "messages": msgs }))
+            .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-drover-attempts"), "1", "not counted as a failed attempt");
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!((answer["type"].as_str(), answer["role"].as_str()), (Some("message"), Some("assistant")));
+    assert!(answer["content"][0]["text"].as_str().unwrap().ends_with("from llama"), "{answer}");
+    assert_eq!((answer["stop_reason"].as_str(), answer["usage"]["input_tokens"].as_u64()), (Some("end_turn"), Some(5)));
+    let sent = llama.last_json();
+    assert_eq!(llama.state.last.lock().unwrap().as_ref().unwrap().path, "/v1/chat/completions");
+    assert_eq!((sent["messages"][0]["role"].as_str(), sent["max_tokens"].as_i64()), (Some("system"), Some(8)));
+    // From now on straight to chat completions; a stream comes back as Anthropic's events.
+    let before = llama.requests();
+    let r =
+        post(&d, "/v1/messages", json!({ "model": "coder", "max_tokens": 8, "messages": msgs, "stream": true })).await;
+    assert_eq!(header(&r, "content-type"), "text/event-stream");
+    let text = r.text().await.unwrap();
+    assert_eq!(llama.requests(), before + 1, "no second 404");
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    assert_eq!(names.iter().filter(|n| **n == "content_block_delta").count(), 3, "{text}");
+
+    // The Responses API the same way, whole and streamed.
+    let r = post(&d, "/v1/responses", json!({ "model": "coder", "instructions": "be brief", "input": "hi" })).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!((answer["object"].as_str(), answer["status"].as_str()), (Some("response"), Some("completed")));
+    assert!(answer["output"][0]["content"][0]["text"].as_str().unwrap().ends_with("from llama"), "{answer}");
+    assert_eq!(llama.state.last.lock().unwrap().as_ref().unwrap().path, "/v1/chat/completions");
+    let r = post(&d, "/v1/responses", json!({ "model": "coder", "input": "hi", "stream": true })).await;
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("event: response.output_text.delta")
+            && text.trim_end().lines().last().unwrap().contains("response.completed"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn rewrites_the_model_and_leaves_the_rest_of_the_body() {
     let gpu = MockOllama::start("gpu", &["qwen3:14b"]).await;
     let d = Drover::start(&format!("{FAST}routes:\n{}", route("chat", &gpu, "qwen3:14b", 1, 1))).await;

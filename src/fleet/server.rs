@@ -40,6 +40,9 @@ pub struct ServerState {
     failing: AtomicBool,
     /// Taken out of selection by hand (the health view's enablement, shown in /lb-stats).
     drained: AtomicBool,
+    /// The endpoints an openai-kind server answered 404 for (`Endpoint` bits): Anthropic's and
+    /// the Responses API go to it translated to chat completions from then on.
+    lacks: std::sync::atomic::AtomicU8,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -59,6 +62,7 @@ impl Default for ServerState {
             fails: Mutex::new(FailWindow::default()),
             failing: AtomicBool::new(false),
             drained: AtomicBool::new(false),
+            lacks: std::sync::atomic::AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -118,6 +122,18 @@ impl Server {
     /// request, whose retry goes elsewhere.
     pub fn healthy(&self) -> bool {
         self.health.ready(&self.backend)
+    }
+
+    /// Whether `path` (/v1/messages, /v1/responses) must be translated for this server: it
+    /// answered 404 for it.
+    pub fn lacks(&self, path: &str) -> bool {
+        self.state.lacks.load(Ordering::Relaxed) & lack_bit(path) != 0
+    }
+
+    pub fn set_lacks(&self, path: &str) {
+        if self.state.lacks.fetch_or(lack_bit(path), Ordering::Relaxed) & lack_bit(path) == 0 {
+            log::info!("{} has no {path}: requests to it go as chat completions", self.url.as_str());
+        }
     }
 
     /// Takes the server out of selection by hand (drain), or puts it back.
@@ -397,5 +413,14 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.release();
         self.server.released.notify_waiters();
+    }
+}
+
+/// The bit of `lacks` for a path drover can translate to chat completions.
+fn lack_bit(path: &str) -> u8 {
+    match path {
+        "/v1/messages" => 1,
+        "/v1/responses" => 2,
+        _ => 0,
     }
 }

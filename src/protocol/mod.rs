@@ -8,9 +8,11 @@
 //! Owns: pure functions and value types, no state.
 //! May import: nothing else of drover's.
 
+pub mod anthropic;
 pub mod api;
 pub mod body;
 pub mod echo;
 pub mod ollama;
+pub mod responses;
 pub mod translate;
 pub mod usage;

@@ -76,6 +76,9 @@ pub struct Routed {
     pub affinity: Option<u64>,
     /// Ollama's native /api.
     pub native: bool,
+    /// Anthropic's /v1/messages or the Responses API's /v1/responses: translated to chat
+    /// completions for an openai-kind server that has none.
+    pub chat_fallback: Option<&'static str>,
     /// An Ollama endpoint an openai-kind server can answer through translation (chat,
     /// generate, embed, embeddings); the rest of /api needs an Ollama server.
     pub translatable: Option<crate::protocol::translate::Endpoint>,
@@ -127,8 +130,8 @@ pub struct Running {
     /// The attempt met a pooled connection the server had closed: the next one goes to the
     /// same route on a fresh connection, not counted as an attempt.
     pub resend: bool,
-    /// Ollama's API sent to an openai-kind server: the endpoint, and whether it streams.
-    pub translated: Option<(crate::protocol::translate::Endpoint, bool)>,
+    /// The request translated for an openai-kind server.
+    pub translated: Option<Translation>,
 }
 
 impl Attempt {
@@ -166,6 +169,61 @@ impl Attempt {
     }
 }
 
+/// How a request was translated for an openai-kind server, and whether its answer streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Translation {
+    /// Ollama's chat, generate, embed or embeddings (protocol/translate.rs).
+    Ollama(crate::protocol::translate::Endpoint, bool),
+    /// Anthropic's Messages as chat completions (protocol/anthropic.rs).
+    Messages(bool),
+    /// The Responses API as chat completions (protocol/responses.rs).
+    Responses(bool),
+}
+
+impl Translation {
+    /// The OpenAI path the translated request goes to.
+    pub fn openai_path(self) -> &'static str {
+        match self {
+            Translation::Ollama(endpoint, _) => endpoint.openai_path(),
+            Translation::Messages(_) | Translation::Responses(_) => "/v1/chat/completions",
+        }
+    }
+}
+
+/// Anthropic's or the Responses API's request as a chat completion for `actual`.
+pub fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translation), String> {
+    if path == "/v1/messages" {
+        crate::protocol::anthropic::request(body, actual).map(|(b, stream)| (b, Translation::Messages(stream)))
+    } else {
+        crate::protocol::responses::request(body, actual).map(|(b, stream)| (b, Translation::Responses(stream)))
+    }
+}
+
+/// An answer being translated back as it streams.
+pub enum Translating {
+    Ollama(crate::protocol::translate::Answer),
+    Messages(crate::protocol::anthropic::Answer),
+    Responses(crate::protocol::responses::Answer),
+}
+
+impl Translating {
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Translating::Ollama(a) => a.content_type(),
+            Translating::Messages(a) => a.content_type(),
+            Translating::Responses(a) => a.content_type(),
+        }
+    }
+
+    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
+        match self {
+            Translating::Ollama(a) => a.feed(chunk, end),
+            Translating::Messages(a) => a.feed(chunk, end),
+            Translating::Responses(a) => a.feed(chunk, end),
+        }
+    }
+}
+
 /// What the relay learns about the answer as it streams back.
 pub struct Relay {
     pub content_type: String,
@@ -176,8 +234,8 @@ pub struct Relay {
     pub scan: Option<UsageScan>,
     /// Ollama's API under another name than the client's: the answer's model put back.
     pub echo: Option<crate::protocol::echo::Echo>,
-    /// Ollama's API answered by an openai-kind server: the answer translated back.
-    pub translate: Option<crate::protocol::translate::Answer>,
+    /// An openai-kind server's answer, translated back to the client's API.
+    pub translate: Option<Translating>,
 }
 
 impl Routed {
@@ -189,6 +247,7 @@ impl Routed {
             body,
             native,
             translatable: None,
+            chat_fallback: None,
             fleet,
             tried: Vec::new(),
             attempt: Attempt::Waiting,

@@ -4,13 +4,14 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::ctx::{Attempt, RequestCtx};
+use super::ctx::{Attempt, RequestCtx, Translating, Translation};
 use super::drover::Drover;
 use crate::fleet::Origin;
 use crate::protocol::api::{stream_error_tail, ApiError};
 use crate::protocol::echo::Echo;
 use crate::protocol::translate::Answer;
 use crate::protocol::usage::UsageScan;
+use crate::protocol::{anthropic, responses};
 
 impl Drover {
     /// `response_filter`: the answer's header is on its way to the client.
@@ -45,9 +46,19 @@ impl Drover {
         }
         resp.insert_header("x-drover-server", route.server.url.as_str())?;
         resp.insert_header("x-drover-model", route.actual_model.as_str())?;
-        if let Some((endpoint, stream)) = translated {
-            // An openai-kind server's answer, translated back to Ollama's (protocol/translate.rs).
-            let answer = Answer::new(endpoint, stream, status < 400, &r.body.model, ctx.started);
+        if let Some(translation) = translated {
+            // An openai-kind server's answer, translated back to the client's API.
+            let answer = match translation {
+                Translation::Ollama(endpoint, stream) => {
+                    Translating::Ollama(Answer::new(endpoint, stream, status < 400, &r.body.model, ctx.started))
+                }
+                Translation::Messages(stream) => {
+                    Translating::Messages(anthropic::Answer::new(stream, status < 400, &route.actual_model))
+                }
+                Translation::Responses(stream) => {
+                    Translating::Responses(responses::Answer::new(stream, status < 400, &route.actual_model))
+                }
+            };
             resp.insert_header(http::header::CONTENT_TYPE, answer.content_type())?;
             resp.remove_header(&http::header::CONTENT_LENGTH);
             if !h2 {

@@ -48,6 +48,11 @@ impl Drover {
         if native {
             routed.translatable = crate::protocol::translate::Endpoint::of_path(session.req_header().uri.path());
         }
+        routed.chat_fallback = match session.req_header().uri.path() {
+            "/v1/messages" => Some("/v1/messages"),
+            "/v1/responses" => Some("/v1/responses"),
+            _ => None,
+        };
         routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         if self.answered_from_cache(session, ctx, &mut routed).await {

@@ -14,7 +14,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::Routed;
-use super::ctx::{Attempt, RequestCtx, Running};
+use super::ctx::{as_chat, Attempt, RequestCtx, Running, Translation};
 use super::drover::Drover;
 use crate::fleet::Route;
 use crate::protocol::api::ApiError;
@@ -34,8 +34,20 @@ impl Drover {
         let Some(r) = routed.as_deref_mut() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer for a request drover answers itself");
         };
+        let (fallback, bytes) = (r.chat_fallback, r.body.bytes().clone());
         if let Some(run) = r.attempt.running().filter(|run| run.resend) {
             run.resend = false;
+            // The server said it has no such endpoint (`check_status`): the same request, translated.
+            let lacks = fallback.filter(|p| run.translated.is_none() && run.route.server.lacks(p));
+            if let Some(path) = lacks {
+                match as_chat(path, &bytes, &run.route.actual_model) {
+                    Ok((body, translation)) => {
+                        run.payload = body;
+                        run.translated = Some(translation);
+                    }
+                    Err(why) => return Err(self.untranslatable(r, why)),
+                }
+            }
             if let Ok(addr) = run.route.server.resolve().await {
                 run.armed = true;
                 return Ok(Box::new(run.route.server.peer(addr, self.connect_timeout, self.read_timeout)));
@@ -57,19 +69,20 @@ impl Drover {
             *actual_model = Some(route.actual_model.clone());
             let resolved = route.server.resolve().await;
             // Ollama's API to a server that speaks only OpenAI's: translated (protocol/translate.rs).
-            let translate = r.translatable.filter(|_| route.server.kind == Kind::OpenAi);
-            let (payload, translated) = match translate {
-                Some(endpoint) => match translate::request(endpoint, r.body.bytes(), &route.actual_model) {
-                    Ok(t) => (t.body, Some((endpoint, t.stream))),
-                    Err(why) => {
-                        r.refusal = Some(ApiError::new(400, "cannot_translate", why));
-                        let mut e = Error::explain(ErrorType::HTTPStatus(400), "request cannot be translated");
-                        e.set_retry(false);
-                        return Err(e);
-                    }
-                },
-                None if resolved.is_ok() => (r.body.rewritten(&route.actual_model), None),
-                None => (Bytes::new(), None),
+            let openai = route.server.kind == Kind::OpenAi;
+            let translate = r.translatable.filter(|_| openai);
+            let chat = r.chat_fallback.filter(|p| openai && route.server.lacks(p));
+            let translated = match (translate, chat) {
+                (Some(endpoint), _) => translate::request(endpoint, r.body.bytes(), &route.actual_model)
+                    .map(|t| Some((t.body, Translation::Ollama(endpoint, t.stream)))),
+                (None, Some(path)) => as_chat(path, r.body.bytes(), &route.actual_model).map(Some),
+                (None, None) => Ok(None),
+            };
+            let (payload, translated) = match translated {
+                Ok(Some((body, translation))) => (body, Some(translation)),
+                Ok(None) if resolved.is_ok() => (r.body.rewritten(&route.actual_model), None),
+                Ok(None) => (Bytes::new(), None),
+                Err(why) => return Err(self.untranslatable(r, why)),
             };
             r.attempt = Attempt::Running(Running {
                 payload,
@@ -91,6 +104,15 @@ impl Drover {
                 }
             }
         }
+    }
+
+    /// The end of a request that cannot be translated for the server it must go to: a 400
+    /// that says why, never a retry elsewhere (every such server would refuse it the same way).
+    fn untranslatable(&self, r: &mut Routed, why: String) -> Box<Error> {
+        r.refusal = Some(ApiError::new(400, "cannot_translate", why));
+        let mut e = Error::explain(ErrorType::HTTPStatus(400), "request cannot be translated");
+        e.set_retry(false);
+        e
     }
 
     /// Waits for the next route after a failure; none left gives the client's error.
@@ -134,8 +156,8 @@ impl Drover {
         let Some(Attempt::Running(run)) = ctx.routed.as_deref().map(|r| &r.attempt) else { return Ok(()) };
         let route = &run.route;
         let url = &route.server.url;
-        if let Some((endpoint, _)) = run.translated {
-            let uri = format!("{}{}", url.base_path, endpoint.openai_path());
+        if let Some(translation) = run.translated {
+            let uri = format!("{}{}", url.base_path, translation.openai_path());
             req.set_uri(uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "translated path", e))?);
         } else if !url.base_path.is_empty() {
             let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -188,6 +210,11 @@ impl Drover {
         let answered = ctx.status != 0;
         let Some(r) = ctx.routed.as_deref_mut() else { return e };
         let Some(route) = r.attempt.route().cloned() else { return e };
+        if r.attempt.running().is_some_and(|run| run.resend) {
+            // `check_status` asked for the same route again (a server without /v1/messages).
+            e.set_retry(true);
+            return e;
+        }
         if r.attempt.has_next() {
             // A 5xx turned into this error by `check_status`, the next route already taken.
             e.set_retry(true);
@@ -244,6 +271,21 @@ impl Drover {
         let status = resp.status.as_u16();
         let attempts = ctx.attempts;
         let Some(r) = ctx.routed.as_deref_mut() else { return Ok(()) };
+        let fallback = r.chat_fallback;
+        if let Some(run) = r.attempt.running() {
+            // An openai-kind server without /v1/messages or /v1/responses: the same request
+            // again on the same server, translated to chat completions (and so from now on).
+            let missing = matches!(status, 404 | 405 | 501);
+            let path =
+                fallback.filter(|_| missing && run.translated.is_none() && run.route.server.kind == Kind::OpenAi);
+            if let Some(path) = path {
+                run.route.server.set_lacks(path);
+                run.resend = true;
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), "endpoint missing on this server");
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         if status < 500 {
             return Ok(());
         }

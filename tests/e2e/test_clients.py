@@ -123,6 +123,14 @@ def test_anthropic_and_responses_clients(fleet):
     answer = fleet.openai().responses.create(model="chat", input="hi")
     assert answer.output_text.endswith("from mock")
 
+    # llama.cpp, whatever of the two APIs it has: natively, or as chat completions through drover.
+    small = claude.messages.create(model="smol", max_tokens=3, messages=[{"role": "user", "content": "Say hi"}])
+    assert small.type == "message" and small.content and small.content[0].text
+    with claude.messages.stream(model="smol", max_tokens=3, messages=[{"role": "user", "content": "Say hi"}]) as s:
+        assert "".join(s.text_stream)
+    small = fleet.openai().responses.create(model="smol", input="Say hi", max_output_tokens=3)
+    assert small.output_text
+
 
 def test_tls_with_real_clients_http1_and_http2(fleet):
     # Clients that trust only the test certificate.

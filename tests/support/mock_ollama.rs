@@ -72,6 +72,8 @@ pub struct MockState {
     /// Serve one request per connection, and close a kept-alive connection unanswered when
     /// the next request comes on it (a keep-alive timeout racing the client's next request).
     pub close_reused: AtomicBool,
+    /// Answer /v1/messages and /v1/responses with 404, as a server with only chat completions.
+    pub no_messages: AtomicBool,
     /// Blobs received (POST /api/blobs/:digest), by digest.
     pub blobs: Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -112,6 +114,7 @@ impl MockOllama {
             healthy: AtomicBool::new(true),
             close_reused: AtomicBool::new(false),
             blobs: Mutex::new(std::collections::HashMap::new()),
+            no_messages: AtomicBool::new(false),
         });
         let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
         *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
@@ -382,6 +385,9 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
     }
     if mode == Mode::Hang as u8 {
         std::future::pending::<()>().await;
+    }
+    if (path.starts_with("/v1/messages") || path == "/v1/responses") && s.no_messages.load(Ordering::SeqCst) {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "invalid JSON");
