@@ -18,6 +18,9 @@ pub struct Echo {
     to: Vec<u8>,
     /// The start of a line whose end has not come yet.
     carry: BytesMut,
+    /// A whole JSON answer with a Content-Length: the length promised to the client, which the
+    /// rewritten answer is padded to with spaces (JSON allows whitespace after the value).
+    pad_to: Option<usize>,
 }
 
 impl Echo {
@@ -27,13 +30,36 @@ impl Echo {
             return None;
         }
         let quoted = |s: &str| serde_json::to_vec(s).expect("a string serialises");
-        Some(Echo { from: quoted(actual), to: quoted(asked), carry: BytesMut::new() })
+        Some(Echo { from: quoted(actual), to: quoted(asked), carry: BytesMut::new(), pad_to: None })
+    }
+
+    /// For a whole JSON answer of `length` bytes: the length the rewritten answer will have
+    /// (the longer of the two), so that the Content-Length can stay and the answer need not
+    /// be sent chunked. One JSON value names its model once, at the top.
+    pub fn keep_length(&mut self, length: usize) -> usize {
+        let rewritten = (length + self.to.len()).saturating_sub(self.from.len());
+        let promised = length.max(rewritten);
+        self.pad_to = Some(promised);
+        promised
     }
 
     /// The bytes to send for `chunk` (and, at the end, for what was held back).
     pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Option<Bytes> {
         if let Some(c) = chunk {
             self.carry.extend_from_slice(c);
+        }
+        if let Some(promised) = self.pad_to {
+            // A whole answer: rewritten once it is all here, then padded to the promised length.
+            if !end {
+                return Some(Bytes::new());
+            }
+            let whole = self.carry.split();
+            let mut out = BytesMut::with_capacity(promised);
+            self.line(&whole, &mut out);
+            if out.len() < promised {
+                out.resize(promised, b' ');
+            }
+            return Some(out.freeze());
         }
         let upto = if end { self.carry.len() } else { memchr::memrchr(b'\n', &self.carry).map_or(0, |i| i + 1) };
         if upto == 0 && !end {
@@ -102,6 +128,22 @@ mod tests {
         assert!(Echo::new("m", "m").is_none());
         let mut e = Echo::new("a\"b", "c").unwrap();
         assert_eq!(run(&mut e, &["{\"model\":\"a\\\"b\"}\n"]), "{\"model\":\"c\"}\n", "names are JSON-escaped");
+    }
+
+    #[test]
+    fn a_whole_answer_keeps_a_content_length_padded_with_spaces() {
+        let body = "{\"model\":\"qwen3:14b\",\"done\":true}";
+        for (asked, want) in [("chat", "{\"model\":\"chat\",\"done\":true}     "), ("a-longer-name", "{\"model\":\"a-longer-name\",\"done\":true}")] {
+            let mut e = Echo::new("qwen3:14b", asked).unwrap();
+            let promised = e.keep_length(body.len());
+            let out = run(&mut e, &[&body[..10], &body[10..]]);
+            assert_eq!((out.as_str(), out.len()), (want, promised));
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["model"], asked);
+        }
+        // A body that does not name the model is padded all the same.
+        let mut e = Echo::new("m:latest", "a-long-virtual-name").unwrap();
+        let promised = e.keep_length(2);
+        assert_eq!(run(&mut e, &["{}"]).len(), promised);
     }
 
     #[test]

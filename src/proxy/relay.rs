@@ -72,10 +72,23 @@ impl Drover {
             // Ollama names the model as it was asked for: the answer is rewritten line by line,
             // so its length changes.
             r.relay.echo = Echo::new(&route.actual_model, &r.body.model);
-            if r.relay.echo.is_some() && r.relay.sized {
-                resp.remove_header(&http::header::CONTENT_LENGTH);
-                if !h2 {
-                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            let length = resp
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            if let Some(echo) = r.relay.echo.as_mut() {
+                match length {
+                    // A whole JSON answer keeps a Content-Length (padded: protocol/echo.rs).
+                    Some(n) if r.relay.content_type.starts_with("application/json") => {
+                        resp.insert_header(http::header::CONTENT_LENGTH, echo.keep_length(n))?;
+                    }
+                    Some(_) => {
+                        resp.remove_header(&http::header::CONTENT_LENGTH);
+                        if !h2 {
+                            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                        }
+                    }
+                    None => {}
                 }
             }
         }
