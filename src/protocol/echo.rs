@@ -21,6 +21,8 @@ pub struct Echo {
     /// A whole JSON answer with a Content-Length: the length promised to the client, which the
     /// rewritten answer is padded to with spaces (JSON allows whitespace after the value).
     pad_to: Option<usize>,
+    /// The answer's own length: once that much is here it is whole, end of stream or not.
+    whole_at: usize,
 }
 
 impl Echo {
@@ -30,7 +32,13 @@ impl Echo {
             return None;
         }
         let quoted = |s: &str| serde_json::to_vec(s).expect("a string serialises");
-        Some(Echo { from: quoted(actual), to: quoted(asked), carry: BytesMut::new(), pad_to: None })
+        Some(Echo {
+            from: quoted(actual),
+            to: quoted(asked),
+            carry: BytesMut::new(),
+            pad_to: None,
+            whole_at: usize::MAX,
+        })
     }
 
     /// For a whole JSON answer of `length` bytes: the length the rewritten answer will have
@@ -40,6 +48,7 @@ impl Echo {
         let rewritten = (length + self.to.len()).saturating_sub(self.from.len());
         let promised = length.max(rewritten);
         self.pad_to = Some(promised);
+        self.whole_at = length;
         promised
     }
 
@@ -50,8 +59,11 @@ impl Echo {
         }
         if let Some(promised) = self.pad_to {
             // A whole answer: rewritten once it is all here, then padded to the promised length.
-            if !end {
+            if !end && self.carry.len() < self.whole_at {
                 return Some(Bytes::new());
+            }
+            if self.carry.is_empty() {
+                return chunk.map(|_| Bytes::new());
             }
             let whole = self.carry.split();
             let mut out = BytesMut::with_capacity(promised);
@@ -133,13 +145,22 @@ mod tests {
     #[test]
     fn a_whole_answer_keeps_a_content_length_padded_with_spaces() {
         let body = "{\"model\":\"qwen3:14b\",\"done\":true}";
-        for (asked, want) in [("chat", "{\"model\":\"chat\",\"done\":true}     "), ("a-longer-name", "{\"model\":\"a-longer-name\",\"done\":true}")] {
+        for (asked, want) in [
+            ("chat", "{\"model\":\"chat\",\"done\":true}     "),
+            ("a-longer-name", "{\"model\":\"a-longer-name\",\"done\":true}"),
+        ] {
             let mut e = Echo::new("qwen3:14b", asked).unwrap();
             let promised = e.keep_length(body.len());
             let out = run(&mut e, &[&body[..10], &body[10..]]);
             assert_eq!((out.as_str(), out.len()), (want, promised));
             assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["model"], asked);
         }
+        // Whole once its own length is here: sent then, not held for the end of the stream.
+        let mut e = Echo::new("qwen3:14b", "chat").unwrap();
+        let promised = e.keep_length(body.len());
+        let now = e.feed(Some(&Bytes::copy_from_slice(body.as_bytes())), false).unwrap();
+        assert_eq!(now.len(), promised);
+        assert_eq!(e.feed(None, true), None, "nothing left for the end");
         // A body that does not name the model is padded all the same.
         let mut e = Echo::new("m:latest", "a-long-virtual-name").unwrap();
         let promised = e.keep_length(2);

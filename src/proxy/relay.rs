@@ -72,10 +72,8 @@ impl Drover {
             // Ollama names the model as it was asked for: the answer is rewritten line by line,
             // so its length changes.
             r.relay.echo = Echo::new(&route.actual_model, &r.body.model);
-            let length = resp
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let length =
+                resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
             if let Some(echo) = r.relay.echo.as_mut() {
                 match length {
                     // A whole JSON answer keeps a Content-Length (padded: protocol/echo.rs).

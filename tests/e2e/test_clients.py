@@ -102,6 +102,10 @@ def test_ollama_client_against_llama_cpp_through_translation(fleet):
     assert "".join(p.message.content for p in parts)
     gen = client.generate(model="smol", prompt="Once upon a time", options={"num_predict": 3, "temperature": 0})
     assert gen.done and gen.response
+    # Embeddings from llama.cpp (a second server, started to serve them), new API and old.
+    emb = client.embed(model="smol-embed", input=["hello", "world"])
+    assert len(emb.embeddings) == 2 and len(emb.embeddings[0]) == 576 and emb.model == "smol-embed"
+    assert len(client.embeddings(model="smol-embed", prompt="hello").embedding) == 576
     shown = client.show("smol")
     assert "completion" in shown.capabilities
     assert any(k.endswith("context_length") and v == 512 for k, v in shown.modelinfo.items()), shown.modelinfo
