@@ -12,6 +12,8 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::translate::{feed, FromChat};
+
 /// Anthropic's request body -> OpenAI's chat completion, for the server's model `actual`;
 /// also whether the answer streams.
 pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), String> {
@@ -167,27 +169,10 @@ impl Answer {
     }
 
     pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        if let Some(c) = chunk {
-            self.pending.extend_from_slice(c);
-        }
-        let mut out = BytesMut::new();
-        if self.stream {
-            while let Some(i) = memchr::memchr(b'\n', &self.pending) {
-                let line = self.pending.split_to(i + 1);
-                self.sse_line(&line, &mut out);
-            }
-            if end {
-                let rest = self.pending.split();
-                self.sse_line(&rest, &mut out);
-                self.finish_stream(&mut out);
-            }
-        } else if end {
-            let whole = self.pending.split();
-            let answer = serde_json::from_slice::<Value>(&whole).unwrap_or(Value::Null);
-            let v = if self.ok { self.whole(&answer) } else { error_of(&answer, &whole) };
-            out.extend_from_slice(&serde_json::to_vec(&v).expect("json values serialise"));
-        }
-        out.freeze()
+        let mut pending = std::mem::take(&mut self.pending);
+        let out = feed(self, &mut pending, self.stream, self.ok, chunk, end);
+        self.pending = pending;
+        out
     }
 
     fn event(out: &mut BytesMut, name: &str, data: &Value) {
@@ -210,7 +195,7 @@ impl Answer {
         }
     }
 
-    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+    fn chat_line(&mut self, line: &[u8], out: &mut BytesMut) {
         let line = std::str::from_utf8(line).unwrap_or("").trim();
         let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
         if data == "[DONE]" {
@@ -276,7 +261,7 @@ impl Answer {
         Self::event(out, "message_stop", &json!({ "type": "message_stop" }));
     }
 
-    fn whole(&self, answer: &Value) -> Value {
+    fn chat_whole(&mut self, answer: &Value) -> Value {
         let choice = &answer["choices"][0];
         let m = &choice["message"];
         let mut content = Vec::new();
@@ -299,14 +284,22 @@ impl Answer {
     }
 }
 
-/// An OpenAI error (or any body) as Anthropic's error object.
-fn error_of(answer: &Value, raw: &[u8]) -> Value {
-    let message = match &answer["error"] {
-        Value::String(s) => s.clone(),
-        Value::Object(e) => e.get("message").and_then(Value::as_str).unwrap_or("the server failed").to_string(),
-        _ => String::from_utf8_lossy(raw).trim().chars().take(500).collect(),
-    };
-    json!({ "type": "error", "error": { "type": "api_error", "message": message } })
+impl FromChat for Answer {
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+        self.chat_line(line, out)
+    }
+
+    fn end_stream(&mut self, out: &mut BytesMut) {
+        self.finish_stream(out)
+    }
+
+    fn whole(&mut self, answer: &Value) -> Value {
+        self.chat_whole(answer)
+    }
+
+    fn error(&self, message: String) -> Value {
+        json!({ "type": "error", "error": { "type": "api_error", "message": message } })
+    }
 }
 
 #[cfg(test)]

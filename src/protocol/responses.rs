@@ -13,6 +13,8 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::translate::{feed, FromChat};
+
 /// The Responses request body -> a chat completion for the server's model `actual`; also
 /// whether the answer streams.
 pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), String> {
@@ -161,27 +163,10 @@ impl Answer {
     }
 
     pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        if let Some(c) = chunk {
-            self.pending.extend_from_slice(c);
-        }
-        let mut out = BytesMut::new();
-        if self.stream {
-            while let Some(i) = memchr::memchr(b'\n', &self.pending) {
-                let line = self.pending.split_to(i + 1);
-                self.sse_line(&line, &mut out);
-            }
-            if end {
-                let rest = self.pending.split();
-                self.sse_line(&rest, &mut out);
-                self.finish_stream(&mut out);
-            }
-        } else if end {
-            let whole = self.pending.split();
-            let answer = serde_json::from_slice::<Value>(&whole).unwrap_or(Value::Null);
-            let v = if self.ok { self.whole(&answer) } else { error_of(&answer, &whole) };
-            out.extend_from_slice(&serde_json::to_vec(&v).expect("json values serialise"));
-        }
-        out.freeze()
+        let mut pending = std::mem::take(&mut self.pending);
+        let out = feed(self, &mut pending, self.stream, self.ok, chunk, end);
+        self.pending = pending;
+        out
     }
 
     fn event(&mut self, out: &mut BytesMut, name: &str, mut data: Value) {
@@ -227,7 +212,7 @@ impl Answer {
         }
     }
 
-    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+    fn chat_line(&mut self, line: &[u8], out: &mut BytesMut) {
         let line = std::str::from_utf8(line).unwrap_or("").trim();
         let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
         if data == "[DONE]" {
@@ -316,7 +301,7 @@ impl Answer {
         self.event(out, "response.completed", json!({ "response": r }));
     }
 
-    fn whole(&mut self, answer: &Value) -> Value {
+    fn chat_whole(&mut self, answer: &Value) -> Value {
         let choice = &answer["choices"][0];
         self.finish = choice["finish_reason"].as_str().map(str::to_string);
         self.input_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
@@ -338,14 +323,22 @@ impl Answer {
     }
 }
 
-/// A chat error (or any body) as the Responses API's (OpenAI's) error object.
-fn error_of(answer: &Value, raw: &[u8]) -> Value {
-    let message = match &answer["error"] {
-        Value::String(s) => s.clone(),
-        Value::Object(e) => e.get("message").and_then(Value::as_str).unwrap_or("the server failed").to_string(),
-        _ => String::from_utf8_lossy(raw).trim().chars().take(500).collect(),
-    };
-    json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } })
+impl FromChat for Answer {
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+        self.chat_line(line, out)
+    }
+
+    fn end_stream(&mut self, out: &mut BytesMut) {
+        self.finish_stream(out)
+    }
+
+    fn whole(&mut self, answer: &Value) -> Value {
+        self.chat_whole(answer)
+    }
+
+    fn error(&self, message: String) -> Value {
+        json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } })
+    }
 }
 
 #[cfg(test)]

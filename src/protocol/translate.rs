@@ -207,6 +207,65 @@ fn options(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(),
     Ok(())
 }
 
+/// What a translator of OpenAI's chat answer does with its pieces: this file's for Ollama,
+/// anthropic.rs's and responses.rs's. `feed` is the reading they share.
+pub(crate) trait FromChat {
+    /// One line of an SSE stream.
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut);
+    /// The stream ended: what closes it in the client's API.
+    fn end_stream(&mut self, out: &mut BytesMut);
+    /// A whole successful answer.
+    fn whole(&mut self, answer: &Value) -> Value;
+    /// A whole error answer, with the server's message (`error_message`).
+    fn error(&self, message: String) -> Value;
+}
+
+/// Feeds `chunk` through `t`: a stream line by line (an unfinished last line waits for the
+/// rest), a whole answer once it has all come (`pending` holds what waits).
+pub(crate) fn feed<T: FromChat>(
+    t: &mut T,
+    pending: &mut BytesMut,
+    stream: bool,
+    ok: bool,
+    chunk: Option<&Bytes>,
+    end: bool,
+) -> Bytes {
+    if let Some(c) = chunk {
+        pending.extend_from_slice(c);
+    }
+    let mut out = BytesMut::new();
+    if stream {
+        while let Some(i) = memchr::memchr(b'\n', pending) {
+            let line = pending.split_to(i + 1);
+            t.sse_line(&line, &mut out);
+        }
+        if end {
+            let rest = pending.split();
+            t.sse_line(&rest, &mut out);
+            t.end_stream(&mut out);
+        }
+    } else if end {
+        let whole = pending.split();
+        let answer = serde_json::from_slice::<Value>(&whole).unwrap_or(Value::Null);
+        let translated = if ok { t.whole(&answer) } else { t.error(error_message(&answer, &whole)) };
+        out.extend_from_slice(&serde_json::to_vec(&translated).expect("json values serialise"));
+    }
+    out.freeze()
+}
+
+/// The message of an OpenAI error answer (`{"error": {"message"}}`, or a bare string), or
+/// the start of whatever the server sent.
+pub(crate) fn error_message(answer: &Value, raw: &[u8]) -> String {
+    match &answer["error"] {
+        Value::String(s) => s.clone(),
+        Value::Object(e) => e.get("message").and_then(Value::as_str).unwrap_or("the server failed").to_string(),
+        _ => answer["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(raw).trim().chars().take(500).collect()),
+    }
+}
+
 /// Reads an OpenAI answer (whole or SSE) and writes Ollama's, as it passes.
 pub struct Answer {
     endpoint: Endpoint,
@@ -259,33 +318,14 @@ impl Answer {
 
     /// The translation of `chunk` (and at `end`, of what was left).
     pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        if let Some(c) = chunk {
-            self.pending.extend_from_slice(c);
-        }
-        let mut out = BytesMut::new();
-        if self.stream {
-            while let Some(i) = memchr::memchr(b'\n', &self.pending) {
-                let line = self.pending.split_to(i + 1);
-                self.sse_line(&line, &mut out);
-            }
-            if end {
-                let rest = self.pending.split();
-                self.sse_line(&rest, &mut out);
-                if !self.done {
-                    self.final_line(&mut out);
-                }
-            }
-        } else if end {
-            let whole = self.pending.split();
-            let answer = serde_json::from_slice::<Value>(&whole).unwrap_or(Value::Null);
-            let translated = if self.ok { self.whole(&answer) } else { error_of(&answer, &whole) };
-            out.extend_from_slice(&serde_json::to_vec(&translated).expect("json values serialise"));
-        }
-        out.freeze()
+        let mut pending = std::mem::take(&mut self.pending);
+        let out = feed(self, &mut pending, self.stream, self.ok, chunk, end);
+        self.pending = pending;
+        out
     }
 
     /// One SSE line: `data: {chunk}` becomes an NDJSON line; `data: [DONE]` the final one.
-    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+    fn ollama_line(&mut self, line: &[u8], out: &mut BytesMut) {
         let line = std::str::from_utf8(line).unwrap_or("").trim();
         let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
         if data == "[DONE]" {
@@ -398,7 +438,7 @@ impl Answer {
     }
 
     /// A whole OpenAI answer as Ollama's.
-    fn whole(&mut self, answer: &Value) -> Value {
+    fn ollama_whole(&mut self, answer: &Value) -> Value {
         self.usage(answer);
         self.first_token.get_or_insert(self.started);
         let mut out = self.head();
@@ -451,23 +491,30 @@ impl Answer {
     }
 }
 
+impl FromChat for Answer {
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+        self.ollama_line(line, out)
+    }
+
+    fn end_stream(&mut self, out: &mut BytesMut) {
+        if !self.done {
+            self.final_line(out);
+        }
+    }
+
+    fn whole(&mut self, answer: &Value) -> Value {
+        self.ollama_whole(answer)
+    }
+
+    fn error(&self, message: String) -> Value {
+        json!({ "error": message })
+    }
+}
+
 /// An OpenAI tool call as Ollama's: `arguments` an object.
 fn tool_call(name: &str, args: &str) -> Value {
     let arguments = serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}));
     json!({ "function": { "name": name, "arguments": arguments } })
-}
-
-/// OpenAI's `{"error": {"message": ...}}` (or any body) as Ollama's `{"error": "..."}`.
-fn error_of(answer: &Value, raw: &[u8]) -> Value {
-    let message = match &answer["error"] {
-        Value::String(s) => s.clone(),
-        Value::Object(e) => e.get("message").and_then(Value::as_str).unwrap_or("the server failed").to_string(),
-        _ => answer["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(raw).trim().chars().take(500).collect()),
-    };
-    json!({ "error": message })
 }
 
 fn push_line(out: &mut BytesMut, line: &Value) {
