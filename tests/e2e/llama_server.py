@@ -35,6 +35,8 @@ def main() -> None:
         params.api_keys = [args[1]]
     if "--embeddings" in sys.argv:
         params.embedding = True
+        # One vector per input, as OpenAI's /v1/embeddings gives (the model's own is none).
+        params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
         params.model_alias = {"smollm2-embed"}
     params.n_ctx = 512
     params.n_parallel = 1
