@@ -15,7 +15,9 @@
 # /v1/chat/completions JSON (two of them, for the round-robin proxies), and a streaming
 # backend (the tests' mock Ollama, release build) that emits N chunks with a fixed gap.
 # Contestants: (a) direct to the backend, (b) drover, (c) nginx as a plain round-robin
-# proxy over the two backends, (d) LiteLLM's proxy (fewer requests: it is slow).
+# proxy over the two backends, (d) LiteLLM's proxy (fewer requests: it is slow), (e) the
+# floor: a stock Pingora pass-through ProxyHttp round-robining over the same two backends
+# (examples/passthrough.rs, same lock file, same thread count as drover).
 # Figures: requests/s at fixed concurrency (wrk); p50/p99 latency at a fixed moderate rate
 # (loadgen, open loop); for streams, time to first byte and the delay each line gains
 # (loadgen); drover's RSS idle and with 2,000 open streams. Every figure also as a ratio
@@ -57,7 +59,7 @@ if [ -z "$SKIP_LITELLM" ] && ! .venv-bench/bin/python -c "import litellm" 2>/dev
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install -q 'litellm[proxy]'
 fi
-cargo build --release --bin drover --example mock_ollama --example loadgen
+cargo build --release --bin drover --example mock_ollama --example loadgen --example passthrough
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release
 BASELINE=${BASELINE:-}
@@ -77,7 +79,7 @@ ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drov
 # ---- backends and proxies ---------------------------------------------------------------
 # A port already taken (a run still going, or one that was killed) would measure the wrong
 # process: refuse to start instead.
-for port in 18180 18181 18182 18183 18184 18185 18186 18187 18188 18189 18190 18193 18196 18197 18198; do
+for port in 18180 18181 18182 18183 18184 18185 18186 18187 18188 18189 18190 18193 18196 18197 18198 18199; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port is already in use (another run, or what a killed run left behind); stop it first"
     exit 1
@@ -160,7 +162,11 @@ RUST_LOG=warn "$BIN/drover" serve -c "$WORK/drover.yaml" 2>"$WORK/drover.log" &
 DROVER_PID=$!
 PIDS+=($DROVER_PID)
 # The baseline drover: same fleet and routes, its own ports and files.
-TARGETS="D:18181 R:18183 N:18180"
+# The floor: Pingora's own pass-through ProxyHttp, as many threads as drover.
+"$BIN/examples/passthrough" 127.0.0.1:18199 2 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/passthrough.log" &
+FLOOR_PID=$!
+PIDS+=($FLOOR_PID)
+TARGETS="D:18181 R:18183 N:18180 P:18199"
 if [ -n "$BASELINE" ]; then
   sed -e 's/18183/18186/; s/18193/18196/' -e "s|$WORK/drover.db|$WORK/base.db|; s|$WORK/access.log|$WORK/base-access.log|" \
       -e "s|$WORK/upgrade.sock|$WORK/base-upgrade.sock|; s|$WORK/drover.pid|$WORK/base.pid|" "$WORK/drover.yaml" > "$WORK/base.yaml"
@@ -210,6 +216,7 @@ fi
 wait_http() { for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; log "$1 did not answer"; return 1; }
 wait_http http://127.0.0.1:18181/api/version
 wait_http http://127.0.0.1:18183/status
+wait_http http://127.0.0.1:18199/
 wait_http http://127.0.0.1:18187/health
 BENCH_KEY=$(curl -sf -X POST http://127.0.0.1:18187/admin/keys -H 'content-type: application/json' \
   -d '{"name": "bench", "requests_per_minute": 1000000000, "tokens_per_minute": 1000000000000}' \
@@ -250,6 +257,7 @@ rss_kb() { local p; for p in "$@"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"
 
 RSS_IDLE=$(rss_kb "$DROVER_PID")
 [ -z "$BASELINE" ] || B_RSS_IDLE=$(rss_kb "$BASE_PID")
+P_RSS_IDLE=$(rss_kb "$FLOOR_PID")
 # The nginx proxy instance: its master and workers.
 NGINX_PIDS=("$(cat "$WORK/proxy.pid")" $(pgrep -P "$(cat "$WORK/proxy.pid")"))
 N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
@@ -257,7 +265,7 @@ N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
 # ---- throughput at fixed concurrency ----------------------------------------------------
 log "throughput: wrk -c$CONNS for ${DURATION}s each, $ROUNDS rounds"
 # Warm each path (connection pools, JIT of nothing, page cache).
-for url in 18181/api/chat 18183/api/chat 18180/api/chat ${BASELINE:+18186/api/chat}; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
+for url in 18181/api/chat 18183/api/chat 18180/api/chat 18199/api/chat ${BASELINE:+18186/api/chat}; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
 # Machine noise moves single runs by 10-20%: each figure is the median of $ROUNDS runs,
 # interleaved (direct, drover, nginx, direct, ...) so that a slow spell hits every target.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -268,7 +276,7 @@ for _ in $(seq 1 "$ROUNDS"); do
     RUNS[${t%%:*}_V1]+=" $(rps "http://127.0.0.1:${t#*:}/v1/chat/completions" "$WORK/openai.json" "$DURATION" "$CONNS")"
   done
 done
-for k in D_API R_API N_API D_V1 R_V1 N_V1 ${BASELINE:+B_API B_V1}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in D_API R_API N_API P_API D_V1 R_V1 N_V1 P_V1 ${BASELINE:+B_API B_V1}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 if [ -z "$SKIP_LITELLM" ] && wait_http http://127.0.0.1:18184/health/liveliness 2>/dev/null; then
   rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" 2 8 >/dev/null
   L_V1=$(rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LITELLM_DURATION" 8)
@@ -300,10 +308,13 @@ for _ in $(seq 1 "$CPU_ROUNDS"); do
   RUNS[CPU_K]+=" $(cpu_us "$KEYS_PID" http://127.0.0.1:18187/api/chat "$BENCH_KEY")"
   RUNS[CPU_KR]+=" $(cpu_us "$REDIS_DROVER_PID" http://127.0.0.1:18188/api/chat "$BENCH_KEY")"
   RUNS[CPU_C]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "" "$WORK/cached.json")"
+  RUNS[CPU_P]+=" $(cpu_us "$FLOOR_PID" http://127.0.0.1:18199/api/chat "")"
+  RUNS[CPU_R1]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/v1/chat/completions "" "$WORK/openai.json")"
+  RUNS[CPU_P1]+=" $(cpu_us "$FLOOR_PID" http://127.0.0.1:18199/v1/chat/completions "" "$WORK/openai.json")"
   [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$BASE_PID" http://127.0.0.1:18186/api/chat "")"
 done
 for p in "${BACKEND_PIDS[@]}"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$p" >/dev/null; done
-for k in CPU_R CPU_K CPU_KR CPU_C ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in CPU_R CPU_K CPU_KR CPU_C CPU_P CPU_R1 CPU_P1 ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
 log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
@@ -314,8 +325,8 @@ for _ in $(seq 1 "$ROUNDS"); do
     RUNS[${t%%:*}_P50]+=" $p50"; RUNS[${t%%:*}_P99]+=" $p99"; RUNS[${t%%:*}_FAIL]=$(( ${RUNS[${t%%:*}_FAIL]:-0} + failed ))
   done
 done
-for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99 ${BASELINE:+B_P50 B_P99}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
-D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}; B_FAIL=${RUNS[B_FAIL]:-0}
+for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99 P_P50 P_P99 ${BASELINE:+B_P50 B_P99}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}; P_FAIL=${RUNS[P_FAIL]:-0}; B_FAIL=${RUNS[B_FAIL]:-0}
 # Limits judged here and in Redis: the latency each adds at the same rate, interleaved.
 for _ in $(seq 1 "$ROUNDS"); do
   for t in K:18187 KR:18188; do
@@ -361,6 +372,7 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
 [ -z "$BASELINE" ] || read -r B_OPENED B_PEAK <<<"$(hold http://127.0.0.1:18186/api/chat "$WORK/stream.json" "$BASE_PID")"
 
 # ---- report -----------------------------------------------------------------------------
+mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 {
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); drover threads 2, nginx workers 2; $(date -u +%Y-%m-%d)."
   echo
@@ -408,6 +420,17 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   echo "| a response-cache hit (temperature 0, answered by drover: no queue place, slot or server) | $CPU_C | $(ratio "$CPU_C" "$CPU_R") |"
   [ -z "$BASELINE" ] || echo "| baseline $BASELINE | $CPU_B | $(ratio "$CPU_B" "$CPU_R") |"
   echo
+  echo "### Against Pingora's floor (examples/passthrough.rs: a stock pass-through ProxyHttp, round robin, no body work; same threads, same lock file)"
+  echo
+  echo "| figure | drover | floor | drover / floor |"
+  echo "|---|---|---|---|"
+  echo "| CPU us per forwarded /api/chat (pinned, median of $CPU_ROUNDS) | $CPU_R | $CPU_P | $(ratio "$CPU_R" "$CPU_P") |"
+  echo "| CPU us per forwarded /v1/chat/completions (pinned) | $CPU_R1 | $CPU_P1 | $(ratio "$CPU_R1" "$CPU_P1") |"
+  echo "| /api/chat requests/s | $R_API | $P_API | $(ratio "$R_API" "$P_API") |"
+  echo "| /v1/chat/completions requests/s | $R_V1 | $P_V1 | $(ratio "$R_V1" "$P_V1") |"
+  echo "| p99 ms at $RATE/s | $R_P99 | $P_P99 | $(ratio "$R_P99" "$P_P99") |"
+  echo "| RSS idle MB | $(mb "$RSS_IDLE") | $(mb "$P_RSS_IDLE") | $(ratio "$RSS_IDLE" "$P_RSS_IDLE") |"
+  echo
   echo "### Limits in Redis: latency at $RATE requests/s (median of $ROUNDS interleaved runs)"
   echo
   echo "| drover | p50 ms | p99 ms | p99 added vs limits off, ms | failed |"
@@ -419,7 +442,6 @@ read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream
   echo
   echo "### Memory (RSS; nginx: the proxy instance's master and workers)"
   echo
-  mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
   echo "| state | drover MB | nginx MB | drover vs nginx |"
   echo "|---|---|---|---|"
   echo "| idle | $(mb "$RSS_IDLE") | $(mb "$N_RSS_IDLE") | $(ratio "$RSS_IDLE" "$N_RSS_IDLE") |"
