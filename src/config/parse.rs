@@ -168,7 +168,8 @@ impl Validator {
             let key = file("server.tls.key", t.key);
             Some(Tls { listen: listen?, cert: cert?, key: key? })
         });
-        let threads = server.threads.unwrap_or(2);
+        // One worker thread per core this process may run on (a container's CPU set, taskset).
+        let threads = server.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         if threads == 0 {
             self.error("server.threads", "must be at least 1, got 0");
         }
