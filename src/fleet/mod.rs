@@ -215,29 +215,24 @@ impl Fleet {
         self.routes.get(canonical(model).as_ref()).filter(|mr| mr.routes.iter().any(|r| r.is_active))
     }
 
-    /// The names the servers know a model by: its active routes' actual models (distinct,
-    /// in route order), else, for a discovered model, the name itself when a server lists it.
-    pub fn actual_models(&self, model: &str) -> Vec<String> {
+    /// Every route that serves a model now: its active routes, else (discovery) every server
+    /// that lists it. Empty when nothing serves it.
+    pub fn serving_routes(&self, model: &str) -> Vec<Arc<Route>> {
         match self.named_routes(model) {
-            Some(mr) => {
-                let mut names: Vec<String> = Vec::new();
-                for r in mr.routes.iter().filter(|r| r.is_active) {
-                    if !names.contains(&r.actual_model) {
-                        names.push(r.actual_model.clone());
-                    }
-                }
-                names
-            }
-            None => {
-                let mut names: Vec<String> = Vec::new();
-                for r in self.discover(model) {
-                    if !names.contains(&r.actual_model) {
-                        names.push(r.actual_model.clone());
-                    }
-                }
-                names
+            Some(mr) => mr.routes.iter().filter(|r| r.is_active).cloned().collect(),
+            None => self.discover(model),
+        }
+    }
+
+    /// The names the servers know a model by (distinct, in route order).
+    pub fn actual_models(&self, model: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for r in self.serving_routes(model) {
+            if !names.contains(&r.actual_model) {
+                names.push(r.actual_model.clone());
             }
         }
+        names
     }
 
     /// Routes a model has when no route names it: every server that lists it.

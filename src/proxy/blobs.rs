@@ -75,7 +75,8 @@ impl Drover {
         let mut missing = 0;
         let mut refused: Option<(u16, String)> = None;
         for call in calls {
-            let Ok((server, result)) = call.await else { continue };
+            // A task that did not finish is a server that did not get the blob.
+            let (server, result) = call.await.unwrap_or_else(|e| ("a server".into(), Err(format!("upload task: {e}"))));
             match result {
                 Ok((status, _)) if (200..300).contains(&status) => {}
                 Ok((404, _)) if !upload => missing += 1,

@@ -2,7 +2,6 @@
 //! shape from what it knows (the name's details, the context length where the server tells
 //! it: vLLM's `max_model_len` in /v1/models, llama.cpp's `n_ctx` in /props), named as asked.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::proxy::Session;
@@ -10,7 +9,6 @@ use serde_json::{json, Value};
 
 use super::ctx::RequestCtx;
 use super::drover::Drover;
-use crate::fleet::Route;
 use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::{synthetic_tag, Kind};
 
@@ -19,10 +17,7 @@ impl Drover {
     /// false when an Ollama server should answer it (or nothing serves it).
     pub(super) async fn show_locally(&self, session: &mut Session, ctx: &mut RequestCtx, body: &RoutableBody) -> bool {
         let fleet = self.fleet.load_full();
-        let routes: Vec<Arc<Route>> = match fleet.named_routes(&body.name) {
-            Some(mr) => mr.routes.iter().filter(|r| r.is_active).cloned().collect(),
-            None => fleet.discover(&body.name),
-        };
+        let routes = fleet.serving_routes(&body.name);
         if routes.is_empty() || routes.iter().any(|r| r.server.kind == Kind::Ollama) {
             return false;
         }

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::ctx::RequestCtx;
 use super::drover::Drover;
-use crate::fleet::Route;
 use crate::protocol::api::ApiError;
 use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::Kind;
@@ -25,10 +24,7 @@ impl Drover {
     pub(super) async fn unload(&self, session: &mut Session, ctx: &mut RequestCtx, body: &RoutableBody) {
         let path = session.req_header().uri.path().to_string();
         let fleet = self.fleet.load_full();
-        let routes: Vec<std::sync::Arc<Route>> = match fleet.named_routes(&body.name) {
-            Some(mr) => mr.routes.iter().filter(|r| r.is_active).cloned().collect(),
-            None => fleet.discover(&body.name),
-        };
+        let routes = fleet.serving_routes(&body.name);
         if routes.is_empty() {
             return self.error(session, ctx, unknown_model(&fleet, &body.name)).await;
         }
