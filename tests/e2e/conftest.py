@@ -73,7 +73,7 @@ def fleet():
     procs = []
     tmp = tempfile.mkdtemp(prefix="drover-e2e-")
     try:
-        mock_port, llama_port, drover_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+        mock_port, llama_port, drover_port = free_port(), free_port(), free_port()
         tls_port = free_port()
         cert = make_certificate(tmp)
         llama_key = "llama-upstream-secret"
@@ -96,15 +96,8 @@ def fleet():
         wait_http(f"http://127.0.0.1:{mock_port}/api/version", 20, mock)
         wait_http(f"http://127.0.0.1:{llama_port}/health", 120, llama)
         wait_http(f"http://127.0.0.1:{embed_port}/health", 120, embedder)
-        config = f"""
-server:
-  listen: "127.0.0.1:{drover_port}"
-  metrics_listen: "127.0.0.1:{metrics_port}"
-  tls: {{ listen: "127.0.0.1:{tls_port}", cert: "{cert}", key: "{tmp}/key.pem" }}
-database: {{ url: "sqlite://{tmp}/drover.db" }}
-pingora: {{ upgrade_sock: "{tmp}/upgrade.sock", pid_file: "{tmp}/drover.pid" }}
+        fleet_yaml = f"""
 load_balancer: {{ health_check_interval: 300ms }}
-auth: {{ require_keys: true }}
 servers:
   - "http://127.0.0.1:{mock_port}"
   - {{ url: "http://127.0.0.1:{llama_port}", kind: openai, api_key: "{llama_key}" }}
@@ -114,15 +107,32 @@ routes:
   - {{ virtual_model_name: smol, server_url: "http://127.0.0.1:{llama_port}", actual_model_name: smollm2 }}
   - {{ virtual_model_name: smol-embed, server_url: "http://127.0.0.1:{embed_port}", actual_model_name: smollm2-embed }}
 """
-        path = os.path.join(tmp, "drover.yaml")
-        with open(path, "w") as f:
-            f.write(config)
-        drover = subprocess.Popen(
-            [str(TARGET / "drover"), "serve", "-c", path], stderr=open(os.path.join(tmp, "drover.log"), "w")
-        )
-        procs.append(drover)
-        url = f"http://127.0.0.1:{drover_port}"
-        wait_http(f"{url}/health", 20, drover)
+
+        def start_drover(name: str, port: int, extra: str) -> str:
+            """A drover of its own files in front of the fleet above; its address once it answers."""
+            config = f"""
+server:
+  listen: "127.0.0.1:{port}"
+  metrics_listen: "127.0.0.1:{free_port()}"
+{extra}
+database: {{ url: "sqlite://{tmp}/{name}.db" }}
+pingora: {{ upgrade_sock: "{tmp}/{name}.sock", pid_file: "{tmp}/{name}.pid" }}
+{fleet_yaml}"""
+            path = os.path.join(tmp, f"{name}.yaml")
+            with open(path, "w") as f:
+                f.write(config)
+            proc = subprocess.Popen(
+                [str(TARGET / "drover"), "serve", "-c", path], stderr=open(os.path.join(tmp, f"{name}.log"), "w")
+            )
+            procs.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/health", 20, proc)
+            return url
+
+        keyed = f"""  tls: {{ listen: "127.0.0.1:{tls_port}", cert: "{cert}", key: "{tmp}/key.pem" }}
+auth: {{ require_keys: true }}"""
+        url = start_drover("drover", drover_port, keyed)
+        open_url = start_drover("open", free_port(), "")
         made = urllib.request.Request(
             f"{url}/admin/keys",
             data=json.dumps({"name": "e2e", "models": ["*"]}).encode(),
@@ -132,28 +142,8 @@ routes:
         with urllib.request.urlopen(made, timeout=5) as r:
             key = json.load(r)["key"]
         time.sleep(1)  # one health round: inventories known
-        open_port, open_metrics = free_port(), free_port()
-        open_config = "\n".join(
-            line
-            for line in config.replace(str(drover_port), str(open_port))
-            .replace(str(metrics_port), str(open_metrics))
-            .replace("drover.db", "open.db")
-            .replace("upgrade.sock", "open-upgrade.sock")
-            .replace("drover.pid", "open.pid")
-            .splitlines()
-            if not line.strip().startswith(("tls:", "auth:"))
-        )
-        open_path = os.path.join(tmp, "open.yaml")
-        with open(open_path, "w") as f:
-            f.write(open_config)
-        opened = subprocess.Popen(
-            [str(TARGET / "drover"), "serve", "-c", open_path], stderr=open(os.path.join(tmp, "open.log"), "w")
-        )
-        procs.append(opened)
-        wait_http(f"http://127.0.0.1:{open_port}/health", 20, opened)
-        time.sleep(1)  # one health round: inventories known
         fleet = Fleet(url, f"https://localhost:{tls_port}", cert, key, f"http://127.0.0.1:{llama_port}")
-        fleet.open_url = f"http://127.0.0.1:{open_port}"
+        fleet.open_url = open_url
         fleet.mock = f"http://127.0.0.1:{mock_port}"
         yield fleet
     finally:
