@@ -66,7 +66,7 @@ impl Drover {
             None
         };
         if shared {
-            self.admit_shared(ip, key.as_deref().filter(|_| model_call)).await.map_err(
+            Box::pin(self.admit_shared(ip, key.as_deref().filter(|_| model_call))).await.map_err(
                 |(i, wait, kind)| match kind {
                     Limit::Client => client_refused(ip.expect("a client bucket has an address"), wait),
                     Limit::Key => {
@@ -152,7 +152,7 @@ impl Drover {
                 h.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, crate::edge::cors::MAX_AGE).expect("static");
                 h.insert_header(http::header::CONTENT_LENGTH, "0").expect("static");
                 ctx.status = 204;
-                self.write(session, ctx, h, Bytes::new()).await;
+                Box::pin(self.write(session, ctx, h, Bytes::new())).await;
                 true
             }
         }

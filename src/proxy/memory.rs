@@ -3,20 +3,13 @@
 //! whole (relay.rs).
 
 use bytes::Bytes;
-use pingora::proxy::Session;
 
 use super::drover::Drover;
 
 impl Drover {
     /// A chat request with a session (memory.rs): its body with the session's earlier
     /// messages put first, and the turn to store after the answer. Otherwise the body as is.
-    pub(super) async fn with_history(
-        &self,
-        session: &Session,
-        body: Bytes,
-    ) -> (Bytes, Option<crate::state::memory::Turn>) {
-        let req = session.req_header();
-        let Some(id) = self.memory.session(req.uri.path(), &req.headers) else { return (body, None) };
+    pub(super) async fn with_history(&self, id: &str, body: Bytes) -> (Bytes, Option<crate::state::memory::Turn>) {
         match self.memory.recall(id, &body).await {
             Some((with_history, turn)) => (Bytes::from(with_history), Some(turn)),
             None => (body, None),

@@ -99,7 +99,9 @@ impl ProxyHttp for Drover {
                 Ok(self.route(session, ctx, native).await)
             }
             other => {
-                self.answer(session, ctx, other).await;
+                // Boxed: drover's own endpoints (admin, dashboard, views) would otherwise
+                // size this future, which Pingora boxes for every request.
+                Box::pin(self.answer(session, ctx, other)).await;
                 Ok(true)
             }
         }

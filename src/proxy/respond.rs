@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::Value;
@@ -23,13 +24,21 @@ const DRAIN_BYTES: usize = 256 * 1024 * 1024;
 
 impl Drover {
     /// Refuses a body that could not be read whole; the connection closes after the answer.
-    pub(super) async fn refuse_body(&self, session: &mut Session, ctx: &mut RequestCtx, e: BodyError) {
-        session.set_keepalive(None);
-        let drains = matches!(e, BodyError::TooLarge { .. } | BodyError::ChunkedTooLarge);
-        self.error(session, ctx, e.into()).await;
-        if drains {
-            drain(session, DRAIN_BYTES, DRAIN_TIME).await;
-        }
+    /// Boxed, as `error`.
+    pub(super) fn refuse_body<'a>(
+        &'a self,
+        session: &'a mut Session,
+        ctx: &'a mut RequestCtx,
+        e: BodyError,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            session.set_keepalive(None);
+            let drains = matches!(e, BodyError::TooLarge { .. } | BodyError::ChunkedTooLarge);
+            self.error(session, ctx, e.into()).await;
+            if drains {
+                drain(session, DRAIN_BYTES, DRAIN_TIME).await;
+            }
+        })
     }
 
     pub(super) async fn json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, value: &Value) {
@@ -38,16 +47,27 @@ impl Drover {
     }
 
     /// Writes `e` in the client's API format.
-    pub(super) async fn error(&self, session: &mut Session, ctx: &mut RequestCtx, e: ApiError) {
-        let body = e.body(ctx.api);
-        ctx.error = Some(e.message.clone());
-        ctx.status = e.status;
-        let mut header = e.header(body.len());
-        header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
-        if ctx.attempts > 0 {
-            header.insert_header("x-drover-attempts", ctx.attempts.to_string()).expect("number");
-        }
-        self.write(session, ctx, header, body).await
+    ///
+    /// Boxed: the hooks that may refuse (`request_filter` above all) hold only a pointer to
+    /// this future, not its state, so the future Pingora boxes for every request stays small
+    /// (see BENCHMARKS.md, issue 21: a 21 KB hook future was copied into its box per request).
+    pub(super) fn error<'a>(
+        &'a self,
+        session: &'a mut Session,
+        ctx: &'a mut RequestCtx,
+        e: ApiError,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let body = e.body(ctx.api);
+            ctx.error = Some(e.message.clone());
+            ctx.status = e.status;
+            let mut header = e.header(body.len());
+            header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
+            if ctx.attempts > 0 {
+                header.insert_header("x-drover-attempts", ctx.attempts.to_string()).expect("number");
+            }
+            self.write(session, ctx, header, body).await
+        })
     }
 
     pub(super) async fn send(

@@ -22,7 +22,13 @@ impl Drover {
             }
         };
         ctx.bytes_in = body.len() as u64;
-        let (body, turn) = self.with_history(session, body).await;
+        // The rare paths' futures are boxed, so that this one (inside `request_filter`'s,
+        // which Pingora boxes for every request) stays small.
+        let req = session.req_header();
+        let (body, turn) = match self.memory.session(req.uri.path(), &req.headers) {
+            Some(id) => Box::pin(self.with_history(id, body)).await,
+            None => (body, None),
+        };
         let body = match RoutableBody::parse(body) {
             Ok(b) => b,
             Err(e) => {
@@ -38,10 +44,10 @@ impl Drover {
         }
         let path = session.req_header().uri.path();
         if native && body.unload && (path == "/api/generate" || path == "/api/chat") {
-            self.unload(session, ctx, &body).await;
+            Box::pin(self.unload(session, ctx, &body)).await;
             return true;
         }
-        if native && path == "/api/show" && self.show_locally(session, ctx, &body).await {
+        if native && path == "/api/show" && Box::pin(self.show_locally(session, ctx, &body)).await {
             return true;
         }
         let mut routed = Routed::new(body, native, self.fleet.load_full());
