@@ -22,8 +22,6 @@ impl Drover {
             }
         }
         let req = session.req_header();
-        let client = session.client_addr().map(|a| a.to_string());
-        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let u = &ctx.usage;
         // For the dashboard: refusals drover wrote, and server errors it relayed.
         let error = ctx
@@ -31,15 +29,22 @@ impl Drover {
             .clone()
             .or_else(|| (ctx.status >= 500).then(|| format!("the server answered HTTP {}", ctx.status)));
         if let Some(error) = error.filter(|_| ctx.status >= 400 && !req.uri.path().starts_with("/dashboard")) {
+            let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
             self.recent_errors.push(serde_json::json!({
                 "time": time, "status": ctx.status, "model": ctx.model, "server": ctx.server,
                 "path": req.uri.path(), "error": error,
             }));
         }
-        let line = Line::new()
-            .str("time", Some(&time))
-            .str("request_id", Some(&ctx.request_id))
-            .str("client", client.as_deref())
+        let mut line = Line::new();
+        line.now("time").str("request_id", Some(&ctx.request_id));
+        match session.client_addr() {
+            Some(a) => match a.as_inet() {
+                Some(inet) => line.addr("client", Some(*inet)),
+                None => line.str("client", Some(&a.to_string())),
+            },
+            None => line.str("client", None),
+        };
+        let line = line
             .str("method", Some(req.method.as_str()))
             .str("path", Some(req.uri.path()))
             .str("model", ctx.model.as_deref())
@@ -64,8 +69,8 @@ impl Drover {
 fn account(ctx: &RequestCtx) {
     let Some(model) = ctx.model.as_deref() else { return };
     let server = ctx.server.as_deref().unwrap_or("none");
-    let status = ctx.status.to_string();
-    crate::telemetry::metrics::REQUESTS.with_label_values(&[model, server, &status]).inc();
+    let mut status = itoa::Buffer::new();
+    crate::telemetry::metrics::REQUESTS.with_label_values(&[model, server, status.format(ctx.status)]).inc();
     crate::telemetry::metrics::REQUEST_DURATION
         .with_label_values(&[model])
         .observe(ctx.started.elapsed().as_secs_f64());

@@ -130,14 +130,12 @@ impl Line {
         self
     }
 
-    /// A number field; `None` is written as null.
-    pub fn num(&mut self, key: &str, value: Option<impl std::fmt::Display>) -> &mut Line {
-        use std::fmt::Write as _;
+    /// A number field; `None` is written as null. (itoa, not `fmt`: the line is written
+    /// once per request.)
+    pub fn num(&mut self, key: &str, value: Option<impl itoa::Integer>) -> &mut Line {
         self.key(key);
         match value {
-            Some(v) => {
-                let _ = write!(self.0, "{v}");
-            }
+            Some(v) => self.0.push_str(itoa::Buffer::new().format(v)),
             None => self.0.push_str("null"),
         }
         self
@@ -145,12 +143,44 @@ impl Line {
 
     /// A duration in milliseconds with microsecond precision; `None` is written as null.
     pub fn millis(&mut self, key: &str, value: Option<Duration>) -> &mut Line {
-        use std::fmt::Write as _;
         self.key(key);
         match value {
             Some(d) => {
-                let _ = write!(self.0, "{:.3}", d.as_secs_f64() * 1000.0);
+                let micros = d.as_micros();
+                self.0.push_str(itoa::Buffer::new().format(micros / 1000));
+                push_fraction(&mut self.0, (micros % 1000) as u32);
             }
+            None => self.0.push_str("null"),
+        }
+        self
+    }
+
+    /// The time now, RFC 3339 in UTC with milliseconds ("2026-12-05T07:10:38.123Z").
+    pub fn now(&mut self, key: &str) -> &mut Line {
+        self.key(key);
+        self.0.push('"');
+        push_time(&mut self.0, std::time::SystemTime::now());
+        self.0.push('"');
+        self
+    }
+
+    /// A client's address ("127.0.0.1:5000", "[::1]:5000"); `None` is written as null.
+    pub fn addr(&mut self, key: &str, value: Option<std::net::SocketAddr>) -> &mut Line {
+        self.key(key);
+        match value {
+            Some(std::net::SocketAddr::V4(a)) => {
+                self.0.push('"');
+                for (i, octet) in a.ip().octets().iter().enumerate() {
+                    if i > 0 {
+                        self.0.push('.');
+                    }
+                    self.0.push_str(itoa::Buffer::new().format(*octet));
+                }
+                self.0.push(':');
+                self.0.push_str(itoa::Buffer::new().format(a.port()));
+                self.0.push('"');
+            }
+            Some(a) => escape_into(&mut self.0, &a.to_string()),
             None => self.0.push_str("null"),
         }
         self
@@ -160,6 +190,35 @@ impl Line {
         self.0.push('}');
         std::mem::take(&mut self.0)
     }
+}
+
+/// Appends "." and `n` (under 1000) as three digits.
+fn push_fraction(out: &mut String, n: u32) {
+    out.push('.');
+    for d in [n / 100, n / 10 % 10, n % 10] {
+        out.push(char::from(b'0' + d as u8));
+    }
+}
+
+/// Appends `t` as RFC 3339 in UTC with milliseconds. The part up to the second is
+/// formatted once a second per thread, not once per line.
+fn push_time(out: &mut String, t: std::time::SystemTime) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != since.as_secs() {
+            let whole = std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            *text = humantime::format_rfc3339_seconds(whole).to_string();
+            text.pop(); // the "Z"
+            *second = since.as_secs();
+        }
+        out.push_str(text);
+    });
+    push_fraction(out, since.subsec_millis());
+    out.push('Z');
 }
 
 /// Appends `s` as a JSON string literal.
@@ -215,11 +274,40 @@ mod tests {
             .num("attempts", None::<u32>)
             .millis("ttfb_ms", Some(Duration::from_micros(1500)))
             .millis("duration_ms", None)
+            .addr("client", Some("127.0.0.1:5000".parse().unwrap()))
+            .addr("v6", Some("[::1]:80".parse().unwrap()))
             .finish();
         let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
         assert_eq!(v["path"], awkward);
         assert!(v["model"].is_null() && v["attempts"].is_null() && v["duration_ms"].is_null());
         assert_eq!((v["status"].as_u64(), v["ttfb_ms"].as_f64()), (Some(200), Some(1.5)));
-        assert_eq!(v.as_object().unwrap().len(), 6);
+        assert_eq!((v["client"].as_str(), v["v6"].as_str()), (Some("127.0.0.1:5000"), Some("[::1]:80")));
+        assert_eq!(v.as_object().unwrap().len(), 8);
+        let line = Line::new()
+            .millis("a", Some(Duration::from_micros(7)))
+            .millis("b", Some(Duration::from_micros(12_345_678)))
+            .num("c", Some(u64::MAX))
+            .finish();
+        assert_eq!(line, format!(r#"{{"a":0.007,"b":12345.678,"c":{}}}"#, u64::MAX));
+    }
+
+    #[test]
+    fn the_time_is_rfc3339_to_the_millisecond_whatever_the_cached_second() {
+        let at = |secs, millis| std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis);
+        let mut out = String::new();
+        push_time(&mut out, at(1_764_918_638, 5));
+        assert_eq!(out, "2025-12-05T07:10:38.005Z");
+        out.clear();
+        push_time(&mut out, at(1_764_918_638, 999));
+        assert_eq!(out, "2025-12-05T07:10:38.999Z");
+        out.clear();
+        push_time(&mut out, at(1_764_918_639, 0));
+        assert_eq!(out, "2025-12-05T07:10:39.000Z");
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let line = Line::new().now("time").finish();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        // Same second (or the next one, at a boundary): the cached part is the right one.
+        assert_eq!(v["time"].as_str().unwrap().len(), now.len());
+        assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
     }
 }
