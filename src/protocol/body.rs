@@ -465,24 +465,40 @@ pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: 
         sent.map_err(|e| BodyError::Read(e.to_string()))?;
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    // A body that comes in one chunk is kept as that chunk, not copied.
+    let mut first: Option<Bytes> = None;
+    // Whether the retry buffer was on before a chunk was read (so it holds the tail).
+    let mut tail_kept = false;
     loop {
-        if keep_tail && declared.is_none_or(|n| n - session.body_bytes_read() <= TAIL_LIMIT) {
+        let buffering = keep_tail && declared.is_none_or(|n| n - session.body_bytes_read() <= TAIL_LIMIT);
+        if buffering {
             session.enable_retry_buffering();
         }
         match session.read_request_body().await.map_err(|e| BodyError::Read(e.to_string()))? {
+            Some(chunk) if chunk.is_empty() => {}
             Some(chunk) => {
-                if buf.len() + chunk.len() > limit {
+                tail_kept |= buffering;
+                if buf.len() + first.as_ref().map_or(0, Bytes::len) + chunk.len() > limit {
                     return Err(BodyError::TooLarge { limit });
                 }
-                buf.extend_from_slice(&chunk);
+                if let Some(earlier) = first.take() {
+                    buf.extend_from_slice(&earlier);
+                    buf.extend_from_slice(&chunk);
+                } else if buf.is_empty() {
+                    first = Some(chunk);
+                } else {
+                    buf.extend_from_slice(&chunk);
+                }
             }
             None => break,
         }
     }
-    if keep_tail && !buf.is_empty() && session.get_retry_buffer().is_none() {
+    let body = first.unwrap_or_else(|| buf.freeze());
+    // (`retry_buffer_truncated`, not `get_retry_buffer().is_none()`: the latter copies the tail.)
+    if keep_tail && !body.is_empty() && (!tail_kept || session.retry_buffer_truncated()) {
         return Err(BodyError::ChunkedTooLarge);
     }
-    Ok(buf.freeze())
+    Ok(body)
 }
 
 /// Whether the client waits for `100 Continue` before sending its body.
