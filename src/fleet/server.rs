@@ -175,10 +175,12 @@ impl Server {
     /// Records that `model` is loaded here (it just answered), with the context size it was
     /// asked for when known, until the next /api/ps says otherwise.
     pub fn mark_loaded(&self, model: &str, num_ctx: Option<u32>) {
-        let name = canonical_model(model);
+        // Called on every answer: nothing is allocated unless something changes.
+        let name = canonical(model);
         let current = self.inventory();
-        let ctx_known = num_ctx.is_none_or(|n| current.loaded_ctx.get(&name) == Some(&n));
-        if !current.loaded_names.contains(&name) || !ctx_known {
+        let ctx_known = num_ctx.is_none_or(|n| current.loaded_ctx.get(name.as_ref()) == Some(&n));
+        if !current.loaded_names.contains(name.as_ref()) || !ctx_known {
+            let name = name.into_owned();
             let mut updated = (*current).clone();
             if let Some(n) = num_ctx {
                 updated.loaded_ctx.insert(name.clone(), n);

@@ -46,6 +46,8 @@ pub struct ServerUrl {
     pub port: u16,
     /// Path prefix without a trailing slash ("" for most servers).
     pub base_path: String,
+    /// The Host header value to send (made once: it goes with every request).
+    authority: String,
 }
 
 impl ServerUrl {
@@ -67,7 +69,10 @@ impl ServerUrl {
         let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
         let base_path = url.path().trim_end_matches('/').to_string();
         let text = format!("{}{}", url.origin().ascii_serialization(), base_path);
-        Ok(ServerUrl { text, tls, host, port, base_path })
+        let default = if tls { 443 } else { 80 };
+        let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let authority = if port == default { bracketed } else { format!("{bracketed}:{port}") };
+        Ok(ServerUrl { text, tls, host, port, base_path, authority })
     }
 
     pub fn as_str(&self) -> &str {
@@ -75,14 +80,8 @@ impl ServerUrl {
     }
 
     /// The Host header value to send.
-    pub fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 }
 
@@ -109,6 +108,20 @@ pub struct Inventory {
 /// out, a missing tag is `latest`; any other host or namespace is kept ("hf.co/u/m:Q4",
 /// "myreg:5000/team/m:latest"). Borrowed when the name is already in that form.
 pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
+    // The common case, asked on every request: a plain "model" or "model:tag" (nothing to
+    // trim, no digest, no namespace or host).
+    if name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@') {
+        return if name.contains(':') {
+            std::borrow::Cow::Borrowed(name)
+        } else {
+            std::borrow::Cow::Owned(with_latest(name))
+        };
+    }
+    resolve(name)
+}
+
+/// `canonical` for any name.
+fn resolve(name: &str) -> std::borrow::Cow<'_, str> {
     let name = name.trim();
     // A digest pin ("m@sha256:...") names the same model.
     let name = name.split_once('@').map_or(name, |(n, _)| n);
@@ -128,8 +141,16 @@ pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
     if last.contains(':') {
         std::borrow::Cow::Borrowed(rest)
     } else {
-        std::borrow::Cow::Owned(format!("{rest}:latest"))
+        std::borrow::Cow::Owned(with_latest(rest))
     }
+}
+
+/// `name` with the default tag (a concatenation; `format!` costs more, on every request).
+fn with_latest(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + ":latest".len());
+    s.push_str(name);
+    s.push_str(":latest");
+    s
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -275,6 +296,16 @@ mod tests {
         assert_eq!(canonical("myreg:5000/team/m"), "myreg:5000/team/m:latest");
         assert_eq!(canonical("team/m:7b"), "team/m:7b");
         assert!(matches!(canonical("qwen3:14b"), std::borrow::Cow::Borrowed(_)), "no allocation when canonical");
+    }
+
+    #[test]
+    fn the_fast_path_resolves_as_the_general_one() {
+        for name in ["", "m", "m:7b", "m:", ":", "a-b_c.d:Q4_K_M", "myreg:5000", "x:y:z", "Llama3", "ü", "m\t"] {
+            assert_eq!(canonical(name), resolve(name), "{name:?}");
+        }
+        let server = ServerUrl::parse("http://[::1]:8080").unwrap();
+        assert_eq!(server.authority(), "[::1]:8080");
+        assert_eq!(ServerUrl::parse("https://[::1]").unwrap().authority(), "[::1]");
     }
 
     #[test]
