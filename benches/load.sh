@@ -17,7 +17,10 @@
 # Contestants: (a) direct to the backend, (b) drover, (c) nginx as a plain round-robin
 # proxy over the two backends, (d) LiteLLM's proxy (fewer requests: it is slow), (e) the
 # floor: a stock Pingora pass-through ProxyHttp round-robining over the same two backends
-# (examples/passthrough.rs, same lock file, same thread count as drover).
+# (examples/passthrough.rs, same lock file, same thread count as drover), built as a stock
+# program is (cargo's default release settings, the system allocator: profile `floor`), and
+# (f) the same floor built as drover is (drover's release profile and allocator:
+# examples/passthrough_jemalloc.rs), to tell what the build gains from what drover's code costs.
 # Figures: requests/s at fixed concurrency (wrk); p50/p99 latency at a fixed moderate rate
 # (loadgen, open loop); for streams, time to first byte and the delay each line gains
 # (loadgen); drover's RSS idle and with 2,000 open streams. Every figure also as a ratio
@@ -59,9 +62,12 @@ if [ -z "$SKIP_LITELLM" ] && ! .venv-bench/bin/python -c "import litellm" 2>/dev
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install -q 'litellm[proxy]'
 fi
-cargo build --release --bin drover --example mock_ollama --example loadgen --example passthrough
+cargo build --release --bin drover --example mock_ollama --example loadgen --example passthrough_jemalloc
+cargo build --profile floor --example passthrough
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release
+FLOOR_BIN=$TARGET/floor/examples/passthrough
+TUNED_FLOOR_BIN=$BIN/examples/passthrough_jemalloc
 BASELINE=${BASELINE:-}
 if [ -n "$BASELINE" ]; then
   # The baseline revision, built apart so this build's target/ stays as it is.
@@ -79,7 +85,8 @@ ulimit -n "$(ulimit -Hn)"   # 2,000 streams need about 4,000 descriptors in drov
 # ---- backends and proxies ---------------------------------------------------------------
 # A port already taken (a run still going, or one that was killed) would measure the wrong
 # process: refuse to start instead.
-for port in 18180 18181 18182 18183 18184 18185 18186 18187 18188 18189 18190 18193 18196 18197 18198 18199; do
+for port in 18178 18179 18180 18181 18182 18183 18184 18185 18186 18187 18188 18189 18190 18193 18196 18197 18198 18199 \
+    18200 18201 18202 18203 18204 18205 18210 18211 18212 18215; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port is already in use (another run, or what a killed run left behind); stop it first"
     exit 1
@@ -162,11 +169,19 @@ RUST_LOG=warn "$BIN/drover" serve -c "$WORK/drover.yaml" 2>"$WORK/drover.log" &
 DROVER_PID=$!
 PIDS+=($DROVER_PID)
 # The baseline drover: same fleet and routes, its own ports and files.
-# The floor: Pingora's own pass-through ProxyHttp, as many threads as drover.
-"$BIN/examples/passthrough" 127.0.0.1:18199 2 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/passthrough.log" &
+# The floor: Pingora's own pass-through ProxyHttp, as many threads as drover; built stock, and
+# built as drover is. A third copy of the stock floor forwards to the streaming backend, for
+# the memory held per open stream.
+"$FLOOR_BIN" 127.0.0.1:18199 2 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/passthrough.log" &
 FLOOR_PID=$!
 PIDS+=($FLOOR_PID)
-TARGETS="D:18181 R:18183 N:18180 P:18199"
+"$TUNED_FLOOR_BIN" 127.0.0.1:18179 2 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/passthrough-tuned.log" &
+TUNED_FLOOR_PID=$!
+PIDS+=($TUNED_FLOOR_PID)
+"$FLOOR_BIN" 127.0.0.1:18178 2 127.0.0.1:18190 2>"$WORK/passthrough-stream.log" &
+STREAM_FLOOR_PID=$!
+PIDS+=($STREAM_FLOOR_PID)
+TARGETS="D:18181 R:18183 N:18180 P:18199 PT:18179"
 if [ -n "$BASELINE" ]; then
   sed -e 's/18183/18186/; s/18193/18196/' -e "s|$WORK/drover.db|$WORK/base.db|; s|$WORK/access.log|$WORK/base-access.log|" \
       -e "s|$WORK/upgrade.sock|$WORK/base-upgrade.sock|; s|$WORK/drover.pid|$WORK/base.pid|" "$WORK/drover.yaml" > "$WORK/base.yaml"
@@ -231,6 +246,35 @@ curl -sf http://127.0.0.1:18188/health | grep -q '"shared_state":{"redis":"127.0
   || { log "the Redis-backed drover does not use Redis: $(curl -s http://127.0.0.1:18188/health)"; exit 1; }
 [ -z "$BASELINE" ] || wait_http http://127.0.0.1:18186/status
 wait_http http://127.0.0.1:18190/api/version
+
+# For CPU per request, each contestant again, started on core 0 alone (the load runs on core
+# 1): drover without server.threads, so that it runs the one thread its default gives it on
+# one core, and the floors with one thread. Same stores, ports of their own.
+one_core() { # NAME SOURCE_YAML PORT METRICS_PORT BINARY
+  sed -E -e "s/, threads: 2//" -e "s/listen: \"127.0.0.1:[0-9]+\"/listen: \"127.0.0.1:$3\"/" \
+    -e "s/metrics_listen: \"127.0.0.1:[0-9]+\"/metrics_listen: \"127.0.0.1:$4\"/" \
+    -e "s|access_log: \"[^\"]*\"|access_log: \"$WORK/$1-access.log\"|" \
+    -e "s|upgrade_sock: \"[^\"]*\"|upgrade_sock: \"$WORK/$1-upgrade.sock\"|; s|pid_file: \"[^\"]*\"|pid_file: \"$WORK/$1.pid\"|" \
+    "$2" > "$WORK/$1.yaml"
+  RUST_LOG=warn taskset -c 0 "$5" serve -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
+  PIDS+=($!)
+  printf -v "$(tr '[:lower:]-' '[:upper:]_' <<<"$1")_PID" '%s' "$!"
+}
+one_core one-drover "$WORK/drover.yaml" 18200 18210 "$BIN/drover"
+one_core one-keys "$WORK/keys.yaml" 18201 18211 "$BIN/drover"
+one_core one-redis "$WORK/redis.yaml" 18202 18212 "$BIN/drover"
+[ -z "$BASELINE" ] || one_core one-base "$WORK/base.yaml" 18205 18215 "$BASE_BIN"
+taskset -c 0 "$FLOOR_BIN" 127.0.0.1:18203 1 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/one-floor.log" &
+ONE_FLOOR_PID=$!
+PIDS+=($ONE_FLOOR_PID)
+taskset -c 0 "$TUNED_FLOOR_BIN" 127.0.0.1:18204 1 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/one-tuned.log" &
+ONE_TUNED_PID=$!
+PIDS+=($ONE_TUNED_PID)
+for port in 18200 18201 18202 ${BASELINE:+18205}; do wait_http "http://127.0.0.1:$port/status"; done
+wait_http http://127.0.0.1:18203/
+wait_http http://127.0.0.1:18204/
+# Each proxy's worker threads carry its name ("drover", "Pingora"): one each on one core.
+log "threads on one core: drover $(grep -lx drover /proc/"$ONE_DROVER_PID"/task/*/comm | wc -l), floor $(grep -l '^Pingora HTTP' /proc/"$ONE_FLOOR_PID"/task/*/comm | wc -l)"
 sleep 1
 
 # ---- bodies -----------------------------------------------------------------------------
@@ -258,6 +302,8 @@ rss_kb() { local p; for p in "$@"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"
 RSS_IDLE=$(rss_kb "$DROVER_PID")
 [ -z "$BASELINE" ] || B_RSS_IDLE=$(rss_kb "$BASE_PID")
 P_RSS_IDLE=$(rss_kb "$FLOOR_PID")
+PT_RSS_IDLE=$(rss_kb "$TUNED_FLOOR_PID")
+PS_RSS_IDLE=$(rss_kb "$STREAM_FLOOR_PID")
 # The nginx proxy instance: its master and workers.
 NGINX_PIDS=("$(cat "$WORK/proxy.pid")" $(pgrep -P "$(cat "$WORK/proxy.pid")"))
 N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
@@ -265,7 +311,7 @@ N_RSS_IDLE=$(rss_kb "${NGINX_PIDS[@]}")
 # ---- throughput at fixed concurrency ----------------------------------------------------
 log "throughput: wrk -c$CONNS for ${DURATION}s each, $ROUNDS rounds"
 # Warm each path (connection pools, JIT of nothing, page cache).
-for url in 18181/api/chat 18183/api/chat 18180/api/chat 18199/api/chat ${BASELINE:+18186/api/chat}; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
+for url in 18181/api/chat 18183/api/chat 18180/api/chat 18199/api/chat 18179/api/chat ${BASELINE:+18186/api/chat}; do rps "http://127.0.0.1:$url" "$WORK/chat.json" 2 "$CONNS" >/dev/null; done
 # Machine noise moves single runs by 10-20%: each figure is the median of $ROUNDS runs,
 # interleaved (direct, drover, nginx, direct, ...) so that a slow spell hits every target.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -276,7 +322,7 @@ for _ in $(seq 1 "$ROUNDS"); do
     RUNS[${t%%:*}_V1]+=" $(rps "http://127.0.0.1:${t#*:}/v1/chat/completions" "$WORK/openai.json" "$DURATION" "$CONNS")"
   done
 done
-for k in D_API R_API N_API P_API D_V1 R_V1 N_V1 P_V1 ${BASELINE:+B_API B_V1}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in D_API R_API N_API P_API PT_API D_V1 R_V1 N_V1 P_V1 PT_V1 ${BASELINE:+B_API B_V1}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 if [ -z "$SKIP_LITELLM" ] && wait_http http://127.0.0.1:18184/health/liveliness 2>/dev/null; then
   rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" 2 8 >/dev/null
   L_V1=$(rps http://127.0.0.1:18184/v1/chat/completions "$WORK/openai.json" "$LITELLM_DURATION" 8)
@@ -286,15 +332,14 @@ fi
 
 # ---- CPU per request: keys and limits on and off (and the baseline) ----------------------
 # CPU time the process used during one wrk run (utime + stime from /proc), per request answered.
-# Pinned (drover on core 0; wrk and the backends on core 1) so that the contestants do not
-# share a core with the load they measure: single runs still move by 10-20% on a VM.
+# The contestants here were started on core 0 (one_core above); wrk and the backends run on
+# core 1, so that a contestant does not share its core with the load it measures. Single runs
+# still move by 10-20% on a VM.
 cpu_us() { # PID URL KEY [BODY] -> microseconds of CPU per request
   local before after out n body=${4:-$WORK/chat.json}
-  taskset -apc 0 "$1" >/dev/null
   before=$(awk '{print $14 + $15}' "/proc/$1/stat")
   out=$(BODY=$body KEY=$3 taskset -c 1 wrk -t1 -c16 -d"$DURATION"s -s "$WORK/post.lua" "$2" 2>&1)
   after=$(awk '{print $14 + $15}' "/proc/$1/stat")
-  taskset -apc "0-$(( $(nproc) - 1 ))" "$1" >/dev/null
   if grep -q "Non-2xx" <<<"$out"; then log "non-2xx answers from $2: $(grep Non-2xx <<<"$out")"; fi
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
@@ -304,17 +349,19 @@ log "CPU per request: keys and limits off and on${BASELINE:+, and the baseline},
 BACKEND_PIDS=("$(cat "$WORK/backends.pid")" $(pgrep -P "$(cat "$WORK/backends.pid")"))
 for p in "${BACKEND_PIDS[@]}"; do taskset -apc 1 "$p" >/dev/null; done
 for _ in $(seq 1 "$CPU_ROUNDS"); do
-  RUNS[CPU_R]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "")"
-  RUNS[CPU_K]+=" $(cpu_us "$KEYS_PID" http://127.0.0.1:18187/api/chat "$BENCH_KEY")"
-  RUNS[CPU_KR]+=" $(cpu_us "$REDIS_DROVER_PID" http://127.0.0.1:18188/api/chat "$BENCH_KEY")"
-  RUNS[CPU_C]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/api/chat "" "$WORK/cached.json")"
-  RUNS[CPU_P]+=" $(cpu_us "$FLOOR_PID" http://127.0.0.1:18199/api/chat "")"
-  RUNS[CPU_R1]+=" $(cpu_us "$DROVER_PID" http://127.0.0.1:18183/v1/chat/completions "" "$WORK/openai.json")"
-  RUNS[CPU_P1]+=" $(cpu_us "$FLOOR_PID" http://127.0.0.1:18199/v1/chat/completions "" "$WORK/openai.json")"
-  [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$BASE_PID" http://127.0.0.1:18186/api/chat "")"
+  RUNS[CPU_R]+=" $(cpu_us "$ONE_DROVER_PID" http://127.0.0.1:18200/api/chat "")"
+  RUNS[CPU_K]+=" $(cpu_us "$ONE_KEYS_PID" http://127.0.0.1:18201/api/chat "$BENCH_KEY")"
+  RUNS[CPU_KR]+=" $(cpu_us "$ONE_REDIS_PID" http://127.0.0.1:18202/api/chat "$BENCH_KEY")"
+  RUNS[CPU_C]+=" $(cpu_us "$ONE_DROVER_PID" http://127.0.0.1:18200/api/chat "" "$WORK/cached.json")"
+  RUNS[CPU_P]+=" $(cpu_us "$ONE_FLOOR_PID" http://127.0.0.1:18203/api/chat "")"
+  RUNS[CPU_PT]+=" $(cpu_us "$ONE_TUNED_PID" http://127.0.0.1:18204/api/chat "")"
+  RUNS[CPU_R1]+=" $(cpu_us "$ONE_DROVER_PID" http://127.0.0.1:18200/v1/chat/completions "" "$WORK/openai.json")"
+  RUNS[CPU_P1]+=" $(cpu_us "$ONE_FLOOR_PID" http://127.0.0.1:18203/v1/chat/completions "" "$WORK/openai.json")"
+  RUNS[CPU_PT1]+=" $(cpu_us "$ONE_TUNED_PID" http://127.0.0.1:18204/v1/chat/completions "" "$WORK/openai.json")"
+  [ -z "$BASELINE" ] || RUNS[CPU_B]+=" $(cpu_us "$ONE_BASE_PID" http://127.0.0.1:18205/api/chat "")"
 done
 for p in "${BACKEND_PIDS[@]}"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$p" >/dev/null; done
-for k in CPU_R CPU_K CPU_KR CPU_C CPU_P CPU_R1 CPU_P1 ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in CPU_R CPU_K CPU_KR CPU_C CPU_P CPU_PT CPU_R1 CPU_P1 CPU_PT1 ${BASELINE:+CPU_B}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 
 # ---- latency at a fixed moderate rate ---------------------------------------------------
 log "latency: $RATE requests/s for ${RATE_SECONDS}s each, $ROUNDS rounds"
@@ -325,7 +372,7 @@ for _ in $(seq 1 "$ROUNDS"); do
     RUNS[${t%%:*}_P50]+=" $p50"; RUNS[${t%%:*}_P99]+=" $p99"; RUNS[${t%%:*}_FAIL]=$(( ${RUNS[${t%%:*}_FAIL]:-0} + failed ))
   done
 done
-for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99 P_P50 P_P99 ${BASELINE:+B_P50 B_P99}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
+for k in D_P50 D_P99 R_P50 R_P99 N_P50 N_P99 P_P50 P_P99 PT_P50 PT_P99 ${BASELINE:+B_P50 B_P99}; do printf -v "$k" '%s' "$(median <<<"${RUNS[$k]}")"; log "$k runs:${RUNS[$k]}"; done
 D_FAIL=${RUNS[D_FAIL]}; R_FAIL=${RUNS[R_FAIL]}; N_FAIL=${RUNS[N_FAIL]}; P_FAIL=${RUNS[P_FAIL]:-0}; B_FAIL=${RUNS[B_FAIL]:-0}
 # Limits judged here and in Redis: the latency each adds at the same rate, interleaved.
 for _ in $(seq 1 "$ROUNDS"); do
@@ -369,10 +416,14 @@ hold() {
 }
 read -r OPENED PEAK <<<"$(hold http://127.0.0.1:18183/api/chat "$WORK/stream.json" "$DROVER_PID")"
 read -r N_OPENED N_PEAK <<<"$(hold http://127.0.0.1:18185/api/chat "$WORK/stream-direct.json" "${NGINX_PIDS[@]}")"
+read -r P_OPENED P_PEAK <<<"$(hold http://127.0.0.1:18178/api/chat "$WORK/stream-direct.json" "$STREAM_FLOOR_PID")"
 [ -z "$BASELINE" ] || read -r B_OPENED B_PEAK <<<"$(hold http://127.0.0.1:18186/api/chat "$WORK/stream.json" "$BASE_PID")"
 
 # ---- report -----------------------------------------------------------------------------
 mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+per_stream() { awk -v p="$1" -v i="$2" -v n="$3" 'BEGIN { if (n > 0) printf "%.1f", (p - i) / n; else print "-" }'; }
+PER_STREAM=$(per_stream "$PEAK" "$RSS_IDLE" "$OPENED")
+P_PER_STREAM=$(per_stream "$P_PEAK" "$PS_RSS_IDLE" "$P_OPENED")
 {
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); drover threads 2, nginx workers 2; $(date -u +%Y-%m-%d)."
   echo
@@ -410,7 +461,7 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
     echo "| $name | $(ttfb "$timings") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_D")") | $(ratio "$(ttfb "$timings")" "$(ttfb "$S_N")") | $gain |"
   done
   echo
-  echo "### CPU per request, /api/chat (drover's utime + stime over a wrk -c16 run / requests, drover pinned to core 0 and the load to core 1; median of $CPU_ROUNDS interleaved runs)"
+  echo "### CPU per request, /api/chat (utime + stime over a wrk -c16 run / requests; each contestant started on core 0, one proxy thread, the load on core 1; median of $CPU_ROUNDS interleaved runs)"
   echo
   echo "| drover | CPU us per request | vs keys and limits off |"
   echo "|---|---|---|"
@@ -420,16 +471,20 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
   echo "| a response-cache hit (temperature 0, answered by drover: no queue place, slot or server) | $CPU_C | $(ratio "$CPU_C" "$CPU_R") |"
   [ -z "$BASELINE" ] || echo "| baseline $BASELINE | $CPU_B | $(ratio "$CPU_B" "$CPU_R") |"
   echo
-  echo "### Against Pingora's floor (examples/passthrough.rs: a stock pass-through ProxyHttp, round robin, no body work; same threads, same lock file)"
+  echo "### Against Pingora's floor (examples/passthrough.rs: a pass-through ProxyHttp, round robin, no body work; same threads, same lock file)"
   echo
-  echo "| figure | drover | floor | drover / floor |"
-  echo "|---|---|---|---|"
-  echo "| CPU us per forwarded /api/chat (pinned, median of $CPU_ROUNDS) | $CPU_R | $CPU_P | $(ratio "$CPU_R" "$CPU_P") |"
-  echo "| CPU us per forwarded /v1/chat/completions (pinned) | $CPU_R1 | $CPU_P1 | $(ratio "$CPU_R1" "$CPU_P1") |"
-  echo "| /api/chat requests/s | $R_API | $P_API | $(ratio "$R_API" "$P_API") |"
-  echo "| /v1/chat/completions requests/s | $R_V1 | $P_V1 | $(ratio "$R_V1" "$P_V1") |"
-  echo "| p99 ms at $RATE/s | $R_P99 | $P_P99 | $(ratio "$R_P99" "$P_P99") |"
-  echo "| RSS idle MB | $(mb "$RSS_IDLE") | $(mb "$P_RSS_IDLE") | $(ratio "$RSS_IDLE" "$P_RSS_IDLE") |"
+  echo "The floor built stock (cargo's default release settings, the system allocator), and built as drover is (its release profile, jemalloc)."
+  echo
+  echo "| figure | drover | floor, stock | drover / stock floor | floor, built as drover | drover / that floor |"
+  echo "|---|---|---|---|---|---|"
+  echo "| CPU us per forwarded /api/chat (one core, one thread, median of $CPU_ROUNDS) | $CPU_R | $CPU_P | $(ratio "$CPU_R" "$CPU_P") | $CPU_PT | $(ratio "$CPU_R" "$CPU_PT") |"
+  echo "| CPU us per forwarded /v1/chat/completions (the same) | $CPU_R1 | $CPU_P1 | $(ratio "$CPU_R1" "$CPU_P1") | $CPU_PT1 | $(ratio "$CPU_R1" "$CPU_PT1") |"
+  echo "| /api/chat requests/s (2 threads) | $R_API | $P_API | $(ratio "$R_API" "$P_API") | $PT_API | $(ratio "$R_API" "$PT_API") |"
+  echo "| /v1/chat/completions requests/s | $R_V1 | $P_V1 | $(ratio "$R_V1" "$P_V1") | $PT_V1 | $(ratio "$R_V1" "$PT_V1") |"
+  echo "| p99 ms at $RATE/s | $R_P99 | $P_P99 | $(ratio "$R_P99" "$P_P99") | $PT_P99 | $(ratio "$R_P99" "$PT_P99") |"
+  echo "| RSS idle MB | $(mb "$RSS_IDLE") | $(mb "$P_RSS_IDLE") | $(ratio "$RSS_IDLE" "$P_RSS_IDLE") | $(mb "$PT_RSS_IDLE") | $(ratio "$RSS_IDLE" "$PT_RSS_IDLE") |"
+  echo "| RSS MB, $HOLD_STREAMS open streams (opened: drover $OPENED, floor $P_OPENED) | $(mb "$PEAK") | $(mb "$P_PEAK") | $(ratio "$PEAK" "$P_PEAK") | - | - |"
+  echo "| RSS KB per open stream ((peak - idle) / streams) | $PER_STREAM | $P_PER_STREAM | $(ratio "$PER_STREAM" "$P_PER_STREAM") | - | - |"
   echo
   echo "### Limits in Redis: latency at $RATE requests/s (median of $ROUNDS interleaved runs)"
   echo
@@ -463,6 +518,9 @@ mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
   check "CPU per request with keys and limits on / off" "$(ratio "$CPU_K" "$CPU_R")" "<=" 1.05
   check "CPU per request with limits in Redis / off" "$(ratio "$CPU_KR" "$CPU_R")" "<=" 1.10
   check "p99 added by limits in Redis, ms at $RATE/s" "$(awk -v a="$KR_P99" -v b="$R_P99" 'BEGIN{printf "%.3f", a-b}')" "<=" 1
+  check "CPU per forwarded request / the stock floor's, keys and limits off" "$(ratio "$CPU_R" "$CPU_P")" "<=" 1.15
+  check "CPU per forwarded request / the stock floor's, keys, limits and Redis on" "$(ratio "$CPU_KR" "$CPU_P")" "<=" 1.2
+  check "RSS per open stream / the floor's" "$(ratio "$PER_STREAM" "$P_PER_STREAM")" "<=" 1.2
   if [ -n "$BASELINE" ]; then
     echo
     echo "### This build against the baseline ($BASELINE, $(git log -1 --format=%s "$BASELINE" | cut -c1-60)...), same run, interleaved"
