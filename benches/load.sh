@@ -270,11 +270,12 @@ PIDS+=($ONE_FLOOR_PID)
 taskset -c 0 "$TUNED_FLOOR_BIN" 127.0.0.1:18204 1 127.0.0.1:18181,127.0.0.1:18182 2>"$WORK/one-tuned.log" &
 ONE_TUNED_PID=$!
 PIDS+=($ONE_TUNED_PID)
-for port in 18200 18201 18202 ${BASELINE:+18205}; do wait_http "http://127.0.0.1:$port/status"; done
+for port in 18200 18201 18202 ${BASELINE:+18205}; do wait_http "http://127.0.0.1:$port/health"; done
 wait_http http://127.0.0.1:18203/
 wait_http http://127.0.0.1:18204/
-# Each proxy's worker threads carry its name ("drover", "Pingora"): one each on one core.
-log "threads on one core: drover $(grep -lx drover /proc/"$ONE_DROVER_PID"/task/*/comm | wc -l), floor $(grep -l '^Pingora HTTP' /proc/"$ONE_FLOOR_PID"/task/*/comm | wc -l)"
+# Each proxy's worker threads carry its name ("drover", "Pingora HTTP..."; drover's main
+# thread is named after the binary too, hence the -1): one each on one core.
+log "worker threads on one core: drover $(( $(grep -lx drover /proc/"$ONE_DROVER_PID"/task/*/comm | wc -l) - 1 )), floor $(grep -l '^Pingora HTTP' /proc/"$ONE_FLOOR_PID"/task/*/comm | wc -l)"
 sleep 1
 
 # ---- bodies -----------------------------------------------------------------------------
