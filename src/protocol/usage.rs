@@ -156,23 +156,26 @@ impl<'a> Figures<'a> {
         const KEYS: [&str; 7] =
             ["usage", "prompt_eval_count", "eval_count", "load_duration", "total_duration", "message", "response"];
         let [usage, prompt_eval_count, eval_count, load_duration, total_duration, message, response] =
-            match members(json, KEYS) {
-                Some(found) => found.map(not_null),
-                None => {
-                    let v = serde_json::from_slice::<FiguresJson>(json).ok()?;
-                    [
-                        v.usage,
-                        v.prompt_eval_count,
-                        v.eval_count,
-                        v.load_duration,
-                        v.total_duration,
-                        v.message,
-                        v.response,
-                    ]
-                    .map(|raw| raw.map(RawValue::get))
-                }
+            match std::str::from_utf8(json) {
+                Ok(text) => raw_fields(text, KEYS, FiguresJson::fields)?,
+                // Not UTF-8: serde_json reads it as before (the scan takes only text).
+                Err(_) => serde_json::from_slice::<FiguresJson>(json).ok()?.fields().map(|r| r.map(RawValue::get)),
             };
         Some(Figures { usage, prompt_eval_count, eval_count, load_duration, total_duration, message, response })
+    }
+}
+
+/// The raw JSON of `keys` among the top-level members of the object `json` (`null` as
+/// absent): from `members`' scan where it decides, else from serde_json reading `T`, whose
+/// fields `fields` gives in `keys`' order. `None` when neither takes `json`.
+fn raw_fields<'a, T: Deserialize<'a>, const N: usize>(
+    json: &'a str,
+    keys: [&str; N],
+    fields: impl FnOnce(T) -> [Option<&'a RawValue>; N],
+) -> Option<[Option<&'a str>; N]> {
+    match members(json, keys) {
+        Some(found) => Some(found.map(not_null)),
+        None => Some(fields(serde_json::from_str::<T>(json).ok()?).map(|r| r.map(RawValue::get))),
     }
 }
 
@@ -200,13 +203,18 @@ struct FiguresJson<'a> {
     response: Option<&'a RawValue>,
 }
 
+impl<'a> FiguresJson<'a> {
+    fn fields(self) -> [Option<&'a RawValue>; 7] {
+        let FiguresJson { usage, prompt_eval_count, eval_count, load_duration, total_duration, message, response } =
+            self;
+        [usage, prompt_eval_count, eval_count, load_duration, total_duration, message, response]
+    }
+}
+
 /// `usage` one level down in `raw`, when it is an object that has it.
 fn nested(raw: Option<&str>) -> Option<&str> {
-    let raw = raw?;
-    match members(raw.as_bytes(), ["usage"]) {
-        Some([usage]) => not_null(usage),
-        None => serde_json::from_str::<Nested>(raw).ok()?.usage.map(RawValue::get),
-    }
+    let [usage] = raw_fields(raw?, ["usage"], |n: Nested<'_>| [n.usage])?;
+    usage
 }
 
 /// An object that may carry `usage` one level down.
@@ -226,15 +234,11 @@ struct OpenAiUsage<'a> {
 
 impl<'a> OpenAiUsage<'a> {
     fn of(raw: &'a str) -> Option<OpenAiUsage<'a>> {
-        let [prompt_tokens, completion_tokens, input_tokens, output_tokens] =
-            match members(raw.as_bytes(), ["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"]) {
-                Some(found) => found.map(not_null),
-                None => {
-                    let u = serde_json::from_str::<OpenAiUsageJson>(raw).ok()?;
-                    [u.prompt_tokens, u.completion_tokens, u.input_tokens, u.output_tokens]
-                        .map(|r| r.map(RawValue::get))
-                }
-            };
+        let [prompt_tokens, completion_tokens, input_tokens, output_tokens] = raw_fields(
+            raw,
+            ["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"],
+            |u: OpenAiUsageJson<'a>| [u.prompt_tokens, u.completion_tokens, u.input_tokens, u.output_tokens],
+        )?;
         Some(OpenAiUsage { prompt_tokens, completion_tokens, input_tokens, output_tokens })
     }
 }
@@ -256,13 +260,13 @@ struct OpenAiUsageJson<'a> {
 fn count(raw: Option<&str>) -> Option<u64> {
     raw?.parse().ok()
 }
-/// The raw JSON of `wanted` top-level members of `json`, one object, found by a scan that
+/// The raw JSON of `wanted` top-level members of `text`, one object, found by a scan that
 /// builds nothing: the same answer as serde_json for the documents it takes, and `None` for
-/// the rest, which serde_json then reads (a string with a `\u` escape, a document that is
-/// not UTF-8, nesting deeper than 64, a wanted key twice, anything malformed). About five
-/// times cheaper than serde_json on an answer, read on every request.
-fn members<'a, const N: usize>(json: &'a [u8], wanted: [&str; N]) -> Option<[Option<&'a str>; N]> {
-    let text = std::str::from_utf8(json).ok()?;
+/// the rest, which serde_json then reads (a string with a `\u` escape, nesting deeper than
+/// 64, a wanted key twice, anything malformed). Cheaper than serde_json on an answer, read
+/// on every request.
+fn members<'a, const N: usize>(text: &'a str, wanted: [&str; N]) -> Option<[Option<&'a str>; N]> {
+    let json = text.as_bytes();
     let mut s = Scan { b: json, i: 0 };
     let mut found = [None; N];
     s.ws();
@@ -513,7 +517,8 @@ mod tests {
     }
 
     fn by_scan(json: &[u8]) -> Option<[Option<String>; 3]> {
-        members(json, ["usage", "eval_count", "message"]).map(|f| f.map(|r| not_null(r).map(str::to_string)))
+        let text = std::str::from_utf8(json).ok()?;
+        members(text, ["usage", "eval_count", "message"]).map(|f| f.map(|r| not_null(r).map(str::to_string)))
     }
 
     #[test]
