@@ -464,8 +464,9 @@ pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: 
         session.set_close_on_response_before_downstream_finish(true);
         sent.map_err(|e| BodyError::Read(e.to_string()))?;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-    // A body that comes in one chunk is kept as that chunk, not copied.
+    // A body that comes in one chunk is kept as that chunk, not copied; `buf` gathers one
+    // that comes in more (allocated then).
+    let mut buf = BytesMut::new();
     let mut first: Option<Bytes> = None;
     // Whether the retry buffer was on before a chunk was read (so it holds the tail).
     let mut tail_kept = false;
@@ -482,6 +483,7 @@ pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: 
                     return Err(BodyError::TooLarge { limit });
                 }
                 if let Some(earlier) = first.take() {
+                    buf.reserve(declared.unwrap_or(8 * 1024).min(limit));
                     buf.extend_from_slice(&earlier);
                     buf.extend_from_slice(&chunk);
                 } else if buf.is_empty() {
