@@ -19,6 +19,8 @@ use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use crate::stop::Busy;
+
 /// How long a new connection may stay silent: Pingora's own limit for reading a first request.
 const SILENT_FOR_AT_MOST: Duration = Duration::from_secs(60);
 
@@ -37,6 +39,10 @@ impl<A> FirstRequest<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // A stopping process waits for this connection while it is silent (at most `linger`
+        // after the stop) and, if it speaks after the stop, while its first request's header
+        // is read: the request counts itself from its context on (stop.rs).
+        let waiting = Busy::hold();
         let mut watch = shutdown.clone();
         let spoke = async {
             // Pingora's TLS streams cannot peek (Ok(false) at once): they go on unheld, as before.
@@ -54,7 +60,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
         if !spoke {
             return None;
         }
-        self.app.process_new(stream, shutdown).await
+        if !*shutdown.borrow() {
+            drop(waiting);
+            return self.app.process_new(stream, shutdown).await;
+        }
+        let work = self.app.process_new(stream, shutdown);
+        tokio::pin!(work);
+        tokio::select! {
+            kept = &mut work => return kept,
+            () = tokio::time::sleep(self.linger) => {}
+        }
+        drop(waiting);
+        work.await
     }
 
     async fn cleanup(&self) {

@@ -12,7 +12,8 @@
 //! - `proxy`: the Pingora `ProxyHttp`, one hook per stage, on top of all of them.
 //!
 //! `serve` is the composition root: it builds every shared part once and starts Pingora.
-//! `accept` wraps Pingora's proxy app; `probe` is the resource agent run on each host.
+//! `accept` wraps Pingora's proxy app; `stop` exits a stopping process once nothing is busy;
+//! `probe` is the resource agent run on each host.
 
 pub mod accept;
 pub mod admin;
@@ -25,5 +26,6 @@ pub mod proxy;
 pub mod routing;
 pub mod serve;
 pub mod state;
+pub mod stop;
 pub mod storage;
 pub mod telemetry;

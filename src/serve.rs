@@ -27,7 +27,9 @@ use crate::state::cache::ResponseCache;
 use crate::state::memory::Memory;
 use crate::state::reload::{Reloader, Tally};
 use crate::state::shared::{Shared, SharedService};
-use crate::storage::store::{Store, StoreError, StoreHandle, StoredKey, StoredRoute};
+use crate::stop::Stopper;
+use crate::storage::store::{Backend, Store, StoreError, StoreHandle, StoreState, StoredKey, StoredRoute};
+use crate::telemetry::accesslog::AccessLog;
 
 /// Command-line switches of `drover serve`.
 pub struct ServeArgs {
@@ -88,11 +90,18 @@ pub fn run(args: ServeArgs) -> i32 {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let (rows, keys, marker) = match load_store(&settings) {
-        Ok(loaded) => loaded,
+    if Backend::of(&settings.database_url).is_none() {
+        eprintln!("drover: database.url: unsupported scheme (sqlite:, postgres:, mysql: or mariadb:)");
+        return 1;
+    }
+    // A database that is not there yet does not stop the start (compose and Kubernetes start
+    // things in any order): drover serves its config's routes and discovery, /health says
+    // degraded, and the reloader loads the stored routes and keys when the database answers.
+    let (rows, keys, marker, store_state) = match load_store(&settings) {
+        Ok((rows, keys, marker)) => (rows, keys, marker, StoreState::Ok),
         Err(e) => {
-            eprintln!("drover: {e}");
-            return 1;
+            log::warn!("{e}; serving without the stored routes and keys until it answers");
+            (Vec::new(), Vec::new(), NEVER_LOADED, StoreState::Unreachable(e))
         }
     };
     let settings = Arc::new(settings);
@@ -116,6 +125,7 @@ pub fn run(args: ServeArgs) -> i32 {
     let tally = Arc::new(Tally::default());
     let reloader =
         Arc::new(Reloader::new(settings.clone(), store.clone(), fleet.clone(), keyring.clone(), tally.clone(), marker));
+    reloader.starts(store_state);
     let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
     crate::telemetry::metrics::init();
     let readings = resources.clone();
@@ -134,6 +144,7 @@ pub fn run(args: ServeArgs) -> i32 {
         log::info!("shared state in Redis at {}", crate::storage::store::redact_url(u));
     }
     let client = Arc::new(Client::default());
+    let access_log = Arc::new(AccessLog::new(&settings.access_log));
     let keeper = Arc::new(Keeper::new(&settings, fleet.clone(), client.clone()));
     let admin = Arc::new(Admin::new(AdminParts {
         settings: settings.clone(),
@@ -158,6 +169,7 @@ pub fn run(args: ServeArgs) -> i32 {
         client,
         cache: ResponseCache::new(settings.cache.clone(), shared.clone()),
         memory: Arc::new(Memory::new(settings.memory.clone(), shared.clone(), store)),
+        access_log: access_log.clone(),
     });
     // Pingora's proxy app, behind the wrapper that lets a connection accepted just before a
     // graceful stop (upgrade or SIGTERM) have its first request answered.
@@ -188,6 +200,8 @@ pub fn run(args: ServeArgs) -> i32 {
     let lb = &settings.load_balancer;
     let checks = health.service(ServerCheck::new(fleet, lb), lb.health_check_interval);
     server.add_service(background_service("health checks", checks));
+    // Exits once a graceful stop has begun and nothing is left in flight (stop.rs).
+    server.add_service(background_service("stop when idle", Stopper { access_log }));
     server.run_forever()
 }
 
@@ -205,6 +219,10 @@ fn tls_settings(tls: &crate::config::Tls) -> Result<pingora::listeners::tls::Tls
     Ok(settings)
 }
 
+/// The marker of a store never read: any marker the database has differs, so the first
+/// poll that reaches it loads the routes and keys.
+const NEVER_LOADED: i64 = i64::MIN;
+
 /// Opens the store once at start: creates and migrates it, and reads the routes, keys and marker.
 /// The connection made here is closed; the reloader opens its own on its own runtime.
 fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, Vec<StoredKey>, i64), String> {
@@ -213,8 +231,7 @@ fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, Vec<StoredKey>, 
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     runtime.block_on(async {
-        let store = Store::connect(&settings.database_url, 1).await.map_err(|e| e.to_string())?;
-        store.migrate().await.map_err(|e| e.to_string())?;
+        let store = Store::open(&settings.database_url, 1).await.map_err(|e| e.to_string())?;
         let what = |e: StoreError| format!("database {}: {e}", store.url);
         let marker = store.marker().await.map_err(what)?;
         let rows = store.list().await.map_err(what)?;

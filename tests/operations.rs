@@ -322,6 +322,73 @@ async fn sigterm_lets_streams_in_flight_finish() {
     assert!(http().get(format!("{}/status", d.url)).send().await.is_err(), "and no longer accepts");
 }
 
+/// An idle drover exits as soon as it is told to stop, with 0, whatever its grace period:
+/// `docker stop` (10 s) and rolling updates no longer wait out the 30 s default.
+#[tokio::test]
+async fn sigterm_when_idle_exits_at_once_with_0() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let mut d =
+        Drover::start_with_grace(&format!("{FAST}routes:\n{}", route_yaml("m", &m.url, "m:1b", 1, 1)), 20).await;
+    // Served something first, and the client still holds its kept-alive connection.
+    let client = http();
+    let r = client.post(format!("{}/api/chat", d.url)).json(&json!({ "model": "m", "stream": false })).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    let t = Instant::now();
+    signal(d.pid(), "TERM");
+    let code = d.exit_code_within(Duration::from_secs(5)).await;
+    let took = t.elapsed();
+    assert_eq!(code, Some(0), "exited with 0: {}", d.log());
+    assert!(took < Duration::from_secs(1), "idle, it exits within a second of SIGTERM: {took:?}");
+    assert!(d.log().contains("stopped: nothing in flight"), "{}", d.log());
+    // The access log was written out before the exit.
+    let access = std::fs::read_to_string(d.dir.join("access.log")).unwrap();
+    assert!(access.lines().any(|l| l.contains("/api/chat")), "{access}");
+}
+
+/// With requests in flight, drover exits when the last one ends: not before, and not at
+/// the end of the grace period (20 s here).
+#[tokio::test]
+async fn sigterm_exits_when_the_last_stream_ends() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    m.set_stream(15, Duration::from_millis(100));
+    let mut d =
+        Drover::start_with_grace(&format!("{FAST}routes:\n{}", route_yaml("m", &m.url, "m:1b", 1, 1)), 20).await;
+    let url = format!("{}/api/chat", d.url);
+    let stream = tokio::spawn(async move {
+        let r = http().post(url).json(&json!({ "model": "m" })).send().await.unwrap();
+        let text = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+        (text, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(d.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!d.has_exited(), "a stream is in flight: drover waits for it");
+    let (text, ended) = stream.await.unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["done"], true, "the stream completed: {text}");
+    assert_eq!(d.exit_code_within(Duration::from_secs(5)).await, Some(0), "{}", d.log());
+    let after = ended.elapsed();
+    assert!(
+        after < Duration::from_secs(2),
+        "exited {after:?} after the last stream ended, not at the grace period's end"
+    );
+}
+
+/// The old process of a graceful upgrade (SIGQUIT) exits once it has handed its sockets
+/// over and its requests are done, not at the end of its grace period (20 s here).
+#[tokio::test]
+async fn the_old_process_of_an_upgrade_exits_once_drained() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    let mut old =
+        Drover::start_with_grace(&format!("{FAST}routes:\n{}", route_yaml("m", &m.url, "m:1b", 1, 1)), 20).await;
+    let t = Instant::now();
+    let new = old.upgrade().await;
+    // Pingora keeps the old process's listeners 5 s after the handover before it stops them.
+    assert_eq!(old.exit_code_within(Duration::from_secs(12)).await, Some(0), "{}", old.log());
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    assert_eq!(chat(&new, "m").await.0, 200, "the new process serves");
+}
+
 /// A kept-alive connection waiting for its next request is closed as soon as drover stops,
 /// not kept open through the grace period (20 s here) for a request that may never come.
 #[tokio::test]

@@ -33,6 +33,8 @@ pub struct RequestCtx {
     pub usage: Usage,
     /// Set for model-routed requests once the body is read and parsed.
     pub routed: Option<Box<Routed>>,
+    /// Counted until the request ends: a graceful stop exits when none is left.
+    _busy: crate::stop::Busy,
 }
 
 impl RequestCtx {
@@ -54,6 +56,7 @@ impl RequestCtx {
             cors_origin: None,
             usage: Usage::default(),
             routed: None,
+            _busy: crate::stop::Busy::hold(),
         }
     }
 }

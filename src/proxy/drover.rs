@@ -21,6 +21,7 @@ use crate::state::cache::ResponseCache;
 use crate::state::memory::Memory;
 use crate::state::reload::{Reloader, Tally};
 use crate::state::shared::Shared;
+use crate::telemetry::accesslog::AccessLog;
 
 /// The shared parts the balancer works with, each built once by serve.rs (the composition
 /// root) and shared with the background services and the admin API.
@@ -39,6 +40,8 @@ pub struct Parts {
     pub client: Arc<Client>,
     pub cache: ResponseCache,
     pub memory: Arc<Memory>,
+    /// Also flushed by the stopper before the process exits.
+    pub access_log: Arc<AccessLog>,
 }
 
 /// The balancer: one per process, shared by every request.
@@ -51,7 +54,7 @@ pub struct Drover {
     pub(super) admin: Arc<Admin>,
     pub(super) keeper: Arc<Keeper>,
     pub(super) client: Arc<Client>,
-    pub(super) access_log: crate::telemetry::accesslog::AccessLog,
+    pub(super) access_log: Arc<AccessLog>,
     pub(super) cors: crate::edge::cors::Cors,
     pub(super) keys: Arc<Keyring>,
     pub(super) require_keys: bool,
@@ -81,11 +84,24 @@ pub struct Drover {
 impl Drover {
     /// The balancer over the parts serve.rs built.
     pub fn new(parts: Parts) -> Drover {
-        let Parts { settings, fleet, reloader, tally, keys, resources, shared, admin, keeper, client, cache, memory } =
-            parts;
+        let Parts {
+            settings,
+            fleet,
+            reloader,
+            tally,
+            keys,
+            resources,
+            shared,
+            admin,
+            keeper,
+            client,
+            cache,
+            memory,
+            access_log,
+        } = parts;
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Drover {
-            access_log: crate::telemetry::accesslog::AccessLog::new(&settings.access_log),
+            access_log,
             cors: crate::edge::cors::Cors::new(&settings.cors_origins),
             keys,
             require_keys: settings.require_keys,

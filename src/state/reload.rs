@@ -81,6 +81,12 @@ impl Reloader {
         }
     }
 
+    /// The store's state found at start, before the first poll (unreachable: /health is
+    /// degraded from the first request).
+    pub fn starts(&self, state: StoreState) {
+        *self.state.lock().unwrap() = state;
+    }
+
     pub fn state(&self) -> StoreState {
         self.state.lock().unwrap().clone()
     }
@@ -167,6 +173,8 @@ impl Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // The process does not exit before the last counts are written (stop.rs).
+        let _last_write = crate::stop::Busy::hold();
         let interval = self.settings.load_balancer.db_check_interval;
         loop {
             tokio::select! {
@@ -174,8 +182,9 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => break,
             }
         }
-        // Counts served since the last poll are not lost on a graceful stop.
-        if let Ok(store) = self.store.get().await {
+        // Counts served since the last poll are not lost on a graceful stop (with none
+        // pending, the flush touches nothing; with no database connected, nothing was counted).
+        if let Some(store) = self.store.connected() {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.flush_counts(store)).await;
         }
     }

@@ -403,6 +403,8 @@ impl BackgroundService for SharedService {
         if !self.shared.configured() {
             return;
         }
+        // The process does not exit before the last token debits are written (stop.rs).
+        let _last_write = crate::stop::Busy::hold();
         let mut ticks = 0u32;
         loop {
             tokio::select! {
@@ -422,6 +424,9 @@ impl BackgroundService for SharedService {
                 }
                 _ = shutdown.changed() => break,
             }
+        }
+        if self.shared.active() {
+            self.shared.flush_debits().await;
         }
     }
 }

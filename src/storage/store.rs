@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
 /// A database URL fit for logs and errors: the password replaced by `***`.
 pub fn redact_url(text: &str) -> String {
@@ -310,8 +310,9 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// The store as the parts that use it share it: connected on first use, and again after a
-/// failed first connection, so drover starts and serves while its database is away.
+/// The store as the parts that use it share it: connected (and migrated) on first use, and
+/// again after a failed first connection, so drover starts and serves while its database is
+/// away and joins it when it comes.
 pub struct StoreHandle {
     url: String,
     pool_size: u32,
@@ -325,7 +326,12 @@ impl StoreHandle {
 
     /// The store, connecting when it is not yet.
     pub async fn get(&self) -> Result<&Store, StoreError> {
-        self.store.get_or_try_init(|| Store::connect(&self.url, self.pool_size)).await
+        self.store.get_or_try_init(|| Store::open(&self.url, self.pool_size)).await
+    }
+
+    /// The store when it is connected, without trying to connect.
+    pub fn connected(&self) -> Option<&Store> {
+        self.store.get()
     }
 
     /// The URL with its password hidden, for messages.
@@ -370,32 +376,78 @@ impl Store {
         Ok(Store { pool, backend, url: shown })
     }
 
-    /// Applies the migrations not yet applied, in order.
+    /// Connects and applies the migrations not yet applied: what every part that uses the
+    /// store needs, whether the database was there at start or came later.
+    pub async fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        let store = Store::connect(url, pool_size).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations not yet applied, in order, under the database's own lock, so
+    /// that drovers started at once on a fresh database do not race (PostgreSQL's advisory
+    /// lock, MySQL's `GET_LOCK`, SQLite's write transaction). The lock is held by one
+    /// connection of its own, closed at the end: a process that dies mid-way releases it.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let fail = |e: sqlx::Error| StoreError::Unavailable(format!("database {}: migration failed: {e}", self.url));
-        sqlx::raw_sql(
+        let fail = |e| self.migration_failed(e);
+        let mut conn = self.pool.acquire().await.map_err(fail)?.detach();
+        let (lock, unlock) = match self.backend {
+            Backend::Postgres => ("SELECT pg_advisory_lock(7268316)", "SELECT pg_advisory_unlock(7268316)"),
+            Backend::MySql => {
+                ("SELECT CAST(GET_LOCK('drover_migrations', 60) AS SIGNED)", "SELECT RELEASE_LOCK('drover_migrations')")
+            }
+            Backend::Sqlite => ("BEGIN IMMEDIATE", "COMMIT"),
+        };
+        // GET_LOCK says whether it was granted; the others wait until it is (rows unread:
+        // pg_advisory_lock returns a void no driver decodes).
+        let granted = match self.backend {
+            Backend::MySql => int(&conn.fetch_one(sqlx::query(lock)).await.map_err(fail)?, 0)? == 1,
+            _ => conn.execute(sqlx::raw_sql(lock)).await.map(|_| true).map_err(fail)?,
+        };
+        if !granted {
+            let _ = sqlx::Connection::close(conn).await;
+            return Err(StoreError::Unavailable(format!(
+                "database {}: migration lock not granted within 60 s (another drover migrating?)",
+                self.url
+            )));
+        }
+        let applied = self.apply_migrations(&mut conn).await.map_err(fail);
+        if applied.is_ok() {
+            conn.execute(sqlx::raw_sql(unlock)).await.map_err(fail)?;
+        }
+        // Closing the connection ends its session: the lock goes (and an SQLite transaction
+        // left open by a failure is rolled back).
+        let _ = sqlx::Connection::close(conn).await;
+        applied
+    }
+
+    fn migration_failed(&self, e: sqlx::Error) -> StoreError {
+        StoreError::Unavailable(format!("database {}: migration failed: {e}", self.url))
+    }
+
+    async fn apply_migrations(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        conn.execute(sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS drover_migrations (version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(fail)?;
+        ))
+        .await?;
+        // PostgreSQL changes its schema in transactions: a migration is applied whole or not at all.
+        let transactional = self.backend == Backend::Postgres;
         for &(version, name, sql) in self.backend.migrations() {
-            let done = sqlx::query(&self.backend.sql("SELECT COUNT(*) FROM drover_migrations WHERE version = ?"))
-                .bind(version)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(fail)?;
-            if int(&done, 0)? > 0 {
+            let check = self.backend.sql("SELECT COUNT(*) FROM drover_migrations WHERE version = ?");
+            let done = conn.fetch_one(sqlx::query(&check).bind(version)).await?;
+            if int(&done, 0).map_err(|e| sqlx::Error::Protocol(e.to_string()))? > 0 {
                 continue;
             }
             log::info!("database {}: applying migration {version} ({name})", self.url);
-            sqlx::raw_sql(sql).execute(&self.pool).await.map_err(fail)?;
-            sqlx::query(&self.backend.sql("INSERT INTO drover_migrations (version, name) VALUES (?, ?)"))
-                .bind(version)
-                .bind(name)
-                .execute(&self.pool)
-                .await
-                .map_err(fail)?;
+            if transactional {
+                conn.execute(sqlx::raw_sql("BEGIN")).await?;
+            }
+            conn.execute(sqlx::raw_sql(sql)).await?;
+            let record = self.backend.sql("INSERT INTO drover_migrations (version, name) VALUES (?, ?)");
+            conn.execute(sqlx::query(&record).bind(version).bind(name)).await?;
+            if transactional {
+                conn.execute(sqlx::raw_sql("COMMIT")).await?;
+            }
         }
         Ok(())
     }

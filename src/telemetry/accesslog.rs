@@ -19,9 +19,16 @@ const BACKLOG: usize = 64 * 1024;
 /// How long the writer rests after a batch (lines wait at most this long to be written).
 const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
+/// What the writer thread is handed: a line, or a request to write everything before it
+/// and say so (at exit).
+enum Message {
+    Line(String),
+    Flush(SyncSender<()>),
+}
+
 pub struct AccessLog {
     target: String,
-    sender: OnceLock<Option<SyncSender<String>>>,
+    sender: OnceLock<Option<SyncSender<Message>>>,
     pub dropped: AtomicU64,
 }
 
@@ -33,12 +40,23 @@ impl AccessLog {
 
     pub fn write(&self, line: String) {
         let Some(tx) = self.sender.get_or_init(|| self.start()) else { return };
-        if tx.try_send(line).is_err() {
+        if tx.try_send(Message::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn start(&self) -> Option<SyncSender<String>> {
+    /// Writes out every line handed over so far, waiting at most `within` (before the
+    /// process exits: its writer thread would otherwise die with lines still queued).
+    pub fn flush(&self, within: Duration) {
+        let Some(Some(tx)) = self.sender.get() else { return };
+        let (done, written) = sync_channel(1);
+        // A full channel is being emptied by the writer: the send waits for room.
+        if tx.send(Message::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(within);
+        }
+    }
+
+    fn start(&self) -> Option<SyncSender<Message>> {
         let reopen = Arc::new(AtomicBool::new(false));
         if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen.clone()) {
             log::warn!("access log: SIGUSR1 reopen unavailable: {e}");
@@ -50,19 +68,31 @@ impl AccessLog {
                 return None;
             }
         };
-        let (tx, rx) = sync_channel::<String>(BACKLOG);
+        let (tx, rx) = sync_channel::<Message>(BACKLOG);
         let target = self.target.clone();
         let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
+                Ok(first) => {
                     // Everything already waiting goes out with it, then one flush; then a
                     // pause, so that under load the writer wakes a few dozen times a
                     // second, not once per request (the channel holds the lines meanwhile).
-                    for line in std::iter::once(line).chain(rx.try_iter()) {
-                        let _ = out.write_all(line.as_bytes());
-                        let _ = out.write_all(b"\n");
+                    let mut asked = Vec::new();
+                    for message in std::iter::once(first).chain(rx.try_iter()) {
+                        match message {
+                            Message::Line(line) => {
+                                let _ = out.write_all(line.as_bytes());
+                                let _ = out.write_all(b"\n");
+                            }
+                            Message::Flush(done) => asked.push(done),
+                        }
                     }
                     let _ = out.flush();
+                    if !asked.is_empty() {
+                        asked.into_iter().for_each(|done| {
+                            let _ = done.try_send(());
+                        });
+                        continue;
+                    }
                     std::thread::sleep(BATCH_PAUSE);
                 }
                 Err(RecvTimeoutError::Timeout) => {

@@ -198,6 +198,21 @@ impl Drover {
         true
     }
 
+    /// Waits up to `within` for the process to exit; its exit code (`None`: still running,
+    /// or ended by a signal).
+    pub async fn exit_code_within(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
