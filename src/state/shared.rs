@@ -369,14 +369,15 @@ impl Shared {
     /// A down Redis: back in use when it answers a PING.
     async fn ping(&self) {
         let Some(redis) = self.redis.as_ref() else { return };
-        if let Ok(Reply::Status(s)) = redis.query(&[b"PING"]).await {
-            if s == "PONG" && !self.up.swap(true, Ordering::Relaxed) {
-                *self.sha.lock().unwrap() = None;
-                log::info!(
-                    "shared state: Redis {} answers again; limits and cooldowns are fleet-wide",
-                    redis.address()
-                );
+        match redis.query(&[b"PING"]).await {
+            Ok(Reply::Status(s)) if s == "PONG" => {
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    *self.sha.lock().unwrap() = None;
+                    log::info!("shared state: Redis {} answers; limits and cooldowns are fleet-wide", redis.address());
+                }
             }
+            Ok(other) => self.down(format!("PING answered {other:?}")),
+            Err(e) => self.down(e),
         }
     }
 }
@@ -405,6 +406,8 @@ impl BackgroundService for SharedService {
         }
         // The process does not exit before the last token debits are written (stop.rs).
         let _last_write = crate::stop::Busy::hold();
+        // Redis may not be there yet (started in any order): /health says so from the start.
+        self.shared.ping().await;
         let mut ticks = 0u32;
         loop {
             tokio::select! {
