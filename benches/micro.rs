@@ -29,7 +29,7 @@ fn fleet_with_routes(n: usize) -> Fleet {
             1 + i % 3
         ));
     }
-    Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], &Health::new(), None)
+    Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], &[], &Health::new(), None)
 }
 
 fn selection(c: &mut Criterion) {
@@ -78,7 +78,7 @@ fn tags_merge(c: &mut Criterion) {
         yaml.push_str(&format!("  - 'http://10.0.0.{i}:11434'\n"));
     }
     yaml.push_str("routes:\n  - { virtual_model_name: chat, server_url: 'http://10.0.0.1:11434', actual_model_name: 'model-3:7b' }\n");
-    let fleet = Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], &Health::new(), None);
+    let fleet = Fleet::build(&Settings::parse(&yaml, None, &Env::default()).unwrap(), &[], &[], &Health::new(), None);
     // 50 servers, 20 models each, half of them shared with the other servers.
     for (i, s) in fleet.servers.iter().enumerate() {
         let names: Vec<String> =

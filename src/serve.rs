@@ -24,6 +24,7 @@ use crate::fleet::Fleet;
 use crate::proxy::{Drover, Parts};
 use crate::routing::resources::ResourceCheck;
 use crate::state::cache::ResponseCache;
+use crate::state::dns::{Discovery, DnsService};
 use crate::state::memory::Memory;
 use crate::state::reload::{Reloader, Tally};
 use crate::state::shared::{Shared, SharedService};
@@ -107,8 +108,11 @@ pub fn run(args: ServeArgs) -> i32 {
     let settings = Arc::new(settings);
     // Every shared part, built once here and handed to those that use it: the proxy, the
     // admin API, the metrics and the background services.
+    // Servers by DNS name, resolved once before the first fleet is built.
+    let discovery = Arc::new(Discovery::new(&settings));
+    let discovered = resolve_at_start(&discovery);
     let health = Health::new();
-    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, &health, None)));
+    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, &discovered, &health, None)));
     log::info!(
         "drover {} listening on {} with {} servers and {} virtual models",
         env!("CARGO_PKG_VERSION"),
@@ -123,8 +127,15 @@ pub fn run(args: ServeArgs) -> i32 {
     }
     let store = Arc::new(StoreHandle::new(&settings.database_url, settings.database_pool_size));
     let tally = Arc::new(Tally::default());
-    let reloader =
-        Arc::new(Reloader::new(settings.clone(), store.clone(), fleet.clone(), keyring.clone(), tally.clone(), marker));
+    let sources = (marker, rows, discovered);
+    let reloader = Arc::new(Reloader::new(
+        settings.clone(),
+        store.clone(),
+        fleet.clone(),
+        keyring.clone(),
+        tally.clone(),
+        sources,
+    ));
     reloader.starts(store_state);
     let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
     crate::telemetry::metrics::init();
@@ -191,6 +202,8 @@ pub fn run(args: ServeArgs) -> i32 {
         log::info!("TLS on {} ({}), HTTP/2 by ALPN", tls.listen, tls.cert.display());
     }
     server.add_service(proxy);
+    let following = DnsService { discovery, reloader: reloader.clone(), interval: settings.load_balancer.dns_interval };
+    server.add_service(background_service("dns discovery", following));
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     server.add_service(background_service("required models", KeeperService(keeper)));
     let following = SharedService { shared, fleet: fleet.clone() };
@@ -217,6 +230,21 @@ fn tls_settings(tls: &crate::config::Tls) -> Result<pingora::listeners::tls::Tls
     let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(|e| e.to_string())?;
     settings.enable_h2();
     Ok(settings)
+}
+
+/// The `dns:` servers' first addresses (none for a name that does not resolve yet: it is
+/// tried again every dns_interval).
+fn resolve_at_start(discovery: &Discovery) -> Vec<crate::config::ServerSpec> {
+    if discovery.is_empty() {
+        return Vec::new();
+    }
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => {
+            runtime.block_on(discovery.refresh());
+        }
+        Err(e) => log::error!("dns: cannot start a runtime: {e}"),
+    }
+    discovery.servers()
 }
 
 /// The marker of a store never read: any marker the database has differs, so the first

@@ -597,12 +597,23 @@ mod tests {
     fn admin(token: Option<&str>) -> Admin {
         let env = crate::config::Env { admin_token: token.map(str::to_string), ..Default::default() };
         let settings = Arc::new(Settings::parse("", None, &env).unwrap());
-        let fleet =
-            Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &[], &crate::fleet::backends::Health::new(), None)));
+        let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(
+            &settings,
+            &[],
+            &[],
+            &crate::fleet::backends::Health::new(),
+            None,
+        )));
         let store = Arc::new(StoreHandle::new(&settings.database_url, 1));
         let keyring: Arc<Keyring> = Default::default();
-        let reloader =
-            Reloader::new(settings.clone(), store.clone(), fleet.clone(), keyring.clone(), Default::default(), 0);
+        let reloader = Reloader::new(
+            settings.clone(),
+            store.clone(),
+            fleet.clone(),
+            keyring.clone(),
+            Default::default(),
+            (0, vec![], vec![]),
+        );
         Admin::new(AdminParts {
             resources: ResourceCheck::new(settings.resources.clone(), std::time::Duration::from_secs(1)),
             reloader: Arc::new(reloader),

@@ -41,13 +41,18 @@ pub(super) struct DatabaseSection {
 #[serde(untagged)]
 pub(super) enum RawServer {
     Url(String),
-    Object(RawServerObject),
+    Object(Box<RawServerObject>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServerObject {
-    pub(super) url: String,
+    #[serde(default)]
+    pub(super) url: Option<String>,
+    /// A name whose addresses are the servers (`host:port`, e.g. a headless Service), re-resolved
+    /// every `load_balancer.dns_interval`; instead of `url`.
+    #[serde(default)]
+    pub(super) dns: Option<String>,
     #[serde(default)]
     pub(super) kind: Option<String>,
     #[serde(default)]
@@ -79,6 +84,8 @@ pub(super) struct LbSection {
     pub(super) rise: Option<u32>,
     pub(super) fall: Option<u32>,
     pub(super) db_check_interval: Option<RawDuration>,
+    pub(super) dns_interval: Option<RawDuration>,
+    pub(super) dns_resolver: Option<String>,
     pub(super) max_retry_count: Option<u32>,
     pub(super) cooldown: Option<RawDuration>,
     pub(super) max_fails: Option<u32>,

@@ -60,6 +60,28 @@ pub enum Strategy {
     LeastBusy,
 }
 
+/// A `servers:` entry given by `dns: "host:port"`: every address the name resolves to is a
+/// server with the entry's settings (`template`, whose URL names the host itself).
+#[derive(Debug, Clone)]
+pub struct DnsServer {
+    pub host: String,
+    pub port: u16,
+    pub template: ServerSpec,
+}
+
+impl DnsServer {
+    /// The server at one of the name's addresses.
+    pub fn at(&self, ip: std::net::IpAddr) -> ServerSpec {
+        let host = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let mut spec = self.template.clone();
+        spec.url = ServerUrl::parse(&format!("http://{host}:{}", self.port)).expect("an address and a port make a URL");
+        spec
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
     pub url: ServerUrl,
@@ -119,6 +141,11 @@ pub struct LoadBalancing {
     pub rise: u32,
     pub fall: u32,
     pub db_check_interval: Duration,
+    /// How often the `dns:` servers' names are resolved again.
+    pub dns_interval: Duration,
+    /// A nameserver to ask directly (UDP, then TCP when truncated) instead of the system's
+    /// resolver (/etc/resolv.conf, search domains included).
+    pub dns_resolver: Option<SocketAddr>,
     pub max_retry_count: u32,
     /// How long a server that failed `max_fails` requests within `fail_timeout` is skipped.
     pub cooldown: Duration,
@@ -208,6 +235,8 @@ pub struct Settings {
     pub database_url: String,
     pub database_pool_size: u32,
     pub servers: Vec<ServerSpec>,
+    /// Servers found by DNS: each of a name's addresses is a server like `template`.
+    pub dns_servers: Vec<DnsServer>,
     pub routes: Vec<RouteSpec>,
     pub load_balancer: LoadBalancing,
     pub resources: Resources,

@@ -58,7 +58,7 @@ impl Settings {
         let (database_url, database_pool_size) = v.database_section(map, env);
         let lb: LbSection = v.section(map, "load_balancer");
         let default_concurrency = v.positive("load_balancer.max_concurrency", lb.max_concurrency.unwrap_or(4));
-        let (servers, routes) = v.fleet_sections(map, env);
+        let (servers, dns_servers, routes) = v.fleet_sections(map, env);
         let load_balancer = v.load_balancer_section(lb, default_concurrency);
         let resources = v.resources_section(map);
         let http_client = v.http_client_section(map);
@@ -92,6 +92,7 @@ impl Settings {
             database_url,
             database_pool_size,
             servers,
+            dns_servers,
             routes,
             load_balancer,
             resources,
@@ -187,10 +188,14 @@ impl Validator {
     }
 
     /// `servers:` (or DROVER_SERVERS) and `routes:`.
-    fn fleet_sections(&mut self, map: &serde_yaml::Mapping, env: &Env) -> (Vec<ServerSpec>, Vec<RouteSpec>) {
+    fn fleet_sections(
+        &mut self,
+        map: &serde_yaml::Mapping,
+        env: &Env,
+    ) -> (Vec<ServerSpec>, Vec<DnsServer>, Vec<RouteSpec>) {
         let raw_servers: Vec<RawServer> = self.list(map, "servers");
         let raw_routes: Vec<RouteInput> = self.list(map, "routes");
-        let servers: Vec<ServerSpec> = match &env.servers {
+        let entries: Vec<(ServerSpec, Option<(String, u16)>)> = match &env.servers {
             Some(list) => list
                 .split(',')
                 .map(str::trim)
@@ -204,6 +209,13 @@ impl Validator {
                 .filter_map(|(i, s)| self.server(&format!("servers[{i}]"), s))
                 .collect(),
         };
+        let (mut servers, mut dns_servers) = (Vec::new(), Vec::new());
+        for (spec, dns) in entries {
+            match dns {
+                Some((host, port)) => dns_servers.push(DnsServer { host, port, template: spec }),
+                None => servers.push(spec),
+            }
+        }
         let routes =
             raw_routes.into_iter().enumerate().filter_map(|(i, r)| self.route(&format!("routes[{i}]"), r)).collect();
         let mut seen = HashSet::new();
@@ -212,7 +224,7 @@ impl Validator {
                 self.error(format!("servers[{i}].url"), format!("{:?} is listed twice", s.url.as_str()));
             }
         }
-        (servers, routes)
+        (servers, dns_servers, routes)
     }
 
     fn load_balancer_section(&mut self, lb: LbSection, max_concurrency: usize) -> LoadBalancing {
@@ -249,6 +261,10 @@ impl Validator {
             rise,
             fall,
             db_check_interval: self.duration("load_balancer.db_check_interval", lb.db_check_interval, "5s"),
+            dns_interval: self.duration("load_balancer.dns_interval", lb.dns_interval, "10s"),
+            dns_resolver: lb.dns_resolver.as_deref().and_then(|r| {
+                r.parse().map_err(|_| self.error("load_balancer.dns_resolver", format!("{r:?}: expected ip:port"))).ok()
+            }),
             max_retry_count: lb.max_retry_count.unwrap_or(2),
             cooldown: self.duration("load_balancer.cooldown", lb.cooldown, "10s"),
             max_fails,
@@ -457,10 +473,13 @@ impl Validator {
         ServerUrl::parse(text).map_err(|e| self.error(key, e)).ok()
     }
 
-    fn server(&mut self, key: &str, raw: RawServer) -> Option<ServerSpec> {
+    /// One `servers:` entry: a server by URL, or (`dns:`) the template of the servers a name
+    /// resolves to, with the name.
+    fn server(&mut self, key: &str, raw: RawServer) -> Option<(ServerSpec, Option<(String, u16)>)> {
         let obj = match raw {
             RawServer::Url(url) => RawServerObject {
-                url,
+                url: Some(url),
+                dns: None,
                 kind: None,
                 probe_url: None,
                 max_concurrency: None,
@@ -471,9 +490,35 @@ impl Validator {
                 headers: None,
                 forward_client_auth: None,
             },
-            RawServer::Object(o) => o,
+            RawServer::Object(o) => *o,
         };
-        let url = self.url(&format!("{key}.url"), &obj.url);
+        let (url, dns) = match (&obj.url, &obj.dns) {
+            (Some(url), None) => (self.url(&format!("{key}.url"), url), None),
+            (None, Some(name)) => match dns_name(name) {
+                // The template's URL names the host: what logs and errors say until it resolves.
+                Ok((host, port)) => {
+                    (self.url(&format!("{key}.dns"), &format!("http://{host}:{port}")), Some((host, port)))
+                }
+                Err(e) => {
+                    self.error(format!("{key}.dns"), e);
+                    (None, None)
+                }
+            },
+            (Some(_), Some(_)) => {
+                self.error(key, "give url or dns, not both");
+                (None, None)
+            }
+            (None, None) => {
+                self.error(format!("{key}.url"), "missing (or dns: \"host:port\")");
+                (None, None)
+            }
+        };
+        if dns.is_some() && obj.probe_url.is_some() {
+            self.error(format!("{key}.probe_url"), "not with dns: one probe cannot stand for every address");
+        }
+        if dns.is_some() && obj.required_models.as_ref().is_some_and(|m| !m.is_empty()) {
+            self.error(format!("{key}.required_models"), "not with dns (pull them with /admin/models/pull)");
+        }
         let kind = match obj.kind.as_deref().unwrap_or("ollama") {
             "ollama" => Kind::Ollama,
             "openai" => Kind::OpenAi,
@@ -523,7 +568,7 @@ impl Validator {
         if !required_models.is_empty() && kind != Kind::Ollama {
             self.error(format!("{key}.required_models"), "only Ollama servers can pull models");
         }
-        Some(ServerSpec {
+        let spec = ServerSpec {
             url: url?,
             required_models,
             kind,
@@ -532,7 +577,8 @@ impl Validator {
             max_fails: obj.max_fails,
             fail_timeout,
             credentials,
-        })
+        };
+        Some((spec, dns))
     }
 
     fn route(&mut self, key: &str, r: RouteInput) -> Option<RouteSpec> {
@@ -544,6 +590,20 @@ impl Validator {
             })
             .ok()
     }
+}
+
+/// `host:port` of a `dns:` server entry (the port is required: a name has no default one).
+fn dns_name(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text.rsplit_once(':').ok_or(format!("{text:?}: expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{text:?}: {port:?} is not a port"))?;
+    // A fully qualified name may end with a dot.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label = |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let valid = !name.is_empty() && name.len() <= 253 && name.split('.').all(label);
+    if !valid || port == 0 {
+        return Err(format!("{text:?}: expected a DNS name and a port, e.g. \"ollama.ai.svc.cluster.local:11434\""));
+    }
+    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -573,6 +633,42 @@ mod tests {
         assert_eq!(s.servers[0].url.as_str(), "http://a:11434");
         assert_eq!(s.servers[1].kind, Kind::OpenAi);
         assert_eq!(s.servers[1].max_concurrency, Some(8));
+    }
+
+    #[test]
+    fn servers_by_dns_name() {
+        let s = parse(
+            "servers:\n  - { dns: 'ollama.ai.svc.cluster.local.:11434', kind: openai, max_concurrency: 2 }\n  - http://a:1\n\
+             load_balancer: { dns_interval: 2s, dns_resolver: '127.0.0.1:5353' }\n",
+        )
+        .unwrap();
+        assert_eq!(s.servers.len(), 1, "the URL entry only");
+        let d = &s.dns_servers[0];
+        assert_eq!((d.host.as_str(), d.port, d.template.kind), ("ollama.ai.svc.cluster.local.", 11434, Kind::OpenAi));
+        let at = d.at("10.1.2.3".parse().unwrap());
+        assert_eq!((at.url.as_str(), at.max_concurrency), ("http://10.1.2.3:11434", Some(2)));
+        assert_eq!(d.at("fd00::1".parse().unwrap()).url.as_str(), "http://[fd00::1]:11434");
+        assert_eq!(s.load_balancer.dns_interval, Duration::from_secs(2));
+        assert_eq!(s.load_balancer.dns_resolver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(parse("").unwrap().load_balancer.dns_interval, Duration::from_secs(10));
+
+        let err = parse(
+            "servers: [ { dns: 'no-port' }, { dns: 'a:1', url: 'http://a:1' }, { kind: ollama }, \
+             { dns: 'bad_name:1' }, { dns: 'a:1', probe_url: 'http://a:8005' } ]\n\
+             load_balancer: { dns_resolver: 'somewhere' }\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "servers[0].dns",
+            "servers[1]",
+            "servers[2].url",
+            "servers[3].dns",
+            "servers[4].probe_url",
+            "load_balancer.dns_resolver",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
     }
 
     #[test]

@@ -94,7 +94,15 @@ impl Fleet {
     ///
     /// A server's probe_url and max_concurrency come from `servers:` or, failing that, from
     /// the first route naming it that sets them.
-    pub fn build(settings: &Settings, stored: &[StoredRoute], health: &Arc<Health>, previous: Option<&Fleet>) -> Fleet {
+    /// The fleet from the settings' servers and routes, the `stored` routes, and the servers
+    /// `discovered` by DNS (state/dns.rs); `previous` lends its servers' state to those kept.
+    pub fn build(
+        settings: &Settings,
+        stored: &[StoredRoute],
+        discovered: &[ServerSpec],
+        health: &Arc<Health>,
+        previous: Option<&Fleet>,
+    ) -> Fleet {
         let mut specs: Vec<ServerSpec> = Vec::new();
         let mut merge = |spec: ServerSpec| -> String {
             let key = spec.url.as_str().to_string();
@@ -112,7 +120,7 @@ impl Fleet {
             }
             key
         };
-        for spec in &settings.servers {
+        for spec in settings.servers.iter().chain(discovered) {
             merge(spec.clone());
         }
         // Every route, whatever its source, as one validated spec with where it came from.
@@ -131,7 +139,7 @@ impl Fleet {
                 }
             }
         }
-        if settings.servers.is_empty() && drafts.is_empty() {
+        if settings.servers.is_empty() && settings.dns_servers.is_empty() && drafts.is_empty() {
             // Nothing names a fleet: front the local Ollama, serving what it lists.
             merge(ServerSpec {
                 url: ServerUrl::parse(crate::config::DEFAULT_SERVER).expect("default server URL is valid"),
@@ -340,10 +348,10 @@ mod tests {
     fn a_dropped_server_stays_in_the_view_until_its_fleet_is_replaced() {
         let settings = |yaml: &str| Settings::parse(yaml, None, &crate::config::Env::default()).unwrap();
         let health = Health::new();
-        let both = Fleet::build(&settings("servers: [ 'http://a:1', 'http://b:1' ]\n"), &[], &health, None);
+        let both = Fleet::build(&settings("servers: [ 'http://a:1', 'http://b:1' ]\n"), &[], &[], &health, None);
         let b = both.by_url["http://b:1"].clone();
         assert!(b.healthy());
-        let only_a = Fleet::build(&settings("servers: [ 'http://a:1' ]\n"), &[], &health, Some(&both));
+        let only_a = Fleet::build(&settings("servers: [ 'http://a:1' ]\n"), &[], &[], &health, Some(&both));
         assert!(b.healthy(), "the published fleet still names b");
         only_a.retire_departed();
         assert!(!b.healthy(), "the new fleet is out: b has left the view");

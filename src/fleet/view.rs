@@ -228,7 +228,7 @@ mod tests {
         let yaml = "servers: [ 'http://a:1', 'http://b:1' ]\nroutes:\n\
             - { virtual_model_name: chat, server_url: 'http://a:1', actual_model_name: 'qwen3:14b' }\n\
             - { virtual_model_name: ghost, server_url: 'http://a:1', actual_model_name: 'none:1b' }\n";
-        let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], &Health::new(), None);
+        let f = Fleet::build(&Settings::parse(yaml, None, &Env::default()).unwrap(), &[], &[], &Health::new(), None);
         for (s, models, ver) in [
             (&f.servers[0], vec!["qwen3:14b", "llama3:latest"], "0.6.2"),
             (&f.servers[1], vec!["llama3:latest"], "0.5.10"),

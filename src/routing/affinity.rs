@@ -72,7 +72,7 @@ mod tests {
             })
             .collect();
         let settings = Settings::parse(&format!("routes:\n{routes}"), None, &Env::default()).unwrap();
-        Fleet::build(&settings, &[], &Health::new(), None)
+        Fleet::build(&settings, &[], &[], &Health::new(), None)
     }
 
     #[test]

@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::Settings;
+use crate::config::{ServerSpec, Settings};
 use crate::fleet::Fleet;
-use crate::storage::store::{Store, StoreError, StoreHandle, StoreState};
+use crate::storage::store::{Store, StoreError, StoreHandle, StoreState, StoredRoute};
 
 /// Requests served per stored route, not yet written to `count`.
 #[derive(Default)]
@@ -54,20 +54,25 @@ pub struct Reloader {
     store: Arc<StoreHandle>,
     /// The marker of the table the current fleet was built from.
     seen: AtomicI64,
+    /// The fleet's other sources, kept so that either can change alone: the stored routes
+    /// last read, and the servers DNS found last (dns.rs).
+    stored: Mutex<Arc<Vec<StoredRoute>>>,
+    discovered: Mutex<Arc<Vec<ServerSpec>>>,
     state: Mutex<StoreState>,
     /// One reload at a time, so an older table never overwrites a newer one.
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    /// `seen` is the marker the starting fleet was built from.
+    /// `seen` is the marker the starting fleet was built from, `stored` and `discovered` the
+    /// routes and servers it was built with.
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<StoreHandle>,
         fleet: Arc<ArcSwap<Fleet>>,
         keys: Arc<crate::edge::keys::Keyring>,
         tally: Arc<Tally>,
-        seen: i64,
+        (seen, stored, discovered): (i64, Vec<StoredRoute>, Vec<ServerSpec>),
     ) -> Reloader {
         Reloader {
             settings,
@@ -76,6 +81,8 @@ impl Reloader {
             tally,
             store,
             seen: AtomicI64::new(seen),
+            stored: Mutex::new(Arc::new(stored)),
+            discovered: Mutex::new(Arc::new(discovered)),
             state: Mutex::new(StoreState::Ok),
             reloading: tokio::sync::Mutex::new(()),
         }
@@ -97,15 +104,32 @@ impl Reloader {
         let _one_at_a_time = self.reloading.lock().await;
         // The marker is read first: a change made while the tables are read moves it again.
         let marker = store.marker().await?;
-        let rows = store.list().await?;
+        let rows = Arc::new(store.list().await?);
         let keys = store.list_keys().await?;
         self.keys.replace(keys);
-        let previous = self.fleet.load_full();
-        let fleet = Arc::new(Fleet::build(&self.settings, &rows, &previous.health, Some(&previous)));
-        self.fleet.store(fleet.clone());
-        fleet.retire_departed();
+        *self.stored.lock().unwrap() = rows.clone();
+        self.rebuild();
         self.seen.store(marker, Ordering::SeqCst);
         Ok(rows.len())
+    }
+
+    /// The servers DNS now finds: the fleet is rebuilt with them (and the stored routes last
+    /// read), as a reload rebuilds it.
+    pub async fn rediscovered(&self, servers: Vec<ServerSpec>) {
+        let _one_at_a_time = self.reloading.lock().await;
+        *self.discovered.lock().unwrap() = Arc::new(servers);
+        self.rebuild();
+    }
+
+    /// A new fleet from the settings and the current sources, swapped in; servers that left
+    /// are retired from the health checks (requests on them keep their snapshot).
+    fn rebuild(&self) {
+        let stored = self.stored.lock().unwrap().clone();
+        let discovered = self.discovered.lock().unwrap().clone();
+        let previous = self.fleet.load_full();
+        let fleet = Arc::new(Fleet::build(&self.settings, &stored, &discovered, &previous.health, Some(&previous)));
+        self.fleet.store(fleet.clone());
+        fleet.retire_departed();
     }
 
     /// One poll: reload if the marker moved, then write pending counts.

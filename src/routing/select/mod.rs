@@ -118,7 +118,7 @@ mod tests {
     use std::time::Duration;
 
     fn fleet(yaml: impl AsRef<str>) -> Fleet {
-        Fleet::build(&Settings::parse(yaml.as_ref(), None, &Env::default()).unwrap(), &[], &Health::new(), None)
+        Fleet::build(&Settings::parse(yaml.as_ref(), None, &Env::default()).unwrap(), &[], &[], &Health::new(), None)
     }
 
     const TWO_TIERS: &str = "routes:\n\
