@@ -2,7 +2,11 @@
 #   docker build -t drover .
 #   docker run -p 8083:8083 -e DROVER_SERVERS=http://gpu1:11434 drover
 # The probe agent is the same binary: docker run --gpus all -p 8005:8005 drover probe
-FROM rust:1-bookworm AS build
+# The base images are build arguments (defaults: Docker Hub's), so that a build where no
+# registry is reachable can name local ones (scripts/container-test does).
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+FROM ${RUST_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -14,7 +18,7 @@ COPY examples ./examples
 COPY tests ./tests
 RUN cargo build --release --locked --bin drover && strip target/release/drover
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/drover --create-home drover
