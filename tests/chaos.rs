@@ -111,11 +111,8 @@ async fn steady_load_survives_failures_and_changes() {
     let pg = database_urls().into_iter().find(|(k, _)| *k == "postgres");
     let (db_url, db_relay) = match &pg {
         Some((kind, base)) => {
-            let url = fresh_database(kind, base).await;
-            let u = url::Url::parse(&url).unwrap();
-            let target = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap();
-            let relay = TcpRelay::start(target).await;
-            (url.replacen(&format!(":{}/", u.port().unwrap()), &format!(":{}/", relay.port), 1), Some(relay))
+            let (relay, through) = TcpRelay::in_front_of(&fresh_database(kind, base).await).await;
+            (through, Some(relay))
         }
         None => (String::new(), None),
     };

@@ -44,21 +44,12 @@ async fn serves(d: &Drover, model: &str, within: Duration) -> bool {
     false
 }
 
-/// `url` through a relay the test can stop: (relay, the URL through it).
-async fn relayed(url: &str) -> (TcpRelay, String) {
-    let u = url::Url::parse(url).unwrap();
-    let target: std::net::SocketAddr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap();
-    let relay = TcpRelay::start(target).await;
-    let through = url.replacen(&format!(":{}/", target.port()), &format!(":{}/", relay.port), 1);
-    (relay, through)
-}
-
 /// A database away at start: drover serves its config's routes at once, says degraded, and
 /// when the database comes loads the routes stored there (by another drover, before) and
 /// accepts writes.
 async fn database_later(kind: &str, url: &str) {
     let m = MockOllama::start("m", &["m:1b"]).await;
-    let (relay, through) = relayed(url).await;
+    let (relay, through) = TcpRelay::in_front_of(url).await;
     {
         let earlier = Drover::start_with_db(&format!("{FAST}{RELOAD}"), Some(&through)).await;
         assert_eq!(add_route(&earlier, "stored", &m.url).await, 201, "{kind}");

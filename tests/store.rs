@@ -310,12 +310,7 @@ async fn hot_reload_under_load_on_every_database() {
 
 /// The database goes away under load: drover keeps serving, says degraded, and recovers.
 async fn outage(kind: &str, url: &str) {
-    let target: std::net::SocketAddr = {
-        let u = url::Url::parse(url).unwrap();
-        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap()
-    };
-    let relay = TcpRelay::start(target).await;
-    let relayed = url.replacen(&format!(":{}/", target.port()), &format!(":{}/", relay.port), 1);
+    let (relay, relayed) = TcpRelay::in_front_of(url).await;
     let m = MockOllama::start("m", &["m:1b"]).await;
     let d = Drover::start_with_db(&format!("{FAST}{RELOAD}"), Some(&relayed)).await;
     let api = Api { d: &d, token: None };

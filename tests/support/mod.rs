@@ -257,6 +257,15 @@ impl TcpRelay {
         relay
     }
 
+    /// A relay in front of the database `url` names, and the same URL through it.
+    pub async fn in_front_of(url: &str) -> (TcpRelay, String) {
+        let u = url::Url::parse(url).unwrap();
+        let target: SocketAddr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap();
+        let relay = TcpRelay::start(target).await;
+        let through = url.replacen(&format!(":{}/", target.port()), &format!(":{}/", relay.port), 1);
+        (relay, through)
+    }
+
     pub fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap().take() {
             t.abort();
