@@ -16,13 +16,15 @@ COPY migrations ./migrations
 COPY benches ./benches
 COPY examples ./examples
 COPY tests ./tests
-RUN cargo build --release --locked --bin drover && strip target/release/drover
+# One step builds, keeps the stripped binary and drops target/ (GBs), so the stage's layer is small.
+RUN cargo build --release --locked --bin drover \
+    && strip target/release/drover && mv target/release/drover /usr/local/bin/drover && rm -rf target
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/drover --create-home drover
-COPY --from=build /src/target/release/drover /usr/local/bin/drover
+COPY --from=build /usr/local/bin/drover /usr/local/bin/drover
 COPY conf/container.yaml /etc/drover/drover.yaml
 USER drover
 WORKDIR /var/lib/drover
