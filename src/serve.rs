@@ -214,7 +214,8 @@ pub fn run(args: ServeArgs) -> i32 {
     let checks = health.service(ServerCheck::new(fleet, lb), lb.health_check_interval);
     server.add_service(background_service("health checks", checks));
     // Exits once a graceful stop has begun and nothing is left in flight (stop.rs).
-    server.add_service(background_service("stop when idle", Stopper { access_log }));
+    let grace = Duration::from_secs(settings.grace_period_seconds);
+    server.add_service(background_service("stop when idle", Stopper { access_log, grace }));
     server.run_forever()
 }
 

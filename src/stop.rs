@@ -11,10 +11,15 @@
 //! connection accepted before the stop that has not spoken yet (accept.rs), and the
 //! background services' last writes (counts to the store, token debits to Redis). The
 //! [`Stopper`] service waits for the stop, then for the count to reach zero, flushes the
-//! access log and exits with 0. Streams still open when the grace period ends are ended
-//! by Pingora's shutdown, with their error tail, as before.
+//! access log and exits with 0.
+//!
+//! At the end of the grace period Pingora drops every task at once, cutting a stream
+//! mid-chunk. So a little before (in its last second, or last tenth when shorter), the
+//! stopper says the process is [`ending`]: a stream's next chunk then ends it with an error
+//! line in its API's format (proxy/relay.rs), which the client can read. A stream that sends
+//! nothing in that last second is still cut.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +31,9 @@ use crate::telemetry::accesslog::AccessLog;
 
 /// What must finish before the process exits.
 static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// The grace period is about to end: streams still open end now, with their error line.
+static ENDING: AtomicBool = AtomicBool::new(false);
 
 /// How often the stopper looks at the count once the stop has begun.
 const LOOK_EVERY: Duration = Duration::from_millis(10);
@@ -52,12 +60,19 @@ pub fn busy() -> usize {
     BUSY.load(Ordering::Acquire)
 }
 
+/// Whether streams still open should end now (the grace period's last moment).
+pub fn ending() -> bool {
+    ENDING.load(Ordering::Relaxed)
+}
+
 /// How long the access log's writer may take to write what it holds.
 const FLUSH_FOR_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Exits the process once a graceful stop has begun and nothing is busy.
 pub struct Stopper {
     pub access_log: Arc<AccessLog>,
+    /// pingora.grace_period_seconds: when Pingora drops what is left.
+    pub grace: Duration,
 }
 
 #[async_trait]
@@ -67,7 +82,11 @@ impl BackgroundService for Stopper {
             return;
         }
         let began = std::time::Instant::now();
+        let end_streams_after = self.grace - (self.grace / 10).min(Duration::from_secs(1));
         while busy() > 0 {
+            if began.elapsed() >= end_streams_after && !ENDING.swap(true, Ordering::Relaxed) {
+                log::warn!("grace period ending: {} requests still in flight end now", busy());
+            }
             tokio::time::sleep(LOOK_EVERY).await;
         }
         self.access_log.flush(FLUSH_FOR_AT_MOST);

@@ -300,7 +300,7 @@ async fn graceful_upgrade_under_load_fails_nothing() {
 async fn sigterm_lets_streams_in_flight_finish() {
     let m = MockOllama::start("m", &["m:1b"]).await;
     m.set_stream(10, Duration::from_millis(100));
-    let mut d = Drover::start(&format!("{FAST}routes:\n{}", route_yaml("m", &m.url, "m:1b", 1, 1))).await;
+    let mut d = Drover::start_with_grace(&format!("{FAST}routes:\n{}", route_yaml("m", &m.url, "m:1b", 1, 1)), 5).await;
     let streams: Vec<_> = (0..4)
         .map(|_| {
             let url = format!("{}/api/chat", d.url);
@@ -484,4 +484,33 @@ async fn daemon_mode_writes_its_pid_file() {
     signal(pid, "INT");
     assert!(served, "the daemon serves");
     let _ = std::fs::remove_dir_all(daemon_dir);
+}
+
+/// A stream still open when the grace period ends is ended with an error line in its API's
+/// format (the client reads why), not cut mid-chunk when Pingora drops what is left.
+#[tokio::test]
+async fn a_stream_that_outlives_the_grace_period_ends_with_an_error_line() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    m.set_stream(60, Duration::from_millis(100));
+    let mut d = Drover::start_with_grace(&format!("{FAST}routes:\n{}", route_yaml("m", &m.url, "m:1b", 1, 1)), 2).await;
+    let url = format!("{}/api/chat", d.url);
+    let stream = tokio::spawn(async move {
+        let r = http().post(url).json(&json!({ "model": "m" })).send().await.unwrap();
+        let mut body = r.bytes_stream();
+        let mut text = String::new();
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("the body ends cleanly, not cut")));
+        }
+        text
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    signal(d.pid(), "TERM");
+    let text = stream.await.unwrap();
+    let ended = t.elapsed();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["error"].as_str().unwrap().contains("stopping"), "an error line ends it: {text}");
+    assert!(text.lines().count() > 5, "after the chunks it had: {text}");
+    assert!(ended < Duration::from_secs(2), "within the grace period (2 s): {ended:?}");
+    assert_eq!(d.exit_code_within(Duration::from_secs(5)).await, Some(0), "{}", d.log());
 }

@@ -40,7 +40,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::Error;
+use pingora::{Error, ErrorType};
 
 pub use ctx::RequestCtx;
 pub use drover::{Drover, Parts};
@@ -204,6 +204,12 @@ impl ProxyHttp for Drover {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Duration>> {
+        if crate::stop::ending() && !end_of_stream {
+            // The grace period ends: the stream ends with its error line rather than be cut
+            // mid-chunk when Pingora drops what is left (stop.rs).
+            ctx.error = Some("drover is stopping: the answer outlived pingora.grace_period_seconds".into());
+            return Error::e_explain(ErrorType::InternalError, "drover is stopping");
+        }
         self.relay_body(body, end_of_stream, ctx);
         Ok(None)
     }
