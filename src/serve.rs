@@ -202,8 +202,11 @@ pub fn run(args: ServeArgs) -> i32 {
         log::info!("TLS on {} ({}), HTTP/2 by ALPN", tls.listen, tls.cert.display());
     }
     server.add_service(proxy);
-    let following = DnsService { discovery, reloader: reloader.clone(), interval: settings.load_balancer.dns_interval };
-    server.add_service(background_service("dns discovery", following));
+    if !discovery.is_empty() {
+        let following =
+            DnsService { discovery, reloader: reloader.clone(), interval: settings.load_balancer.dns_interval };
+        server.add_service(background_service("dns discovery", following));
+    }
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     server.add_service(background_service("required models", KeeperService(keeper)));
     let following = SharedService { shared, fleet: fleet.clone() };

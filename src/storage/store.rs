@@ -386,11 +386,12 @@ impl Store {
 
     /// Applies the migrations not yet applied, in order, under the database's own lock, so
     /// that drovers started at once on a fresh database do not race (PostgreSQL's advisory
-    /// lock, MySQL's `GET_LOCK`, SQLite's write transaction). The lock is held by one
-    /// connection of its own, closed at the end: a process that dies mid-way releases it.
+    /// lock, MySQL's `GET_LOCK`, SQLite's write transaction), held by one connection: given
+    /// back to the pool once released, closed after a failure (which releases it; so does a
+    /// process that dies mid-way).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e| self.migration_failed(e);
-        let mut conn = self.pool.acquire().await.map_err(fail)?.detach();
+        let mut conn = self.pool.acquire().await.map_err(fail)?;
         let (lock, unlock) = match self.backend {
             Backend::Postgres => ("SELECT pg_advisory_lock(7268316)", "SELECT pg_advisory_unlock(7268316)"),
             Backend::MySql => {
@@ -405,19 +406,19 @@ impl Store {
             _ => conn.execute(sqlx::raw_sql(lock)).await.map(|_| true).map_err(fail)?,
         };
         if !granted {
-            let _ = sqlx::Connection::close(conn).await;
+            let _ = sqlx::Connection::close(conn.detach()).await;
             return Err(StoreError::Unavailable(format!(
                 "database {}: migration lock not granted within 60 s (another drover migrating?)",
                 self.url
             )));
         }
         let applied = self.apply_migrations(&mut conn).await.map_err(fail);
-        if applied.is_ok() {
-            conn.execute(sqlx::raw_sql(unlock)).await.map_err(fail)?;
+        let released = applied.is_ok() && conn.execute(sqlx::raw_sql(unlock)).await.is_ok();
+        if !released {
+            // Closing the connection ends its session: the lock goes (and an SQLite
+            // transaction left open by a failure is rolled back).
+            let _ = sqlx::Connection::close(conn.detach()).await;
         }
-        // Closing the connection ends its session: the lock goes (and an SQLite transaction
-        // left open by a failure is rolled back).
-        let _ = sqlx::Connection::close(conn).await;
         applied
     }
 
