@@ -107,8 +107,8 @@ pub fn run(args: ServeArgs) -> i32 {
     };
     let settings = Arc::new(settings);
     // Every shared part, built once here and handed to those that use it: the proxy, the
-    // admin API, the metrics and the background services.
-    // Servers by DNS name, resolved once before the first fleet is built.
+    // admin API, the metrics and the background services. First, the servers found by DNS
+    // name, resolved once before the first fleet is built.
     let discovery = Arc::new(Discovery::new(&settings));
     let discovered = resolve_at_start(&discovery);
     let health = Health::new();

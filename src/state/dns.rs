@@ -185,10 +185,8 @@ pub struct DnsService {
 
 #[async_trait]
 impl BackgroundService for DnsService {
+    /// Added by serve.rs only when some `dns:` server is configured.
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if self.discovery.is_empty() {
-            return;
-        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {
