@@ -84,16 +84,19 @@ async fn fleet_becomes(d: &Drover, want: &[&str]) -> bool {
     false
 }
 
-/// Which server answered a whole chat.
+/// Which server answers a whole chat, waiting up to 10 s for one that can: a server that
+/// just joined serves once its first health check has read its models.
 async fn served_by(d: &Drover) -> String {
-    let r = http()
-        .post(format!("{}/api/chat", d.url))
-        .json(&json!({ "model": "m:1b", "stream": false }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    support::header(&r, "x-drover-server")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http().post(format!("{}/api/chat", d.url)).json(&json!({ "model": "m:1b", "stream": false }));
+        let r = r.send().await.unwrap();
+        if r.status() == 200 {
+            return support::header(&r, "x-drover-server");
+        }
+        assert!(Instant::now() < deadline, "no server answered within 10 s: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -119,8 +122,10 @@ async fn servers_follow_the_names_addresses() {
     // A second address joins: a second server, which takes requests.
     ns.set(&["127.0.0.2", "127.0.0.3"]);
     assert!(fleet_becomes(&d, &[&url_a, &url_b]).await, "{:?}", lb_servers(&d).await);
+    // Both take requests (the new one once its first health check has read its models).
     let mut seen = std::collections::HashSet::new();
-    for _ in 0..20 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
         seen.insert(served_by(&d).await);
     }
     assert_eq!(seen.len(), 2, "both serve: {seen:?}");
@@ -157,7 +162,7 @@ async fn servers_follow_the_names_addresses() {
     assert_ne!(r.unwrap().status(), 200, "nothing serves while the name has no addresses");
     ns.set(&["127.0.0.2"]);
     assert!(fleet_becomes(&d, &[&url_a]).await);
-    assert_eq!(served_by(&d).await, url_a);
+    assert_eq!(served_by(&d).await, url_a, "served again by the address that came back");
     assert!(ns.asked.load(std::sync::atomic::Ordering::SeqCst) > 10, "asked every dns_interval");
     assert!(d.log().contains("dns ollama.ai.svc.cluster.local"), "changes are logged: {}", d.log());
 }
