@@ -43,7 +43,8 @@ function drawServers(servers) {
     });
     return el("tr", { "data-server": s.url, "data-state": s.state, "data-kind": s.kind },
       el("td", {}, s.url, el("div", { class: "small" }, `${s.kind}${s.version ? " " + s.version : ""}`)),
-      el("td", { class: `state state-${s.state}` }, s.state.replace("_", " ")),
+      el("td", { class: `state state-${s.state}`, title: s.down_reason || "" }, s.state.replace("_", " "),
+        s.down_reason ? el("div", { class: "small" }, s.down_reason) : ""),
       el("td", { class: "small", style: "white-space: pre-line" }, routes),
       el("td", { class: "num" }, `${s.in_flight} / ${s.max_concurrency}`),
       el("td", { class: "small" }, s.loaded.join(", ") || "–"),

@@ -1,9 +1,9 @@
 //! Chaos: under steady load, one part after another fails or changes: a server killed and
 //! restarted, the database stopped and restarted, a probe gone silent, a graceful upgrade,
 //! and the access log reopened (SIGUSR1). Whole answers must never fail (drover retries
-//! them before any byte is sent); a stream may break only while its server is killed, and
-//! then it ends with a visible error line. At the end, drover's counters in /metrics add up
-//! to what the clients received.
+//! them before any byte is sent), nor may streams: one whose server is killed under it is
+//! continued on the other server. At the end, drover's counters in /metrics add up to what
+//! the clients received.
 
 mod support;
 
@@ -217,21 +217,20 @@ async fn steady_load_survives_failures_and_changes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m1 = metrics(&d).await;
 
-    // Nothing whole failed; streams broke only while their server was down, visibly.
+    // Nothing failed: not a whole answer, not a stream (those on the killed server went on
+    // elsewhere).
     for s in [&before, &after] {
         assert!(s.whole_failed.is_empty(), "{:?}", s.whole_failed);
         assert!(s.streams_cut_silently.is_empty(), "{s:?}");
+        assert!(s.streams_broken.is_empty(), "{s:?}");
     }
     assert!(before.whole_ok > 100 && before.streams_ok > 30, "{before:?}");
-    for at in &before.streams_broken {
-        assert!(*at >= killed && *at <= restarted + Duration::from_millis(500), "a stream broke outside the kill");
-    }
-    assert!(after.streams_broken.is_empty(), "{after:?}");
     eprintln!(
-        "chaos: {} whole answers, {} streams, {} streams broken while their server was killed (visible errors), 0 other failures",
+        "chaos: {} whole answers, {} streams, 0 broken (killed at {:?}, back at {:?}), 0 other failures",
         before.whole_ok + after.whole_ok,
         before.streams_ok + after.streams_ok,
-        before.streams_broken.len()
+        killed.duration_since(*START),
+        restarted.duration_since(*START),
     );
 
     // The counters add up: requests answered and tokens reported since the snapshot.

@@ -74,14 +74,7 @@ pub fn data(s: Snapshot) -> Value {
             let inv = srv.inventory();
             let mut loaded: Vec<&String> = inv.loaded_names.iter().collect();
             loaded.sort();
-            let cooling = srv.cooling_down();
-            let state = match (srv.drained(), srv.healthy(), cooling.is_some()) {
-                (true, _, _) => "drained",
-                (_, false, _) => "down",
-                (_, _, true) => "cooling_down",
-                _ if srv.at_capacity() => "busy",
-                _ => "up",
-            };
+            let state = srv.condition();
             let (ram, vram) = free.get(url).copied().map_or((None, None), |(r, v)| (Some(r), v));
             json!({
                 "url": url,
@@ -97,6 +90,8 @@ pub fn data(s: Snapshot) -> Value {
                 "requests": srv.request_count(),
                 "errors": srv.error_count(),
                 "last_error": srv.last_error(),
+                "down_reason": srv.refused(),
+                "rests": srv.rest_count(),
                 "version": inv.version,
             })
         })

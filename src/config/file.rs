@@ -99,6 +99,9 @@ pub(super) struct LbSection {
     pub(super) queue_size: Option<usize>,
     pub(super) queue_timeout: Option<RawDuration>,
     pub(super) match_num_ctx: Option<bool>,
+    pub(super) resume: Option<bool>,
+    pub(super) model_resume: Option<std::collections::BTreeMap<String, bool>>,
+    pub(super) max_rest: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -167,6 +167,12 @@ pub struct LoadBalancing {
     /// A server with the model loaded at another num_ctx counts as cold for a request that
     /// asks for a context size (Ollama would reload it).
     pub match_num_ctx: bool,
+    /// A stream whose server breaks off is continued on another server (protocol/resume.rs).
+    pub resume: bool,
+    /// Per virtual model, overriding `resume`.
+    pub model_resume: std::collections::HashMap<String, bool>,
+    /// The longest a server that answered 429 or 503 with Retry-After is left to rest.
+    pub max_rest: Duration,
 }
 
 /// Which requests of one conversation go back to the server that served the last turn.

@@ -13,7 +13,7 @@ use super::file::*;
 use super::model::*;
 use super::route::RouteInput;
 use super::rules;
-use crate::protocol::ollama::{Kind, ServerUrl};
+use crate::protocol::ollama::{canonical_model, Kind, ServerUrl};
 
 impl Settings {
     /// Loads `path` (or defaults when `path` is None), then applies `env`.
@@ -235,9 +235,11 @@ impl Validator {
             .into_iter()
             .map(|(model, s)| {
                 let parsed = self.strategy(&format!("load_balancer.model_strategies.{model}"), &s);
-                (crate::protocol::ollama::canonical_model(&model), parsed)
+                (canonical_model(&model), parsed)
             })
             .collect();
+        let model_resume =
+            lb.model_resume.unwrap_or_default().into_iter().map(|(m, on)| (canonical_model(&m), on)).collect();
         let mut at_least_one = |key: &str, n: u32| {
             if n == 0 {
                 self.error(key, "must be at least 1, got 0");
@@ -278,6 +280,9 @@ impl Validator {
             max_concurrency,
             queue_size: lb.queue_size.unwrap_or(1000),
             queue_timeout: self.duration("load_balancer.queue_timeout", lb.queue_timeout, "30s"),
+            resume: lb.resume.unwrap_or(true),
+            model_resume,
+            max_rest: self.duration("load_balancer.max_rest", lb.max_rest, "60s"),
         }
     }
 

@@ -65,6 +65,7 @@ impl ServerCheck {
                     tags,
                     loaded,
                     version,
+                    vllm: false,
                 }
             }
         };
@@ -86,6 +87,7 @@ impl HealthCheck for ServerCheck {
         };
         match result {
             Ok(answer) => {
+                server.check_passed();
                 self.refresh_inventory(&server, answer).await;
                 Ok(())
             }
@@ -135,7 +137,8 @@ fn inventory_from_openai(answer: &Value) -> Inventory {
             tag
         })
         .collect();
-    Inventory { names: names_of(&tags), tags, ..Inventory::default() }
+    let vllm = answer["data"].as_array().is_some_and(|d| d.iter().any(|m| m["owned_by"] == "vllm"));
+    Inventory { names: names_of(&tags), tags, vllm, ..Inventory::default() }
 }
 
 #[cfg(test)]

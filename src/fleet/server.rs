@@ -34,6 +34,15 @@ pub struct IdleModel {
 pub struct ServerState {
     /// Milliseconds since `epoch` until which the server is skipped after failed requests.
     cooldown_until_ms: AtomicU64,
+    /// Milliseconds since `epoch` until which the server rests: it answered 429 (or 503)
+    /// with Retry-After. Not a failure: it said when to come back.
+    resting_until_ms: AtomicU64,
+    /// Times it asked to rest.
+    rests: AtomicU64,
+    /// It refused the credentials drover sends it (401/403): out until a health check passes.
+    refused: Mutex<Option<String>>,
+    /// Whether `refused` holds a reason (read on every selection, without the lock).
+    refusing: AtomicBool,
     /// Failed requests counted in the current `fail_timeout` window (nginx's max_fails).
     fails: Mutex<FailWindow>,
     /// Whether `fails` counts any: a success then resets it (read without the lock).
@@ -59,6 +68,10 @@ impl Default for ServerState {
     fn default() -> Self {
         ServerState {
             cooldown_until_ms: AtomicU64::new(0),
+            resting_until_ms: AtomicU64::new(0),
+            rests: AtomicU64::new(0),
+            refused: Mutex::new(None),
+            refusing: AtomicBool::new(false),
             fails: Mutex::new(FailWindow::default()),
             failing: AtomicBool::new(false),
             drained: AtomicBool::new(false),
@@ -296,6 +309,80 @@ impl Server {
     /// Ends a cooldown early: the health checks saw the server come back.
     pub fn end_cooldown(&self) {
         self.state.cooldown_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The server asked to be left alone for `d` (Retry-After): skipped until then.
+    pub fn rest_for(&self, d: Duration) {
+        self.state.rests.fetch_add(1, Ordering::Relaxed);
+        let until = self.now_ms() + d.as_millis() as u64;
+        self.state.resting_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Remaining rest, if the server asked for one.
+    pub fn resting(&self) -> Option<Duration> {
+        let until = self.state.resting_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Times the server asked to rest (429 or 503 with Retry-After).
+    pub fn rest_count(&self) -> u64 {
+        self.state.rests.load(Ordering::Relaxed)
+    }
+
+    /// The server refused drover's credentials for it: down until a health check passes.
+    /// Returns true the first time (so it is logged once).
+    pub fn refuse_credentials(&self, why: &str) -> bool {
+        let mut refused = self.state.refused.lock().unwrap();
+        let first = refused.is_none();
+        *refused = Some(why.to_string());
+        self.state.refusing.store(true, Ordering::Relaxed);
+        first
+    }
+
+    /// Why the server is down although its health checks pass, if it is.
+    pub fn refused(&self) -> Option<String> {
+        if !self.refusing() {
+            return None;
+        }
+        self.state.refused.lock().unwrap().clone()
+    }
+
+    /// Whether the server refused drover's credentials (see `refused`).
+    pub fn refusing(&self) -> bool {
+        self.state.refusing.load(Ordering::Relaxed)
+    }
+
+    /// A health check passed: refused credentials are tried again.
+    pub fn check_passed(&self) {
+        if !self.refusing() {
+            return;
+        }
+        self.state.refusing.store(false, Ordering::Relaxed);
+        let mut refused = self.state.refused.lock().unwrap();
+        if refused.take().is_some() {
+            log::info!("server {}: a health check passed; its credentials are tried again", self.url.as_str());
+        }
+    }
+
+    /// The server's state as the views show it.
+    pub fn condition(&self) -> &'static str {
+        if self.drained() {
+            "drained"
+        } else if !self.healthy() || self.refusing() {
+            "down"
+        } else if self.cooling_down().is_some() {
+            "cooling_down"
+        } else if self.resting().is_some() {
+            "resting"
+        } else if self.at_capacity() {
+            "busy"
+        } else {
+            "up"
+        }
     }
 
     /// Takes one concurrency slot for `model` if the server is under its limit.

@@ -9,8 +9,9 @@ use crate::fleet::{Fleet, Origin, Server};
 use crate::protocol::ollama::{canonical_model, Kind};
 use crate::storage::store::StoreState;
 
+/// Servers that take requests: up by their health checks, their credentials not refused.
 fn healthy(fleet: &Fleet) -> impl Iterator<Item = &std::sync::Arc<Server>> {
-    fleet.servers.iter().filter(|s| s.healthy())
+    fleet.servers.iter().filter(|s| s.healthy() && !s.refusing())
 }
 
 /// Entries keyed by canonical name, first server wins; then one entry per virtual model.
@@ -111,22 +112,14 @@ fn version_key(v: &str) -> Vec<u64> {
 }
 
 fn server_state(s: &Server) -> Value {
-    let cooling = s.cooling_down().map(|d| d.as_secs_f64());
-    let state = if !s.healthy() {
-        "down"
-    } else if cooling.is_some() {
-        "cooling_down"
-    } else if s.at_capacity() {
-        "busy"
-    } else {
-        "up"
-    };
     json!({
         "url": s.url.as_str(),
         "kind": s.kind.as_str(),
-        "state": state,
+        "state": s.condition(),
         "healthy": s.healthy(),
-        "cooldown_seconds_left": cooling,
+        "down_reason": s.refused(),
+        "cooldown_seconds_left": s.cooling_down().map(|d| d.as_secs_f64()),
+        "rest_seconds_left": s.resting().map(|d| d.as_secs_f64()),
         "last_error": s.last_error(),
     })
 }
@@ -186,20 +179,17 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
         .iter()
         .map(|s| {
             let loaded: Vec<Value> = s.inventory().loaded.iter().filter_map(|m| m.get("name").cloned()).collect();
-            let cooling = s.cooling_down();
             json!({
                 "url": s.url.as_str(),
                 "kind": s.kind.as_str(),
                 "healthy": s.healthy(),
-                "status": match (s.drained(), s.healthy(), cooling.is_some()) {
-                    (true, _, _) => "drained",
-                    (_, false, _) => "down",
-                    (_, _, true) => "cooling_down",
-                    _ => "up",
-                },
-                "cooldown_seconds_left": cooling.map(|d| d.as_secs_f64()),
+                "status": s.condition(),
+                "down_reason": s.refused(),
+                "cooldown_seconds_left": s.cooling_down().map(|d| d.as_secs_f64()),
+                "rest_seconds_left": s.resting().map(|d| d.as_secs_f64()),
                 "request_count": s.request_count(),
                 "error_count": s.error_count(),
+                "rest_count": s.rest_count(),
                 "last_error": s.last_error(),
                 "in_flight": s.in_flight(),
                 "max_concurrency": s.max_concurrency,
@@ -241,6 +231,7 @@ mod tests {
                 loaded_ctx: Default::default(),
                 tags,
                 version: Some(ver.into()),
+                vllm: false,
             });
         }
         f

@@ -2,8 +2,9 @@
 //! API's own format, the request body read bounded and its model found and rewritten in
 //! one pass (body.rs), usage read from answers as they pass (usage.rs), the asked model
 //! name put back into Ollama answers (echo.rs), Ollama's API translated to and from OpenAI's
-//! for servers that speak only that (translate.rs), DNS queries and answers for servers found
-//! by name (dns.rs), and Ollama's vocabulary: server URLs, kinds, devices, model names,
+//! for servers that speak only that (translate.rs), a broken stream's continuation on
+//! another server spliced into it (resume.rs), DNS queries and answers for servers found by
+//! name (dns.rs), and Ollama's vocabulary: server URLs, kinds, devices, model names,
 //! inventories (ollama.rs).
 //!
 //! Owns: pure functions and value types, no state.
@@ -16,5 +17,6 @@ pub mod dns;
 pub mod echo;
 pub mod ollama;
 pub mod responses;
+pub mod resume;
 pub mod translate;
 pub mod usage;

@@ -100,6 +100,9 @@ pub struct Inventory {
     pub loaded_ctx: std::collections::HashMap<String, u32>,
     /// /api/version of an Ollama server.
     pub version: Option<String>,
+    /// An openai-kind server whose /v1/models says its models are vLLM's (`owned_by`):
+    /// it continues a final assistant message only when told to.
+    pub vllm: bool,
 }
 
 /// A model name as Ollama resolves it, in the short form it lists (`/api/tags`): "llama3",

@@ -101,6 +101,16 @@ pub struct Routed {
     pub client_gone: bool,
     /// Reading the answer as it passes.
     pub relay: Relay,
+    /// The answer's stream can be continued on another server if its server breaks off
+    /// (load_balancer.resume), in this format.
+    pub resume: Option<crate::protocol::resume::Format>,
+    /// The client's own request, kept once the body asks for a continuation instead.
+    pub asked: Option<Bytes>,
+    /// Continuations asked for so far.
+    pub resumed: u32,
+    /// Servers that asked to rest (429, or 503 with Retry-After): the shortest rest asked,
+    /// and whether every one said 429.
+    pub rested: Option<(std::time::Duration, bool)>,
 }
 
 /// Where a routed request stands between its attempts, in the order Pingora's hooks move it:
@@ -135,6 +145,8 @@ pub struct Running {
     pub resend: bool,
     /// The request translated for an openai-kind server.
     pub translated: Option<Translation>,
+    /// Its server's answer header arrived.
+    pub answered: bool,
 }
 
 impl Attempt {
@@ -239,6 +251,8 @@ pub struct Relay {
     pub echo: Option<crate::protocol::echo::Echo>,
     /// An openai-kind server's answer, translated back to the client's API.
     pub translate: Option<Translating>,
+    /// A stream passed on record by record, continued elsewhere if its server breaks off.
+    pub stream: Option<crate::protocol::resume::Stream>,
 }
 
 impl Routed {
@@ -258,6 +272,10 @@ impl Routed {
             last_failure: None,
             refusal: None,
             client_gone: false,
+            resume: None,
+            asked: None,
+            resumed: 0,
+            rested: None,
             relay: Relay {
                 content_type: String::new(),
                 sized: false,
@@ -265,6 +283,7 @@ impl Routed {
                 scan: None,
                 echo: None,
                 translate: None,
+                stream: None,
             },
         }
     }

@@ -64,6 +64,10 @@ pub struct Drover {
     pub(super) max_body_bytes: usize,
     pub(super) max_header_bytes: usize,
     pub(super) max_retry_count: u32,
+    /// load_balancer.resume, and its per-model exceptions.
+    resume: bool,
+    model_resume: std::collections::HashMap<String, bool>,
+    pub(super) max_rest: Duration,
     pub(super) connect_timeout: Duration,
     pub(super) read_timeout: Duration,
     pub(super) config_source: Option<String>,
@@ -119,6 +123,9 @@ impl Drover {
             max_body_bytes: settings.load_balancer.max_body_bytes,
             max_header_bytes: settings.load_balancer.max_header_bytes,
             max_retry_count: settings.load_balancer.max_retry_count,
+            resume: settings.load_balancer.resume,
+            model_resume: settings.load_balancer.model_resume.clone(),
+            max_rest: settings.load_balancer.max_rest,
             connect_timeout: settings.http_client.connect_timeout,
             read_timeout: settings.http_client.read_timeout,
             config_source: settings.source.as_ref().map(|p| p.display().to_string()),
@@ -146,6 +153,13 @@ impl Drover {
                 let n = self.next_id.fetch_add(1, Ordering::Relaxed);
                 format!("{}-{n:x}", self.id_prefix)
             })
+    }
+
+    /// The format in which a stream of `model` on `path` is continued elsewhere when its
+    /// server breaks off; `None` where resumption is off or the endpoint cannot be continued.
+    pub(super) fn resumable(&self, model: &str, path: &str) -> Option<crate::protocol::resume::Format> {
+        let on = self.model_resume.get(model).copied().unwrap_or(self.resume);
+        crate::protocol::resume::Format::of_path(path).filter(|_| on)
     }
 
     /// Whether an answer may be compressed: a whole one (never a stream, whose lines would

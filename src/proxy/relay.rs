@@ -33,7 +33,12 @@ impl Drover {
         r.relay.content_type = content_type.to_string();
         r.relay.sized = resp.headers.contains_key(http::header::CONTENT_LENGTH);
         ctx.status = status;
-        ctx.ttfb = Some(ctx.started.elapsed());
+        if r.resumed > 0 {
+            // A continuation: the client's answer goes on; its first byte came long ago.
+            ctx.error = None;
+        } else {
+            ctx.ttfb = Some(ctx.started.elapsed());
+        }
         if let (Origin::Store, Some(id)) = (route.origin, route.id) {
             self.tally.add(id);
         }
@@ -90,6 +95,11 @@ impl Drover {
                 }
             }
         }
+        let streamed = r.relay.content_type.starts_with("application/x-ndjson")
+            || r.relay.content_type.starts_with("text/event-stream");
+        if r.relay.stream.is_none() && streamed && !r.relay.sized && status < 300 {
+            r.relay.stream = r.resume.map(crate::protocol::resume::Stream::new);
+        }
         if r.cache_fill.is_some() {
             resp.insert_header("x-drover-cache", "miss")?;
         }
@@ -106,6 +116,9 @@ impl Drover {
             *body = Some(answer.feed(body.as_ref(), end));
         } else if let Some(echo) = r.relay.echo.as_mut() {
             *body = echo.feed(body.as_ref(), end);
+        }
+        if let Some(stream) = r.relay.stream.as_mut() {
+            *body = stream.feed(body.as_ref(), end);
         }
         if let Some(data) = body.as_ref() {
             if let Some(&last) = data.last() {

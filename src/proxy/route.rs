@@ -59,6 +59,7 @@ impl Drover {
             "/v1/responses" => Some("/v1/responses"),
             _ => None,
         };
+        routed.resume = self.resumable(&routed.body.name, session.req_header().uri.path());
         routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         if self.answered_from_cache(session, ctx, &mut routed).await {

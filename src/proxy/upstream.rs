@@ -6,6 +6,7 @@
 //! connection the server had closed is replaced on the same server without counting a try.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -18,7 +19,9 @@ use super::ctx::{as_chat, Attempt, RequestCtx, Running, Translation};
 use super::drover::Drover;
 use crate::fleet::Route;
 use crate::protocol::api::ApiError;
+use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::Kind;
+use crate::protocol::resume;
 use crate::protocol::translate;
 use crate::routing::scheduler::{Chosen, Refused};
 use crate::telemetry::metrics::{self, RetryReason};
@@ -78,12 +81,15 @@ impl Drover {
                 (None, Some(path)) => as_chat(path, r.body.bytes(), &route.actual_model).map(Some),
                 (None, None) => Ok(None),
             };
-            let (payload, translated) = match translated {
+            let (mut payload, translated) = match translated {
                 Ok(Some((body, translation))) => (body, Some(translation)),
                 Ok(None) if resolved.is_ok() => (r.body.rewritten(&route.actual_model), None),
                 Ok(None) => (Bytes::new(), None),
                 Err(why) => return Err(self.untranslatable(r, why)),
             };
+            if r.resumed > 0 && openai && route.server.inventory().vllm {
+                payload = crate::protocol::resume::for_vllm(&payload).unwrap_or(payload);
+            }
             r.attempt = Attempt::Running(Running {
                 payload,
                 armed: resolved.is_ok(),
@@ -92,6 +98,7 @@ impl Drover {
                 corked: None,
                 resend: false,
                 translated,
+                answered: false,
             });
             match resolved {
                 Ok(addr) => return Ok(Box::new(route.server.peer(addr, self.connect_timeout, self.read_timeout))),
@@ -137,6 +144,17 @@ impl Drover {
     /// The error that ends a request no server could answer; the client gets `r.refusal`,
     /// or, after failures, a 502 naming the last one.
     fn exhausted(&self, r: &mut Routed, attempts: u32) -> Box<Error> {
+        if let (None, Some((rest, all_429))) = (&r.last_failure, r.rested) {
+            // Every server tried asked to rest: the soonest any takes requests again (the
+            // scheduler's 429 says when the others that rest already do).
+            let others = r.refusal.as_ref().filter(|e| e.status == 429).and_then(|e| e.retry_after);
+            let soonest = others.map_or(rest, |s| rest.min(Duration::from_secs(s)));
+            let mut e = crate::routing::scheduler::rate_limited(&r.body.model, soonest);
+            if !all_429 {
+                e.status = 503;
+            }
+            r.refusal = Some(e);
+        }
         if let Some(why) = &r.last_failure {
             r.refusal = Some(ApiError::new(
                 502,
@@ -207,7 +225,6 @@ impl Drover {
         client_reused: bool,
     ) -> Box<Error> {
         let attempts = ctx.attempts;
-        let answered = ctx.status != 0;
         let Some(r) = ctx.routed.as_deref_mut() else { return e };
         let Some(route) = r.attempt.route().cloned() else { return e };
         if r.attempt.running().is_some_and(|run| run.resend) {
@@ -225,14 +242,8 @@ impl Drover {
             e.set_retry(false);
             return e;
         }
-        if session.response_written().is_some() {
-            // Bytes reached the client: no retry; fail_to_proxy ends the stream with an error.
-            let why = format!("{} broke off mid-response: {e}", route.server.url.as_str());
-            log::warn!("{} {why}", ctx.request_id);
-            if route.server.record_failure(&why) {
-                self.share_cooldown(&route.server);
-            }
-            ctx.error = Some(why);
+        if !matches!(r.attempt, Attempt::Running(_)) {
+            // `check_status` charged this attempt already and found nowhere else to go.
             e.set_retry(false);
             return e;
         }
@@ -241,6 +252,7 @@ impl Drover {
             ErrorType::WriteError | ErrorType::WriteTimedout => RetryReason::Send,
             _ => RetryReason::Response,
         };
+        let answered = r.attempt.running().is_some_and(|run| run.answered);
         if client_reused && !answered && reason != RetryReason::Timeout && r.stale_retries < STALE_RETRIES {
             // A pooled connection the server closed while idle: not the server's fault.
             log::debug!("stale pooled connection to {}: {e}", route.server.url.as_str());
@@ -249,6 +261,19 @@ impl Drover {
                 run.resend = true;
             }
             e.set_retry(true);
+            return e;
+        }
+        if session.response_written().is_some() {
+            // Bytes reached the client: continued on another server when it can be, else
+            // fail_to_proxy ends the stream with an error line.
+            let why = format!("broke off mid-response: {e}");
+            ctx.error = Some(format!("{} {why}", route.server.url.as_str()));
+            self.failed(r, &route, RetryReason::MidStream, why, &ctx.request_id);
+            let resumed = attempts <= self.max_retry_count && self.ask_continuation(r, &ctx.request_id);
+            if !resumed {
+                metrics::RESUMPTIONS.with_label_values(&["ended"]).inc();
+            }
+            e.set_retry(resumed);
             return e;
         }
         let why = match reason {
@@ -260,8 +285,11 @@ impl Drover {
         e
     }
 
-    /// `upstream_response_filter`: a 5xx before any byte reached the client goes to the next
-    /// route when there is one; the last server's own 5xx answer is passed on.
+    /// `upstream_response_filter`: a server's refusal sends the request on before anything of
+    /// it reaches the client. A 429 (or 503 with Retry-After) rests the server, a 401/403 to
+    /// drover's own credentials takes it out until a health check passes, neither counted as
+    /// a failure; a 5xx goes to the next route when there is one, the last server's own 5xx
+    /// answer passed on. A continuation that is not a 2xx is a failure of its own.
     pub(super) async fn check_status(
         &self,
         session: &mut Session,
@@ -270,9 +298,11 @@ impl Drover {
     ) -> pingora::Result<()> {
         let status = resp.status.as_u16();
         let attempts = ctx.attempts;
+        let continuing = session.response_written().is_some();
         let Some(r) = ctx.routed.as_deref_mut() else { return Ok(()) };
         let fallback = r.chat_fallback;
         if let Some(run) = r.attempt.running() {
+            run.answered = true;
             // An openai-kind server without /v1/messages or /v1/responses: the same request
             // again on the same server, translated to chat completions (and so from now on).
             let missing = matches!(status, 404 | 405 | 501);
@@ -286,10 +316,37 @@ impl Drover {
                 return Err(e);
             }
         }
+        let Some(route) = r.attempt.route().cloned() else { return Ok(()) };
+        let rest = match status {
+            429 | 503 => retry_after(resp).map(|d| d.min(self.max_rest)),
+            _ => None,
+        };
+        if let Some(rest) = rest.or((status == 429).then_some(Duration::from_secs(1))) {
+            route.server.rest_for(rest);
+            let url = route.server.url.as_str();
+            metrics::UPSTREAM_REFUSALS.with_label_values(&[url, "rate_limited"]).inc();
+            log::info!("{} {url} answered {status}: it rests for {rest:?}", ctx.request_id);
+            let (shortest, all_429) = r.rested.unwrap_or((rest, true));
+            r.rested = Some((shortest.min(rest), all_429 && status == 429));
+            return self.pass_on(session, r, attempts, status).await;
+        }
+        if matches!(status, 401 | 403) && !route.server.credentials.forward_client_auth {
+            let url = route.server.url.as_str();
+            let why = format!("upstream credentials refused (HTTP {status})");
+            if route.server.refuse_credentials(&why) {
+                log::error!("server {url} refused drover's credentials for it (HTTP {status}): down until a health check passes; check its api_key or headers");
+            }
+            metrics::UPSTREAM_REFUSALS.with_label_values(&[url, "credentials"]).inc();
+            r.last_failure = Some(format!("{url}: {why}"));
+            return self.pass_on(session, r, attempts, status).await;
+        }
+        if continuing && !(200..300).contains(&status) {
+            // error_while_proxy charges it, and continues the answer elsewhere if it can.
+            return Error::e_explain(ErrorType::HTTPStatus(status), format!("the continuation answered HTTP {status}"));
+        }
         if status < 500 {
             return Ok(());
         }
-        let Some(route) = r.attempt.route().cloned() else { return Ok(()) };
         let why = format!("answered HTTP {status}");
         self.failed(r, &route, RetryReason::Status5xx, why.clone(), &ctx.request_id);
         if attempts > self.max_retry_count {
@@ -313,6 +370,36 @@ impl Drover {
         }
     }
 
+    /// The server refused without failing (it asked to rest, or refused drover's credentials):
+    /// the request goes to the next route, or, with none left, the client gets what the
+    /// servers said (`exhausted`).
+    async fn pass_on(&self, session: &mut Session, r: &mut Routed, attempts: u32, status: u16) -> pingora::Result<()> {
+        r.attempt.fail();
+        let picked = if attempts <= self.max_retry_count {
+            self.take_route(session.as_mut(), r, true).await
+        } else {
+            Err(Refused::Error(ApiError::new(502, "upstream_failed", "no attempt left")))
+        };
+        match picked {
+            Ok(chosen) => {
+                if let Attempt::Failed { next, .. } = &mut r.attempt {
+                    *next = Some(chosen);
+                }
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), "passed on to the next server");
+                e.set_retry(true);
+                Err(e)
+            }
+            Err(Refused::ClientGone) => {
+                r.client_gone = true;
+                Err(Error::explain(ErrorType::ConnectionClosed, "client disconnected while waiting").into_down())
+            }
+            Err(Refused::Error(e)) => {
+                r.refusal = Some(e);
+                Err(self.exhausted(r, attempts))
+            }
+        }
+    }
+
     /// A failed attempt: counted, logged, and charged to the server (max_fails within fail_timeout).
     fn failed(&self, r: &mut Routed, route: &Arc<Route>, reason: RetryReason, why: String, request_id: &str) {
         let url = route.server.url.as_str();
@@ -330,6 +417,48 @@ impl Drover {
         }
         r.last_failure = Some(format!("{url}: {why}"));
         r.attempt.fail();
+    }
+}
+
+impl Drover {
+    /// Asks the next server to continue the answer the client is receiving: the client's
+    /// request with the text so far as the assistant's message to be continued
+    /// (protocol/resume.rs). False when this stream cannot be continued.
+    fn ask_continuation(&self, r: &mut Routed, request_id: &str) -> bool {
+        let Some(format) = r.resume else { return false };
+        let Some(stream) = r.relay.stream.as_mut() else { return false };
+        let Some(so_far) = stream.broken() else { return false };
+        let asked = r.asked.get_or_insert_with(|| r.body.bytes().clone());
+        let continuation = resume::request(format, asked, so_far)
+            .and_then(|b| RoutableBody::parse(b).map_err(|e| ApiError::from(e).message));
+        match continuation {
+            Ok(body) => {
+                log::info!("{request_id} continues on another server after {} tokens", so_far.tokens);
+                stream.continue_elsewhere();
+                r.body = body;
+                r.resumed += 1;
+                // The answer is whole in the end, but not one server's: not kept.
+                r.cache_fill = None;
+                metrics::RESUMPTIONS.with_label_values(&["continued"]).inc();
+                true
+            }
+            Err(why) => {
+                log::warn!("{request_id} cannot be continued elsewhere: {why}");
+                false
+            }
+        }
+    }
+}
+
+/// A Retry-After header's delay (seconds, or an HTTP date).
+fn retry_after(resp: &ResponseHeader) -> Option<Duration> {
+    let value = resp.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+        }
     }
 }
 

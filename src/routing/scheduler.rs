@@ -156,6 +156,7 @@ impl Scheduler {
                             .retry_after(self.cooldown.as_secs().max(1)),
                     ));
                 }
+                Selection::Resting(left) => return Err(Refused::Error(rate_limited(req.model, left))),
                 Selection::AllBusy { memory } => {
                     if ticket.is_none() {
                         ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
@@ -188,6 +189,18 @@ impl Scheduler {
         };
         ApiError::new(503, "queue_timeout", message).retry_after(self.queue.timeout.as_secs().max(1))
     }
+}
+
+/// The 429 a client gets when every server of its model asked to be left alone (429 or 503
+/// with Retry-After), with the soonest a server takes requests again.
+pub fn rate_limited(model: &str, left: Duration) -> ApiError {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    ApiError::new(
+        429,
+        "rate_limited",
+        format!("every server for model {model:?} is rate-limiting drover (429 with Retry-After); retry after {secs}s"),
+    )
+    .retry_after(secs.max(1))
 }
 
 /// A 404 that lists the models a client can ask for.

@@ -45,8 +45,26 @@ pub static TTFB: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_upstream_retries_total",
-        "Attempts that failed before any byte reached the client, by reason",
+        "Attempts that failed, by reason (mid_stream: after bytes reached the client)",
         &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RESUMPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_stream_resumptions_total",
+        "Streams whose server broke off: continued on another server, or ended with an error line",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_upstream_refusals_total",
+        "Answers that sent a request elsewhere without counting as failures: rate_limited (429, or 503 with Retry-After; the server rests) and credentials (401/403 to drover's credentials; the server is down until a health check passes)",
+        &["server", "reason"]
     )
     .expect("metric registers once")
 });
@@ -148,6 +166,8 @@ pub fn init() {
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TTFB);
     LazyLock::force(&RETRIES);
+    LazyLock::force(&RESUMPTIONS);
+    LazyLock::force(&UPSTREAM_REFUSALS);
     LazyLock::force(&TOKENS);
     LazyLock::force(&MODEL_LOAD);
     LazyLock::force(&RESOURCE_CHECKS);
@@ -165,6 +185,8 @@ pub enum RetryReason {
     Send,
     Response,
     Status5xx,
+    /// The server broke off after bytes reached the client.
+    MidStream,
 }
 
 impl RetryReason {
@@ -175,6 +197,7 @@ impl RetryReason {
             RetryReason::Send => "send",
             RetryReason::Response => "response",
             RetryReason::Status5xx => "status_5xx",
+            RetryReason::MidStream => "mid_stream",
         }
     }
 }

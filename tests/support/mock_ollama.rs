@@ -36,8 +36,13 @@ pub enum Mode {
     Error = 2,
     /// Accept the request and never answer.
     Hang = 3,
-    /// Send two chunks, then break the connection.
+    /// Send `drop_after` lines of a stream (two unless set), then break the connection.
     DropMidStream = 4,
+    /// 429 with `Retry-After: retry_after_secs`, as a rate-limited hosted service or vLLM.
+    RateLimited = 5,
+    /// 401 to model calls, as a server whose auth proxy guards inference (its health
+    /// endpoints stay open).
+    Unauthorized = 6,
 }
 
 pub struct Recorded {
@@ -74,6 +79,10 @@ pub struct MockState {
     pub close_reused: AtomicBool,
     /// Answer /v1/messages and /v1/responses with 404, as a server with only chat completions.
     pub no_messages: AtomicBool,
+    /// Lines of a stream sent before `Mode::DropMidStream` breaks it.
+    pub drop_after: AtomicUsize,
+    /// The Retry-After of `Mode::RateLimited`, in seconds.
+    pub retry_after_secs: AtomicU64,
     /// Blobs received (POST /api/blobs/:digest), by digest.
     pub blobs: Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -115,6 +124,8 @@ impl MockOllama {
             close_reused: AtomicBool::new(false),
             blobs: Mutex::new(std::collections::HashMap::new()),
             no_messages: AtomicBool::new(false),
+            drop_after: AtomicUsize::new(2),
+            retry_after_secs: AtomicU64::new(2),
         });
         let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
         *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
@@ -383,6 +394,15 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
     if mode == Mode::Error as u8 {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "mock failure");
     }
+    if mode == Mode::RateLimited as u8 {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit reached, retry later");
+        let secs = s.retry_after_secs.load(Ordering::SeqCst).to_string();
+        r.headers_mut().insert("retry-after", secs.parse().unwrap());
+        return r;
+    }
+    if mode == Mode::Unauthorized as u8 {
+        return error(StatusCode::UNAUTHORIZED, "invalid api key");
+    }
     if mode == Mode::Hang as u8 {
         std::future::pending::<()>().await;
     }
@@ -472,7 +492,12 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
         return axum::Json(answer).into_response();
     }
     let tool = req["tools"].get(0).map(|t| t["function"]["name"].as_str().unwrap_or("").to_string());
-    stream_answer(s, path, model, mode == Mode::DropMidStream as u8, tool)
+    // A final assistant message (or a prompt) that already holds part of the answer is
+    // continued from where it ends, as a model continues a prefill.
+    let last = req["messages"].as_array().and_then(|m| m.last()).filter(|m| m["role"] == "assistant");
+    let prefix = last.and_then(|m| m["content"].as_str()).or(req["prompt"].as_str()).unwrap_or("");
+    let skip = prefix.matches("tok").count();
+    stream_answer(s, path, model, mode == Mode::DropMidStream as u8, tool, skip)
 }
 
 fn content(s: &MockState) -> String {
@@ -511,14 +536,23 @@ fn whole_answer(s: &MockState, path: &str, model: &str) -> Value {
 const SENT_AT: &str = "@sent-at@";
 
 /// Streams NDJSON (Ollama) or SSE (OpenAI), one chunk per gap; counts readers that leave early.
-fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool, tool: Option<String>) -> Response {
+fn stream_answer(
+    s: Arc<MockState>,
+    path: String,
+    model: String,
+    drop_mid: bool,
+    tool: Option<String>,
+    skip: usize,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let sse = path.starts_with("/v1/");
     tokio::spawn(async move {
-        let n = s.chunks.load(Ordering::SeqCst);
+        let all = s.chunks.load(Ordering::SeqCst);
+        let n = all.saturating_sub(skip);
+        let drop_after = s.drop_after.load(Ordering::SeqCst);
         let gap = Duration::from_millis(s.chunk_delay_ms.load(Ordering::SeqCst));
         let mut lines: Vec<String> = Vec::new();
-        for i in 0..n {
+        for i in skip.min(all)..all {
             let piece = format!("tok{i} ");
             lines.push(if path == "/v1/messages" {
                 let e = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": piece } });
@@ -589,7 +623,7 @@ fn stream_answer(s: Arc<MockState>, path: String, model: String, drop_mid: bool,
             if i > 0 {
                 tokio::time::sleep(gap).await;
             }
-            if drop_mid && i == 2 {
+            if drop_mid && i == drop_after {
                 let _ = tx.send(Err(std::io::Error::other("mock drops the stream"))).await;
                 return;
             }

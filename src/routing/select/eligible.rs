@@ -15,6 +15,10 @@ pub enum Skip {
     AlreadyTried,
     Down,
     CoolingDown(std::time::Duration),
+    /// It answered 429 (or 503) with Retry-After: resting for this long yet.
+    Resting(std::time::Duration),
+    /// It refused the credentials drover sends it.
+    CredentialsRefused,
     /// An openai-kind server cannot answer Ollama's native /api calls.
     WrongApi,
     Busy,
@@ -31,6 +35,8 @@ impl std::fmt::Display for Skip {
             Skip::AlreadyTried => write!(f, "already tried for this request"),
             Skip::Down => write!(f, "down"),
             Skip::CoolingDown(d) => write!(f, "cooling down ({}s left)", d.as_secs() + 1),
+            Skip::Resting(d) => write!(f, "rate-limited, resting as it asked ({}s left)", d.as_secs() + 1),
+            Skip::CredentialsRefused => write!(f, "down: upstream credentials refused"),
             Skip::WrongApi => write!(f, "openai-kind server cannot serve the Ollama /api"),
             Skip::Busy => write!(f, "busy (at max_concurrency)"),
             Skip::NoMemory(why) => write!(f, "not enough memory ({why})"),
@@ -78,6 +84,10 @@ pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
         Some(Skip::WrongApi)
     } else if !s.healthy() {
         Some(Skip::Down)
+    } else if s.refusing() {
+        Some(Skip::CredentialsRefused)
+    } else if let Some(d) = s.resting() {
+        Some(Skip::Resting(d))
     } else {
         s.cooling_down().map(Skip::CoolingDown)
     }

@@ -33,6 +33,9 @@ pub enum Selection<H> {
     AllBusy { memory: Option<String> },
     /// Routes exist but none can be used; the text says why, server by server.
     Unavailable(String),
+    /// Every route not yet tried rests, as its server asked (429 with Retry-After), the
+    /// first for this long yet.
+    Resting(std::time::Duration),
     /// No route names the model and no server lists it.
     UnknownModel,
 }
@@ -96,6 +99,17 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
     if busy || !short_of_memory.is_empty() {
         let memory = (!short_of_memory.is_empty()).then(|| short_of_memory.join("; "));
         return Selection::AllBusy { memory };
+    }
+    let mut resting = skipped.iter().filter(|(_, why)| !matches!(why, Skip::Inactive | Skip::AlreadyTried)).map(
+        |(_, why)| match why {
+            Skip::Resting(d) => Some(*d),
+            _ => None,
+        },
+    );
+    if let Some(Some(first)) = resting.next() {
+        if let Some(shortest) = resting.try_fold(first, |min, d| d.map(|d| min.min(d))) {
+            return Selection::Resting(shortest);
+        }
     }
     Selection::Unavailable(reasons.join("; "))
 }

@@ -1,0 +1,574 @@
+//! Stream resumption: what a client has received of a stream, the request that asks another server to continue it, and the continuation spliced into the same stream.
+//!
+//! Everything here works on the client's own format (after any translation), so the server
+//! that continues may be of another kind than the one that broke off. A stream is passed
+//! on record by record (an NDJSON line, an SSE event): an unfinished record is held back
+//! until its end arrives, so that a break leaves the client at a record's end, where the
+//! continuation can follow.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// A streamed answer drover can continue on another server, by the client's endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OllamaChat,
+    OllamaGenerate,
+    OpenAiChat,
+    OpenAiCompletion,
+    /// Anthropic's Messages.
+    Messages,
+}
+
+impl Format {
+    /// The resumable format of a client's endpoint; `None` for the rest (the Responses API
+    /// among them: its closing events repeat the whole answer).
+    pub fn of_path(path: &str) -> Option<Format> {
+        match path {
+            "/api/chat" => Some(Format::OllamaChat),
+            "/api/generate" => Some(Format::OllamaGenerate),
+            "/v1/chat/completions" => Some(Format::OpenAiChat),
+            "/v1/completions" => Some(Format::OpenAiCompletion),
+            "/v1/messages" => Some(Format::Messages),
+            _ => None,
+        }
+    }
+
+    fn sse(self) -> bool {
+        !matches!(self, Format::OllamaChat | Format::OllamaGenerate)
+    }
+}
+
+/// A record longer than this is passed on unfinished, and its stream can no longer resume.
+const MAX_HELD: usize = 1 << 20;
+/// Records kept raw before they are read into `SoFar` (reading them costs a parse).
+const FOLD_AT: usize = 64 << 10;
+
+/// What the client has received of an answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SoFar {
+    /// The answer's text (thinking and tool calls left out).
+    pub text: String,
+    /// Records that carried generated text or thinking: one token each, as servers stream them.
+    pub tokens: u64,
+    /// The stream's id (OpenAI's chunks), kept by the continuation.
+    id: Option<String>,
+    /// Anthropic's last content block.
+    block: Option<Block>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Block {
+    index: u64,
+    open: bool,
+    text: bool,
+}
+
+impl SoFar {
+    /// Reads one record's JSON.
+    fn read(&mut self, format: Format, v: &Value) {
+        let counted = |text: Option<&str>, other: Option<&str>, so_far: &mut SoFar| {
+            let text = text.unwrap_or("");
+            so_far.text.push_str(text);
+            if !text.is_empty() || other.is_some_and(|t| !t.is_empty()) {
+                so_far.tokens += 1;
+            }
+        };
+        match format {
+            Format::OllamaChat if v["done"] != true => {
+                let m = &v["message"];
+                counted(m["content"].as_str(), m["thinking"].as_str(), self);
+            }
+            Format::OllamaGenerate if v["done"] != true => {
+                counted(v["response"].as_str(), v["thinking"].as_str(), self);
+            }
+            Format::OpenAiChat | Format::OpenAiCompletion => {
+                if let Some(id) = v["id"].as_str().filter(|_| self.id.is_none()) {
+                    self.id = Some(id.to_string());
+                }
+                let choice = &v["choices"][0];
+                if format == Format::OpenAiChat {
+                    let d = &choice["delta"];
+                    let reasoning = d["reasoning_content"].as_str().or(d["reasoning"].as_str());
+                    counted(d["content"].as_str(), reasoning, self);
+                } else {
+                    counted(choice["text"].as_str(), None, self);
+                }
+            }
+            Format::Messages => match v["type"].as_str() {
+                Some("content_block_start") => {
+                    let index = v["index"].as_u64().unwrap_or(0);
+                    let text = v["content_block"]["type"] == "text";
+                    self.block = Some(Block { index, open: true, text });
+                }
+                Some("content_block_delta") => {
+                    let d = &v["delta"];
+                    counted(d["text"].as_str(), d["thinking"].as_str().or(d["partial_json"].as_str()), self);
+                }
+                Some("content_block_stop") => {
+                    if let Some(b) = self.block.as_mut() {
+                        b.open = false;
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// A streamed answer on its way to the client, record by record.
+pub struct Stream {
+    format: Format,
+    /// An unfinished record, held back until its end arrives.
+    pending: Vec<u8>,
+    /// Whole records sent since they were last read into `so_far`.
+    sent: Vec<u8>,
+    so_far: SoFar,
+    /// Set once the answer continues on another server.
+    splice: Option<Splice>,
+    /// False once a record too long to hold was passed on unfinished.
+    aligned: bool,
+}
+
+/// How a continuation's records are fitted to what the client already has.
+#[derive(Debug)]
+struct Splice {
+    /// Tokens sent before the continuation began, added to its final counts.
+    tokens_before: u64,
+    id: Option<String>,
+    /// Added to the continuation's content block indexes (Anthropic).
+    offset: u64,
+    /// The continuation's first text block continues the client's open one.
+    merge_first: bool,
+    /// An open block of another kind, closed before the continuation's first block.
+    close: Option<u64>,
+    /// The continuation's first record is still to come.
+    first: bool,
+}
+
+impl Stream {
+    pub fn new(format: Format) -> Stream {
+        Stream { format, pending: Vec::new(), sent: Vec::new(), so_far: SoFar::default(), splice: None, aligned: true }
+    }
+
+    /// The chunk as the client must get it: whole records only (`None` while a record is
+    /// unfinished), fitted to the earlier part when this is a continuation.
+    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Option<Bytes> {
+        let data: &[u8] = chunk.map_or(&[], |c| c);
+        if self.pending.is_empty() && self.splice.is_none() && !data.is_empty() && (end || self.ends_record(data)) {
+            // The common case: a chunk of whole records, passed as it is.
+            self.keep(data);
+            return chunk.cloned();
+        }
+        self.pending.extend_from_slice(data);
+        let mut cut = if end { self.pending.len() } else { records_end(&self.pending, self.format.sse()) };
+        if cut == 0 && self.pending.len() > MAX_HELD {
+            self.aligned = false;
+            cut = self.pending.len();
+        }
+        let whole: Vec<u8> = self.pending.drain(..cut).collect();
+        let out = if self.splice.is_some() { self.fit(&whole) } else { whole };
+        self.keep(&out);
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    fn ends_record(&self, data: &[u8]) -> bool {
+        if self.format.sse() {
+            data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n")
+        } else {
+            data.ends_with(b"\n")
+        }
+    }
+
+    fn keep(&mut self, data: &[u8]) {
+        self.sent.extend_from_slice(data);
+        if self.sent.len() > FOLD_AT {
+            self.fold();
+        }
+    }
+
+    /// Reads the records sent since the last fold into `so_far`.
+    fn fold(&mut self) {
+        let sent = std::mem::take(&mut self.sent);
+        for payload in payloads(&sent, self.format.sse()) {
+            if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+                self.so_far.read(self.format, &v);
+            }
+        }
+        self.sent = sent;
+        self.sent.clear();
+    }
+
+    /// The server broke off: what the client has (the unfinished record it never got is
+    /// dropped), or `None` when the stream cannot be continued cleanly.
+    pub fn broken(&mut self) -> Option<&SoFar> {
+        self.pending.clear();
+        if !self.aligned {
+            return None;
+        }
+        self.fold();
+        Some(&self.so_far)
+    }
+
+    /// What follows comes from another server continuing the answer.
+    pub fn continue_elsewhere(&mut self) {
+        let (offset, merge_first, close) = match self.so_far.block {
+            None => (0, false, None),
+            Some(Block { index, open: true, text: true }) => (index, true, None),
+            Some(Block { index, open: true, text: false }) => (index + 1, false, Some(index)),
+            Some(Block { index, open: false, .. }) => (index + 1, false, None),
+        };
+        self.splice = Some(Splice {
+            tokens_before: self.so_far.tokens,
+            id: self.so_far.id.clone(),
+            offset,
+            merge_first,
+            close,
+            first: true,
+        });
+    }
+
+    /// A continuation's whole records, fitted to what the client already has.
+    fn fit(&mut self, whole: &[u8]) -> Vec<u8> {
+        let Some(splice) = self.splice.as_mut() else { return whole.to_vec() };
+        let mut out = Vec::with_capacity(whole.len() + 64);
+        for record in records(whole, self.format.sse()) {
+            splice.record(self.format, record, &mut out);
+        }
+        out
+    }
+}
+
+impl Splice {
+    fn record(&mut self, format: Format, record: &[u8], out: &mut Vec<u8>) {
+        let first = std::mem::replace(&mut self.first, false);
+        let payload = payloads(record, format.sse()).next();
+        let Some(mut v) = payload.and_then(|p| serde_json::from_slice::<Value>(p).ok()) else {
+            // Comments, keep-alives, `[DONE]`: as they are.
+            out.extend_from_slice(record);
+            return;
+        };
+        let before = self.tokens_before;
+        match format {
+            Format::OllamaChat | Format::OllamaGenerate => {
+                if v["done"] != true {
+                    out.extend_from_slice(record);
+                    return;
+                }
+                add(&mut v["eval_count"], before);
+                out.extend_from_slice(format!("{v}\n").as_bytes());
+            }
+            Format::OpenAiChat | Format::OpenAiCompletion => {
+                let delta = &v["choices"][0]["delta"];
+                let opening = format == Format::OpenAiChat
+                    && delta.get("role").is_some()
+                    && delta["content"].as_str().is_none_or(str::is_empty)
+                    && delta.get("tool_calls").is_none()
+                    && v["choices"][0]["finish_reason"].is_null();
+                if first && opening {
+                    // The continuation's role announcement: the client had its own.
+                    return;
+                }
+                if let Some(id) = &self.id {
+                    v["id"] = json!(id);
+                }
+                if v["usage"].is_object() {
+                    add(&mut v["usage"]["completion_tokens"], before);
+                    add(&mut v["usage"]["total_tokens"], before);
+                }
+                out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+            }
+            Format::Messages => {
+                let kind = v["type"].as_str().unwrap_or("").to_string();
+                match kind.as_str() {
+                    "message_start" | "ping" => return,
+                    "content_block_start" => {
+                        if let Some(index) = self.close.take() {
+                            let stop = json!({ "type": "content_block_stop", "index": index });
+                            out.extend_from_slice(format!("event: content_block_stop\ndata: {stop}\n\n").as_bytes());
+                        }
+                        let merge = std::mem::replace(&mut self.merge_first, false);
+                        if merge && v["index"] == 0 && v["content_block"]["type"] == "text" {
+                            return;
+                        }
+                        shift(&mut v["index"], self.offset);
+                    }
+                    "content_block_delta" | "content_block_stop" => shift(&mut v["index"], self.offset),
+                    "message_delta" => add(&mut v["usage"]["output_tokens"], before),
+                    _ => {}
+                }
+                out.extend_from_slice(format!("event: {kind}\ndata: {v}\n\n").as_bytes());
+            }
+        }
+    }
+}
+
+fn add(n: &mut Value, by: u64) {
+    if let Some(x) = n.as_u64() {
+        *n = json!(x + by);
+    }
+}
+
+fn shift(index: &mut Value, by: u64) {
+    *index = json!(index.as_u64().unwrap_or(0) + by);
+}
+
+/// The end of the last whole record in `buf` (0 when there is none): a line of NDJSON, an
+/// SSE event (ended by a blank line).
+fn records_end(buf: &[u8], sse: bool) -> usize {
+    let mut i = buf.len();
+    while i > 0 {
+        i -= 1;
+        if buf[i] != b'\n' {
+            continue;
+        }
+        if !sse || buf[..i].ends_with(b"\n") || buf[..i].ends_with(b"\n\r") {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// The records of `buf`, each with its terminator.
+fn records(buf: &[u8], sse: bool) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = match records_end_first(rest, sse) {
+            0 => rest.len(),
+            n => n,
+        };
+        let (record, tail) = rest.split_at(end);
+        rest = tail;
+        Some(record)
+    })
+}
+
+/// The end of the first whole record in `buf` (0 when there is none).
+fn records_end_first(buf: &[u8], sse: bool) -> usize {
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' && (!sse || buf[..i].ends_with(b"\n") || buf[..i].ends_with(b"\n\r")) {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// The JSON payloads of `buf`: every NDJSON line, every SSE `data:` line.
+fn payloads(buf: &[u8], sse: bool) -> impl Iterator<Item = &[u8]> {
+    buf.split(|&b| b == b'\n').filter_map(move |line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let json = if sse { line.strip_prefix(b"data:")?.trim_ascii_start() } else { line };
+        (!json.is_empty() && json[0] == b'{').then_some(json)
+    })
+}
+
+/// The request that asks a server to continue an answer: the client's request with the text
+/// so far as the assistant's message to be continued (chat APIs), or appended to the prompt
+/// (completion APIs). With no text yet, the request as it was.
+pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, String> {
+    if so_far.text.is_empty() {
+        return Ok(body.clone());
+    }
+    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let text = so_far.text.as_str();
+    match format {
+        Format::OllamaChat | Format::OpenAiChat | Format::Messages => {
+            let messages = v["messages"].as_array_mut().ok_or("the request has no messages")?;
+            match messages.last_mut() {
+                // The client's own prefill, continued further.
+                Some(last) if last["role"] == "assistant" && last["content"].is_string() => {
+                    let content = format!("{}{text}", last["content"].as_str().unwrap_or(""));
+                    last["content"] = json!(content);
+                }
+                _ => messages.push(json!({ "role": "assistant", "content": text })),
+            }
+        }
+        Format::OllamaGenerate | Format::OpenAiCompletion => {
+            let prompt = v["prompt"].as_str().ok_or("the request has no prompt to continue")?;
+            v["prompt"] = json!(format!("{prompt}{text}"));
+        }
+    }
+    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+/// The fields vLLM needs to continue a final assistant message rather than answer it.
+pub fn for_vllm(body: &Bytes) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let last_is_assistant = v["messages"].as_array()?.last().is_some_and(|m| m["role"] == "assistant");
+    if !last_is_assistant {
+        return None;
+    }
+    v["continue_final_message"] = json!(true);
+    v["add_generation_prompt"] = json!(false);
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(s: &mut Stream, chunks: &[&str]) -> String {
+        let mut out = String::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let b = Bytes::from(c.to_string());
+            if let Some(o) = s.feed(Some(&b), i + 1 == chunks.len() && c.is_empty()) {
+                out.push_str(std::str::from_utf8(&o).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unfinished_records_are_held_back_and_dropped_at_a_break() {
+        let mut s = Stream::new(Format::OllamaChat);
+        let line =
+            |t: &str| format!("{}\n", json!({ "message": { "role": "assistant", "content": t }, "done": false }));
+        let (a, b) = (line("Hel"), line("lo"));
+        let out = feed_all(&mut s, &[&a, &b[..5]]);
+        assert_eq!(out, a, "the half line waits");
+        let so_far = s.broken().unwrap();
+        assert_eq!((so_far.text.as_str(), so_far.tokens), ("Hel", 1));
+        let mut s = Stream::new(Format::OpenAiChat);
+        let e = "data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n";
+        assert_eq!(feed_all(&mut s, &[e]), "", "an SSE event ends at a blank line");
+        assert_eq!(feed_all(&mut s, &["\n"]), format!("{e}\n"));
+    }
+
+    #[test]
+    fn an_ollama_continuation_adds_its_tokens_to_the_final_counts() {
+        let mut s = Stream::new(Format::OllamaGenerate);
+        let piece = |t: &str| format!("{}\n", json!({ "response": t, "done": false }));
+        feed_all(&mut s, &[&piece("one "), &piece("two ")]);
+        let so_far = s.broken().unwrap().clone();
+        assert_eq!((so_far.text.as_str(), so_far.tokens), ("one two ", 2));
+        let body = Bytes::from(json!({ "model": "m", "prompt": "count: " }).to_string());
+        let asked: Value = serde_json::from_slice(&request(Format::OllamaGenerate, &body, &so_far).unwrap()).unwrap();
+        assert_eq!(asked["prompt"], "count: one two ");
+        s.continue_elsewhere();
+        let done = format!("{}\n", json!({ "response": "", "done": true, "eval_count": 3, "prompt_eval_count": 9 }));
+        let out = feed_all(&mut s, &[&piece("three"), &done]);
+        let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!((last["eval_count"].as_u64(), last["prompt_eval_count"].as_u64()), (Some(5), Some(9)));
+        assert!(out.starts_with(&piece("three")));
+    }
+
+    #[test]
+    fn an_openai_continuation_keeps_the_stream_id_and_drops_its_role_chunk() {
+        let mut s = Stream::new(Format::OpenAiChat);
+        let chunk = |id: &str, delta: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({ "id": id, "choices": [{ "index": 0, "delta": delta, "finish_reason": null }] })
+            )
+        };
+        feed_all(
+            &mut s,
+            &[&chunk("a", json!({ "role": "assistant", "content": "" })), &chunk("a", json!({ "content": "Hi" }))],
+        );
+        let so_far = s.broken().unwrap().clone();
+        let body = Bytes::from(json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }] }).to_string());
+        let asked: Value = serde_json::from_slice(&request(Format::OpenAiChat, &body, &so_far).unwrap()).unwrap();
+        assert_eq!(asked["messages"][1], json!({ "role": "assistant", "content": "Hi" }));
+        s.continue_elsewhere();
+        let usage = format!(
+            "data: {}\n\n",
+            json!({ "id": "b", "choices": [], "usage": { "prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6 } })
+        );
+        let out = feed_all(
+            &mut s,
+            &[
+                &chunk("b", json!({ "role": "assistant", "content": "" })),
+                &chunk("b", json!({ "content": " there" })),
+                &usage,
+                "data: [DONE]\n\n",
+            ],
+        );
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{out}");
+        let first: Value = serde_json::from_str(&events[0][6..]).unwrap();
+        assert_eq!(
+            (first["id"].as_str(), first["choices"][0]["delta"]["content"].as_str()),
+            (Some("a"), Some(" there"))
+        );
+        let usage: Value = serde_json::from_str(&events[1][6..]).unwrap();
+        assert_eq!(usage["usage"], json!({ "prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7 }));
+        assert_eq!(events[2], "data: [DONE]");
+    }
+
+    #[test]
+    fn a_messages_continuation_merges_into_the_open_text_block() {
+        let mut s = Stream::new(Format::Messages);
+        let ev = |v: Value| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap());
+        let start = ev(json!({ "type": "message_start", "message": { "id": "msg_a" } }));
+        let block = |i: u64, kind: &str| {
+            ev(json!({ "type": "content_block_start", "index": i, "content_block": { "type": kind } }))
+        };
+        let delta = |i: u64, t: &str| {
+            ev(json!({ "type": "content_block_delta", "index": i, "delta": { "type": "text_delta", "text": t } }))
+        };
+        feed_all(
+            &mut s,
+            &[
+                &start,
+                &block(0, "thinking"),
+                &ev(json!({ "type": "content_block_stop", "index": 0 })),
+                &block(1, "text"),
+                &delta(1, "Hel"),
+            ],
+        );
+        let so_far = s.broken().unwrap().clone();
+        assert_eq!(so_far.text, "Hel");
+        s.continue_elsewhere();
+        let end = ev(
+            json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn" }, "usage": { "output_tokens": 2 } }),
+        );
+        let out = feed_all(
+            &mut s,
+            &[
+                &start,
+                &block(0, "text"),
+                &delta(0, "lo"),
+                &ev(json!({ "type": "content_block_stop", "index": 0 })),
+                &end,
+            ],
+        );
+        let events: Vec<Value> = out
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| serde_json::from_str(e.split_once("data: ").unwrap().1).unwrap())
+            .collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["content_block_delta", "content_block_stop", "message_delta"]);
+        assert_eq!((events[0]["index"].as_u64(), events[1]["index"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(events[2]["usage"]["output_tokens"], 3);
+    }
+
+    #[test]
+    fn a_clients_own_prefill_is_continued_and_vllm_is_told_to_continue() {
+        let body = Bytes::from(
+            json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }, { "role": "assistant", "content": "Sure: " }] })
+                .to_string(),
+        );
+        let so_far = SoFar { text: "one".into(), tokens: 1, ..SoFar::default() };
+        let asked = request(Format::OpenAiChat, &body, &so_far).unwrap();
+        let v: Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(
+            (v["messages"].as_array().unwrap().len(), v["messages"][1]["content"].as_str()),
+            (2, Some("Sure: one"))
+        );
+        let vllm: Value = serde_json::from_slice(&for_vllm(&asked).unwrap()).unwrap();
+        assert_eq!(
+            (vllm["continue_final_message"].as_bool(), vllm["add_generation_prompt"].as_bool()),
+            (Some(true), Some(false))
+        );
+        assert_eq!(
+            request(Format::OllamaChat, &body, &SoFar::default()).unwrap(),
+            body,
+            "nothing received: asked again as it was"
+        );
+    }
+}
