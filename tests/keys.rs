@@ -219,3 +219,52 @@ async fn each_server_gets_its_own_credentials_not_the_clients() {
     }
     assert!(!d.log().contains("upstream-secret"));
 }
+
+/// A key's weight and priority class (the queue's fair order) are set and checked through the
+/// admin API, and a request under a batch key waits behind an interactive one.
+#[tokio::test]
+async fn key_weight_and_priority_order_the_queue() {
+    let m = MockOllama::start("m", &["m:1b"]).await;
+    m.set_answer_delay(Duration::from_millis(150));
+    let d = Drover::start(&format!(
+        "{FAST}  max_concurrency: 1\nauth:\n  require_keys: true\nroutes:\n{}",
+        route("chat", &m)
+    ))
+    .await;
+    let (id, batch) = create_key(&d, json!({ "name": "nightly", "weight": 3, "priority": "batch" })).await;
+    let (_, k) = admin(&d, reqwest::Method::GET, &format!("keys/{id}"), None).await;
+    assert_eq!((k["weight"].as_i64(), k["priority"].as_str()), (Some(3), Some("batch")), "{k}");
+    let (status, e) =
+        admin(&d, reqwest::Method::PUT, &format!("keys/{id}"), Some(json!({ "weight": 0, "priority": "urgent" })))
+            .await;
+    assert_eq!(status, 400, "{e}");
+    let (_, k) = admin(&d, reqwest::Method::GET, &format!("keys/{id}"), None).await;
+    assert_eq!((k["weight"].as_i64(), k["priority"].as_str()), (Some(3), Some("batch")), "nothing half-written");
+    let (_, interactive) = create_key(&d, json!({ "name": "chat" })).await;
+
+    // One slot: the batch key fills it and queues three more; an interactive request sent
+    // after them is answered second.
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let send = |key: String, tag: &'static str, after: u64| {
+        let (d_url, done) = (d.url.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            let r = http()
+                .post(format!("{d_url}/api/chat"))
+                .bearer_auth(key)
+                .json(&json!({ "model": "chat", "stream": false }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            done.lock().unwrap().push(tag);
+        })
+    };
+    let mut tasks: Vec<_> = (0..4).map(|i| send(batch.clone(), "batch", i * 10)).collect();
+    tasks.push(send(interactive, "interactive", 80));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = done.lock().unwrap().clone();
+    assert_eq!(order.iter().position(|t| *t == "interactive"), Some(1), "{order:?}");
+}

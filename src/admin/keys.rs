@@ -175,6 +175,14 @@ fn key_fields(m: &Map<String, Value>, creating: bool) -> Result<KeyFields, Reply
                 Value::Bool(b) => f.is_active = Some(*b),
                 _ => return Err(format!("{v}: must be true or false")),
             },
+            "weight" => match v.as_i64() {
+                Some(n) if (1..=1000).contains(&n) => f.weight = Some(n),
+                _ => return Err(format!("{v}: must be an integer from 1 to 1000 (its share of freed slots)")),
+            },
+            "priority" => match v.as_str() {
+                Some(p @ ("interactive" | "batch")) => f.priority = Some(p.to_string()),
+                _ => return Err(format!("{v}: must be \"interactive\" or \"batch\"")),
+            },
             "key" | "key_hash" => return Err("drover makes keys itself; create a new key instead".into()),
             _ => return Err("unknown field".into()),
         }

@@ -269,6 +269,8 @@ mod tests {
             request_count: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
+            weight: 1,
+            priority: "interactive".into(),
         }
     }
 

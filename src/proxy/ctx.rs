@@ -108,6 +108,8 @@ pub struct Routed {
     pub asked: Option<Bytes>,
     /// Continuations asked for so far.
     pub resumed: u32,
+    /// Whose request it is, for the queue's fair order.
+    pub tenant: crate::routing::queue::Tenant,
     /// Servers that asked to rest (429, or 503 with Retry-After): the shortest rest asked,
     /// and whether every one said 429.
     pub rested: Option<(std::time::Duration, bool)>,
@@ -276,6 +278,7 @@ impl Routed {
             asked: None,
             resumed: 0,
             rested: None,
+            tenant: Default::default(),
             relay: Relay {
                 content_type: String::new(),
                 sized: false,

@@ -59,6 +59,14 @@ impl Drover {
             "/v1/responses" => Some("/v1/responses"),
             _ => None,
         };
+        if let Some(key) = &ctx.key {
+            // Its place in the queue's fair order (routing/queue.rs).
+            routed.tenant = crate::routing::queue::Tenant {
+                key: key.record.id,
+                weight: key.record.weight.clamp(1, 1000) as u32,
+                batch: key.record.priority == "batch",
+            };
+        }
         routed.resume = self.resumable(&routed.body.name, session.req_header().uri.path());
         routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);

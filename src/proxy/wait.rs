@@ -21,7 +21,7 @@ impl Drover {
         // Only what cannot be translated needs an Ollama server.
         let needs_ollama = r.native && r.translatable.is_none();
         let req = self.scheduler.request(&r.body, needs_ollama, &r.tried, r.affinity);
-        self.scheduler.acquire(&r.fleet, &req, retrying, client_gone(session)).await
+        self.scheduler.acquire(&r.fleet, &req, r.tenant, retrying, client_gone(session)).await
     }
 }
 

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::queue::Queue;
+use super::queue::{Queue, Tenant};
 use super::resources::{Reservation, ResourceCheck};
 use super::select::{select, Request, Selection};
 use crate::config::{Affinity, AffinityMode, Settings, Strategy};
@@ -103,12 +103,13 @@ impl Scheduler {
         }
     }
 
-    /// Takes a slot on the best eligible route, waiting in the queue while all are busy;
-    /// gives up when `client_gone` resolves.
+    /// Takes a slot on the best eligible route, waiting in the queue (in fair order across
+    /// tenants) while all are busy; gives up when `client_gone` resolves.
     pub async fn acquire(
         &self,
         fleet: &Fleet,
         req: &Request<'_>,
+        tenant: Tenant,
         retrying: bool,
         client_gone: impl Future<Output = ()>,
     ) -> Result<Chosen, Refused> {
@@ -130,7 +131,7 @@ impl Scheduler {
         };
         if self.queue.has_line(req.model) {
             // Others are already waiting for this model: no overtaking them.
-            ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
+            ticket = Some(self.queue.enter(req.model, tenant, &fleet.released).ok_or_else(queue_full)?);
         }
         loop {
             let released = fleet.released.notified();
@@ -159,7 +160,7 @@ impl Scheduler {
                 Selection::Resting(left) => return Err(Refused::Error(rate_limited(req.model, left))),
                 Selection::AllBusy { memory } => {
                     if ticket.is_none() {
-                        ticket = Some(self.queue.enter(req.model, &fleet.released).ok_or_else(queue_full)?);
+                        ticket = Some(self.queue.enter(req.model, tenant, &fleet.released).ok_or_else(queue_full)?);
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {

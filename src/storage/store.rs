@@ -80,16 +80,19 @@ impl Backend {
                 (1, "ollama_servers", include_str!("../../migrations/sqlite/0001_ollama_servers.sql")),
                 (2, "api_keys", include_str!("../../migrations/sqlite/0002_api_keys.sql")),
                 (3, "conversations", include_str!("../../migrations/sqlite/0003_conversations.sql")),
+                (4, "key_scheduling", include_str!("../../migrations/sqlite/0004_key_scheduling.sql")),
             ],
             Backend::Postgres => &[
                 (1, "ollama_servers", include_str!("../../migrations/postgres/0001_ollama_servers.sql")),
                 (2, "api_keys", include_str!("../../migrations/postgres/0002_api_keys.sql")),
                 (3, "conversations", include_str!("../../migrations/postgres/0003_conversations.sql")),
+                (4, "key_scheduling", include_str!("../../migrations/postgres/0004_key_scheduling.sql")),
             ],
             Backend::MySql => &[
                 (1, "ollama_servers", include_str!("../../migrations/mysql/0001_ollama_servers.sql")),
                 (2, "api_keys", include_str!("../../migrations/mysql/0002_api_keys.sql")),
                 (3, "conversations", include_str!("../../migrations/mysql/0003_conversations.sql")),
+                (4, "key_scheduling", include_str!("../../migrations/mysql/0004_key_scheduling.sql")),
             ],
         }
     }
@@ -137,6 +140,10 @@ pub struct StoredKey {
     pub request_count: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// Its share of freed slots while requests wait, against other keys' (routing/queue.rs).
+    pub weight: i64,
+    /// "interactive" (served first while requests wait) or "batch".
+    pub priority: String,
 }
 
 /// The writable fields of a key; `None` leaves a field as it is (or at its default on insert).
@@ -148,6 +155,8 @@ pub struct KeyFields {
     pub tokens_per_minute: Option<Option<i64>>,
     pub expires_at: Option<Option<String>>,
     pub is_active: Option<bool>,
+    pub weight: Option<i64>,
+    pub priority: Option<String>,
 }
 
 impl KeyFields {
@@ -170,6 +179,12 @@ impl KeyFields {
         }
         if let Some(v) = self.is_active {
             cols.push(("is_active", Value::Bool(v)));
+        }
+        if let Some(v) = self.weight {
+            cols.push(("weight", Value::Int(Some(v))));
+        }
+        if let Some(v) = &self.priority {
+            cols.push(("priority", Value::Text(Some(v.clone()))));
         }
         cols
     }
@@ -579,7 +594,7 @@ impl Store {
         format!(
             "SELECT id, name, key_hash, key_prefix, models, requests_per_minute, tokens_per_minute, expires_at, \
              CASE WHEN is_active THEN 1 ELSE 0 END AS is_active, CAST(created_at AS {t}) AS created_at, \
-             request_count, prompt_tokens, completion_tokens FROM drover_api_keys"
+             request_count, prompt_tokens, completion_tokens, weight, priority FROM drover_api_keys"
         )
     }
 
@@ -759,6 +774,8 @@ fn row_to_key(row: &AnyRow) -> Result<StoredKey, StoreError> {
         request_count: int(row, 10)?,
         prompt_tokens: int(row, 11)?,
         completion_tokens: int(row, 12)?,
+        weight: int(row, 13)?,
+        priority: text(row, 14)?,
     })
 }
 
