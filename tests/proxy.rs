@@ -712,6 +712,50 @@ async fn a_killed_server_under_load_fails_no_request() {
     assert!(mocks[1].requests() + mocks[2].requests() > 400);
 }
 
+/// The requests in flight on a server at the moment it dies (each waiting for its answer,
+/// on fresh and on pooled connections) are all answered by another: the deterministic core
+/// of the test above, every request caught mid-flight rather than the few a timed kill finds.
+#[tokio::test]
+async fn every_request_in_flight_on_a_dying_server_is_answered_elsewhere() {
+    let a = MockOllama::start("a", &["m:1b"]).await;
+    let b = MockOllama::start("b", &["m:1b"]).await;
+    let d = Drover::start(&format!(
+        "{FAST}  max_concurrency: 64\nroutes:\n{}{}",
+        route("m", &a, "m:1b", 1, 1),
+        route("m", &b, "m:1b", 1, 2)
+    ))
+    .await;
+    let c = client();
+    // Warm drover's pool to a, so that some of the requests below go out on pooled connections.
+    for _ in 0..8 {
+        let r =
+            c.post(format!("{}/api/chat", d.url)).json(&json!({ "model": "m", "stream": false })).send().await.unwrap();
+        assert_eq!(header(&r, "x-drover-server"), a.url);
+    }
+    a.set_mode(Mode::Hang);
+    let before = a.requests();
+    let load = futures::stream::iter(0..16)
+        .map(|i| {
+            let (c, url) = (c.clone(), format!("{}/api/chat", d.url));
+            async move {
+                let body = json!({ "model": "m", "stream": i % 2 == 0, "messages": [{ "role": "user", "content": i.to_string() }] });
+                let r = c.post(url).json(&body).send().await.unwrap();
+                (r.status().as_u16(), header(&r, "x-drover-server"), r.text().await.unwrap_or_default())
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let killer = async {
+        assert!(support::eventually(Duration::from_secs(5), || a.requests() == before + 16).await, "all 16 reached a");
+        a.stop();
+    };
+    let (answers, ()) = tokio::join!(load, killer);
+    for (status, server, text) in &answers {
+        assert_eq!((*status, server.as_str()), (200, b.url.as_str()), "{text}");
+        assert!(!text.contains("error"), "{text}");
+    }
+}
+
 /// A pooled connection that the server closes as the next request arrives (its keep-alive
 /// timeout racing the request) is replaced on the spot: the request succeeds on its first
 /// try, and the server is not marked as failing (with one server there is nowhere else to go).

@@ -153,5 +153,8 @@ mod tests {
         assert!(inv.names.contains("x:1b"));
         assert_eq!(inv.tags[0]["name"], "smol:latest");
         assert_eq!(inv.own_name("smol:latest"), Some("smol"), "requests name it as the server does");
+        assert!(!inv.vllm);
+        let vllm = inventory_from_openai(&json!({"data": [{"id": "q", "owned_by": "vllm", "max_model_len": 8192}]}));
+        assert!(vllm.vllm, "vLLM says so in owned_by: a continuation is sent continue_final_message");
     }
 }

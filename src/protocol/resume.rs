@@ -55,6 +55,11 @@ pub struct SoFar {
     id: Option<String>,
     /// Anthropic's last content block.
     block: Option<Block>,
+    /// Records read.
+    records: u64,
+    /// The answer's end was among them (Ollama's `done`, a `finish_reason`, `message_stop`):
+    /// there is nothing left to continue.
+    complete: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +72,14 @@ struct Block {
 impl SoFar {
     /// Reads one record's JSON.
     fn read(&mut self, format: Format, v: &Value) {
+        self.records += 1;
+        self.complete |= match format {
+            Format::OllamaChat | Format::OllamaGenerate => v["done"] == true,
+            Format::OpenAiChat | Format::OpenAiCompletion => {
+                v["choices"].as_array().is_some_and(|c| c.iter().any(|c| !c["finish_reason"].is_null()))
+            }
+            Format::Messages => v["type"] == "message_stop" || !v["delta"]["stop_reason"].is_null(),
+        };
         let counted = |text: Option<&str>, other: Option<&str>, so_far: &mut SoFar| {
             let text = text.unwrap_or("");
             so_far.text.push_str(text);
@@ -208,11 +221,16 @@ impl Stream {
             return None;
         }
         self.fold();
-        Some(&self.so_far)
+        (!self.so_far.complete).then_some(&self.so_far)
     }
 
     /// What follows comes from another server continuing the answer.
     pub fn continue_elsewhere(&mut self) {
+        if self.so_far.records == 0 {
+            // Nothing reached the client but the header: the continuation is the whole answer.
+            self.splice = None;
+            return;
+        }
         let (offset, merge_first, close) = match self.so_far.block {
             None => (0, false, None),
             Some(Block { index, open: true, text: true }) => (index, true, None),
@@ -548,12 +566,25 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_answer_is_not_continued_and_an_empty_one_is_asked_again_whole() {
+        let mut s = Stream::new(Format::OllamaChat);
+        let done = format!("{}\n", json!({ "message": { "content": "" }, "done": true, "eval_count": 1 }));
+        feed_all(&mut s, &[&done]);
+        assert!(s.broken().is_none(), "its final object arrived: nothing to continue");
+        let mut s = Stream::new(Format::OpenAiChat);
+        assert_eq!(s.broken().map(|f| f.text.clone()), Some(String::new()));
+        s.continue_elsewhere();
+        let role = "data: {\"id\":\"b\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+        assert_eq!(feed_all(&mut s, &[role]), role, "the continuation's opening is the client's only one: kept");
+    }
+
+    #[test]
     fn a_clients_own_prefill_is_continued_and_vllm_is_told_to_continue() {
         let body = Bytes::from(
             json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }, { "role": "assistant", "content": "Sure: " }] })
                 .to_string(),
         );
-        let so_far = SoFar { text: "one".into(), tokens: 1, ..SoFar::default() };
+        let so_far = SoFar { text: "one".into(), tokens: 1, records: 1, ..SoFar::default() };
         let asked = request(Format::OpenAiChat, &body, &so_far).unwrap();
         let v: Value = serde_json::from_slice(&asked).unwrap();
         assert_eq!(
