@@ -565,8 +565,9 @@ fn stream_answer(
                                 "choices": [{ "index": 0, "text": piece, "finish_reason": null }] });
                 format!("data: {c}\n\n")
             } else if sse {
+                // As Ollama's OpenAI API: the role in every chunk.
                 let c = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
-                                "choices": [{ "index": 0, "delta": { "content": piece }, "finish_reason": null }] });
+                                "choices": [{ "index": 0, "delta": { "role": "assistant", "content": piece }, "finish_reason": null }] });
                 format!("data: {c}\n\n")
             } else if path == "/api/generate" {
                 format!("{}\n", json!({ "model": model, "created_at": SENT_AT, "response": piece, "done": false }))
@@ -616,6 +617,12 @@ fn stream_answer(
                         "prompt_eval_count": 5, "eval_count": n, "eval_duration": 500, "message": { "role": "assistant", "content": "" } });
             if let Some(name) = &tool {
                 done["message"]["tool_calls"] = json!([{ "function": { "name": name, "arguments": { "q": 1 } } }]);
+            }
+            if path == "/api/generate" {
+                // Ollama's generate ends with an empty `response` (and the context), not a message.
+                done.as_object_mut().unwrap().remove("message");
+                done["response"] = json!("");
+                done["context"] = json!([1, 2, 3]);
             }
             lines.push(format!("{done}\n"));
         }
