@@ -119,6 +119,39 @@ async fn openai_and_anthropic_streams_continue_in_their_own_format() {
 }
 
 #[tokio::test]
+async fn a_responses_stream_continues_in_the_open_message_item() {
+    // Six lines in: created, in_progress, the message item, its part, and two deltas.
+    let (a, b, d) = fleet(6, "").await;
+    let r = post(&d, "/v1/responses", json!({ "model": "m", "stream": true, "input": "count" })).await;
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.split_once("data: ").unwrap().1).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for once in ["response.created", "response.output_item.added", "response.content_part.added", "response.completed"]
+    {
+        assert_eq!(kinds.iter().filter(|k| **k == once).count(), 1, "{once}: {text}");
+    }
+    let numbers: Vec<u64> = events.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>(), "numbered on: {text}");
+    let deltas: String = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert_eq!(deltas, "tok0 tok1 tok2 tok3 tok4 tok5 ");
+    let item = format!("msg_{}", a.state.name);
+    assert!(events.iter().filter(|e| e.get("item_id").is_some()).all(|e| e["item_id"] == item.as_str()), "{text}");
+    let done = events.iter().find(|e| e["type"] == "response.output_text.done").unwrap();
+    assert_eq!(done["text"], "tok0 tok1 tok2 tok3 tok4 tok5 ", "the closing events carry the whole text");
+    let last = events.last().unwrap();
+    assert_eq!(last["response"]["id"], format!("resp_{}", a.state.name));
+    assert_eq!(last["response"]["output"][0]["content"][0]["text"], "tok0 tok1 tok2 tok3 tok4 tok5 ");
+    assert_eq!(last["response"]["output"][0]["id"], item.as_str());
+    assert_eq!(last["response"]["usage"]["output_tokens"], 6);
+    let asked = b.last_json();
+    assert_eq!(asked["input"][1], json!({ "role": "assistant", "content": "tok0 tok1 " }), "{asked}");
+}
+
+#[tokio::test]
 async fn resumption_is_off_per_model_and_without_another_server() {
     // Off for the model: the stream ends with its error line, as before.
     let (_a, b, d) = fleet(3, "  model_resume: { m: false }\n").await;

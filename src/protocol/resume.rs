@@ -18,11 +18,12 @@ pub enum Format {
     OpenAiCompletion,
     /// Anthropic's Messages.
     Messages,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Format {
-    /// The resumable format of a client's endpoint; `None` for the rest (the Responses API
-    /// among them: its closing events repeat the whole answer).
+    /// The resumable format of a client's endpoint; `None` for the rest.
     pub fn of_path(path: &str) -> Option<Format> {
         match path {
             "/api/chat" => Some(Format::OllamaChat),
@@ -30,6 +31,7 @@ impl Format {
             "/v1/chat/completions" => Some(Format::OpenAiChat),
             "/v1/completions" => Some(Format::OpenAiCompletion),
             "/v1/messages" => Some(Format::Messages),
+            "/v1/responses" => Some(Format::Responses),
             _ => None,
         }
     }
@@ -51,15 +53,28 @@ pub struct SoFar {
     pub text: String,
     /// Records that carried generated text or thinking: one token each, as servers stream them.
     pub tokens: u64,
-    /// The stream's id (OpenAI's chunks), kept by the continuation.
+    /// The stream's id (OpenAI's chunks, the Responses API's response), kept by the continuation.
     id: Option<String>,
     /// Anthropic's last content block.
     block: Option<Block>,
+    /// The Responses API's last output item, and its last sequence number.
+    item: Option<Item>,
+    sequence: u64,
     /// Records read.
     records: u64,
     /// The answer's end was among them (Ollama's `done`, a `finish_reason`, `message_stop`):
     /// there is nothing left to continue.
     complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Item {
+    index: u64,
+    id: String,
+    open: bool,
+    message: bool,
+    /// Its content part was announced.
+    part: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,6 +94,9 @@ impl SoFar {
                 v["choices"].as_array().is_some_and(|c| c.iter().any(|c| !c["finish_reason"].is_null()))
             }
             Format::Messages => v["type"] == "message_stop" || !v["delta"]["stop_reason"].is_null(),
+            Format::Responses => {
+                matches!(v["type"].as_str(), Some("response.completed" | "response.incomplete" | "response.failed"))
+            }
         };
         let counted = |text: Option<&str>, other: Option<&str>, so_far: &mut SoFar| {
             let text = text.unwrap_or("");
@@ -106,6 +124,36 @@ impl SoFar {
                     counted(d["content"].as_str(), reasoning, self);
                 } else {
                     counted(choice["text"].as_str(), None, self);
+                }
+            }
+            Format::Responses => {
+                self.sequence = v["sequence_number"].as_u64().unwrap_or(self.sequence);
+                match v["type"].as_str().unwrap_or("") {
+                    "response.created" => self.id = v["response"]["id"].as_str().map(str::to_string),
+                    "response.output_item.added" => {
+                        self.item = Some(Item {
+                            index: v["output_index"].as_u64().unwrap_or(0),
+                            id: v["item"]["id"].as_str().unwrap_or("").to_string(),
+                            open: true,
+                            message: v["item"]["type"] == "message",
+                            part: false,
+                        })
+                    }
+                    "response.content_part.added" => {
+                        if let Some(i) = self.item.as_mut() {
+                            i.part = true;
+                        }
+                    }
+                    "response.output_item.done" => {
+                        if let Some(i) = self.item.as_mut() {
+                            i.open = false;
+                        }
+                    }
+                    "response.output_text.delta" => counted(v["delta"].as_str(), None, self),
+                    t if t.starts_with("response.reasoning") && t.ends_with(".delta") => {
+                        counted(None, v["delta"].as_str(), self)
+                    }
+                    _ => {}
                 }
             }
             Format::Messages => match v["type"].as_str() {
@@ -158,6 +206,15 @@ struct Splice {
     close: Option<u64>,
     /// The continuation's first record is still to come.
     first: bool,
+    /// The Responses API: the client's open message item (its id), the text it holds so far
+    /// (the continuation's closing events repeat their text whole), the continuation's own
+    /// id for that item once it is announced, and the sequence number reached.
+    item_id: Option<String>,
+    prefix: String,
+    joining: Option<String>,
+    sequence: u64,
+    /// The client's open message item had its content part announced already.
+    part: bool,
 }
 
 impl Stream {
@@ -231,12 +288,15 @@ impl Stream {
             self.splice = None;
             return;
         }
-        let (offset, merge_first, close) = match self.so_far.block {
-            None => (0, false, None),
-            Some(Block { index, open: true, text: true }) => (index, true, None),
-            Some(Block { index, open: true, text: false }) => (index + 1, false, Some(index)),
-            Some(Block { index, open: false, .. }) => (index + 1, false, None),
+        let (offset, merge_first, close) = match (&self.so_far.block, &self.so_far.item) {
+            (Some(Block { index, open: true, text: true }), _) => (*index, true, None),
+            (Some(Block { index, open: true, text: false }), _) => (index + 1, false, Some(*index)),
+            (Some(Block { index, open: false, .. }), _) => (index + 1, false, None),
+            (None, Some(Item { index, open: true, message: true, .. })) => (*index, true, None),
+            (None, Some(Item { index, .. })) => (index + 1, false, None),
+            (None, None) => (0, false, None),
         };
+        let item_id = self.so_far.item.as_ref().filter(|_| merge_first).map(|i| i.id.clone());
         self.splice = Some(Splice {
             tokens_before: self.so_far.tokens,
             id: self.so_far.id.clone(),
@@ -244,6 +304,11 @@ impl Stream {
             merge_first,
             close,
             first: true,
+            prefix: if item_id.is_some() { self.so_far.text.clone() } else { String::new() },
+            item_id,
+            joining: None,
+            sequence: self.so_far.sequence,
+            part: self.so_far.item.as_ref().is_some_and(|i| i.part),
         });
     }
 
@@ -318,7 +383,74 @@ impl Splice {
                 }
                 out.extend_from_slice(format!("event: {kind}\ndata: {v}\n\n").as_bytes());
             }
+            Format::Responses => self.responses_event(v, before, out),
         }
+    }
+
+    /// A continuation's Responses API event: its opening events dropped, its message joined to
+    /// the client's open one (same id, the closing events' text whole), indexes, ids and
+    /// sequence numbers following on, the final usage counting both parts.
+    fn responses_event(&mut self, mut v: Value, before: u64, out: &mut Vec<u8>) {
+        let kind = v["type"].as_str().unwrap_or("").to_string();
+        let is_message_start = v["item"]["type"] == "message" && v["output_index"] == 0;
+        match kind.as_str() {
+            "response.created" | "response.in_progress" => return,
+            "response.output_item.added" if std::mem::replace(&mut self.merge_first, false) && is_message_start => {
+                self.joining = v["item"]["id"].as_str().map(str::to_string);
+                return;
+            }
+            "response.content_part.added" if self.part && self.joins(&v) => return,
+            _ => {}
+        }
+        let joined = self.joins(&v);
+        if let Some(i) = v["output_index"].as_u64() {
+            v["output_index"] = json!(i + self.offset);
+        }
+        if let (true, Some(id)) = (joined, &self.item_id) {
+            if v.get("item_id").is_some() {
+                v["item_id"] = json!(id);
+            }
+            match kind.as_str() {
+                "response.output_text.done" => prefix(&mut v["text"], &self.prefix),
+                "response.content_part.done" => prefix(&mut v["part"]["text"], &self.prefix),
+                "response.output_item.done" => {
+                    v["item"]["id"] = json!(id);
+                    prefix(&mut v["item"]["content"][0]["text"], &self.prefix);
+                }
+                _ => {}
+            }
+        }
+        if matches!(kind.as_str(), "response.completed" | "response.incomplete" | "response.failed") {
+            let r = &mut v["response"];
+            if let Some(id) = &self.id {
+                r["id"] = json!(id);
+            }
+            for item in r["output"].as_array_mut().into_iter().flatten() {
+                if self.joining.is_some() && item["id"].as_str() == self.joining.as_deref() {
+                    item["id"] = json!(self.item_id.clone().unwrap_or_default());
+                    prefix(&mut item["content"][0]["text"], &self.prefix);
+                }
+            }
+            add(&mut r["usage"]["output_tokens"], before);
+            add(&mut r["usage"]["total_tokens"], before);
+        }
+        if v.get("sequence_number").is_some() {
+            self.sequence += 1;
+            v["sequence_number"] = json!(self.sequence);
+        }
+        out.extend_from_slice(format!("event: {kind}\ndata: {v}\n\n").as_bytes());
+    }
+
+    /// Whether a Responses API event belongs to the continuation's message that joins the client's.
+    fn joins(&self, v: &Value) -> bool {
+        let Some(joining) = self.joining.as_deref() else { return false };
+        v["item_id"].as_str() == Some(joining) || v["item"]["id"].as_str() == Some(joining)
+    }
+}
+
+fn prefix(text: &mut Value, with: &str) {
+    if let Some(t) = text.as_str() {
+        *text = json!(format!("{with}{t}"));
     }
 }
 
@@ -403,6 +535,17 @@ pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, St
                     last["content"] = json!(content);
                 }
                 _ => messages.push(json!({ "role": "assistant", "content": text })),
+            }
+        }
+        Format::Responses => {
+            let message = json!({ "role": "assistant", "content": text });
+            match v["input"].take() {
+                Value::String(said) => v["input"] = json!([{ "role": "user", "content": said }, message]),
+                Value::Array(mut items) => {
+                    items.push(message);
+                    v["input"] = Value::Array(items);
+                }
+                _ => return Err("the request has no input to continue".into()),
             }
         }
         Format::OllamaGenerate | Format::OpenAiCompletion => {

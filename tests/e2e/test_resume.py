@@ -86,6 +86,16 @@ def test_openai_client_and_its_stream_helper_read_one_answer(resuming):
     assert text == FULL
 
 
+def test_openai_responses_stream_helper_reads_one_answer(resuming):
+    client = openai.OpenAI(base_url=f"{resuming}/v1", api_key="none", max_retries=0)
+    with client.responses.stream(model="m", input="count") as s:
+        deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+        final = s.get_final_response()
+    assert deltas == FULL
+    assert final.output_text == FULL
+    assert final.usage.output_tokens == 6
+
+
 def test_anthropic_client_and_its_stream_helper_read_one_answer(resuming):
     claude = anthropic.Anthropic(base_url=resuming, api_key="none", max_retries=0)
     with claude.messages.stream(model="m", max_tokens=32, messages=[{"role": "user", "content": "count"}]) as s:

@@ -494,7 +494,8 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
     let tool = req["tools"].get(0).map(|t| t["function"]["name"].as_str().unwrap_or("").to_string());
     // A final assistant message (or a prompt) that already holds part of the answer is
     // continued from where it ends, as a model continues a prefill.
-    let last = req["messages"].as_array().and_then(|m| m.last()).filter(|m| m["role"] == "assistant");
+    let history = req["messages"].as_array().or(req["input"].as_array());
+    let last = history.and_then(|m| m.last()).filter(|m| m["role"] == "assistant");
     let prefix = last.and_then(|m| m["content"].as_str()).or(req["prompt"].as_str()).unwrap_or("");
     let skip = prefix.matches("tok").count();
     stream_answer(s, path, model, mode == Mode::DropMidStream as u8, tool, skip)
@@ -558,7 +559,8 @@ fn stream_answer(
                 let e = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": piece } });
                 format!("event: content_block_delta\ndata: {e}\n\n")
             } else if path == "/v1/responses" {
-                let e = json!({ "type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": piece });
+                let e = json!({ "type": "response.output_text.delta", "item_id": format!("msg_{}", s.name),
+                                "output_index": 0, "content_index": 0, "delta": piece });
                 format!("event: response.output_text.delta\ndata: {e}\n\n")
             } else if path == "/v1/completions" {
                 let c = json!({ "id": "cmpl-1", "object": "text_completion", "model": model,
@@ -591,9 +593,45 @@ fn stream_answer(
             lines.push(format!("event: message_delta\ndata: {delta}\n\n"));
             lines.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".into());
         } else if path == "/v1/responses" {
-            let done = json!({ "type": "response.completed", "response": { "id": "resp_1", "status": "completed", "model": model,
-                               "usage": { "input_tokens": 5, "output_tokens": n, "total_tokens": 5 + n } } });
-            lines.push(format!("event: response.completed\ndata: {done}\n\n"));
+            // As Ollama's Responses API: the response and its message item announced, the text,
+            // then each closed with its whole text; every event numbered.
+            let (id, item) = (format!("resp_{}", s.name), format!("msg_{}", s.name));
+            let text: String = (skip.min(all)..all).map(|i| format!("tok{i} ")).collect();
+            let message = |status: &str, text: &str| {
+                json!({ "type": "message", "id": item, "status": status, "role": "assistant",
+                        "content": [{ "type": "output_text", "text": text, "annotations": [] }] })
+            };
+            let response = |status: &str, output: Value| {
+                json!({ "id": id, "object": "response", "status": status, "model": model, "output": output,
+                        "usage": { "input_tokens": 5, "output_tokens": n, "total_tokens": 5 + n } })
+            };
+            let mut empty = message("in_progress", "");
+            empty["content"] = json!([]);
+            let opening = [
+                json!({ "type": "response.created", "response": response("in_progress", json!([])) }),
+                json!({ "type": "response.in_progress", "response": response("in_progress", json!([])) }),
+                json!({ "type": "response.output_item.added", "output_index": 0, "item": empty }),
+                json!({ "type": "response.content_part.added", "item_id": item, "output_index": 0, "content_index": 0,
+                        "part": { "type": "output_text", "text": "", "annotations": [] } }),
+            ];
+            let closing = [
+                json!({ "type": "response.output_text.done", "item_id": item, "output_index": 0, "content_index": 0, "text": text }),
+                json!({ "type": "response.content_part.done", "item_id": item, "output_index": 0, "content_index": 0,
+                        "part": { "type": "output_text", "text": text, "annotations": [] } }),
+                json!({ "type": "response.output_item.done", "output_index": 0, "item": message("completed", &text) }),
+                json!({ "type": "response.completed", "response": response("completed", json!([message("completed", &text)])) }),
+            ];
+            let sse = |e: &Value| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap());
+            for (i, e) in opening.iter().enumerate() {
+                lines.insert(i, sse(e));
+            }
+            lines.extend(closing.iter().map(sse));
+            for (i, line) in lines.iter_mut().enumerate() {
+                let data = line.split_once("data: ").map_or("", |(_, d)| d.trim_end());
+                let mut e: Value = serde_json::from_str(data).unwrap();
+                e["sequence_number"] = json!(i);
+                *line = sse(&e);
+            }
         } else if sse {
             // Asked with tools: the call streams in two pieces, as OpenAI's servers send it.
             if let (Some(name), "/v1/chat/completions") = (&tool, path.as_str()) {
