@@ -32,6 +32,14 @@ async fn post(d: &Drover, path: &str, body: Value) -> reqwest::Response {
     http().post(format!("{}{path}", d.url)).json(&body).send().await.unwrap()
 }
 
+/// The data of each event of an SSE stream.
+fn sse_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.split_once("data: ").unwrap().1).unwrap())
+        .collect()
+}
+
 fn ndjson(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {text}"))).collect()
 }
@@ -103,11 +111,7 @@ async fn openai_and_anthropic_streams_continue_in_their_own_format() {
         json!({ "model": "m", "stream": true, "max_tokens": 32, "messages": [{ "role": "user", "content": "count" }] });
     let r = post(&d, "/v1/messages", body).await;
     let text = r.text().await.unwrap();
-    let events: Vec<Value> = text
-        .split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| serde_json::from_str(e.split_once("data: ").unwrap().1).unwrap())
-        .collect();
+    let events = sse_events(&text);
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "message_start").count(), 1, "{text}");
     assert_eq!(kinds.iter().filter(|k| **k == "content_block_start").count(), 1, "{text}");
@@ -124,11 +128,7 @@ async fn a_responses_stream_continues_in_the_open_message_item() {
     let (a, b, d) = fleet(6, "").await;
     let r = post(&d, "/v1/responses", json!({ "model": "m", "stream": true, "input": "count" })).await;
     let text = r.text().await.unwrap();
-    let events: Vec<Value> = text
-        .split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| serde_json::from_str(e.split_once("data: ").unwrap().1).unwrap())
-        .collect();
+    let events = sse_events(&text);
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     for once in ["response.created", "response.output_item.added", "response.content_part.added", "response.completed"]
     {

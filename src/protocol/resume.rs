@@ -43,8 +43,9 @@ impl Format {
 
 /// A record longer than this is passed on unfinished, and its stream can no longer resume.
 const MAX_HELD: usize = 1 << 20;
-/// Records kept raw before they are read into `SoFar` (reading them costs a parse).
-const FOLD_AT: usize = 64 << 10;
+/// Records kept raw before they are read into `SoFar`: reading costs a parse, keeping costs
+/// memory for every open stream (the text alone is a twentieth of an NDJSON stream).
+const FOLD_AT: usize = 16 << 10;
 
 /// What the client has received of an answer.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -375,29 +375,13 @@ impl Drover {
     /// servers said (`exhausted`).
     async fn pass_on(&self, session: &mut Session, r: &mut Routed, attempts: u32, status: u16) -> pingora::Result<()> {
         r.attempt.fail();
-        let picked = if attempts <= self.max_retry_count {
-            self.take_route(session.as_mut(), r, true).await
-        } else {
-            Err(Refused::Error(ApiError::new(502, "upstream_failed", "no attempt left")))
-        };
-        match picked {
-            Ok(chosen) => {
-                if let Attempt::Failed { next, .. } = &mut r.attempt {
-                    *next = Some(chosen);
-                }
-                let mut e = Error::explain(ErrorType::HTTPStatus(status), "passed on to the next server");
-                e.set_retry(true);
-                Err(e)
-            }
-            Err(Refused::ClientGone) => {
-                r.client_gone = true;
-                Err(Error::explain(ErrorType::ConnectionClosed, "client disconnected while waiting").into_down())
-            }
-            Err(Refused::Error(e)) => {
-                r.refusal = Some(e);
-                Err(self.exhausted(r, attempts))
-            }
+        let chosen = self.next_route(session, r, attempts).await?;
+        if let Attempt::Failed { next, .. } = &mut r.attempt {
+            *next = Some(chosen);
         }
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "passed on to the next server");
+        e.set_retry(true);
+        Err(e)
     }
 
     /// A failed attempt: counted, logged, and charged to the server (max_fails within fail_timeout).
