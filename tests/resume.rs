@@ -151,6 +151,27 @@ async fn a_responses_stream_continues_in_the_open_message_item() {
     assert_eq!(asked["input"][1], json!({ "role": "assistant", "content": "tok0 tok1 " }), "{asked}");
 }
 
+/// A server that goes silent mid-stream (the connection open) is given up after
+/// http_client.read_timeout, and the answer goes on elsewhere.
+#[tokio::test]
+async fn a_stream_stalled_past_the_read_timeout_continues_elsewhere() {
+    let (a, _b, d) = fleet(3, "http_client: { read_timeout: 700ms }\n").await;
+    a.state.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let r = post(&d, "/api/chat", json!({ "model": "m", "messages": [{ "role": "user", "content": "count" }] })).await;
+    let lines = ndjson(&r.text().await.unwrap());
+    let content: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(content, "tok0 tok1 tok2 tok3 tok4 tok5 ");
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+    assert!(started.elapsed() >= Duration::from_millis(700), "it waited out the read timeout");
+    assert!(
+        support::eventually(Duration::from_secs(2), || a.state.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await,
+        "the stalled server's stream was let go"
+    );
+}
+
 #[tokio::test]
 async fn resumption_is_off_per_model_and_without_another_server() {
     // Off for the model: the stream ends with its error line, as before.

@@ -81,6 +81,8 @@ pub struct MockState {
     pub no_messages: AtomicBool,
     /// Lines of a stream sent before `Mode::DropMidStream` breaks it.
     pub drop_after: AtomicUsize,
+    /// `Mode::DropMidStream` goes silent instead, the connection left open (a stalled GPU).
+    pub stall: AtomicBool,
     /// The Retry-After of `Mode::RateLimited`, in seconds.
     pub retry_after_secs: AtomicU64,
     /// Blobs received (POST /api/blobs/:digest), by digest.
@@ -125,6 +127,7 @@ impl MockOllama {
             blobs: Mutex::new(std::collections::HashMap::new()),
             no_messages: AtomicBool::new(false),
             drop_after: AtomicUsize::new(2),
+            stall: AtomicBool::new(false),
             retry_after_secs: AtomicU64::new(2),
         });
         let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
@@ -667,6 +670,12 @@ fn stream_answer(
         for (i, line) in lines.into_iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(gap).await;
+            }
+            if drop_mid && i == drop_after && s.stall.load(Ordering::SeqCst) {
+                // Silent, the connection open, until the reader gives up.
+                tx.closed().await;
+                s.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
             }
             if drop_mid && i == drop_after {
                 let _ = tx.send(Err(std::io::Error::other("mock drops the stream"))).await;
