@@ -2,8 +2,10 @@
 //!
 //! Retries follow one rule: a connect error, a timeout or a 5xx before any byte reached the
 //! client goes to the next eligible route (up to load_balancer.max_retry_count), with the
-//! whole rewritten body sent again; after bytes reached the client, never. A pooled
-//! connection the server had closed is replaced on the same server without counting a try.
+//! whole rewritten body sent again; after bytes reached the client, a stream is continued on
+//! the next route (protocol/resume.rs), anything else ends. A server's own 429 or 401/403 is
+//! passed on without counting as a failure. A pooled connection the server had closed is
+//! replaced on the same server without counting a try.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,7 +272,7 @@ impl Drover {
             ctx.error = Some(format!("{} {why}", route.server.url.as_str()));
             self.failed(r, &route, RetryReason::MidStream, why, &ctx.request_id);
             let resumed = attempts <= self.max_retry_count && self.ask_continuation(r, &ctx.request_id);
-            if !resumed {
+            if !resumed && r.relay.stream.is_some() {
                 metrics::RESUMPTIONS.with_label_values(&["ended"]).inc();
             }
             e.set_retry(resumed);
