@@ -504,3 +504,26 @@ impl Drover {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_retry_after(value: &str) -> ResponseHeader {
+        let mut h = ResponseHeader::build(429, Some(1)).expect("valid status");
+        h.insert_header(http::header::RETRY_AFTER, value).expect("valid header");
+        h
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after(&with_retry_after("7")), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let left = retry_after(&with_retry_after(&httpdate::fmt_http_date(later))).unwrap();
+        assert!(left > Duration::from_secs(27) && left <= Duration::from_secs(30), "{left:?}");
+        let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(5));
+        assert_eq!(retry_after(&with_retry_after(&past)), Some(Duration::ZERO), "a date gone by: no rest");
+        assert_eq!(retry_after(&with_retry_after("soon")), None);
+        assert_eq!(retry_after(&ResponseHeader::build(429, None).unwrap()), None);
+    }
+}
