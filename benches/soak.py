@@ -64,7 +64,7 @@ def worker(seed):
             elif kind < 0.65:
                 status, data = request("/api/chat", {"model": "chat", "messages": msgs})
                 if status == 200 and b'"error"' in data:
-                    status = 502  # a stream that broke on the flapping server: a visible error
+                    status = 502  # a stream that broke and could not be continued: a visible error
             elif kind < 0.8:
                 status, _ = request("/v1/chat/completions", {"model": "chat", "messages": msgs, "stream": True})
             elif kind < 0.92:
@@ -183,8 +183,8 @@ def main():
     svg(samples, os.path.join(OUT, "soak.svg"))
     table = [
         f"Soak: {MINUTES:g} minutes, {len(samples)} samples (every 10 s); requests: {COUNTS['ok']} ok, "
-        f"{COUNTS['failed']} failed ({100 * (1 - ok_share):.2f}%, the flapping server's streams cut mid-way "
-        f"among them), {COUNTS['hung_up']} hung up by the client mid-stream, {COUNTS['unknown_model_404']} "
+        f"{COUNTS['failed']} failed ({100 * (1 - ok_share):.2f}%; a stream the flapping server cuts is continued "
+        f"on the other), {COUNTS['hung_up']} hung up by the client mid-stream, {COUNTS['unknown_model_404']} "
         "unknown-model 404s; a route re-weighted every 5 s; one of two servers killed and restarted every 23 s.",
         "",
         "| series | after warm-up | at the end | max | fitted slope per minute | slope, first / second half | fitted growth over the run | verdict |",
