@@ -44,6 +44,27 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds}s")
 
 
+def run_drover(tmp: str, name: str, body: str, procs: list, server: str = "") -> str:
+    """A drover of its own (listener, database and upgrade socket under `tmp`) with the config
+    `body` beside them and `server` added to its server section; added to `procs`; its
+    address once it answers."""
+    port = free_port()
+    config = f"""
+server: {{ listen: "127.0.0.1:{port}", metrics_listen: "127.0.0.1:{free_port()}"{server} }}
+database: {{ url: "sqlite://{tmp}/{name}.db" }}
+pingora: {{ upgrade_sock: "{tmp}/{name}.sock", pid_file: "{tmp}/{name}.pid" }}
+{body}"""
+    path = os.path.join(tmp, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(config)
+    proc = subprocess.Popen([str(TARGET / "drover"), "serve", "-c", path],
+                            stderr=open(os.path.join(tmp, f"{name}.log"), "w"))
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", 20, proc)
+    return url
+
+
 class Fleet:
     """drover's plain and TLS addresses, the test certificate, and an API key it accepts."""
 
@@ -73,7 +94,7 @@ def fleet():
     procs = []
     tmp = tempfile.mkdtemp(prefix="drover-e2e-")
     try:
-        mock_port, llama_port, drover_port = free_port(), free_port(), free_port()
+        mock_port, llama_port = free_port(), free_port()
         tls_port = free_port()
         cert = make_certificate(tmp)
         llama_key = "llama-upstream-secret"
@@ -108,31 +129,9 @@ routes:
   - {{ virtual_model_name: smol-embed, server_url: "http://127.0.0.1:{embed_port}", actual_model_name: smollm2-embed }}
 """
 
-        def start_drover(name: str, port: int, extra: str) -> str:
-            """A drover of its own files in front of the fleet above; its address once it answers."""
-            config = f"""
-server:
-  listen: "127.0.0.1:{port}"
-  metrics_listen: "127.0.0.1:{free_port()}"
-{extra}
-database: {{ url: "sqlite://{tmp}/{name}.db" }}
-pingora: {{ upgrade_sock: "{tmp}/{name}.sock", pid_file: "{tmp}/{name}.pid" }}
-{fleet_yaml}"""
-            path = os.path.join(tmp, f"{name}.yaml")
-            with open(path, "w") as f:
-                f.write(config)
-            proc = subprocess.Popen(
-                [str(TARGET / "drover"), "serve", "-c", path], stderr=open(os.path.join(tmp, f"{name}.log"), "w")
-            )
-            procs.append(proc)
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/health", 20, proc)
-            return url
-
-        keyed = f"""  tls: {{ listen: "127.0.0.1:{tls_port}", cert: "{cert}", key: "{tmp}/key.pem" }}
-auth: {{ require_keys: true }}"""
-        url = start_drover("drover", drover_port, keyed)
-        open_url = start_drover("open", free_port(), "")
+        tls = f', tls: {{ listen: "127.0.0.1:{tls_port}", cert: "{cert}", key: "{tmp}/key.pem" }}'
+        url = run_drover(tmp, "drover", "auth: { require_keys: true }\n" + fleet_yaml, procs, server=tls)
+        open_url = run_drover(tmp, "open", fleet_yaml, procs)
         made = urllib.request.Request(
             f"{url}/admin/keys",
             data=json.dumps({"name": "e2e", "models": ["*"]}).encode(),

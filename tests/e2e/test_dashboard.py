@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import TARGET, free_port, wait_http
+from conftest import TARGET, free_port, run_drover, wait_http
 
 TOKEN = "dashboard-test-token"
 
@@ -35,32 +35,21 @@ def dashboard():
     procs, tmp = [], tempfile.mkdtemp(prefix="drover-dash-")
     browser = None
     try:
-        ports = [free_port() for _ in range(4)]
         mocks = []
-        for port in ports[:2]:
+        for port in (free_port(), free_port()):
             m = subprocess.Popen([str(TARGET / "examples" / "mock_ollama"), str(port), "llama3:latest"],
                                  stdout=subprocess.DEVNULL)
             procs.append(m)
             mocks.append((m, f"http://127.0.0.1:{port}"))
             wait_http(f"http://127.0.0.1:{port}/api/version", 20, m)
         config = f"""
-server: {{ listen: "127.0.0.1:{ports[2]}", metrics_listen: "127.0.0.1:{ports[3]}" }}
-database: {{ url: "sqlite://{tmp}/drover.db" }}
-pingora: {{ upgrade_sock: "{tmp}/upgrade.sock", pid_file: "{tmp}/drover.pid" }}
 load_balancer: {{ health_check_interval: 300ms, rise: 1, fall: 1 }}
 admin: {{ token: "{TOKEN}" }}
 routes:
   - {{ virtual_model_name: chat, server_url: "{mocks[0][1]}", actual_model_name: "llama3:latest" }}
   - {{ virtual_model_name: chat, server_url: "{mocks[1][1]}", actual_model_name: "llama3:latest" }}
 """
-        path = os.path.join(tmp, "drover.yaml")
-        with open(path, "w") as f:
-            f.write(config)
-        drover = subprocess.Popen([str(TARGET / "drover"), "serve", "-c", path],
-                                  stderr=open(os.path.join(tmp, "drover.log"), "w"))
-        procs.append(drover)
-        url = f"http://127.0.0.1:{ports[2]}"
-        wait_http(f"{url}/health", 20, drover)
+        url = run_drover(tmp, "drover", config, procs)
 
         binary, driver = chromium_paths()
         options = webdriver.ChromeOptions()

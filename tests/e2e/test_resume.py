@@ -5,7 +5,6 @@ the continuation comes from a second mock server, or from llama.cpp doing real i
 an assistant prefill. Its own drover (keys off) in front; llama.cpp from conftest.py's fleet.
 """
 
-import os
 import subprocess
 import tempfile
 
@@ -14,7 +13,7 @@ import ollama
 import openai
 import pytest
 
-from conftest import TARGET, free_port, wait_http
+from conftest import TARGET, free_port, run_drover, wait_http
 
 FULL = "tok0 tok1 tok2 tok3 tok4 tok5 "
 
@@ -24,7 +23,7 @@ def resuming(fleet):
     procs = []
     tmp = tempfile.mkdtemp(prefix="drover-resume-")
     try:
-        breaking, whole, port = free_port(), free_port(), free_port()
+        breaking, whole = free_port(), free_port()
         models = "m:1b,smollm2"
         # Six tokens at 10 ms; the first server breaks each stream after three lines.
         for p, extra in ((breaking, ["3"]), (whole, [])):
@@ -32,9 +31,6 @@ def resuming(fleet):
             procs.append(mock)
             wait_http(f"http://127.0.0.1:{p}/api/version", 20, mock)
         config = f"""
-server: {{ listen: "127.0.0.1:{port}", metrics_listen: "127.0.0.1:{free_port()}" }}
-database: {{ url: "sqlite://{tmp}/resume.db" }}
-pingora: {{ upgrade_sock: "{tmp}/resume.sock", pid_file: "{tmp}/resume.pid" }}
 load_balancer: {{ health_check_interval: 300ms, max_fails: 1000 }}
 servers:
   - {{ url: "{fleet.llama}", kind: openai, api_key: "llama-upstream-secret" }}
@@ -44,15 +40,7 @@ routes:
   - {{ virtual_model_name: real, server_url: "http://127.0.0.1:{breaking}", actual_model_name: smollm2, priority: 1 }}
   - {{ virtual_model_name: real, server_url: "{fleet.llama}", actual_model_name: smollm2, priority: 2 }}
 """
-        path = os.path.join(tmp, "resume.yaml")
-        with open(path, "w") as f:
-            f.write(config)
-        drover = subprocess.Popen([str(TARGET / "drover"), "serve", "-c", path],
-                                  stderr=open(os.path.join(tmp, "resume.log"), "w"))
-        procs.append(drover)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health", 20, drover)
-        yield url
+        yield run_drover(tmp, "resume", config, procs)
     finally:
         for p in procs:
             p.kill()
