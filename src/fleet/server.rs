@@ -361,8 +361,9 @@ impl Server {
         if !self.refusing() {
             return;
         }
-        self.state.refusing.store(false, Ordering::Relaxed);
+        // Cleared under the lock `refuse_credentials` sets both under, so the two agree.
         let mut refused = self.state.refused.lock().unwrap();
+        self.state.refusing.store(false, Ordering::Relaxed);
         if refused.take().is_some() {
             log::info!("server {}: a health check passed; its credentials are tried again", self.url.as_str());
         }

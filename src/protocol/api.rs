@@ -186,6 +186,12 @@ fn anthropic_type(status: u16) -> &'static str {
     }
 }
 
+/// Whether an answer of this Content-Type streams: NDJSON (Ollama's) or server-sent events.
+pub fn is_stream(content_type: &str) -> bool {
+    let starts = |p: &str| content_type.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p));
+    starts("application/x-ndjson") || starts("text/event-stream")
+}
+
 /// The last words of a stream that broke after bytes reached the client, in the stream's format.
 pub fn stream_error_tail(api: Api, content_type: &str, message: &str) -> Option<Bytes> {
     let ct = content_type.to_ascii_lowercase();
@@ -216,6 +222,12 @@ pub fn stream_error_tail(api: Api, content_type: &str, message: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_are_known_by_content_type_in_any_case() {
+        assert!(is_stream("application/x-ndjson") && is_stream("Text/Event-Stream; charset=utf-8"));
+        assert!(!is_stream("application/json") && !is_stream("text/event") && !is_stream(""));
+    }
 
     #[test]
     fn classifies_paths() {

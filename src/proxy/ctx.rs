@@ -104,10 +104,9 @@ pub struct Routed {
     /// The answer's stream can be continued on another server if its server breaks off
     /// (load_balancer.resume), in this format.
     pub resume: Option<crate::protocol::resume::Format>,
-    /// The client's own request, kept once the body asks for a continuation instead.
+    /// The client's own request, kept once the body asks for a continuation instead (so
+    /// set while the answer is being continued).
     pub asked: Option<Bytes>,
-    /// Continuations asked for so far.
-    pub resumed: u32,
     /// Whose request it is, for the queue's fair order.
     pub tenant: crate::routing::queue::Tenant,
     /// Servers that asked to rest (429, or 503 with Retry-After): the shortest rest asked,
@@ -276,7 +275,6 @@ impl Routed {
             client_gone: false,
             resume: None,
             asked: None,
-            resumed: 0,
             rested: None,
             tenant: Default::default(),
             relay: Relay {

@@ -171,7 +171,6 @@ impl Drover {
         if self.compression_level == 0 || length.is_none_or(|n| n < self.compression_min_bytes) {
             return false;
         }
-        let content_type = text(http::header::CONTENT_TYPE).unwrap_or("").to_ascii_lowercase();
-        !(content_type.starts_with("text/event-stream") || content_type.starts_with("application/x-ndjson"))
+        !crate::protocol::api::is_stream(text(http::header::CONTENT_TYPE).unwrap_or(""))
     }
 }

@@ -7,7 +7,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use super::ctx::{Attempt, RequestCtx, Translating, Translation};
 use super::drover::Drover;
 use crate::fleet::Origin;
-use crate::protocol::api::{stream_error_tail, ApiError};
+use crate::protocol::api::{is_stream, stream_error_tail, ApiError};
 use crate::protocol::echo::Echo;
 use crate::protocol::translate::Answer;
 use crate::protocol::usage::UsageScan;
@@ -33,7 +33,7 @@ impl Drover {
         r.relay.content_type = content_type.to_string();
         r.relay.sized = resp.headers.contains_key(http::header::CONTENT_LENGTH);
         ctx.status = status;
-        if r.resumed > 0 {
+        if r.asked.is_some() {
             // A continuation: the client's answer goes on; its first byte came long ago.
             ctx.error = None;
         } else {
@@ -95,9 +95,7 @@ impl Drover {
                 }
             }
         }
-        let streamed = r.relay.content_type.starts_with("application/x-ndjson")
-            || r.relay.content_type.starts_with("text/event-stream");
-        if r.relay.stream.is_none() && streamed && !r.relay.sized && status < 300 {
+        if r.relay.stream.is_none() && is_stream(&r.relay.content_type) && !r.relay.sized && status < 300 {
             r.relay.stream = r.resume.map(crate::protocol::resume::Stream::new);
         }
         if r.cache_fill.is_some() {

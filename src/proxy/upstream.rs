@@ -89,7 +89,7 @@ impl Drover {
                 Ok(None) => (Bytes::new(), None),
                 Err(why) => return Err(self.untranslatable(r, why)),
             };
-            if r.resumed > 0 && openai && route.server.inventory().vllm {
+            if r.asked.is_some() && openai && route.server.inventory().vllm {
                 payload = crate::protocol::resume::for_vllm(&payload).unwrap_or(payload);
             }
             r.attempt = Attempt::Running(Running {
@@ -318,6 +318,9 @@ impl Drover {
                 return Err(e);
             }
         }
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
         let Some(route) = r.attempt.route().cloned() else { return Ok(()) };
         let rest = match status {
             429 | 503 => retry_after(resp).map(|d| d.min(self.max_rest)),
@@ -422,7 +425,6 @@ impl Drover {
                 log::info!("{request_id} continues on another server after {} tokens", so_far.tokens);
                 stream.continue_elsewhere();
                 r.body = body;
-                r.resumed += 1;
                 // The answer is whole in the end, but not one server's: not kept.
                 r.cache_fill = None;
                 metrics::RESUMPTIONS.with_label_values(&["continued"]).inc();
