@@ -100,16 +100,17 @@ fn select_among<P: Policy>(mr: &ModelRoutes, strategy: Strategy, req: &Request, 
         let memory = (!short_of_memory.is_empty()).then(|| short_of_memory.join("; "));
         return Selection::AllBusy { memory };
     }
-    let mut resting = skipped.iter().filter(|(_, why)| !matches!(why, Skip::Inactive | Skip::AlreadyTried)).map(
-        |(_, why)| match why {
+    // Every route not tried yet rests, as its server asked: the soonest any takes requests again.
+    let rests: Option<Vec<std::time::Duration>> = skipped
+        .iter()
+        .filter(|(_, why)| !matches!(why, Skip::Inactive | Skip::AlreadyTried))
+        .map(|(_, why)| match why {
             Skip::Resting(d) => Some(*d),
             _ => None,
-        },
-    );
-    if let Some(Some(first)) = resting.next() {
-        if let Some(shortest) = resting.try_fold(first, |min, d| d.map(|d| min.min(d))) {
-            return Selection::Resting(shortest);
-        }
+        })
+        .collect();
+    if let Some(soonest) = rests.and_then(|r| r.into_iter().min()) {
+        return Selection::Resting(soonest);
     }
     Selection::Unavailable(reasons.join("; "))
 }
@@ -188,6 +189,29 @@ mod tests {
             }
             _ => panic!("expected unavailable"),
         }
+    }
+
+    #[test]
+    fn only_when_every_untried_route_rests_is_the_model_resting() {
+        let f = fleet(TWO_TIERS);
+        f.servers[0].rest_for(Duration::from_secs(30));
+        f.servers[1].rest_for(Duration::from_secs(5));
+        assert_eq!(pick_server(&f, &[]).as_deref(), Some("http://c:1"), "the third does not rest");
+        let tried = vec![f.servers[2].clone()];
+        let req = Request { tried: &tried, ..Request::plain("m", true) };
+        match select(&f, Strategy::Weighted, &req, &NoChecks) {
+            Selection::Resting(left) => assert!(left <= Duration::from_secs(5) && left > Duration::from_secs(4)),
+            _ => panic!("expected resting"),
+        }
+        // One that cools down after failures instead: not a rate limit, the model is unavailable.
+        let f = fleet(TWO_TIERS);
+        f.servers[0].rest_for(Duration::from_secs(30));
+        for _ in 0..3 {
+            f.servers[1].record_failure("503");
+        }
+        let tried = vec![f.servers[2].clone()];
+        let req = Request { tried: &tried, ..Request::plain("m", true) };
+        assert!(matches!(select(&f, Strategy::Weighted, &req, &NoChecks), Selection::Unavailable(_)));
     }
 
     #[test]
