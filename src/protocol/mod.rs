@@ -15,6 +15,7 @@ pub mod api;
 pub mod body;
 pub mod dns;
 pub mod echo;
+pub mod load;
 pub mod ollama;
 pub mod responses;
 pub mod resume;
