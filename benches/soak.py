@@ -6,7 +6,8 @@ For MINUTES: mixed load on drover (streamed and whole answers, the OpenAI API, c
 hang up mid-stream, requests for a model no server has), an admin edit every 5 s (a stored
 route re-weighted), and one of the two servers flapping (killed and started again every
 20 s, so requests fail over and retry). Every 10 s it samples drover's RSS, open file
-descriptors and OS tasks (threads). At the end: a Markdown table and an SVG plot in OUT_DIR,
+descriptors and OS tasks (threads, less the SQLite pool's connection workers, which come and go
+with its connections up to database.pool_size). At the end: a Markdown table and an SVG plot in OUT_DIR,
 and a slope test: after the first fifth (warm-up), each series is fitted with a line; a
 series fails when its fitted growth over the run is both over 10% of its mean and over an
 absolute floor (4 MiB, 8 descriptors, 2 tasks), and it is not levelling off: its slope over
@@ -110,8 +111,25 @@ def sample():
     status = open(f"/proc/{PID}/status").read()
     rss = int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) * 1024
     fds = len(os.listdir(f"/proc/{PID}/fd"))
-    tasks = len(os.listdir(f"/proc/{PID}/task"))
+    # The SQLite pool's connections each run a worker thread, opened and closed with the
+    # connection (at most database.pool_size): bounded by design, so not in the judged series.
+    tasks = sum(n for name, n in task_names().items() if not name.startswith(POOL_THREAD))
     return rss, fds, tasks
+
+
+POOL_THREAD = "sqlx-sqlite-wor"
+
+
+def task_names():
+    """Threads by name ("tokio-runtime-w": 4, ...), to say which pool a growth came from."""
+    names = {}
+    for t in os.listdir(f"/proc/{PID}/task"):
+        try:
+            name = open(f"/proc/{PID}/task/{t}/comm").read().strip()
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items()))
 
 
 def slope(xs, ys):
@@ -150,13 +168,15 @@ def main():
     start = time.time()
     for t in threads:
         t.start()
-    samples = []
+    samples, names = [], []
     while time.time() < STOP:
         samples.append((time.time() - start, *sample()))
+        names.append(task_names())
         time.sleep(min(10, max(0, STOP - time.time())))
     for t in threads:
         t.join(timeout=40)
     samples.append((time.time() - start, *sample()))
+    names.append(task_names())
 
     warm = samples[len(samples) // 5:]
     xs = [s[0] / 60 for s in warm]
@@ -190,6 +210,8 @@ def main():
         "| series | after warm-up | at the end | max | fitted slope per minute | slope, first / second half | fitted growth over the run | verdict |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        f"Threads by name after warm-up: {names[len(samples) // 5]}; at the end: {names[-1]}.",
         "",
         "![soak samples](soak.svg)",
     ]
