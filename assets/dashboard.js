@@ -31,6 +31,16 @@ async function call(path, body) {
   return { ok: r.ok, status: r.status, json };
 }
 
+// The load a server reports about itself (llama.cpp /slots, vLLM /metrics), or a dash.
+function reported(r) {
+  if (!r) return "–";
+  const parts = [r.slots != null ? `${r.running} / ${r.slots} slots` : `${r.running} running`];
+  if (r.waiting) parts.push(`${r.waiting} waiting`);
+  if (r.kv_cache_used != null) parts.push(`KV ${Math.round(r.kv_cache_used * 100)}%`);
+  if (r.full) parts.push("full");
+  return parts.join(", ");
+}
+
 function drawServers(servers) {
   const body = document.querySelector("#servers tbody");
   body.replaceChildren(...servers.map((s) => {
@@ -47,6 +57,7 @@ function drawServers(servers) {
         s.down_reason ? el("div", { class: "small" }, s.down_reason) : ""),
       el("td", { class: "small", style: "white-space: pre-line" }, routes),
       el("td", { class: "num" }, `${s.in_flight} / ${s.max_concurrency}`),
+      el("td", { class: "small", "data-reported": s.reported_load ? "yes" : "no" }, reported(s.reported_load)),
       el("td", { class: "small" }, s.loaded.join(", ") || "–"),
       el("td", { class: "num" }, bytes(s.free_ram_bytes)),
       el("td", { class: "num" }, bytes(s.free_vram_bytes)),

@@ -84,6 +84,7 @@ pub fn data(s: Snapshot) -> Value {
                 "routes": tiers,
                 "in_flight": srv.in_flight(),
                 "max_concurrency": srv.max_concurrency,
+                "reported_load": crate::fleet::view::reported_load(srv),
                 "loaded": loaded,
                 "free_ram_bytes": ram,
                 "free_vram_bytes": vram,

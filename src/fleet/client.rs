@@ -52,6 +52,8 @@ struct Call<'a> {
     /// Where each line of a 2xx answer goes as it arrives (NDJSON progress), instead of the
     /// answer being parsed whole. The read timeout then applies per read, not to the call.
     lines: Option<&'a tokio::sync::mpsc::UnboundedSender<Value>>,
+    /// The answer is text (a Prometheus exposition), handed back as a JSON string.
+    text: bool,
 }
 
 impl Client {
@@ -65,8 +67,27 @@ impl Client {
             body: None,
             timeout,
             lines: None,
+            text: false,
         };
         self.call_server(server, call).await
+    }
+
+    /// GETs `path` on `server` as text (a Prometheus `/metrics`), all within `timeout`.
+    pub async fn get_text(&self, server: &Server, path: &str, timeout: Duration) -> Result<String, String> {
+        let call = Call {
+            method: "GET",
+            url: &server.url,
+            headers: &server.credentials.headers,
+            path,
+            body: None,
+            timeout,
+            lines: None,
+            text: true,
+        };
+        match self.call_server(server, call).await? {
+            Value::String(s) => Ok(s),
+            _ => Err(format!("GET {path}: not text")),
+        }
     }
 
     /// POSTs `body` as JSON to `path` on `server` and parses the answer, all within `timeout`.
@@ -86,6 +107,7 @@ impl Client {
             body,
             timeout,
             lines: None,
+            text: false,
         };
         self.call_server(server, call).await
     }
@@ -112,6 +134,7 @@ impl Client {
             body,
             timeout: idle,
             lines: Some(lines),
+            text: false,
         };
         let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
         self.send(&call, addr).await.map(|_| ())
@@ -119,7 +142,7 @@ impl Client {
 
     /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
     pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
-        let call = Call { method: "GET", url, headers: &[], path, body: None, timeout, lines: None };
+        let call = Call { method: "GET", url, headers: &[], path, body: None, timeout, lines: None, text: false };
         let run = async {
             let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
                 .await
@@ -224,6 +247,9 @@ impl Client {
         if let Some(tx) = lines {
             forward_line(&answer, tx).map_err(Failure::Other)?;
             return Ok(Value::Null);
+        }
+        if call.text {
+            return Ok(Value::String(String::from_utf8_lossy(&answer).into_owned()));
         }
         if answer.iter().all(u8::is_ascii_whitespace) && call.body.is_some() {
             return Ok(Value::Null);

@@ -1,4 +1,4 @@
-//! The fleet's gauges: server up, requests in flight and free memory, read from the current
+//! The fleet's gauges: server up, requests in flight, the load servers report and free memory, read from the current
 //! snapshot when Prometheus scrapes (registered in the same default registry as
 //! telemetry/metrics.rs), so the request path never updates them.
 
@@ -22,6 +22,24 @@ pub struct FleetCollector {
 }
 
 impl FleetCollector {
+    fn reported() -> (IntGaugeVec, prometheus::GaugeVec) {
+        let requests = IntGaugeVec::new(
+            Opts::new(
+                "drover_server_reported_requests",
+                "Requests the server reported running or waiting at its last reading",
+            ),
+            &["server", "state"],
+        );
+        let kv = prometheus::GaugeVec::new(
+            Opts::new(
+                "drover_server_kv_cache_used_ratio",
+                "KV cache in use the server reported at its last reading, 0 to 1",
+            ),
+            &["server"],
+        );
+        (requests.expect("valid metric"), kv.expect("valid metric"))
+    }
+
     fn gauges() -> (IntGaugeVec, IntGaugeVec, IntGaugeVec) {
         let up =
             IntGaugeVec::new(Opts::new("drover_server_up", "1 when the server passes its health checks"), &["server"]);
@@ -37,7 +55,12 @@ impl FleetCollector {
     /// Registers the collector in the default registry (once per process).
     pub fn register(fleet: Arc<ArcSwap<Fleet>>, free_memory: FreeMemory) {
         let (up, in_flight, free) = Self::gauges();
-        let descs = [up.desc(), in_flight.desc(), free.desc()].into_iter().flatten().cloned().collect();
+        let (requests, kv) = Self::reported();
+        let descs = [up.desc(), in_flight.desc(), free.desc(), requests.desc(), kv.desc()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         if let Err(e) = prometheus::register(Box::new(FleetCollector { fleet, free_memory, descs })) {
             log::warn!("fleet metrics not registered: {e}");
         }
@@ -51,9 +74,17 @@ impl Collector for FleetCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let (up, in_flight, free) = Self::gauges();
+        let (requests, kv) = Self::reported();
         for s in &self.fleet.load().servers {
             up.with_label_values(&[s.url.as_str()]).set(s.healthy() as i64);
             in_flight.with_label_values(&[s.url.as_str()]).set(s.in_flight() as i64);
+            if let Some(r) = s.reported() {
+                requests.with_label_values(&[s.url.as_str(), "running"]).set(i64::from(r.reported.running));
+                requests.with_label_values(&[s.url.as_str(), "waiting"]).set(i64::from(r.reported.waiting));
+                if let Some(k) = r.reported.kv_cache {
+                    kv.with_label_values(&[s.url.as_str()]).set(k);
+                }
+            }
         }
         for (server, ram, vram) in (self.free_memory)() {
             free.with_label_values(&[&server, "ram"]).set(ram as i64);
@@ -61,6 +92,6 @@ impl Collector for FleetCollector {
                 free.with_label_values(&[&server, "vram"]).set(v as i64);
             }
         }
-        [up.collect(), in_flight.collect(), free.collect()].concat()
+        [up.collect(), in_flight.collect(), free.collect(), requests.collect(), kv.collect()].concat()
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The check is per server kind: an Ollama server is asked GET /api/version, an
 //! openai-kind one GET /v1/models (neither loads a model), and a healthy answer refreshes
-//! the server's /api/tags and /api/ps in the same pass. The crate keeps the rise/fall
-//! state and logs each flip.
+//! the server's /api/tags and /api/ps in the same pass, and an openai-kind server's own
+//! report of its load (llama.cpp's /slots, vLLM's or llama.cpp's /metrics: protocol/load.rs).
+//! The crate keeps the rise/fall state and logs each flip.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +18,13 @@ use serde_json::Value;
 
 use crate::config::LoadBalancing;
 use crate::fleet::client::Client;
+use crate::fleet::server::LoadSource;
 use crate::fleet::{Fleet, Server};
+use crate::protocol::load;
 use crate::protocol::ollama::{contexts_of, models_of, names_of, Inventory, Kind, ServerUrl};
+
+/// A server that reported no load is asked again every this many health passes.
+const ASK_LOAD_AGAIN: u32 = 30;
 
 /// drover's check of one server, by kind, with the inventory refresh in the same pass.
 pub struct ServerCheck {
@@ -71,6 +77,45 @@ impl ServerCheck {
         };
         server.set_inventory(inventory);
     }
+
+    /// Reads the load an openai-kind server reports: from where it last answered, else
+    /// llama.cpp's /slots, then /metrics. A server that answers neither (a hosted API, a
+    /// llama.cpp without them) is asked again every ASK_LOAD_AGAIN passes.
+    async fn refresh_load(&self, server: &Server) {
+        let known = server.load_source();
+        if known == LoadSource::None && !server.missed_load().is_multiple_of(ASK_LOAD_AGAIN) {
+            return;
+        }
+        let order = match known {
+            LoadSource::Metrics => [LoadSource::Metrics, LoadSource::Slots],
+            _ => [LoadSource::Slots, LoadSource::Metrics],
+        };
+        for source in order {
+            let reading = match source {
+                LoadSource::Slots => {
+                    self.client.get_json(server, "/slots", self.timeout).await.ok().and_then(|v| load::from_slots(&v))
+                }
+                _ => self
+                    .client
+                    .get_text(server, "/metrics", self.timeout)
+                    .await
+                    .ok()
+                    .and_then(|t| load::from_metrics(&t)),
+            };
+            if let Some(r) = reading {
+                if source != known {
+                    log::info!("server {}: reads its load from {}", server.url.as_str(), source.path());
+                    server.set_load_source(source);
+                }
+                server.set_reported(r, source.path());
+                return;
+            }
+        }
+        server.clear_reported();
+        if known != LoadSource::None {
+            server.set_load_source(LoadSource::None);
+        }
+    }
 }
 
 #[async_trait]
@@ -88,11 +133,16 @@ impl HealthCheck for ServerCheck {
         match result {
             Ok(answer) => {
                 server.check_passed();
-                self.refresh_inventory(&server, answer).await;
+                if server.kind == Kind::OpenAi {
+                    futures::join!(self.refresh_inventory(&server, answer), self.refresh_load(&server));
+                } else {
+                    self.refresh_inventory(&server, answer).await;
+                }
                 Ok(())
             }
             Err(why) => {
                 server.note_error(&why);
+                server.clear_reported();
                 Error::e_explain(ErrorType::ConnectError, why)
             }
         }

@@ -342,6 +342,30 @@ mod tests {
         })
     }
 
+    #[test]
+    fn reported_load_counts_others_and_a_full_reading_lasts_until_a_request_ends() {
+        use crate::protocol::load::Reported;
+        let s = server(8);
+        let held: Vec<Slot> = (0..2).map(|_| s.try_acquire("m").unwrap()).collect();
+        // Four slots: drover's two and one of another client's busy.
+        s.set_reported(Reported { running: 3, slots: Some(4), ..Reported::default() }, "/slots");
+        assert_eq!(s.load_estimate(), 3, "two of drover's, one beyond them");
+        assert!(!s.at_capacity());
+        let third = s.try_acquire("m").unwrap();
+        assert!(s.at_capacity(), "drover's three and the other's one fill the four slots");
+        drop(third);
+        // A waiting queue: full, until one of drover's requests there ends.
+        s.set_reported(Reported { running: 2, waiting: 1, ..Reported::default() }, "/metrics");
+        assert!(s.reported_full() && s.at_capacity());
+        let quick = s.try_acquire("m").unwrap();
+        quick.give_back_quietly();
+        assert!(s.reported_full(), "a slot held for an instant by a selection frees nothing");
+        drop(held);
+        assert!(!s.reported_full() && !s.at_capacity());
+        s.clear_reported();
+        assert_eq!((s.load_estimate(), s.reported().is_none()), (0, true));
+    }
+
     /// A reload that drops a server: requests still reading the published fleet find the
     /// server ready until the new fleet is out and retires it.
     #[test]

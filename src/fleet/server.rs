@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::backends::Health;
+use crate::protocol::load::Reported;
 use crate::protocol::ollama::{canonical, canonical_model, names_of, Inventory, Kind, ServerUrl};
 
 #[derive(Default, Clone, Copy)]
@@ -53,6 +54,21 @@ pub struct ServerState {
     /// the Responses API go to it translated to chat completions from then on.
     lacks: std::sync::atomic::AtomicU8,
     in_flight: AtomicUsize,
+    /// Slots given back after a request (not the instant holds of a selection).
+    released: AtomicU64,
+    /// The load the server last reported about itself (protocol/load.rs), for the views.
+    reading: Mutex<Option<Reading>>,
+    /// What selection reads of it without the lock: the requests it reported beyond
+    /// drover's own in flight then (load this drover did not send)...
+    others: AtomicUsize,
+    /// ...its parallel slots (0: not reported)...
+    slots: AtomicUsize,
+    /// ...and, when it said it was full, `released` at that moment (u64::MAX otherwise): it
+    /// counts as full until a request of drover's there ends or the next reading.
+    full_mark: AtomicU64,
+    /// Where its load is read from (`LoadSource` as u8) and readings missed since it last answered.
+    load_source: std::sync::atomic::AtomicU8,
+    load_misses: std::sync::atomic::AtomicU32,
     requests: AtomicU64,
     errors: AtomicU64,
     inventory: ArcSwap<Inventory>,
@@ -77,6 +93,13 @@ impl Default for ServerState {
             drained: AtomicBool::new(false),
             lacks: std::sync::atomic::AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
+            released: AtomicU64::new(0),
+            reading: Mutex::new(None),
+            others: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
+            full_mark: AtomicU64::new(u64::MAX),
+            load_source: std::sync::atomic::AtomicU8::new(LoadSource::Unknown as u8),
+            load_misses: std::sync::atomic::AtomicU32::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             inventory: ArcSwap::from_pointee(Inventory::default()),
@@ -84,6 +107,38 @@ impl Default for ServerState {
             resolved: Mutex::new(None),
             active_models: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+        }
+    }
+}
+
+/// One reading of the load a server reported, as the views show it.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub reported: Reported,
+    /// The endpoint it came from (`/slots`, `/metrics`).
+    pub source: &'static str,
+    pub at: Instant,
+    /// drover's own requests in flight there at that moment.
+    pub own: usize,
+}
+
+/// Where a server's load is read from, found by asking: llama.cpp's /slots, else /metrics
+/// (vLLM, llama.cpp with --metrics); `None` when neither answered (asked again now and then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LoadSource {
+    Unknown = 0,
+    Slots = 1,
+    Metrics = 2,
+    None = 3,
+}
+
+impl LoadSource {
+    pub fn path(self) -> &'static str {
+        match self {
+            LoadSource::Slots => "/slots",
+            LoadSource::Metrics => "/metrics",
+            LoadSource::Unknown | LoadSource::None => "",
         }
     }
 }
@@ -437,8 +492,76 @@ impl Server {
         self.set_inventory(updated);
     }
 
+    /// At its concurrency limit, or full by what it reported: a waiting queue or a full KV
+    /// cache at the last reading (until a request of drover's there ends), or its slots
+    /// taken by drover's requests and those it reported beyond them.
     pub fn at_capacity(&self) -> bool {
-        self.in_flight() >= self.max_concurrency
+        let in_flight = self.in_flight();
+        if in_flight >= self.max_concurrency {
+            return true;
+        }
+        let slots = self.state.slots.load(Ordering::Relaxed);
+        self.reported_full() || (slots > 0 && in_flight + self.state.others.load(Ordering::Relaxed) >= slots)
+    }
+
+    /// The server said at its last reading that it takes no more now (see `at_capacity`).
+    pub fn reported_full(&self) -> bool {
+        self.state.full_mark.load(Ordering::Relaxed) == self.state.released.load(Ordering::Relaxed)
+    }
+
+    /// Requests on the server as drover reckons them: its own in flight, plus those the
+    /// server reported beyond drover's at its last reading (other drovers', other clients',
+    /// its own queue).
+    pub fn load_estimate(&self) -> usize {
+        self.in_flight() + self.state.others.load(Ordering::Relaxed)
+    }
+
+    /// A reading of the load the server reports (the health pass, every interval).
+    pub fn set_reported(&self, reported: Reported, source: &'static str) {
+        let own = self.in_flight();
+        let reported_total = (reported.running + reported.waiting) as usize;
+        self.state.others.store(reported_total.saturating_sub(own), Ordering::Relaxed);
+        self.state.slots.store(reported.slots.unwrap_or(0) as usize, Ordering::Relaxed);
+        let mark = if reported.full() { self.state.released.load(Ordering::Relaxed) } else { u64::MAX };
+        let was_full = self.state.full_mark.swap(mark, Ordering::Relaxed) != u64::MAX;
+        *self.state.reading.lock().unwrap() = Some(Reading { reported, source, at: Instant::now(), own });
+        if was_full && mark == u64::MAX {
+            // Requests queued for it may go now.
+            self.released.notify_waiters();
+        }
+    }
+
+    /// The server no longer reports its load (its check failed, or the endpoint went away).
+    pub fn clear_reported(&self) {
+        self.state.others.store(0, Ordering::Relaxed);
+        self.state.slots.store(0, Ordering::Relaxed);
+        self.state.full_mark.store(u64::MAX, Ordering::Relaxed);
+        *self.state.reading.lock().unwrap() = None;
+    }
+
+    /// The last reading of its reported load, if it reports one.
+    pub fn reported(&self) -> Option<Reading> {
+        self.state.reading.lock().unwrap().clone()
+    }
+
+    /// Where its load is read from (the health pass finds it, then keeps to it).
+    pub fn load_source(&self) -> LoadSource {
+        match self.state.load_source.load(Ordering::Relaxed) {
+            1 => LoadSource::Slots,
+            2 => LoadSource::Metrics,
+            3 => LoadSource::None,
+            _ => LoadSource::Unknown,
+        }
+    }
+
+    pub fn set_load_source(&self, source: LoadSource) {
+        self.state.load_source.store(source as u8, Ordering::Relaxed);
+        self.state.load_misses.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a health pass that did not read the load; returns the count so far.
+    pub fn missed_load(&self) -> u32 {
+        self.state.load_misses.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The address to connect to, resolving the host name when it is not cached.
@@ -502,6 +625,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.release();
+        self.server.state.released.fetch_add(1, Ordering::Relaxed);
         self.server.released.notify_waiters();
     }
 }

@@ -172,6 +172,23 @@ pub fn status(fleet: &Fleet, uptime: Duration, config: Option<&str>, database: &
     })
 }
 
+/// The load a server last reported about itself (null when it reports none): requests
+/// running and waiting there, its KV cache in use and parallel slots where it says, where
+/// it was read and how long ago, and whether it counts as full.
+pub fn reported_load(s: &Server) -> Value {
+    let Some(r) = s.reported() else { return Value::Null };
+    json!({
+        "running": r.reported.running,
+        "waiting": r.reported.waiting,
+        "kv_cache_used": r.reported.kv_cache,
+        "slots": r.reported.slots,
+        "from": r.source,
+        "seconds_ago": (r.at.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "drover_in_flight_then": r.own,
+        "full": s.reported_full(),
+    })
+}
+
 /// GET /lb-stats: per-server counters and loaded models.
 pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
     let servers: Vec<Value> = fleet
@@ -193,6 +210,8 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
                 "last_error": s.last_error(),
                 "in_flight": s.in_flight(),
                 "max_concurrency": s.max_concurrency,
+                "load_estimate": s.load_estimate(),
+                "reported_load": reported_load(s),
                 "loaded_models": loaded,
             })
         })

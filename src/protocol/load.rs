@@ -1,7 +1,7 @@
 //! The load a server reports about itself: llama.cpp's `/slots`, and the Prometheus `/metrics` of vLLM and llama.cpp.
 //!
-//! A start on issue 24 (scheduling on reported load): parsing only, not yet read by the
-//! health pass nor used by selection.
+//! The health pass reads it (fleet/health.rs); selection counts it (fleet/server.rs:
+//! `load_estimate`, `at_capacity`).
 
 use serde_json::Value;
 

@@ -45,6 +45,16 @@ pub enum Mode {
     Unauthorized = 6,
 }
 
+/// The load the mock reports about itself, as an openai-kind server does (none: /slots and
+/// /metrics answer 404, as Ollama's and a hosted API's do).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Report {
+    /// llama.cpp's `GET /slots`: `busy` of `total` slots processing.
+    Slots { busy: usize, total: usize },
+    /// vLLM's `GET /metrics`: requests running and waiting, KV cache in use (0 to 1).
+    Vllm { running: usize, waiting: usize, kv: f64 },
+}
+
 pub struct Recorded {
     pub path: String,
     pub body: Bytes,
@@ -87,6 +97,10 @@ pub struct MockState {
     pub retry_after_secs: AtomicU64,
     /// Blobs received (POST /api/blobs/:digest), by digest.
     pub blobs: Mutex<std::collections::HashMap<String, usize>>,
+    /// What /slots or /metrics report (see [`Report`]).
+    pub report: Mutex<Option<Report>>,
+    /// Load readings asked for (/slots, /metrics), answered or not.
+    pub load_asks: AtomicUsize,
 }
 
 pub struct MockOllama {
@@ -129,6 +143,8 @@ impl MockOllama {
             drop_after: AtomicUsize::new(2),
             stall: AtomicBool::new(false),
             retry_after_secs: AtomicU64::new(2),
+            report: Mutex::new(None),
+            load_asks: AtomicUsize::new(0),
         });
         let mock = MockOllama { addr, url: format!("http://{addr}"), state: state.clone(), server: Mutex::new(None) };
         *mock.server.lock().unwrap() = Some(tokio::spawn(serve(listener, state)));
@@ -137,6 +153,11 @@ impl MockOllama {
 
     pub fn set_mode(&self, mode: Mode) {
         self.state.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// What the mock reports of its load from now on (None: it reports none).
+    pub fn report(&self, report: Option<Report>) {
+        *self.state.report.lock().unwrap() = report;
     }
 
     pub fn set_stream(&self, chunks: usize, delay: Duration) {
@@ -276,6 +297,8 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/api/tags", get(tags))
         .route("/api/ps", get(ps))
         .route("/v1/models", get(v1_models))
+        .route("/slots", get(slots))
+        .route("/metrics", get(metrics))
         .route("/api/chat", post(routed))
         .route("/api/generate", post(routed))
         .route("/api/embed", post(routed))
@@ -381,6 +404,43 @@ async fn blob_upload(
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// llama.cpp's `GET /slots`, as its server answers it (one object per slot).
+async fn slots(State(s): State<Arc<MockState>>) -> Response {
+    s.load_asks.fetch_add(1, Ordering::SeqCst);
+    let Some(Report::Slots { busy, total }) = *s.report.lock().unwrap() else {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    };
+    let slots: Vec<Value> = (0..total)
+        .map(|i| json!({ "id": i, "id_task": -1, "n_ctx": 4096, "speculative": false, "is_processing": i < busy }))
+        .collect();
+    axum::Json(Value::from(slots)).into_response()
+}
+
+/// vLLM's `GET /metrics`: a Prometheus exposition, the series labelled by engine and model.
+async fn metrics(State(s): State<Arc<MockState>>) -> Response {
+    s.load_asks.fetch_add(1, Ordering::SeqCst);
+    let Some(Report::Vllm { running, waiting, kv }) = *s.report.lock().unwrap() else {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    };
+    let model = s.models.lock().unwrap().first().cloned().unwrap_or_default();
+    let labels = format!("engine=\"0\",model_name=\"{model}\"");
+    let text = format!(
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\n\
+         vllm:num_requests_running{{{labels}}} {running}.0\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{{labels}}} {waiting}.0\n\
+         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\n\
+         vllm:kv_cache_usage_perc{{{labels}}} {kv}\n\
+         # HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n\
+         # TYPE vllm:prompt_tokens_total counter\n\
+         vllm:prompt_tokens_total{{{labels}}} 1234.0\n"
+    );
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
