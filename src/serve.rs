@@ -22,6 +22,8 @@ use crate::fleet::gauges::FleetCollector;
 use crate::fleet::health::ServerCheck;
 use crate::fleet::Fleet;
 use crate::proxy::{Drover, Parts};
+use crate::routing::queue::Queue;
+use crate::routing::replicas::{Replicas, ReplicasService};
 use crate::routing::resources::ResourceCheck;
 use crate::state::cache::ResponseCache;
 use crate::state::dns::{Discovery, DnsService};
@@ -155,6 +157,16 @@ pub fn run(args: ServeArgs) -> i32 {
         log::info!("shared state in Redis at {}", crate::storage::store::redact_url(u));
     }
     let client = Arc::new(Client::default());
+    let lb = &settings.load_balancer;
+    let queue = Arc::new(Queue::new(lb.queue_size, lb.queue_timeout));
+    let replicas = Replicas::new(
+        lb.replicas.clone(),
+        fleet.clone(),
+        queue.clone(),
+        resources.clone(),
+        client.clone(),
+        settings.http_client.read_timeout,
+    );
     let access_log = Arc::new(AccessLog::new(&settings.access_log));
     let keeper = Arc::new(Keeper::new(&settings, fleet.clone(), client.clone()));
     let admin = Arc::new(Admin::new(AdminParts {
@@ -178,6 +190,8 @@ pub fn run(args: ServeArgs) -> i32 {
         admin,
         keeper: keeper.clone(),
         client,
+        queue,
+        replicas: replicas.clone(),
         cache: ResponseCache::new(settings.cache.clone(), shared.clone()),
         memory: Arc::new(Memory::new(settings.memory.clone(), shared.clone(), store)),
         access_log: access_log.clone(),
@@ -209,6 +223,9 @@ pub fn run(args: ServeArgs) -> i32 {
     }
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
     server.add_service(background_service("required models", KeeperService(keeper)));
+    if replicas.enabled() {
+        server.add_service(background_service("replicas", ReplicasService(replicas)));
+    }
     let following = SharedService { shared, fleet: fleet.clone() };
     server.add_service(background_service("shared state", following));
     // Active health checks: drover's check, run over the fleet's health registry by

@@ -52,6 +52,8 @@ pub struct Snapshot<'a> {
     pub errors: Vec<Value>,
     pub required: Value,
     pub uptime_seconds: u64,
+    /// The replica keeper's view (routing/replicas.rs).
+    pub replicas: Value,
 }
 
 pub fn data(s: Snapshot) -> Value {
@@ -108,6 +110,7 @@ pub fn data(s: Snapshot) -> Value {
         "models": models,
         "errors": s.errors,
         "required_models": s.required,
+        "replicas": s.replicas,
     })
 }
 

@@ -36,13 +36,10 @@ impl Admin {
         }
         let timeout = self.settings.http_client.read_timeout;
         let loads = targets.into_iter().map(|(server, actual)| {
-            let body = json!({ "model": actual, "prompt": "", "keep_alive": keep_alive, "stream": false });
+            let keep_alive = keep_alive.clone();
             async move {
                 let started = Instant::now();
-                let result = self.client.post_json(&server, "/api/generate", &body, timeout).await;
-                if result.is_ok() {
-                    server.mark_loaded(&actual, None);
-                }
+                let result = self.client.load_model(&server, &actual, keep_alive, timeout).await;
                 let mut row = json!({ "server": server.url.as_str(), "actual_model": actual, "loaded": result.is_ok(),
                                       "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0 });
                 if let Err(e) = result {

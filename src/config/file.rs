@@ -102,6 +102,18 @@ pub(super) struct LbSection {
     pub(super) resume: Option<bool>,
     pub(super) model_resume: Option<std::collections::BTreeMap<String, bool>>,
     pub(super) max_rest: Option<RawDuration>,
+    pub(super) replicas: Option<ReplicasSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ReplicasSection {
+    pub(super) enabled: Option<bool>,
+    pub(super) scale_up_wait: Option<RawDuration>,
+    pub(super) scale_up_for: Option<RawDuration>,
+    pub(super) scale_down_idle: Option<RawDuration>,
+    pub(super) min_replicas: Option<u32>,
+    pub(super) max_replicas: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -173,6 +173,22 @@ pub struct LoadBalancing {
     pub model_resume: std::collections::HashMap<String, bool>,
     /// The longest a server that answered 429 or 503 with Retry-After is left to rest.
     pub max_rest: Duration,
+    /// Models placed on more servers when their requests wait (routing/replicas.rs).
+    pub replicas: Replicas,
+}
+
+/// Replicas follow demand: when a model's oldest waiting request has waited longer than
+/// `scale_up_wait`, continuously for `scale_up_for`, drover loads it on another server that
+/// may serve it and has the memory; a copy it placed that served nothing for
+/// `scale_down_idle` is unloaded, never below `min_replicas` copies; at most `max_replicas`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replicas {
+    pub enabled: bool,
+    pub scale_up_wait: Duration,
+    pub scale_up_for: Duration,
+    pub scale_down_idle: Duration,
+    pub min_replicas: usize,
+    pub max_replicas: usize,
 }
 
 /// Which requests of one conversation go back to the server that served the last turn.

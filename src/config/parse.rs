@@ -253,6 +253,7 @@ impl Validator {
         if max_body_bytes == 0 {
             self.error("load_balancer.max_body_bytes", "must be at least 1, got 0");
         }
+        let replicas = self.replicas_section(lb.replicas.unwrap_or_default());
         let max_header_bytes = lb.max_header_bytes.unwrap_or(64 * 1024);
         if !(1024..=1024 * 1024).contains(&max_header_bytes) {
             self.error("load_balancer.max_header_bytes", format!("{max_header_bytes}: expected 1024 to 1048576"));
@@ -283,6 +284,29 @@ impl Validator {
             resume: lb.resume.unwrap_or(true),
             model_resume,
             max_rest: self.duration("load_balancer.max_rest", lb.max_rest, "60s"),
+            replicas,
+        }
+    }
+
+    fn replicas_section(&mut self, r: ReplicasSection) -> Replicas {
+        let min_replicas = r.min_replicas.unwrap_or(1);
+        let max_replicas = r.max_replicas.unwrap_or(3);
+        if min_replicas == 0 {
+            self.error("load_balancer.replicas.min_replicas", "must be at least 1, got 0");
+        }
+        if max_replicas < min_replicas {
+            self.error(
+                "load_balancer.replicas.max_replicas",
+                format!("{max_replicas} is below min_replicas ({min_replicas})"),
+            );
+        }
+        Replicas {
+            enabled: r.enabled.unwrap_or(false),
+            scale_up_wait: self.duration("load_balancer.replicas.scale_up_wait", r.scale_up_wait, "2s"),
+            scale_up_for: self.duration("load_balancer.replicas.scale_up_for", r.scale_up_for, "5s"),
+            scale_down_idle: self.duration("load_balancer.replicas.scale_down_idle", r.scale_down_idle, "10m"),
+            min_replicas: min_replicas as usize,
+            max_replicas: max_replicas as usize,
         }
     }
 

@@ -90,6 +90,29 @@ impl Client {
         }
     }
 
+    /// Loads `model` on an Ollama server and keeps it for `keep_alive`: a generate with no
+    /// prompt, as `ollama run` does before the first question. It then counts as loaded there.
+    pub async fn load_model(
+        &self,
+        server: &Server,
+        model: &str,
+        keep_alive: Value,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let body = serde_json::json!({ "model": model, "prompt": "", "keep_alive": keep_alive, "stream": false });
+        self.post_json(server, "/api/generate", &body, timeout).await?;
+        server.mark_loaded(model, None);
+        Ok(())
+    }
+
+    /// Unloads `model` from an Ollama server (`keep_alive: 0`, as `ollama stop` asks).
+    pub async fn unload_model(&self, server: &Server, model: &str, timeout: Duration) -> Result<(), String> {
+        let body = serde_json::json!({ "model": model, "keep_alive": 0 });
+        self.post_json(server, "/api/generate", &body, timeout).await?;
+        server.mark_unloaded(model);
+        Ok(())
+    }
+
     /// POSTs `body` as JSON to `path` on `server` and parses the answer, all within `timeout`.
     pub async fn post_json(
         &self,

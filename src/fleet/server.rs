@@ -473,6 +473,12 @@ impl Server {
         idle
     }
 
+    /// Requests through drover on `model` here now, and when the last one ended.
+    pub fn model_activity(&self, model: &str) -> (usize, Option<Instant>) {
+        let used = self.state.active_models.lock().unwrap().get(&canonical_model(model)).copied().unwrap_or_default();
+        (used.in_flight, used.last_used)
+    }
+
     /// Bytes held by idle models (see `idle_models`).
     pub fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
         self.idle_models(gpu).iter().map(|m| m.bytes).sum()

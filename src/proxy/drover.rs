@@ -38,6 +38,10 @@ pub struct Parts {
     pub admin: Arc<Admin>,
     pub keeper: Arc<Keeper>,
     pub client: Arc<Client>,
+    /// Requests waiting for a busy model, in fair order (shared with `replicas`).
+    pub queue: Arc<crate::routing::queue::Queue>,
+    /// Copies of models that follow demand (load_balancer.replicas).
+    pub replicas: Arc<crate::routing::replicas::Replicas>,
     pub cache: ResponseCache,
     pub memory: Arc<Memory>,
     /// Also flushed by the stopper before the process exits.
@@ -48,6 +52,7 @@ pub struct Parts {
 pub struct Drover {
     pub(super) fleet: Arc<ArcSwap<Fleet>>,
     pub(super) scheduler: Scheduler,
+    pub(super) replicas: Arc<crate::routing::replicas::Replicas>,
     pub(super) resources: Arc<ResourceCheck>,
     pub(super) tally: Arc<Tally>,
     pub(super) reloader: Arc<Reloader>,
@@ -99,6 +104,8 @@ impl Drover {
             admin,
             keeper,
             client,
+            queue,
+            replicas,
             cache,
             memory,
             access_log,
@@ -117,7 +124,8 @@ impl Drover {
             admin,
             keeper,
             client,
-            scheduler: Scheduler::new(&settings, resources.clone()),
+            scheduler: Scheduler::new(&settings, resources.clone(), queue),
+            replicas,
             resources,
             fleet,
             max_body_bytes: settings.load_balancer.max_body_bytes,

@@ -59,7 +59,8 @@ impl Drover {
                 self.json(session, ctx, 200, &body).await
             }
             Endpoint::LbStats => {
-                let body = view::lb_stats(&fleet, self.scheduler.queue_len());
+                let mut body = view::lb_stats(&fleet, self.scheduler.queue_len());
+                body["replicas"] = self.replicas.view();
                 self.json(session, ctx, 200, &body).await
             }
             Endpoint::Admin => self.admin(session, ctx).await,
@@ -170,6 +171,7 @@ impl Drover {
                 let data = crate::admin::dashboard::data(crate::admin::dashboard::Snapshot {
                     fleet,
                     queued: self.scheduler.queue_len(),
+                    replicas: self.replicas.view(),
                     free_memory: self.resources.free_memory(),
                     errors: self.recent_errors.snapshot(),
                     required: self.keeper.report(),

@@ -50,6 +50,8 @@ struct Line {
     /// Each key's last tag in this line.
     last: HashMap<i64, u64>,
     next: u64,
+    /// When each waiting request entered, by its number (so the first is the oldest).
+    entered: std::collections::BTreeMap<u64, Instant>,
 }
 
 /// A place in the queue, left when dropped.
@@ -70,6 +72,7 @@ impl Drop for Ticket<'_> {
                 line.now = line.now.max(self.place.1);
             }
             line.order.remove(&self.place);
+            line.entered.remove(&self.place.2);
             if line.order.is_empty() {
                 lines.remove(&self.model);
             }
@@ -113,6 +116,7 @@ impl Queue {
             line.next += 1;
             let place = (tenant.batch, tag, line.next);
             line.order.insert(place);
+            line.entered.insert(line.next, Instant::now());
             place
         };
         metrics::QUEUE_LENGTH.inc();
@@ -131,6 +135,15 @@ impl Queue {
 
     pub fn line_len(&self, model: &str) -> usize {
         self.lines.lock().unwrap().get(model).map_or(0, |l| l.order.len())
+    }
+
+    /// Each model with requests waiting: how many, and how long the oldest has waited.
+    pub fn waits(&self) -> Vec<(String, usize, Duration)> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|(m, l)| Some((m.clone(), l.order.len(), l.entered.values().next()?.elapsed())))
+            .collect()
     }
 }
 
@@ -154,6 +167,10 @@ mod tests {
         drop(a1);
         assert!(a2.at_head());
         assert_eq!((q.len(), q.line_len("a"), q.has_line("c")), (2, 1, false));
+        let mut waits = q.waits();
+        waits.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(waits.iter().map(|(m, n, _)| (m.as_str(), *n)).collect::<Vec<_>>(), [("a", 1), ("b", 1)]);
+        assert!(waits[0].2 >= waits[1].2, "a2 came before b1: the oldest in a waited longer");
         drop((a2, b1));
         assert!(q.is_empty() && !q.has_line("a"));
     }

@@ -1,5 +1,5 @@
 //! Turning selections into slots: refresh the probe readings, apply the model's strategy,
-//! and keep the FIFO queue of requests waiting while every server of a model is busy (or
+//! and keep the queue of requests waiting while every server of a model is busy (or
 //! lacks the memory to load it). Refusals carry the client's error: 404 for an unknown
 //! model, 503 with Retry-After when nothing can serve it now.
 
@@ -36,27 +36,32 @@ pub enum Refused {
 /// the queue of requests waiting for a busy model.
 pub struct Scheduler {
     resources: Arc<ResourceCheck>,
-    queue: Queue,
+    queue: Arc<Queue>,
     strategy: Strategy,
     model_strategies: HashMap<String, Strategy>,
     panic_mode: bool,
     cooldown: Duration,
     match_num_ctx: bool,
     affinity: Affinity,
+    /// load_balancer.replicas is on: warm_first waits for a warm server rather than load
+    /// the model elsewhere for a request; the replica keeper places copies instead.
+    replicas: bool,
 }
 
 impl Scheduler {
-    pub fn new(settings: &Settings, resources: Arc<ResourceCheck>) -> Scheduler {
+    /// The scheduler over `queue` (shared with the replica keeper, which reads its waits).
+    pub fn new(settings: &Settings, resources: Arc<ResourceCheck>, queue: Arc<Queue>) -> Scheduler {
         let lb = &settings.load_balancer;
         Scheduler {
             resources,
-            queue: Queue::new(lb.queue_size, lb.queue_timeout),
+            queue,
             strategy: lb.strategy,
             model_strategies: lb.model_strategies.clone(),
             panic_mode: lb.panic_mode,
             cooldown: lb.cooldown,
             match_num_ctx: lb.match_num_ctx,
             affinity: settings.affinity.clone(),
+            replicas: lb.replicas.enabled,
         }
     }
 
@@ -142,7 +147,8 @@ impl Scheduler {
                 if let Some(mr) = fleet.named_routes(req.model) {
                     self.resources.refresh(&mr.routes).await;
                 }
-                let req = Request { waiting: self.queue.line_len(req.model), ..*req };
+                let waiting = if self.replicas { 0 } else { self.queue.line_len(req.model) };
+                let req = Request { waiting, ..*req };
                 select(fleet, self.strategy_of(req.model), &req, &self.resources)
             } else {
                 Selection::AllBusy { memory: None }

@@ -60,6 +60,15 @@ pub static RESUMPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static REPLICA_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "drover_replica_changes_total",
+        "Copies of a model placed or let go by load_balancer.replicas: up (loaded on another server while its requests waited), down (unloaded after scale_down_idle), failed (a load that did not succeed)",
+        &["model", "server", "change"]
+    )
+    .expect("metric registers once")
+});
+
 pub static UPSTREAM_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_upstream_refusals_total",
@@ -168,6 +177,7 @@ pub fn init() {
     LazyLock::force(&RETRIES);
     LazyLock::force(&RESUMPTIONS);
     LazyLock::force(&UPSTREAM_REFUSALS);
+    LazyLock::force(&REPLICA_CHANGES);
     LazyLock::force(&TOKENS);
     LazyLock::force(&MODEL_LOAD);
     LazyLock::force(&RESOURCE_CHECKS);

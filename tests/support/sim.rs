@@ -14,7 +14,9 @@
 //! Context size: a model runs at the request's `options.num_ctx` (else `default_ctx`); a
 //! request for another size waits for the model to go idle and reloads it, as Ollama does
 //! (`ctx_reloads`). With `"stream": true` the answer is NDJSON, the first line sent when
-//! the first token is ready, so a client can time its first token.
+//! the first token is ready, so a client can time its first token. A generate with no prompt
+//! loads the model and answers `done_reason: "load"`; with `keep_alive: 0` as well it unloads
+//! it once idle (`"unload"`), as Ollama does.
 
 #![allow(dead_code)]
 
@@ -100,6 +102,9 @@ pub struct SimStats {
     pub kv_hits: AtomicUsize,
     /// Prompt tokens processed (not served from the KV cache).
     pub prompt_tokens: AtomicUsize,
+    /// Loads asked for with no prompt (a preload), and unloads (keep_alive 0) done.
+    pub preloads: AtomicUsize,
+    pub unloads: AtomicUsize,
 }
 
 struct Sim {
@@ -338,6 +343,25 @@ async fn generate(State(sim): State<Arc<Sim>>, uri: Uri, body: Bytes) -> Respons
         h.finish()
     };
     let started = Instant::now();
+    let no_input = req.get("messages").is_none() && req["prompt"].as_str().is_none_or(str::is_empty);
+    if no_input && req["keep_alive"] == json!(0) {
+        let mut loaded = sim.loaded.lock().unwrap();
+        if loaded.get(&model).is_some_and(|l| l.active == 0 && *l.ready.borrow()) {
+            loaded.remove(&model);
+            sim.stats.unloads.fetch_add(1, Ordering::Relaxed);
+        }
+        return axum::Json(json!({ "model": model, "done": true, "done_reason": "unload", "response": "" }))
+            .into_response();
+    }
+    if no_input {
+        sim.stats.preloads.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = sim.begin(&model, size, ctx).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, &e);
+        }
+        sim.end(&model);
+        return axum::Json(json!({ "model": model, "done": true, "done_reason": "load", "response": "" }))
+            .into_response();
+    }
     let (slots, load_time) = match sim.begin(&model, size, ctx).await {
         Ok(x) => x,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),

@@ -53,7 +53,8 @@ pub struct Request<'a> {
     /// Servers already tried for this request.
     pub tried: &'a [Arc<Server>],
     /// Requests queued for this model (warm_first loads it elsewhere when its warm servers
-    /// cannot take them all).
+    /// cannot take them all). Always 0 with load_balancer.replicas on: copies are then
+    /// placed by the replica keeper, not by a request that would wait for the load.
     pub waiting: usize,
     /// When every usable route is cooling down, use the one that failed longest ago
     /// rather than refuse (load_balancer.panic_mode).

@@ -1,0 +1,302 @@
+//! Replicas follow demand (`load_balancer.replicas`, off by default): a model whose requests
+//! wait gets another copy, and a copy drover placed that nobody uses is let go.
+//!
+//! Every tick (a quarter of `scale_up_wait`, 100 ms to 1 s) the queue says, per model line,
+//! how long its oldest request has waited. Past `scale_up_wait`, continuously for
+//! `scale_up_for`, drover loads the model on one more server that may serve it (a route of
+//! the model, or a server that lists it) where it is not loaded yet: the best priority tier
+//! first, then the least busy, and only where the resource check admits it (the memory it
+//! needs is reserved while it loads, as a request's cold load is). The load is Ollama's
+//! preload (a generate with no prompt, as /admin/models/preload sends); once it answers the
+//! server counts as warm and selection (warm_first above all) sends the model's requests
+//! there. One load per model at a time, never more than `max_replicas` copies. A copy drover
+//! placed that served nothing for `scale_down_idle` while no request of its model waits is
+//! unloaded (`keep_alive: 0`), never below `min_replicas` copies. Copies loaded otherwise
+//! (by requests, by hand) are never unloaded here: Ollama's own keep_alive lets them go.
+//! Each change is logged, counted (`drover_replica_changes_total`) and listed for the
+//! dashboard and /lb-stats.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+
+use super::queue::Queue;
+use super::resources::ResourceCheck;
+use crate::config::Replicas as Settings;
+use crate::fleet::client::Client;
+use crate::fleet::{Fleet, Route, Server};
+use crate::protocol::ollama::Kind;
+use crate::telemetry::metrics;
+
+/// Changes kept for the dashboard.
+const KEEP: usize = 30;
+
+/// A copy drover placed: where, and since when.
+struct Placed {
+    model: String,
+    actual: String,
+    server: String,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per model: since when its oldest request has waited past `scale_up_wait`.
+    pressed: HashMap<String, Instant>,
+    /// Models with a load under way (one at a time per model).
+    loading: HashMap<String, String>,
+    placed: Vec<Placed>,
+    /// The last changes, newest last.
+    changes: VecDeque<Value>,
+}
+
+/// The replica keeper: reads the queue, places and lets go copies of models.
+pub struct Replicas {
+    settings: Settings,
+    fleet: Arc<ArcSwap<Fleet>>,
+    queue: Arc<Queue>,
+    resources: Arc<ResourceCheck>,
+    client: Arc<Client>,
+    /// How long a load or an unload may take (http_client.read_timeout).
+    timeout: Duration,
+    state: Mutex<State>,
+}
+
+impl Replicas {
+    pub fn new(
+        settings: Settings,
+        fleet: Arc<ArcSwap<Fleet>>,
+        queue: Arc<Queue>,
+        resources: Arc<ResourceCheck>,
+        client: Arc<Client>,
+        timeout: Duration,
+    ) -> Arc<Replicas> {
+        Arc::new(Replicas { settings, fleet, queue, resources, client, timeout, state: Mutex::default() })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    fn tick_every(&self) -> Duration {
+        (self.settings.scale_up_wait / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    /// One pass: scale up the models whose requests have waited long enough, let go of idle copies.
+    pub async fn tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        let waits = self.queue.waits();
+        let due: Vec<String> = {
+            let mut st = self.state.lock().unwrap();
+            st.pressed
+                .retain(|m, _| waits.iter().any(|(w, _, oldest)| w == m && *oldest >= self.settings.scale_up_wait));
+            for (model, _, oldest) in &waits {
+                if *oldest >= self.settings.scale_up_wait {
+                    st.pressed.entry(model.clone()).or_insert(now);
+                }
+            }
+            st.pressed
+                .iter()
+                .filter(|(m, since)| {
+                    now.duration_since(**since) >= self.settings.scale_up_for && !st.loading.contains_key(*m)
+                })
+                .map(|(m, _)| m.clone())
+                .collect()
+        };
+        for model in due {
+            self.scale_up(&model).await;
+        }
+        self.scale_down().await;
+    }
+
+    /// The model's usable routes on Ollama servers, and how many servers have it loaded.
+    fn routes_and_copies(fleet: &Fleet, model: &str) -> (Vec<Arc<Route>>, usize) {
+        let usable = |s: &Server| {
+            s.kind == Kind::Ollama
+                && s.healthy()
+                && !s.drained()
+                && !s.refusing()
+                && s.cooling_down().is_none()
+                && s.resting().is_none()
+        };
+        let routes: Vec<Arc<Route>> = fleet.serving_routes(model).into_iter().filter(|r| usable(&r.server)).collect();
+        let mut warm: Vec<&str> = routes.iter().filter(|r| warm_on(r)).map(|r| r.server.url.as_str()).collect();
+        warm.sort_unstable();
+        warm.dedup();
+        let copies = warm.len();
+        (routes, copies)
+    }
+
+    async fn scale_up(self: &Arc<Self>, model: &str) {
+        let fleet = self.fleet.load_full();
+        let (routes, copies) = Self::routes_and_copies(&fleet, model);
+        if copies >= self.settings.max_replicas {
+            return;
+        }
+        let mut cold: Vec<Arc<Route>> = routes.into_iter().filter(|r| !warm_on(r)).collect();
+        cold.sort_by_key(|r| (r.priority, r.server.load_estimate()));
+        self.resources.refresh(&cold).await;
+        let mut short = Vec::new();
+        let chosen = cold.into_iter().find_map(|r| match self.resources.admit(&r) {
+            Ok(reservation) => Some((r, reservation)),
+            Err(why) => {
+                short.push(format!("{} {why}", r.server.url.as_str()));
+                None
+            }
+        });
+        let Some((route, reservation)) = chosen else {
+            if !short.is_empty() {
+                log::debug!("replicas: no server can take another copy of {model}: {}", short.join("; "));
+            }
+            return;
+        };
+        let server = route.server.url.as_str().to_string();
+        {
+            let mut st = self.state.lock().unwrap();
+            st.loading.insert(model.to_string(), server.clone());
+            // The next copy waits for another scale_up_for of waiting.
+            st.pressed.remove(model);
+        }
+        log::info!(
+            "replicas: requests for {model} have waited over {:?} for {:?}; loading {} on {server} (copy {} of at most {})",
+            self.settings.scale_up_wait,
+            self.settings.scale_up_for,
+            route.actual_model,
+            copies + 1,
+            self.settings.max_replicas
+        );
+        let me = self.clone();
+        let model = model.to_string();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            // Kept a while past scale_down_idle, so a copy outlives a drover that stopped
+            // watching it only by that much.
+            let keep_alive = json!((me.settings.scale_down_idle + Duration::from_secs(60)).as_secs());
+            let result = me.client.load_model(&route.server, &route.actual_model, keep_alive, me.timeout).await;
+            drop(reservation);
+            let mut st = me.state.lock().unwrap();
+            st.loading.remove(&model);
+            match result {
+                Ok(()) => {
+                    log::info!("replicas: {model} loaded on {server} in {:.1}s", started.elapsed().as_secs_f64());
+                    st.placed.push(Placed {
+                        model: model.clone(),
+                        actual: route.actual_model.clone(),
+                        server: server.clone(),
+                        at: Instant::now(),
+                    });
+                    me.note(&mut st, &model, &server, "up", None);
+                }
+                Err(e) => {
+                    log::warn!("replicas: loading {model} on {server} failed: {e}");
+                    me.note(&mut st, &model, &server, "failed", Some(e));
+                }
+            }
+        });
+    }
+
+    /// Unloads the copies drover placed that served nothing for scale_down_idle while no
+    /// request of their model waits, keeping at least min_replicas copies.
+    async fn scale_down(self: &Arc<Self>) {
+        let fleet = self.fleet.load_full();
+        let idle = self.settings.scale_down_idle;
+        let victims: Vec<(Arc<Server>, String, String)> = {
+            let mut st = self.state.lock().unwrap();
+            // A copy whose server left the fleet, or that is no longer loaded (Ollama's own
+            // keep_alive let it go, or someone unloaded it), is no longer drover's to watch.
+            st.placed.retain(|p| fleet.by_url.get(&p.server).is_some_and(|s| s.inventory().warm_for(&p.actual, None)));
+            let mut copies: HashMap<String, usize> = HashMap::new();
+            let mut out = Vec::new();
+            for p in &st.placed {
+                if st.pressed.contains_key(&p.model) || self.queue.line_len(&p.model) > 0 {
+                    continue;
+                }
+                let Some(server) = fleet.by_url.get(&p.server) else { continue };
+                let (in_flight, last_used) = server.model_activity(&p.actual);
+                let quiet = last_used.map_or(p.at, |t| t.max(p.at)).elapsed();
+                if in_flight > 0 || quiet < idle {
+                    continue;
+                }
+                let have =
+                    *copies.entry(p.model.clone()).or_insert_with(|| Self::routes_and_copies(&fleet, &p.model).1);
+                if have <= self.settings.min_replicas {
+                    continue;
+                }
+                copies.insert(p.model.clone(), have - 1);
+                out.push((server.clone(), p.model.clone(), p.actual.clone()));
+            }
+            let gone: Vec<(String, String)> =
+                out.iter().map(|(s, m, _)| (s.url.as_str().to_string(), m.clone())).collect();
+            st.placed.retain(|p| !gone.contains(&(p.server.clone(), p.model.clone())));
+            out
+        };
+        for (server, model, actual) in victims {
+            let url = server.url.as_str().to_string();
+            log::info!("replicas: {model} on {url} served nothing for {idle:?}; unloading it");
+            let result = self.client.unload_model(&server, &actual, self.timeout).await;
+            let mut st = self.state.lock().unwrap();
+            match result {
+                Ok(()) => self.note(&mut st, &model, &url, "down", None),
+                Err(e) => {
+                    log::warn!("replicas: unloading {model} on {url} failed: {e}");
+                    self.note(&mut st, &model, &url, "failed", Some(e));
+                }
+            }
+        }
+    }
+
+    fn note(&self, st: &mut State, model: &str, server: &str, change: &str, error: Option<String>) {
+        metrics::REPLICA_CHANGES.with_label_values(&[model, server, change]).inc();
+        if st.changes.len() == KEEP {
+            st.changes.pop_front();
+        }
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        st.changes.push_back(json!({ "at": at, "model": model, "server": server, "change": change, "error": error }));
+    }
+
+    /// For /lb-stats and the dashboard: the settings, copies placed, loads under way, the
+    /// last changes.
+    pub fn view(&self) -> Value {
+        let st = self.state.lock().unwrap();
+        let placed: Vec<Value> = st
+            .placed
+            .iter()
+            .map(|p| json!({ "model": p.model, "server": p.server, "seconds": p.at.elapsed().as_secs() }))
+            .collect();
+        let loading: Vec<Value> = st.loading.iter().map(|(m, s)| json!({ "model": m, "server": s })).collect();
+        json!({
+            "enabled": self.settings.enabled,
+            "min_replicas": self.settings.min_replicas,
+            "max_replicas": self.settings.max_replicas,
+            "placed": placed,
+            "loading": loading,
+            "changes": st.changes.iter().cloned().collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Whether the route's model is loaded on its server (warm).
+fn warm_on(r: &Route) -> bool {
+    r.server.inventory().warm_for(&r.actual_model, None)
+}
+
+/// The replica keeper as a Pingora background service (added only when enabled).
+pub struct ReplicasService(pub Arc<Replicas>);
+
+#[async_trait]
+impl BackgroundService for ReplicasService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.0.tick_every()) => self.0.tick().await,
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
