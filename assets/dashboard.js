@@ -98,6 +98,23 @@ function drawErrors(errors) {
       el("td", { class: "small" }, e.server || ""), el("td", {}, e.error))));
 }
 
+// The replica keeper (load_balancer.replicas): copies placed, loads under way, last changes.
+function drawReplicas(r) {
+  const state = document.getElementById("replicas-state");
+  if (!r || !r.enabled) {
+    state.textContent = "(off: load_balancer.replicas)";
+    document.querySelector("#replicas tbody").replaceChildren();
+    return;
+  }
+  const placed = r.placed.map((p) => `${p.model} on ${p.server}`).join(", ") || "none";
+  const loading = r.loading.map((p) => `${p.model} on ${p.server}`).join(", ");
+  state.textContent = `(${r.min_replicas} to ${r.max_replicas} copies; placed: ${placed}${loading ? "; loading: " + loading : ""})`;
+  document.querySelector("#replicas tbody").replaceChildren(...r.changes.slice().reverse().map((c) =>
+    el("tr", { "data-change": c.change },
+      el("td", { class: "small" }, c.at), el("td", {}, c.model), el("td", { class: "small" }, c.server),
+      el("td", { title: c.error || "" }, c.change))));
+}
+
 async function refresh() {
   const updated = document.getElementById("updated");
   try {
@@ -111,6 +128,7 @@ async function refresh() {
     drawServers(d.servers);
     drawModels(d.models, now);
     drawRequired(d.required_models || []);
+    drawReplicas(d.replicas);
     drawErrors(d.errors);
     updated.textContent = "updated " + new Date(now).toLocaleTimeString();
     updated.classList.remove("stale");

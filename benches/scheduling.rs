@@ -174,6 +174,13 @@ async fn run(c: &Contestant, work: &[(Duration, usize)]) -> Outcome {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `-- demand`: only the sections of issue 24 (shifting popularity, two drovers).
+    if args.iter().any(|a| a == "demand") {
+        let smoke = !args.iter().any(|a| a == "--bench");
+        shifting(smoke).await;
+        two_drovers(smoke).await;
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it: a smoke run.
     let work = if !args.iter().any(|a| a == "--bench") {
         workload(2, 8)
@@ -220,6 +227,8 @@ async fn main() {
     let smoke = !args.iter().any(|a| a == "--bench");
     conversations(if smoke { (3, 3) } else { (9, 6) }).await;
     contexts(if smoke { 8 } else { 48 }).await;
+    shifting(smoke).await;
+    two_drovers(smoke).await;
 }
 
 /// Multi-turn conversations on a fleet where the model is loaded everywhere: the cost is
@@ -372,6 +381,248 @@ async fn contexts(requests: usize) {
             pct(0.5).as_millis(),
             pct(0.95).as_millis(),
             if reloads == 0 { format!("{base} -> 0") } else { format!("{:.2}x", reloads as f64 / base.max(1) as f64) }
+        );
+    }
+}
+
+/// Four 8 GB models on three 24 GB servers; the hot one changes every phase.
+const SHIFT_MODELS: [&str; 4] = ["h1", "h2", "h3", "h4"];
+
+/// The shifting workload: (offset from start, model index), open loop. A warm-up phase asks
+/// every model a little; then each phase sends `hot_rate` requests/s for one model and
+/// `cold_rate` for each of the others, the hot model changing every phase.
+fn shifting_workload(phase: Duration, phases: usize, hot_rate: f64, cold_rate: f64) -> Vec<(Duration, usize)> {
+    let mut rng = Rng(0x5eed_0000_0024_0001);
+    let mut out = Vec::new();
+    let warmup = Duration::from_secs(2);
+    for m in 0..SHIFT_MODELS.len() {
+        out.push((Duration::from_millis(m as u64 * 300), m));
+    }
+    for p in 0..phases {
+        let hot = p % SHIFT_MODELS.len();
+        let start = warmup + phase * p as u32;
+        for (m, _) in SHIFT_MODELS.iter().enumerate() {
+            let rate = if m == hot { hot_rate } else { cold_rate };
+            // Poisson arrivals: exponential gaps.
+            let mut t = 0.0;
+            loop {
+                t += -(1.0 - rng.next()).ln() / rate;
+                if t >= phase.as_secs_f64() {
+                    break;
+                }
+                out.push((start + Duration::from_secs_f64(t), m));
+            }
+        }
+    }
+    out.sort_by_key(|w| w.0);
+    out
+}
+
+/// Popularity that shifts: warm_first alone against warm_first with replicas that follow
+/// demand. Time to first token (streamed), cold loads, failed loads.
+async fn shifting(smoke: bool) {
+    let (phase, phases, hot, cold) =
+        if smoke { (Duration::from_secs(2), 2, 30.0, 1.0) } else { (Duration::from_secs(6), 8, 60.0, 2.0) };
+    let work = shifting_workload(phase, phases, hot, cold);
+    println!(
+        "\nShifting popularity: 3 servers x 24 GB, four 8 GB models (load 100 ms/GB: 0.8 s), 10 ms/token, 16 tokens, \
+         OLLAMA_NUM_PARALLEL 4, max_concurrency 8, resource probes on; {phases} phases of {} s, each with one model hot \
+         ({hot}/s) and the others at {cold}/s each, Poisson arrivals; {} requests, streamed.\n",
+        phase.as_secs(),
+        work.len()
+    );
+    println!("| scheduling | requests | failed | cold loads | failed loads | replicas placed / let go | TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | p95 vs warm_first | cold loads vs warm_first |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut reference: Option<(Duration, usize)> = None;
+    for (name, replicas) in [
+        ("warm_first", ""),
+        (
+            "warm_first + replicas (1 to 3)",
+            ", replicas: { enabled: true, scale_up_wait: 250ms, scale_up_for: 250ms, scale_down_idle: 4s, min_replicas: 1, max_replicas: 3 }",
+        ),
+        (
+            "warm_first + replicas (2 to 3)",
+            ", replicas: { enabled: true, scale_up_wait: 250ms, scale_up_for: 250ms, scale_down_idle: 4s, min_replicas: 2, max_replicas: 3 }",
+        ),
+    ] {
+        let mut sims = Vec::new();
+        for i in 0..3 {
+            sims.push(
+                SimServer::start(SimConfig {
+                    token_delay: Duration::from_millis(10),
+                    ..SimConfig::new(
+                        &format!("s{i}"),
+                        24 * GB,
+                        SHIFT_MODELS.iter().map(|m| (format!("{m}:1b"), 8 * GB)).collect(),
+                    )
+                })
+                .await,
+            );
+        }
+        let mut routes = String::from("routes:\n");
+        for m in SHIFT_MODELS {
+            for s in &sims {
+                routes.push_str(&format!(
+                    "  - {{ virtual_model_name: {m}, server_url: \"{0}\", probe_url: \"{0}\", actual_model_name: \"{m}:1b\", performance: 8 }}\n",
+                    s.url
+                ));
+            }
+        }
+        let d = Drover::start(&format!(
+            "load_balancer: {{ strategy: warm_first, max_concurrency: 8, health_check_interval: 500ms, queue_timeout: 60s{replicas} }}\n\
+             http_client: {{ read_timeout: 60s }}\n{routes}"
+        ))
+        .await;
+        let client =
+            reqwest::Client::builder().timeout(Duration::from_secs(120)).pool_max_idle_per_host(256).build().unwrap();
+        let started = Instant::now();
+        let tasks: Vec<_> = work
+            .iter()
+            .map(|&(at, model)| {
+                let client = client.clone();
+                let url = format!("{}/api/chat", d.url);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(started + at)).await;
+                    let body = json!({ "model": SHIFT_MODELS[model], "stream": true, "options": { "num_predict": TOKENS },
+                                       "messages": [{ "role": "user", "content": "hi" }] });
+                    let sent = Instant::now();
+                    let mut r = match client.post(url).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => r,
+                        _ => return None,
+                    };
+                    let first = r.chunk().await.ok().flatten()?;
+                    let ttft = sent.elapsed();
+                    let mut body = first.to_vec();
+                    while let Ok(Some(c)) = r.chunk().await {
+                        body.extend_from_slice(&c);
+                    }
+                    body.windows(11).any(|w| w == b"\"done\":true").then_some(ttft)
+                })
+            })
+            .collect();
+        let mut ttft = Vec::new();
+        let mut failed = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(d) => ttft.push(d),
+                None => failed += 1,
+            }
+        }
+        ttft.sort();
+        let pct = |p: f64| ttft.get(((ttft.len() as f64 * p) as usize).min(ttft.len().saturating_sub(1))).copied().unwrap_or_default();
+        let sum = |f: fn(&support::sim::SimStats) -> usize| sims.iter().map(|s| f(s.stats())).sum::<usize>();
+        let cold_loads = sum(|s| s.cold_loads.load(std::sync::atomic::Ordering::SeqCst));
+        let failed_loads = sum(|s| s.failed_loads.load(std::sync::atomic::Ordering::SeqCst));
+        let placed = sum(|s| s.preloads.load(std::sync::atomic::Ordering::SeqCst));
+        let let_go = sum(|s| s.unloads.load(std::sync::atomic::Ordering::SeqCst));
+        let p95 = pct(0.95);
+        let base = *reference.get_or_insert((p95, cold_loads));
+        println!(
+            "| {name} | {} | {failed} | {cold_loads} | {failed_loads} | {placed} / {let_go} | {} | {} | {} | {:.2}x lower | {:.2}x |",
+            work.len(),
+            pct(0.5).as_millis(),
+            p95.as_millis(),
+            pct(0.99).as_millis(),
+            base.0.as_secs_f64() / p95.as_secs_f64().max(1e-9),
+            cold_loads as f64 / base.1.max(1) as f64,
+        );
+    }
+}
+
+/// Two drovers sharing one fleet of two vLLM-like servers: the first sends a steady
+/// backlog to server A only; the second splits its own traffic between A and B. Without
+/// reported load the second drover cannot see A's queue; with it, it stops sending there.
+async fn two_drovers(smoke: bool) {
+    let (seconds, busy_clients, rate) = if smoke { (2, 12, 10.0) } else { (10, 12, 15.0) };
+    println!(
+        "\nTwo drovers, one fleet: 2 openai-kind servers (4 parallel slots each, 10 ms/token, 16 tokens), drover 1 \
+         keeps {busy_clients} requests at once on server A (closed loop); drover 2 routes to A and B, weighted 1:1, \
+         {rate} requests/s of its own for {seconds} s (open loop). Drover 2's latency and where it sent its requests.\n"
+    );
+    println!("| servers report their load | drover 2 requests | sent to A | p50 ms | p95 ms | p95 vs not reported |");
+    println!("|---|---|---|---|---|---|");
+    let mut reference = None;
+    for report in [false, true] {
+        let mut sims = Vec::new();
+        for name in ["a", "b"] {
+            sims.push(
+                SimServer::start(SimConfig {
+                    token_delay: Duration::from_millis(10),
+                    report_load: report,
+                    ..SimConfig::new(name, 24 * GB, vec![("m:1b".into(), 4 * GB)])
+                })
+                .await,
+            );
+        }
+        let server = |s: &SimServer| format!("  - {{ url: \"{}\", kind: openai }}\n", s.url);
+        let route = |s: &SimServer| {
+            format!("  - {{ virtual_model_name: m, server_url: \"{}\", actual_model_name: \"m:1b\" }}\n", s.url)
+        };
+        let lb = "load_balancer: { max_concurrency: 16, health_check_interval: 200ms, queue_timeout: 60s }\n";
+        let first = Drover::start(&format!("{lb}servers:\n{}routes:\n{}", server(&sims[0]), route(&sims[0]))).await;
+        let second = Drover::start(&format!(
+            "{lb}servers:\n{}{}routes:\n{}{}",
+            server(&sims[0]),
+            server(&sims[1]),
+            route(&sims[0]),
+            route(&sims[1])
+        ))
+        .await;
+        let client =
+            reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().unwrap();
+        let body = json!({ "model": "m", "max_tokens": TOKENS, "messages": [{ "role": "user", "content": "hi" }] });
+        let stop = Instant::now() + Duration::from_secs(seconds + 2);
+        let backlog: Vec<_> = (0..busy_clients)
+            .map(|_| {
+                let (client, url, body) = (client.clone(), format!("{}/v1/chat/completions", first.url), body.clone());
+                tokio::spawn(async move {
+                    while Instant::now() < stop {
+                        let _ = client.post(&url).json(&body).send().await.map(|r| r.bytes());
+                    }
+                })
+            })
+            .collect();
+        // Let the backlog build and a health pass or two read it.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let started = Instant::now();
+        let n = (seconds as f64 * rate) as usize;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (client, url, body) = (client.clone(), format!("{}/v1/chat/completions", second.url), body.clone());
+                let at = Duration::from_secs_f64(i as f64 / rate);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(started + at)).await;
+                    let sent = Instant::now();
+                    let r = client.post(&url).json(&body).send().await.ok()?;
+                    let server = r.headers().get("x-drover-server")?.to_str().ok()?.to_string();
+                    r.status().is_success().then_some(())?;
+                    r.bytes().await.ok()?;
+                    Some((server, sent.elapsed()))
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut to_a = 0;
+        for t in tasks {
+            if let Some((server, took)) = t.await.unwrap() {
+                to_a += usize::from(server == sims[0].url);
+                latencies.push(took);
+            }
+        }
+        for t in backlog {
+            t.await.unwrap();
+        }
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        let p95 = pct(0.95);
+        let base = *reference.get_or_insert(p95);
+        println!(
+            "| {} | {} | {to_a} | {} | {} | {:.2}x lower |",
+            if report { "yes (vLLM /metrics)" } else { "no" },
+            latencies.len(),
+            pct(0.5).as_millis(),
+            p95.as_millis(),
+            base.as_secs_f64() / p95.as_secs_f64()
         );
     }
 }

@@ -25,6 +25,10 @@ async fn sim(name: &str) -> SimServer {
 /// warm_first on `sims` (up to four requests in flight each, so a short line waits for the
 /// warm server rather than spill to a cold one), with the replica keeper on.
 async fn drover(sims: &[&SimServer], max_replicas: usize) -> Drover {
+    drover_with(sims, 1, max_replicas).await
+}
+
+async fn drover_with(sims: &[&SimServer], min_replicas: usize, max_replicas: usize) -> Drover {
     let routes: String = sims
         .iter()
         .map(|s| format!("  - {{ virtual_model_name: m, server_url: \"{}\", actual_model_name: \"m:1b\" }}\n", s.url))
@@ -32,7 +36,7 @@ async fn drover(sims: &[&SimServer], max_replicas: usize) -> Drover {
     let yaml = format!(
         "load_balancer:\n  strategy: warm_first\n  max_concurrency: 4\n  health_check_interval: 200ms\n  rise: 1\n  fall: 1\n  \
          queue_timeout: 30s\n  replicas: {{ enabled: true, scale_up_wait: 200ms, scale_up_for: 300ms, scale_down_idle: 1500ms, \
-         min_replicas: 1, max_replicas: {max_replicas} }}\nroutes:\n{routes}"
+         min_replicas: {min_replicas}, max_replicas: {max_replicas} }}\nroutes:\n{routes}"
     );
     Drover::start(&yaml).await
 }
@@ -126,4 +130,25 @@ async fn never_more_than_max_replicas_copies() {
     let copies = [&a, &b, &c].iter().filter(|s| !s.loaded_models().is_empty()).count();
     let preloads: usize = [&a, &b, &c].iter().map(|s| s.stats().preloads.load(Ordering::SeqCst)).sum();
     assert_eq!((copies, preloads), (2, 1), "max_replicas 2: one copy placed beside the first");
+}
+
+#[tokio::test]
+async fn a_model_in_use_is_kept_on_min_replicas_servers_without_waiting() {
+    let (a, b, c) = (sim("a").await, sim("b").await, sim("c").await);
+    let d = drover_with(&[&a, &b, &c], 2, 3).await;
+    // One request, nothing waits: the keeper still places a second copy of a model in use.
+    ask(&d.url).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [&a, &b, &c].iter().filter(|s| !s.loaded_models().is_empty()).count() < 2 {
+        assert!(Instant::now() < deadline, "no second copy: {}", replicas(&d).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let copies = [&a, &b, &c].iter().filter(|s| !s.loaded_models().is_empty()).count();
+    let preloads: usize = [&a, &b, &c].iter().map(|s| s.stats().preloads.load(Ordering::SeqCst)).sum();
+    assert_eq!((copies, preloads), (2, 1), "min_replicas 2: one copy placed, no more");
+    // Idle past scale_down_idle: the placed copy is not let go, as that would leave one.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let unloads: usize = [&a, &b, &c].iter().map(|s| s.stats().unloads.load(Ordering::SeqCst)).sum();
+    assert_eq!(unloads, 0);
 }

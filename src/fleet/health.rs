@@ -90,6 +90,7 @@ impl ServerCheck {
             LoadSource::Metrics => [LoadSource::Metrics, LoadSource::Slots],
             _ => [LoadSource::Slots, LoadSource::Metrics],
         };
+        let asked_with = server.in_flight();
         for source in order {
             let reading = match source {
                 LoadSource::Slots => {
@@ -107,7 +108,7 @@ impl ServerCheck {
                     log::info!("server {}: reads its load from {}", server.url.as_str(), source.path());
                     server.set_load_source(source);
                 }
-                server.set_reported(r, source.path());
+                server.set_reported(r, source.path(), asked_with);
                 return;
             }
         }

@@ -348,14 +348,14 @@ mod tests {
         let s = server(8);
         let held: Vec<Slot> = (0..2).map(|_| s.try_acquire("m").unwrap()).collect();
         // Four slots: drover's two and one of another client's busy.
-        s.set_reported(Reported { running: 3, slots: Some(4), ..Reported::default() }, "/slots");
+        s.set_reported(Reported { running: 3, slots: Some(4), ..Reported::default() }, "/slots", 0);
         assert_eq!(s.load_estimate(), 3, "two of drover's, one beyond them");
         assert!(!s.at_capacity());
         let third = s.try_acquire("m").unwrap();
         assert!(s.at_capacity(), "drover's three and the other's one fill the four slots");
         drop(third);
         // A waiting queue: full, until one of drover's requests there ends.
-        s.set_reported(Reported { running: 2, waiting: 1, ..Reported::default() }, "/metrics");
+        s.set_reported(Reported { running: 2, waiting: 1, ..Reported::default() }, "/metrics", 0);
         assert!(s.reported_full() && s.at_capacity());
         let quick = s.try_acquire("m").unwrap();
         quick.give_back_quietly();

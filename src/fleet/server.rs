@@ -523,8 +523,11 @@ impl Server {
     }
 
     /// A reading of the load the server reports (the health pass, every interval).
-    pub fn set_reported(&self, reported: Reported, source: &'static str) {
-        let own = self.in_flight();
+    /// `asked_with`: drover's own in flight when the reading was asked for. drover's share of
+    /// it is the larger of that and its in flight now, so a request of drover's that ended
+    /// while the answer was on its way is not taken for someone else's.
+    pub fn set_reported(&self, reported: Reported, source: &'static str, asked_with: usize) {
+        let own = self.in_flight().max(asked_with);
         let reported_total = (reported.running + reported.waiting) as usize;
         self.state.others.store(reported_total.saturating_sub(own), Ordering::Relaxed);
         self.state.slots.store(reported.slots.unwrap_or(0) as usize, Ordering::Relaxed);

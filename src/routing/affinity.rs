@@ -29,14 +29,15 @@ pub fn header_key(model: &str, value: &[u8]) -> u64 {
 /// rendezvous score, with servers at or over their load bound moved behind the others.
 pub fn order(mr: &ModelRoutes, in_tier: &[usize], key: u64, load_factor: f64) -> Vec<usize> {
     let total_weight: f64 = in_tier.iter().map(|&i| mr.routes[i].weight as f64).sum::<f64>().max(1.0);
-    let in_flight: usize = in_tier.iter().map(|&i| mr.routes[i].server.in_flight()).sum();
+    // Load as each server reckons it: drover's own in flight and what it reported beyond them.
+    let in_flight: usize = in_tier.iter().map(|&i| mr.routes[i].server.load_estimate()).sum();
     let mut ranked: Vec<(bool, f64, usize)> = in_tier
         .iter()
         .map(|&i| {
             let r = &mr.routes[i];
             let share = r.weight as f64 / total_weight;
             let bound = (load_factor * (in_flight + 1) as f64 * share).ceil();
-            let over = r.server.in_flight() as f64 >= bound;
+            let over = r.server.load_estimate() as f64 >= bound;
             (over, score(key, r.server.url.as_str(), r.weight), i)
         })
         .collect();

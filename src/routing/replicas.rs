@@ -9,9 +9,12 @@
 //! needs is reserved while it loads, as a request's cold load is). The load is Ollama's
 //! preload (a generate with no prompt, as /admin/models/preload sends); once it answers the
 //! server counts as warm and selection (warm_first above all) sends the model's requests
-//! there. One load per model at a time, never more than `max_replicas` copies. A copy drover
-//! placed that served nothing for `scale_down_idle` while no request of its model waits is
-//! unloaded (`keep_alive: 0`), never below `min_replicas` copies. Copies loaded otherwise
+//! there. Each further copy needs another `scale_up_for` of waiting (loads of one model may
+//! overlap); never more than `max_replicas` copies, loaded or loading. A model in use (a
+//! request within `scale_down_idle`) is kept on `min_replicas` servers the same way, without
+//! waiting for its requests to wait. A copy drover placed that served nothing for
+//! `scale_down_idle` while no request of its model waits is unloaded (`keep_alive: 0`),
+//! never below `min_replicas` copies. Copies loaded otherwise
 //! (by requests, by hand) are never unloaded here: Ollama's own keep_alive lets them go.
 //! Each change is logged, counted (`drover_replica_changes_total`) and listed for the
 //! dashboard and /lb-stats.
@@ -49,8 +52,8 @@ struct Placed {
 struct State {
     /// Per model: since when its oldest request has waited past `scale_up_wait`.
     pressed: HashMap<String, Instant>,
-    /// Models with a load under way (one at a time per model).
-    loading: HashMap<String, String>,
+    /// Loads under way: (model, server).
+    loading: Vec<(String, String)>,
     placed: Vec<Placed>,
     /// The last changes, newest last.
     changes: VecDeque<Value>,
@@ -103,16 +106,40 @@ impl Replicas {
             }
             st.pressed
                 .iter()
-                .filter(|(m, since)| {
-                    now.duration_since(**since) >= self.settings.scale_up_for && !st.loading.contains_key(*m)
-                })
+                .filter(|(_, since)| now.duration_since(**since) >= self.settings.scale_up_for)
                 .map(|(m, _)| m.clone())
                 .collect()
         };
         for model in due {
-            self.scale_up(&model).await;
+            self.scale_up(&model, Why::Waiting).await;
+        }
+        if self.settings.min_replicas > 1 {
+            for model in self.under_min() {
+                self.scale_up(&model, Why::Minimum).await;
+            }
         }
         self.scale_down().await;
+    }
+
+    /// Models in use (a request through drover within scale_down_idle, or one in flight)
+    /// with fewer than min_replicas copies loaded or loading, none of them loading now.
+    fn under_min(&self) -> Vec<String> {
+        let fleet = self.fleet.load();
+        let loading: Vec<String> = self.state.lock().unwrap().loading.iter().map(|(m, _)| m.clone()).collect();
+        fleet
+            .routes
+            .keys()
+            .filter(|m| !loading.contains(m))
+            .filter(|m| {
+                let (routes, copies) = Self::routes_and_copies(&fleet, m);
+                let in_use = routes.iter().any(|r| {
+                    let (in_flight, last) = r.server.model_activity(&r.actual_model);
+                    in_flight > 0 || last.is_some_and(|t| t.elapsed() < self.settings.scale_down_idle)
+                });
+                in_use && copies > 0 && copies < self.settings.min_replicas
+            })
+            .cloned()
+            .collect()
     }
 
     /// The model's usable routes on Ollama servers, and how many servers have it loaded.
@@ -133,13 +160,20 @@ impl Replicas {
         (routes, copies)
     }
 
-    async fn scale_up(self: &Arc<Self>, model: &str) {
+    /// Places one more copy of `model`, if a server can take it and max_replicas allows.
+    async fn scale_up(self: &Arc<Self>, model: &str, why: Why) {
         let fleet = self.fleet.load_full();
-        let (routes, copies) = Self::routes_and_copies(&fleet, model);
+        let (routes, warm) = Self::routes_and_copies(&fleet, model);
+        let loading: Vec<String> = {
+            let st = self.state.lock().unwrap();
+            st.loading.iter().filter(|(m, _)| m == model).map(|(_, s)| s.clone()).collect()
+        };
+        let copies = warm + loading.len();
         if copies >= self.settings.max_replicas {
             return;
         }
-        let mut cold: Vec<Arc<Route>> = routes.into_iter().filter(|r| !warm_on(r)).collect();
+        let mut cold: Vec<Arc<Route>> =
+            routes.into_iter().filter(|r| !warm_on(r) && !loading.iter().any(|s| s == r.server.url.as_str())).collect();
         cold.sort_by_key(|r| (r.priority, r.server.load_estimate()));
         self.resources.refresh(&cold).await;
         let mut short = Vec::new();
@@ -159,14 +193,19 @@ impl Replicas {
         let server = route.server.url.as_str().to_string();
         {
             let mut st = self.state.lock().unwrap();
-            st.loading.insert(model.to_string(), server.clone());
+            st.loading.push((model.to_string(), server.clone()));
             // The next copy waits for another scale_up_for of waiting.
             st.pressed.remove(model);
         }
+        let because = match why {
+            Why::Waiting => format!(
+                "requests for {model} have waited over {:?} for {:?}",
+                self.settings.scale_up_wait, self.settings.scale_up_for
+            ),
+            Why::Minimum => format!("{model} is in use on fewer than min_replicas servers"),
+        };
         log::info!(
-            "replicas: requests for {model} have waited over {:?} for {:?}; loading {} on {server} (copy {} of at most {})",
-            self.settings.scale_up_wait,
-            self.settings.scale_up_for,
+            "replicas: {because}; loading {} on {server} (copy {} of at most {})",
             route.actual_model,
             copies + 1,
             self.settings.max_replicas
@@ -181,7 +220,7 @@ impl Replicas {
             let result = me.client.load_model(&route.server, &route.actual_model, keep_alive, me.timeout).await;
             drop(reservation);
             let mut st = me.state.lock().unwrap();
-            st.loading.remove(&model);
+            st.loading.retain(|(m, s)| !(*m == model && *s == server));
             match result {
                 Ok(()) => {
                     log::info!("replicas: {model} loaded on {server} in {:.1}s", started.elapsed().as_secs_f64());
@@ -279,6 +318,15 @@ impl Replicas {
             "changes": st.changes.iter().cloned().collect::<Vec<_>>(),
         })
     }
+}
+
+/// Why a copy is placed.
+#[derive(Clone, Copy)]
+enum Why {
+    /// The model's requests waited past scale_up_wait for scale_up_for.
+    Waiting,
+    /// The model is in use with fewer than min_replicas copies.
+    Minimum,
 }
 
 /// Whether the route's model is loaded on its server (warm).

@@ -52,6 +52,9 @@ pub struct SimConfig {
     pub prompt_token_time: Duration,
     /// The context size of a request without options.num_ctx.
     pub default_ctx: u32,
+    /// Answers GET /metrics as vLLM does (requests running and waiting), so a balancer can
+    /// see load it did not send; otherwise /metrics is a 404, as Ollama's.
+    pub report_load: bool,
 }
 
 /// Prompt tokens per chat message.
@@ -70,6 +73,7 @@ impl SimConfig {
             keep_alive: Duration::from_secs(300),
             prompt_token_time: Duration::ZERO,
             default_ctx: 4096,
+            report_load: false,
         }
     }
 }
@@ -130,6 +134,8 @@ impl SimServer {
             .route("/api/tags", get(tags))
             .route("/api/ps", get(ps))
             .route("/resources", get(resources))
+            .route("/v1/models", get(v1_models))
+            .route("/metrics", get(metrics))
             .route("/api/chat", post(generate))
             .route("/api/generate", post(generate))
             .route("/v1/chat/completions", post(generate))
@@ -299,6 +305,30 @@ async fn ps(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
         .map(|(m, l)| json!({ "name": m, "model": m, "size": l.size, "size_vram": l.size, "context_length": l.ctx }))
         .collect();
     axum::Json(json!({ "models": models }))
+}
+
+async fn v1_models(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
+    let data: Vec<Value> =
+        sim.cfg.models.iter().map(|(m, _)| json!({ "id": m, "object": "model", "owned_by": "vllm" })).collect();
+    axum::Json(json!({ "object": "list", "data": data }))
+}
+
+/// vLLM's gauges: requests holding one of a model's parallel slots, and those queued for one.
+async fn metrics(State(sim): State<Arc<Sim>>) -> Response {
+    if !sim.cfg.report_load {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    }
+    let (mut running, mut waiting) = (0, 0);
+    for l in sim.loaded.lock().unwrap().values() {
+        let busy = sim.cfg.num_parallel - l.slots.available_permits();
+        running += busy;
+        waiting += l.active.saturating_sub(busy);
+    }
+    let text = format!(
+        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"sim\"}} {running}.0\n\
+         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"sim\"}} {waiting}.0\n"
+    );
+    text.into_response()
 }
 
 async fn resources(State(sim): State<Arc<Sim>>) -> axum::Json<Value> {
