@@ -385,7 +385,7 @@ async fn contexts(requests: usize) {
     }
 }
 
-/// Four 8 GB models on three 24 GB servers; the hot one changes every phase.
+/// Four 6 GB models on three 24 GB servers (three fit on each under the 90% memory threshold); the hot one changes every phase.
 const SHIFT_MODELS: [&str; 4] = ["h1", "h2", "h3", "h4"];
 
 /// The shifting workload: (offset from start, model index), open loop. A warm-up phase asks
@@ -422,10 +422,10 @@ fn shifting_workload(phase: Duration, phases: usize, hot_rate: f64, cold_rate: f
 /// demand. Time to first token (streamed), cold loads, failed loads.
 async fn shifting(smoke: bool) {
     let (phase, phases, hot, cold) =
-        if smoke { (Duration::from_secs(2), 2, 30.0, 1.0) } else { (Duration::from_secs(6), 8, 60.0, 2.0) };
+        if smoke { (Duration::from_secs(2), 2, 30.0, 1.0) } else { (Duration::from_secs(6), 8, 45.0, 2.0) };
     let work = shifting_workload(phase, phases, hot, cold);
     println!(
-        "\nShifting popularity: 3 servers x 24 GB, four 8 GB models (load 100 ms/GB: 0.8 s), 10 ms/token, 16 tokens, \
+        "\nShifting popularity: 3 servers x 24 GB, four 6 GB models (load 100 ms/GB: 0.6 s), 10 ms/token, 16 tokens, \
          OLLAMA_NUM_PARALLEL 4, max_concurrency 8, resource probes on; {phases} phases of {} s, each with one model hot \
          ({hot}/s) and the others at {cold}/s each, Poisson arrivals; {} requests, streamed.\n",
         phase.as_secs(),
@@ -438,11 +438,11 @@ async fn shifting(smoke: bool) {
         ("warm_first", ""),
         (
             "warm_first + replicas (1 to 3)",
-            ", replicas: { enabled: true, scale_up_wait: 250ms, scale_up_for: 250ms, scale_down_idle: 4s, min_replicas: 1, max_replicas: 3 }",
+            ", replicas: { enabled: true, scale_up_wait: 100ms, scale_up_for: 100ms, scale_down_idle: 4s, min_replicas: 1, max_replicas: 3 }",
         ),
         (
             "warm_first + replicas (2 to 3)",
-            ", replicas: { enabled: true, scale_up_wait: 250ms, scale_up_for: 250ms, scale_down_idle: 4s, min_replicas: 2, max_replicas: 3 }",
+            ", replicas: { enabled: true, scale_up_wait: 100ms, scale_up_for: 100ms, scale_down_idle: 4s, min_replicas: 2, max_replicas: 3 }",
         ),
     ] {
         let mut sims = Vec::new();
@@ -453,7 +453,7 @@ async fn shifting(smoke: bool) {
                     ..SimConfig::new(
                         &format!("s{i}"),
                         24 * GB,
-                        SHIFT_MODELS.iter().map(|m| (format!("{m}:1b"), 8 * GB)).collect(),
+                        SHIFT_MODELS.iter().map(|m| (format!("{m}:1b"), 6 * GB)).collect(),
                     )
                 })
                 .await,
@@ -463,7 +463,7 @@ async fn shifting(smoke: bool) {
         for m in SHIFT_MODELS {
             for s in &sims {
                 routes.push_str(&format!(
-                    "  - {{ virtual_model_name: {m}, server_url: \"{0}\", probe_url: \"{0}\", actual_model_name: \"{m}:1b\", performance: 8 }}\n",
+                    "  - {{ virtual_model_name: {m}, server_url: \"{0}\", probe_url: \"{0}\", actual_model_name: \"{m}:1b\", performance: 6 }}\n",
                     s.url
                 ));
             }
@@ -500,12 +500,48 @@ async fn shifting(smoke: bool) {
                 })
             })
             .collect();
+        // DEMAND_TRACE=1: every 500 ms, the copies of each model and the hot model's median TTFT.
+        let trace = std::env::var_os("DEMAND_TRACE").is_some();
+        let copies_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sampler = trace.then(|| {
+            let seen = copies_seen.clone();
+            let loaded: Vec<_> = sims.iter().map(|s| s.loaded_handle()).collect();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let copies: Vec<usize> = SHIFT_MODELS
+                        .iter()
+                        .map(|m| loaded.iter().filter(|l| l().iter().any(|n| n.starts_with(m))).count())
+                        .collect();
+                    seen.lock().unwrap().push((started.elapsed(), copies));
+                }
+            })
+        });
         let mut ttft = Vec::new();
+        let mut timeline: Vec<(Duration, usize, Duration)> = Vec::new();
         let mut failed = 0;
-        for t in tasks {
+        for (t, &(at, model)) in tasks.into_iter().zip(&work) {
             match t.await.unwrap() {
-                Some(d) => ttft.push(d),
+                Some(d) => {
+                    ttft.push(d);
+                    timeline.push((at, model, d));
+                }
                 None => failed += 1,
+            }
+        }
+        if let Some(s) = sampler {
+            s.abort();
+            for (when, copies) in copies_seen.lock().unwrap().iter() {
+                let hot = (when.saturating_sub(Duration::from_secs(2)).as_secs_f64() / phase.as_secs_f64()) as usize
+                    % SHIFT_MODELS.len();
+                let mut hot_ttft: Vec<Duration> = timeline
+                    .iter()
+                    .filter(|(at, m, _)| *m == hot && *at <= *when && *at + Duration::from_millis(500) > *when)
+                    .map(|(_, _, d)| *d)
+                    .collect();
+                hot_ttft.sort();
+                let median = hot_ttft.get(hot_ttft.len() / 2).map_or(0, |d| d.as_millis());
+                eprintln!("{name} t={:.1}s hot={} copies={copies:?} hot p50={median}ms", when.as_secs_f64(), SHIFT_MODELS[hot]);
             }
         }
         ttft.sort();

@@ -102,6 +102,11 @@ def test_the_page_shows_a_server_going_down_and_acts_on_the_fleet(dashboard):
     for _, server in mocks:
         wait.until(lambda b, s=server: row_state(b, s) == "up")
     assert "2 of 2 servers up" in browser.find_element(By.ID, "summary").text
+    # Ollama servers report no load of their own; replicas are off unless configured.
+    reported = browser.execute_script(
+        'return [...document.querySelectorAll("#servers td[data-reported]")].map(td => td.dataset.reported)')
+    assert reported == ["no", "no"], reported
+    assert "off" in browser.find_element(By.ID, "replicas-state").text
 
     # A server dies: the page says so within a few seconds, without a reload.
     (dead, dead_url), (_, live_url) = mocks

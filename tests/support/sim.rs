@@ -151,6 +151,12 @@ impl SimServer {
         &self.sim.stats
     }
 
+    /// A reader of the loaded models that outlives a borrow of the server (for samplers).
+    pub fn loaded_handle(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
+        let sim = self.sim.clone();
+        move || sim.loaded.lock().unwrap().keys().cloned().collect()
+    }
+
     pub fn loaded_models(&self) -> Vec<String> {
         let mut v: Vec<String> = self.sim.loaded.lock().unwrap().keys().cloned().collect();
         v.sort();
