@@ -25,16 +25,16 @@ async fn sim(name: &str) -> SimServer {
 /// warm_first on `sims` (up to four requests in flight each, so a short line waits for the
 /// warm server rather than spill to a cold one), with the replica keeper on.
 async fn drover(sims: &[&SimServer], max_replicas: usize) -> Drover {
-    drover_with(sims, 1, max_replicas).await
+    drover_with(sims, 1, max_replicas, 4).await
 }
 
-async fn drover_with(sims: &[&SimServer], min_replicas: usize, max_replicas: usize) -> Drover {
+async fn drover_with(sims: &[&SimServer], min_replicas: usize, max_replicas: usize, max_concurrency: usize) -> Drover {
     let routes: String = sims
         .iter()
         .map(|s| format!("  - {{ virtual_model_name: m, server_url: \"{}\", actual_model_name: \"m:1b\" }}\n", s.url))
         .collect();
     let yaml = format!(
-        "load_balancer:\n  strategy: warm_first\n  max_concurrency: 4\n  health_check_interval: 200ms\n  rise: 1\n  fall: 1\n  \
+        "load_balancer:\n  strategy: warm_first\n  max_concurrency: {max_concurrency}\n  health_check_interval: 200ms\n  rise: 1\n  fall: 1\n  \
          queue_timeout: 30s\n  replicas: {{ enabled: true, scale_up_wait: 200ms, scale_up_for: 300ms, scale_down_idle: 1500ms, \
          min_replicas: {min_replicas}, max_replicas: {max_replicas} }}\nroutes:\n{routes}"
     );
@@ -135,7 +135,7 @@ async fn never_more_than_max_replicas_copies() {
 #[tokio::test]
 async fn a_model_in_use_is_kept_on_min_replicas_servers_without_waiting() {
     let (a, b, c) = (sim("a").await, sim("b").await, sim("c").await);
-    let d = drover_with(&[&a, &b, &c], 2, 3).await;
+    let d = drover_with(&[&a, &b, &c], 2, 3, 4).await;
     // One request, nothing waits: the keeper still places a second copy of a model in use.
     ask(&d.url).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -151,4 +151,32 @@ async fn a_model_in_use_is_kept_on_min_replicas_servers_without_waiting() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let unloads: usize = [&a, &b, &c].iter().map(|s| s.stats().unloads.load(Ordering::SeqCst)).sum();
     assert_eq!(unloads, 0);
+}
+
+#[tokio::test]
+async fn streams_slow_to_start_on_a_warm_server_place_a_copy_too() {
+    let (a, b) = (sim("a").await, sim("b").await);
+    // drover lets sixteen requests at once onto a server that answers one at a time: nothing
+    // waits in drover's queue; the waiting happens inside the server, which Ollama does not
+    // report. The first bytes of the streams say it.
+    let d = drover_with(&[&a, &b], 1, 2, 16).await;
+    let first = ask(&d.url).await;
+    let cold = if first == a.url { &b } else { &a };
+    let streams: Vec<_> = (0..16)
+        .map(|_| {
+            let url = d.url.clone();
+            tokio::spawn(async move {
+                let body = json!({ "model": "m", "stream": true, "options": { "num_predict": 8 },
+                                   "messages": [{ "role": "user", "content": "hi" }] });
+                let r = http().post(format!("{url}/api/chat")).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            })
+        })
+        .collect();
+    for s in streams {
+        s.await.unwrap();
+    }
+    assert_eq!(cold.stats().preloads.load(Ordering::SeqCst), 1, "{}", replicas(&d).await);
+    assert_eq!(changes(&d, "up").await, 1);
 }

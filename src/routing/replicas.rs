@@ -2,14 +2,17 @@
 //! wait gets another copy, and a copy drover placed that nobody uses is let go.
 //!
 //! Every tick (a quarter of `scale_up_wait`, 100 ms to 1 s) the queue says, per model line,
-//! how long its oldest request has waited. Past `scale_up_wait`, continuously for
-//! `scale_up_for`, drover loads the model on one more server that may serve it (a route of
+//! how long its oldest request has waited; and the proxy reports when a streamed answer from
+//! a server that had the model loaded sent its first byte (the wait inside the server's own
+//! queue, which Ollama does not report). Either past `scale_up_wait` (every first byte that
+//! late, none quicker), continuously for `scale_up_for`, drover loads the model on one more server that may serve it (a route of
 //! the model, or a server that lists it) where it is not loaded yet: the best priority tier
 //! first, then the least busy, and only where the resource check admits it (the memory it
 //! needs is reserved while it loads, as a request's cold load is). The load is Ollama's
-//! preload (a generate with no prompt, as /admin/models/preload sends); once it answers the
-//! server counts as warm and selection (warm_first above all) sends the model's requests
-//! there. Each further copy needs another `scale_up_for` of waiting (loads of one model may
+//! preload (a generate with no prompt, as /admin/models/preload sends); requests keep to the
+//! warm copies meanwhile (a preload's reservation is not followed, as a request's cold load
+//! is), and once it answers the server counts as warm and selection (warm_first above all)
+//! sends the model's requests there. Each further copy needs another `scale_up_for` of waiting (loads of one model may
 //! overlap); never more than `max_replicas` copies, loaded or loading. A model in use (a
 //! request within `scale_down_idle`) is kept on `min_replicas` servers the same way, without
 //! waiting for its requests to wait. A copy drover placed that served nothing for
@@ -40,6 +43,9 @@ use crate::telemetry::metrics;
 /// Changes kept for the dashboard.
 const KEEP: usize = 30;
 
+/// A slow first byte counts as waiting for this long after it came.
+const SLOW_LASTS: Duration = Duration::from_secs(1);
+
 /// A copy drover placed: where, and since when.
 struct Placed {
     model: String,
@@ -50,8 +56,13 @@ struct Placed {
 
 #[derive(Default)]
 struct State {
-    /// Per model: since when its oldest request has waited past `scale_up_wait`.
+    /// Per model: since when its requests have waited past `scale_up_wait`.
     pressed: HashMap<String, Instant>,
+    /// Per model: since when every streamed answer from a warm server sent its first byte
+    /// `scale_up_wait` or more after the request came (a quicker one clears it), and when
+    /// the last such answer came: the wait inside a server's own queue, which Ollama does
+    /// not report.
+    slow: HashMap<String, (Instant, Instant)>,
     /// Loads under way: (model, server).
     loading: Vec<(String, String)>,
     placed: Vec<Placed>,
@@ -97,12 +108,18 @@ impl Replicas {
         let waits = self.queue.waits();
         let due: Vec<String> = {
             let mut st = self.state.lock().unwrap();
-            st.pressed
-                .retain(|m, _| waits.iter().any(|(w, _, oldest)| w == m && *oldest >= self.settings.scale_up_wait));
+            // A slow first byte says the model waits only while such answers keep coming.
+            st.slow.retain(|_, (_, last)| now.duration_since(*last) < SLOW_LASTS);
+            let slow: Vec<(String, Instant)> = st.slow.iter().map(|(m, (since, _))| (m.clone(), *since)).collect();
+            let queued = |m: &str| waits.iter().any(|(w, _, oldest)| w == m && *oldest >= self.settings.scale_up_wait);
+            st.pressed.retain(|m, _| queued(m) || slow.iter().any(|(s, _)| s == m));
             for (model, _, oldest) in &waits {
                 if *oldest >= self.settings.scale_up_wait {
                     st.pressed.entry(model.clone()).or_insert(now);
                 }
+            }
+            for (model, since) in slow {
+                st.pressed.entry(model).or_insert(since);
             }
             st.pressed
                 .iter()
@@ -160,6 +177,18 @@ impl Replicas {
         (routes, copies)
     }
 
+    /// The first byte of a streamed answer for `model` (the virtual name) from a server that
+    /// had it loaded came `waited` after the request (the proxy calls this; only when enabled).
+    pub fn observe_first_byte(&self, model: &str, waited: Duration) {
+        let mut st = self.state.lock().unwrap();
+        if waited >= self.settings.scale_up_wait {
+            let now = Instant::now();
+            st.slow.entry(model.to_string()).or_insert((now, now)).1 = now;
+        } else if st.slow.contains_key(model) {
+            st.slow.remove(model);
+        }
+    }
+
     /// Places one more copy of `model`, if a server can take it and max_replicas allows.
     async fn scale_up(self: &Arc<Self>, model: &str, why: Why) {
         let fleet = self.fleet.load_full();
@@ -177,7 +206,7 @@ impl Replicas {
         cold.sort_by_key(|r| (r.priority, r.server.load_estimate()));
         self.resources.refresh(&cold).await;
         let mut short = Vec::new();
-        let chosen = cold.into_iter().find_map(|r| match self.resources.admit(&r) {
+        let chosen = cold.into_iter().find_map(|r| match self.resources.admit_preload(&r) {
             Ok(reservation) => Some((r, reservation)),
             Err(why) => {
                 short.push(format!("{} {why}", r.server.url.as_str()));
@@ -196,6 +225,9 @@ impl Replicas {
             st.loading.push((model.to_string(), server.clone()));
             // The next copy waits for another scale_up_for of waiting.
             st.pressed.remove(model);
+            if let Some((since, _)) = st.slow.get_mut(model) {
+                *since = Instant::now();
+            }
         }
         let because = match why {
             Why::Waiting => format!(

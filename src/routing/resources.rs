@@ -72,6 +72,10 @@ struct Held {
     bytes: u64,
     /// When /api/ps first showed the model loaded.
     loaded_seen: Option<Instant>,
+    /// A request's load: others for the model follow it there (it counts as warm). A
+    /// preload of the replica keeper's does not: requests keep to the warm copies until
+    /// it is done, rather than wait out the load.
+    follow: bool,
 }
 
 pub struct ResourceCheck {
@@ -226,12 +230,25 @@ impl ResourceCheck {
 
     /// Checks `route` against its server's latest reading and, for a cold load, reserves the memory.
     pub fn admit(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
-        self.judge(route, true)
+        self.judge(route, true).map(|r| r.map(|id| self.reservation(id, true)))
+    }
+
+    /// As `admit`, for a preload (routing/replicas.rs): requests do not follow it (`Held::follow`).
+    pub fn admit_preload(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
+        self.judge(route, true).map(|r| r.map(|id| self.reservation(id, false)))
+    }
+
+    fn reservation(self: &Arc<Self>, id: u64, follow: bool) -> Reservation {
+        if let Some(h) = self.held.lock().unwrap().iter_mut().find(|h| h.id == id) {
+            h.follow = follow;
+        }
+        Reservation { check: self.clone(), id }
     }
 
     /// The resource check; with `commit` false a dry run: no reservation, no metric, no
     /// change to what the server is believed to hold.
-    fn judge(self: &Arc<Self>, route: &Route, commit: bool) -> Result<Option<Reservation>, Skip> {
+    /// `Ok(Some(id))`: the memory is held under that id (committed cold loads only).
+    fn judge(self: &Arc<Self>, route: &Route, commit: bool) -> Result<Option<u64>, Skip> {
         let count = |result| {
             if commit {
                 metrics::resource_check(result)
@@ -322,8 +339,8 @@ impl ResourceCheck {
         }
         count(CheckResult::Pass);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None });
-        Ok(Some(Reservation { check: self.clone(), id }))
+        held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None, follow: true });
+        Ok(Some(id))
     }
 
     /// Whether `route`'s model is loaded on its server (at `num_ctx`, where that is known),
@@ -332,7 +349,7 @@ impl ResourceCheck {
         let model = canonical_model(&route.actual_model);
         route.server.inventory().warm_for(&model, num_ctx) || {
             let server = route.server.url.as_str();
-            self.held.lock().unwrap().iter().any(|h| h.server == server && h.model == model)
+            self.held.lock().unwrap().iter().any(|h| h.follow && h.server == server && h.model == model)
         }
     }
 
