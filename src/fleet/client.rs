@@ -59,35 +59,21 @@ struct Call<'a> {
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
     pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
-        let call = Call {
-            method: "GET",
-            url: &server.url,
-            headers: &server.credentials.headers,
-            path,
-            body: None,
-            timeout,
-            lines: None,
-            text: false,
-        };
-        self.call_server(server, call).await
+        self.get(server, path, timeout, false).await
     }
 
     /// GETs `path` on `server` as text (a Prometheus `/metrics`), all within `timeout`.
     pub async fn get_text(&self, server: &Server, path: &str, timeout: Duration) -> Result<String, String> {
-        let call = Call {
-            method: "GET",
-            url: &server.url,
-            headers: &server.credentials.headers,
-            path,
-            body: None,
-            timeout,
-            lines: None,
-            text: true,
-        };
-        match self.call_server(server, call).await? {
+        match self.get(server, path, timeout, true).await? {
             Value::String(s) => Ok(s),
             _ => Err(format!("GET {path}: not text")),
         }
+    }
+
+    async fn get(&self, server: &Server, path: &str, timeout: Duration, text: bool) -> Result<Value, String> {
+        let headers = &server.credentials.headers;
+        let call = Call { method: "GET", url: &server.url, headers, path, body: None, timeout, lines: None, text };
+        self.call_server(server, call).await
     }
 
     /// Loads `model` on an Ollama server and keeps it for `keep_alive`: a generate with no
