@@ -177,9 +177,10 @@ pub struct LoadBalancing {
     pub replicas: Replicas,
 }
 
-/// Replicas follow demand: when a model's oldest waiting request has waited longer than
-/// `scale_up_wait`, continuously for `scale_up_for`, drover loads it on another server that
-/// may serve it and has the memory; a copy it placed that served nothing for
+/// Replicas follow demand: when a model's requests have waited longer than `scale_up_wait`
+/// (in drover's queue, or for a stream's first byte), continuously for `scale_up_for`,
+/// drover loads it on another server that may serve it and has the memory; a model in use
+/// is kept on `min_replicas` servers; a copy it placed that served nothing for
 /// `scale_down_idle` is unloaded, never below `min_replicas` copies; at most `max_replicas`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Replicas {

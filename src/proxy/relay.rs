@@ -45,12 +45,14 @@ impl Drover {
         if status < 500 {
             route.server.record_success();
         }
-        if status < 400 && r.asked.is_none() && self.replicas.enabled() && crate::protocol::api::is_stream(content_type)
+        // How long a stream (not a continuation) waited for its first byte from a warm
+        // server: the replica keeper's view of a server's own queue (a cold load's wait is
+        // not demand).
+        if let Some(waited) =
+            ctx.ttfb.filter(|_| r.asked.is_none() && status < 400 && self.replicas.enabled() && is_stream(content_type))
         {
-            // How long a stream waited for its first byte from a warm server: the replica
-            // keeper's view of a server's own queue (a cold load's wait is not demand).
             if route.server.inventory().warm_for(&route.actual_model, None) {
-                self.replicas.observe_first_byte(&r.body.name, ctx.started.elapsed());
+                self.replicas.observe_first_byte(&r.body.name, waited);
             }
         }
         if status < 400 {

@@ -107,6 +107,7 @@ impl Queue {
 
     pub fn enter(&self, model: &str, tenant: Tenant, released: &Arc<Notify>) -> Option<Ticket<'_>> {
         self.waiting.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).ok()?;
+        let entered = Instant::now();
         let place = {
             let mut lines = self.lines.lock().unwrap();
             let line = lines.entry(model.to_string()).or_default();
@@ -116,17 +117,11 @@ impl Queue {
             line.next += 1;
             let place = (tenant.batch, tag, line.next);
             line.order.insert(place);
-            line.entered.insert(line.next, Instant::now());
+            line.entered.insert(line.next, entered);
             place
         };
         metrics::QUEUE_LENGTH.inc();
-        Some(Ticket {
-            queue: self,
-            model: model.to_string(),
-            place,
-            released: released.clone(),
-            entered: Instant::now(),
-        })
+        Some(Ticket { queue: self, model: model.to_string(), place, released: released.clone(), entered })
     }
 
     pub fn has_line(&self, model: &str) -> bool {
@@ -137,13 +132,12 @@ impl Queue {
         self.lines.lock().unwrap().get(model).map_or(0, |l| l.order.len())
     }
 
-    /// Each model with requests waiting: how many, and how long the oldest has waited.
-    pub fn waits(&self) -> Vec<(String, usize, Duration)> {
+    /// Each model with requests waiting, and how long its oldest has waited.
+    pub fn waits(&self) -> Vec<(String, Duration)> {
         let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .filter_map(|(m, l)| Some((m.clone(), l.order.len(), l.entered.values().next()?.elapsed())))
-            .collect()
+        // One `now` for every line, so the waits compare as the entries do.
+        let now = Instant::now();
+        lines.iter().filter_map(|(m, l)| Some((m.clone(), now.duration_since(*l.entered.values().next()?)))).collect()
     }
 }
 
@@ -169,8 +163,8 @@ mod tests {
         assert_eq!((q.len(), q.line_len("a"), q.has_line("c")), (2, 1, false));
         let mut waits = q.waits();
         waits.sort_by(|x, y| x.0.cmp(&y.0));
-        assert_eq!(waits.iter().map(|(m, n, _)| (m.as_str(), *n)).collect::<Vec<_>>(), [("a", 1), ("b", 1)]);
-        assert!(waits[0].2 >= waits[1].2, "a2 came before b1: the oldest in a waited longer");
+        assert_eq!(waits.iter().map(|(m, _)| (m.as_str(), q.line_len(m))).collect::<Vec<_>>(), [("a", 1), ("b", 1)]);
+        assert!(waits[0].1 >= waits[1].1, "a2 came before b1: the oldest in a waited longer");
         drop((a2, b1));
         assert!(q.is_empty() && !q.has_line("a"));
     }

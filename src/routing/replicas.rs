@@ -34,10 +34,10 @@ use serde_json::{json, Value};
 
 use super::queue::Queue;
 use super::resources::ResourceCheck;
+use super::select::{ineligible, Request};
 use crate::config::Replicas as Settings;
 use crate::fleet::client::Client;
 use crate::fleet::{Fleet, Route, Server};
-use crate::protocol::ollama::Kind;
 use crate::telemetry::metrics;
 
 /// Changes kept for the dashboard.
@@ -111,9 +111,9 @@ impl Replicas {
             // A slow first byte says the model waits only while such answers keep coming.
             st.slow.retain(|_, (_, last)| now.duration_since(*last) < SLOW_LASTS);
             let slow: Vec<(String, Instant)> = st.slow.iter().map(|(m, (since, _))| (m.clone(), *since)).collect();
-            let queued = |m: &str| waits.iter().any(|(w, _, oldest)| w == m && *oldest >= self.settings.scale_up_wait);
+            let queued = |m: &str| waits.iter().any(|(w, oldest)| w == m && *oldest >= self.settings.scale_up_wait);
             st.pressed.retain(|m, _| queued(m) || slow.iter().any(|(s, _)| s == m));
-            for (model, _, oldest) in &waits {
+            for (model, oldest) in &waits {
                 if *oldest >= self.settings.scale_up_wait {
                     st.pressed.entry(model.clone()).or_insert(now);
                 }
@@ -159,17 +159,12 @@ impl Replicas {
             .collect()
     }
 
-    /// The model's usable routes on Ollama servers, and how many servers have it loaded.
+    /// The model's routes selection could use for Ollama's own API (a preload is an Ollama
+    /// call), and how many of their servers have it loaded.
     fn routes_and_copies(fleet: &Fleet, model: &str) -> (Vec<Arc<Route>>, usize) {
-        let usable = |s: &Server| {
-            s.kind == Kind::Ollama
-                && s.healthy()
-                && !s.drained()
-                && !s.refusing()
-                && s.cooling_down().is_none()
-                && s.resting().is_none()
-        };
-        let routes: Vec<Arc<Route>> = fleet.serving_routes(model).into_iter().filter(|r| usable(&r.server)).collect();
+        let native = Request::plain(model, true);
+        let routes: Vec<Arc<Route>> =
+            fleet.serving_routes(model).into_iter().filter(|r| ineligible(r, &native).is_none()).collect();
         let mut warm: Vec<&str> = routes.iter().filter(|r| warm_on(r)).map(|r| r.server.url.as_str()).collect();
         warm.sort_unstable();
         warm.dedup();

@@ -31,7 +31,7 @@ impl crate::routing::select::Policy for Arc<ResourceCheck> {
     }
 
     fn check(&self, route: &Route) -> Result<(), Skip> {
-        self.judge(route, false).map(drop)
+        self.judge(route, Purpose::DryRun).map(drop)
     }
 
     fn warm(&self, route: &Route, num_ctx: Option<u32>) -> bool {
@@ -85,6 +85,17 @@ pub struct ResourceCheck {
     probes: Mutex<HashMap<String, Arc<Probe>>>,
     held: Mutex<Vec<Held>>,
     next_id: AtomicU64,
+}
+
+/// What a resource check is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// An explanation: changes nothing.
+    DryRun,
+    /// A request's cold load: the model's next requests follow it there.
+    Request,
+    /// The replica keeper's preload: requests keep to the warm copies meanwhile.
+    Preload,
 }
 
 /// A cold load's memory, held until dropped (when the request ends).
@@ -230,25 +241,18 @@ impl ResourceCheck {
 
     /// Checks `route` against its server's latest reading and, for a cold load, reserves the memory.
     pub fn admit(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
-        self.judge(route, true).map(|r| r.map(|id| self.reservation(id, true)))
+        self.judge(route, Purpose::Request)
     }
 
     /// As `admit`, for a preload (routing/replicas.rs): requests do not follow it (`Held::follow`).
     pub fn admit_preload(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
-        self.judge(route, true).map(|r| r.map(|id| self.reservation(id, false)))
+        self.judge(route, Purpose::Preload)
     }
 
-    fn reservation(self: &Arc<Self>, id: u64, follow: bool) -> Reservation {
-        if let Some(h) = self.held.lock().unwrap().iter_mut().find(|h| h.id == id) {
-            h.follow = follow;
-        }
-        Reservation { check: self.clone(), id }
-    }
-
-    /// The resource check; with `commit` false a dry run: no reservation, no metric, no
-    /// change to what the server is believed to hold.
-    /// `Ok(Some(id))`: the memory is held under that id (committed cold loads only).
-    fn judge(self: &Arc<Self>, route: &Route, commit: bool) -> Result<Option<u64>, Skip> {
+    /// The resource check; `Purpose::DryRun`: no reservation, no metric, no change to what
+    /// the server is believed to hold.
+    fn judge(self: &Arc<Self>, route: &Route, purpose: Purpose) -> Result<Option<Reservation>, Skip> {
+        let commit = purpose != Purpose::DryRun;
         let count = |result| {
             if commit {
                 metrics::resource_check(result)
@@ -339,8 +343,9 @@ impl ResourceCheck {
         }
         count(CheckResult::Pass);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None, follow: true });
-        Ok(Some(id))
+        let follow = purpose == Purpose::Request;
+        held.push(Held { id, server: server.to_string(), model, bytes: need, loaded_seen: None, follow });
+        Ok(Some(Reservation { check: self.clone(), id }))
     }
 
     /// Whether `route`'s model is loaded on its server (at `num_ctx`, where that is known),
