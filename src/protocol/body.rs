@@ -30,6 +30,11 @@ pub enum BodyError {
     NotAnObject,
     MissingModel,
     ModelNotString,
+    /// A model name longer than `MAX_MODEL_BYTES`.
+    ModelTooLong,
+    /// A field drover decides on, written twice or in another spelling that a server reads
+    /// as the same field (Go's decoder, and so Ollama, matches keys case-insensitively).
+    AmbiguousKey(String),
     Read(String),
 }
 
@@ -66,6 +71,12 @@ impl From<BodyError> for ApiError {
             BodyError::ModelNotString => {
                 ApiError::new(400, "missing_model", "\"model\" must be a string naming the model to use")
             }
+            BodyError::ModelTooLong => ApiError::new(
+                400,
+                "invalid_model",
+                format!("\"model\" is longer than the {MAX_MODEL_BYTES} bytes a model name may have"),
+            ),
+            BodyError::AmbiguousKey(why) => ApiError::new(400, "ambiguous_field", why),
             BodyError::Read(why) => {
                 ApiError::new(400, "body_read_failed", format!("could not read the request body: {why}"))
             }
@@ -111,8 +122,7 @@ impl RoutableBody {
             let kept = match (&mut de).deserialize_any(ModelFinder) {
                 Ok(Found::Object(kept)) => kept,
                 Ok(Found::NotObject) => return Err(BodyError::NotAnObject),
-                Err(e) if e.to_string().starts_with("recursion limit exceeded") => return Err(BodyError::TooDeep),
-                Err(e) => return Err(BodyError::Malformed(e.to_string())),
+                Err(e) => return Err(BodyError::of_scan(e)),
             };
             de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
             let raw = kept.model.or(kept.name).ok_or(BodyError::MissingModel)?;
@@ -124,21 +134,19 @@ impl RoutableBody {
             if model.trim().is_empty() {
                 return Err(BodyError::MissingModel);
             }
-            let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
-            #[derive(serde::Deserialize, Default)]
-            struct Options {
-                num_ctx: Option<u32>,
-                temperature: Option<f64>,
-                seed: Option<i64>,
+            if model.len() > MAX_MODEL_BYTES {
+                return Err(BodyError::ModelTooLong);
             }
-            let options: Options = kept.options.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or_default();
+            let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
+            let options = kept.options;
             let number = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<f64>().ok());
+            let num_ctx = options.num_ctx.and_then(|v| v.get().parse::<u32>().ok());
             // The same body gives the same answer: no sampling, or a fixed seed.
-            let deterministic = [options.temperature, number(kept.temperature)].contains(&Some(0.0))
-                || options.seed.is_some()
+            let deterministic = [number(options.temperature), number(kept.temperature)].contains(&Some(0.0))
+                || options.seed.is_some_and(|s| s.get().parse::<i64>().is_ok())
                 || number(kept.seed).is_some();
             let unload = kept.keep_alive.is_some_and(|k| keep_alive_is_zero(k.get())) && !kept.asks;
-            (model, start..start + text.len(), options.num_ctx, deterministic, unload)
+            (model, start..start + text.len(), num_ctx, deterministic, unload)
         };
         let name = crate::protocol::ollama::canonical_model(&model);
         Ok(RoutableBody { bytes, model, name, span, num_ctx, deterministic, unload })
@@ -348,7 +356,7 @@ struct Kept<'a> {
     model: Option<&'a RawValue>,
     /// The legacy `name` (Ollama's /api/show and model management accept it for `model`).
     name: Option<&'a RawValue>,
-    options: Option<&'a RawValue>,
+    options: Options<'a>,
     temperature: Option<&'a RawValue>,
     seed: Option<&'a RawValue>,
     keep_alive: Option<&'a RawValue>,
@@ -361,7 +369,63 @@ enum Found<'a> {
     NotObject,
 }
 
-/// Walks the top-level object once; keeps the last `model` value (as Go's decoder, and so Ollama, does).
+/// The top-level fields drover decides on: each must appear once, spelled exactly so.
+const DECISIVE: [&str; 9] =
+    ["model", "name", "options", "temperature", "seed", "keep_alive", "prompt", "messages", "stream"];
+
+/// The fields of `options` drover decides on (memory, the response cache).
+const DECISIVE_OPTIONS: [&str; 3] = ["num_ctx", "temperature", "seed"];
+
+/// Marks a scan error that is an ambiguous key (see `BodyError::of_scan`).
+const AMBIGUOUS: &str = "ambiguous field: ";
+
+/// A character of a key as Go's encoding/json compares it with a field name (and so Ollama
+/// reads it): ASCII letters regardless of case, and the non-ASCII letters that fold onto
+/// ASCII ones: the Kelvin sign onto k, the long s onto s, and the dotted and dotless i
+/// onto i (as newer Go folds them). `None` for any other character, which matches no field.
+fn folded(c: char) -> Option<u8> {
+    match c {
+        c if c.is_ascii() => Some((c as u8).to_ascii_lowercase()),
+        '\u{212A}' => Some(b'k'),
+        '\u{017F}' => Some(b's'),
+        '\u{0130}' | '\u{0131}' => Some(b'i'),
+        _ => None,
+    }
+}
+
+/// Whether a server decoding with Go's rules reads the (decoded) key `key` as the field
+/// `field` (lowercase ASCII): "MODEL", "Model" and "mode\u006c" all name "model".
+pub fn names_field(key: &str, field: &str) -> bool {
+    let mut want = field.bytes();
+    key.chars().all(|c| folded(c).is_some_and(|a| want.next() == Some(a))) && want.next().is_none()
+}
+
+/// Checks one key against the fields drover decides on: the index of the field it is,
+/// `None` for a key drover does not read, an error for a second one or another spelling.
+/// `seen` has a bit per field already found.
+fn decisive<E: serde::de::Error>(key: &str, fields: &[&str], seen: &mut u32) -> Result<Option<usize>, E> {
+    let exact = fields.iter().position(|f| *f == key);
+    let i = match exact.or_else(|| fields.iter().position(|f| names_field(key, f))) {
+        Some(i) => i,
+        None => return Ok(None),
+    };
+    let field = fields[i];
+    if exact.is_none() {
+        return Err(E::custom(format!(
+            "{AMBIGUOUS}the key {key:?} is read as {field:?} by Ollama (its decoder ignores case): spell it {field:?}"
+        )));
+    }
+    if *seen & (1 << i) != 0 {
+        return Err(E::custom(format!(
+            "{AMBIGUOUS}the key {field:?} appears twice; servers differ on which one they read: send it once"
+        )));
+    }
+    *seen |= 1 << i;
+    Ok(Some(i))
+}
+
+/// Walks the top-level object once; keeps the values drover decides on, and refuses a body
+/// where one of them is not written exactly once (a server could read another than drover).
 struct ModelFinder;
 
 impl<'de> Visitor<'de> for ModelFinder {
@@ -373,15 +437,19 @@ impl<'de> Visitor<'de> for ModelFinder {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut kept = Kept::default();
+        let mut seen = 0;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
-                "model" => &mut kept.model,
-                "name" => &mut kept.name,
-                "options" => &mut kept.options,
-                "temperature" => &mut kept.temperature,
-                "seed" => &mut kept.seed,
-                "keep_alive" => &mut kept.keep_alive,
-                "prompt" | "messages" => {
+            let slot = match decisive(&key, &DECISIVE, &mut seen)?.map(|i| DECISIVE[i]) {
+                Some("model") => &mut kept.model,
+                Some("name") => &mut kept.name,
+                Some("temperature") => &mut kept.temperature,
+                Some("seed") => &mut kept.seed,
+                Some("keep_alive") => &mut kept.keep_alive,
+                Some("options") => {
+                    kept.options = map.next_value::<Options>()?;
+                    continue;
+                }
+                Some("prompt" | "messages") => {
                     // Skipped in the same pass, noting only whether it is blank.
                     kept.asks |= !map.next_value::<Blank>()?.0;
                     continue;
@@ -391,8 +459,7 @@ impl<'de> Visitor<'de> for ModelFinder {
                     continue;
                 }
             };
-            // Kept whole (the model string, a small options object, numbers), and checked for
-            // depth like the rest.
+            // Kept whole (the model string, numbers), and checked for depth like the rest.
             let raw = map.next_value::<&'de RawValue>()?;
             serde_json::from_str::<Skip>(raw.get()).map_err(serde::de::Error::custom)?;
             *slot = Some(raw);
@@ -429,6 +496,124 @@ impl<'de> Visitor<'de> for ModelFinder {
         Ok(Found::NotObject)
     }
 }
+
+/// The `options` values drover decides on, each checked like the top-level fields. Any other
+/// value of `options` (not an object) is skipped: the server refuses it.
+#[derive(Default)]
+struct Options<'a> {
+    num_ctx: Option<&'a RawValue>,
+    temperature: Option<&'a RawValue>,
+    seed: Option<&'a RawValue>,
+}
+
+impl<'de> serde::Deserialize<'de> for Options<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Options<'de>, D::Error> {
+        d.deserialize_any(OptionsVisitor)
+    }
+}
+
+struct OptionsVisitor;
+
+impl<'de> Visitor<'de> for OptionsVisitor {
+    type Value = Options<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Options<'de>, A::Error> {
+        let mut options = Options::default();
+        let mut seen = 0;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match decisive(&key, &DECISIVE_OPTIONS, &mut seen)? {
+                Some(0) => &mut options.num_ctx,
+                Some(1) => &mut options.temperature,
+                Some(_) => &mut options.seed,
+                None => {
+                    map.next_value::<Skip>()?;
+                    continue;
+                }
+            };
+            let raw = map.next_value::<&'de RawValue>()?;
+            serde_json::from_str::<Skip>(raw.get()).map_err(serde::de::Error::custom)?;
+            *slot = Some(raw);
+        }
+        Ok(options)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Options<'de>, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|_| Options::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Options<'de>, E> {
+        Ok(Options::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Options<'de>, E> {
+        Ok(Options::default())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Options<'de>, E> {
+        Ok(Options::default())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Options<'de>, E> {
+        Ok(Options::default())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Options<'de>, E> {
+        Ok(Options::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<Options<'de>, E> {
+        Ok(Options::default())
+    }
+}
+
+impl BodyError {
+    /// A scan error: too deep, an ambiguous key, or malformed.
+    fn of_scan(e: serde_json::Error) -> BodyError {
+        let text = e.to_string();
+        if text.starts_with("recursion limit exceeded") {
+            return BodyError::TooDeep;
+        }
+        match text.strip_prefix(AMBIGUOUS) {
+            // serde_json appends where it was; the key is what the client needs.
+            Some(why) => BodyError::AmbiguousKey(why.rsplit_once(" at line ").map_or(why, |(w, _)| w).to_string()),
+            None => BodyError::Malformed(text),
+        }
+    }
+}
+
+/// Checks that a body's top-level `fields` (lowercase) each appear at most once, spelled
+/// exactly so, the way the routed scan does; for bodies drover reads whole with serde_json
+/// (model management), before they are read. Not-JSON bodies pass: their reader refuses them.
+pub fn unambiguous(body: &[u8], fields: &'static [&'static str]) -> Result<(), BodyError> {
+    struct Keys(&'static [&'static str]);
+    impl<'de> Visitor<'de> for Keys {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = 0;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                decisive(&key, self.0, &mut seen)?;
+                map.next_value::<Skip>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match de.deserialize_map(Keys(fields)) {
+        Err(e) if e.to_string().starts_with(AMBIGUOUS) => Err(BodyError::of_scan(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The longest model name a request may name (Ollama's own names are shorter: host,
+/// namespace, model and tag of at most 350, 80, 80 and 80 bytes).
+pub const MAX_MODEL_BYTES: usize = 600;
 
 /// How deep a body may nest arrays and objects, the top-level object included: serde_json's
 /// own recursion limit (it refuses a 128th level), which stops a hostile body from
@@ -579,6 +764,57 @@ mod tests {
         ] {
             assert!(!parse(not).unwrap().unload, "{not}");
         }
+    }
+
+    #[test]
+    fn a_field_a_server_could_read_otherwise_is_refused() {
+        let ambiguous = |s: &str| match parse(s) {
+            Err(BodyError::AmbiguousKey(why)) => why,
+            other => panic!("{s}: {other:?}"),
+        };
+        // Go's decoder (Ollama) matches keys without case, the last one winning.
+        assert!(ambiguous(r#"{"model":"m-x","MODEL":"m-y"}"#).contains("\"MODEL\" is read as \"model\""));
+        assert!(ambiguous(r#"{"Model":"m-y"}"#).contains("spell it \"model\""));
+        // Python's and Rust's parsers take one of two equal keys; which one differs.
+        assert!(ambiguous(r#"{"model":"m-x","model":"m-y"}"#).contains("appears twice"));
+        // Escaped keys are compared as decoded, and Go folds the long s and the Kelvin sign.
+        assert!(ambiguous(r#"{"model":"m","\u004dodel":"y"}"#).contains("model"));
+        ambiguous("{\"model\":\"m\",\"\u{17f}tream\":false}");
+        ambiguous("{\"model\":\"m\",\"\u{212a}eep_alive\":0}");
+        ambiguous(r#"{"model":"m","NAME":"y"}"#);
+        ambiguous(r#"{"model":"m","messages":[],"Messages":[{"role":"user","content":"hi"}]}"#);
+        // Inside options: what decides memory and the cache.
+        ambiguous(r#"{"model":"m","options":{"num_ctx":2048,"num_ctx":131072}}"#);
+        ambiguous(r#"{"model":"m","options":{"temperature":0,"Temperature":1}}"#);
+        // An escape that decodes to the exact name is the name; other fields are not checked.
+        assert_eq!(parse(r#"{"mod\u0065l":"abc","Format":"json","format":"json"}"#).unwrap().model, "abc");
+        assert_eq!(parse(r#"{"model":"m","options":{"model":"x","Stop":["a"]}}"#).unwrap().model, "m");
+        let e: ApiError = parse(r#"{"model":"a","MODEL":"b"}"#).unwrap_err().into();
+        assert_eq!((e.status, e.code), (400, "ambiguous_field"));
+        assert!(!e.message.contains(" at line"), "{}", e.message);
+    }
+
+    #[test]
+    fn keys_fold_as_gos_decoder_folds_them() {
+        for (key, field) in [("MODEL", "model"), ("keep_ALIVE", "keep_alive"), ("\u{17f}eed", "seed")] {
+            assert!(names_field(key, field), "{key}");
+        }
+        for (key, field) in
+            [("models", "model"), ("mode", "model"), ("m\u{f6}del", "model"), ("keep-alive", "keep_alive")]
+        {
+            assert!(!names_field(key, field), "{key}");
+        }
+        assert!(unambiguous(br#"{"source":"a","destination":"b"}"#, &["source", "destination"]).is_ok());
+        assert!(unambiguous(br#"{"source":"a","Destination":"b","destination":"c"}"#, &["destination"]).is_err());
+        assert!(unambiguous(b"not json", &["model"]).is_ok(), "left to the reader that refuses it");
+    }
+
+    #[test]
+    fn a_model_name_is_bounded() {
+        let long = "m".repeat(MAX_MODEL_BYTES + 1);
+        assert_eq!(parse(&format!(r#"{{"model":"{long}"}}"#)).unwrap_err(), BodyError::ModelTooLong);
+        let most = "m".repeat(MAX_MODEL_BYTES);
+        assert_eq!(parse(&format!(r#"{{"model":"{most}"}}"#)).unwrap().model, most);
     }
 
     #[test]

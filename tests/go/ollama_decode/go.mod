@@ -1,0 +1,3 @@
+module drover/ollama_decode
+
+go 1.19
