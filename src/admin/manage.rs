@@ -96,6 +96,9 @@ pub struct Plan {
     pub op: Op,
     /// The model as the client named it (for copy: the source).
     pub model: String,
+    /// Every model the request names, each to be allowed to the caller's key: the model (for
+    /// copy the source and the destination; for create the one it is made from too).
+    pub names: Vec<String>,
     pub targets: Vec<Target>,
     pub stream: bool,
 }
@@ -111,6 +114,9 @@ enum Scope {
 /// finds its servers. A 400 names the bad field; a 404 says why no server qualifies.
 pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<Plan, ApiError> {
     let bad = |m: String| ApiError::new(400, "invalid_request", m);
+    // Read whole below (last key wins): first, no field it decides on is written twice or
+    // in a spelling Ollama reads as the same (body.rs).
+    crate::protocol::body::unambiguous(body, &DECISIVE).map_err(ApiError::from)?;
     let mut m: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Err(bad("the body must be a JSON object".into())),
@@ -122,11 +128,28 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
         Some(v) => return Err(bad(format!("{key}: {v} is not a model name"))),
         None => return Err(ApiError::new(400, "missing_model", format!("{key} is required"))),
     };
+    let mut names = vec![model.clone()];
     if op == Op::Copy {
         match m.get("destination") {
-            Some(Value::String(s)) if crate::config::rules::name(s).is_ok() => {}
+            Some(Value::String(s)) if crate::config::rules::name(s).is_ok() => names.push(s.clone()),
             Some(v) => return Err(bad(format!("destination: {v} is not a model name"))),
             None => return Err(bad("destination is required".into())),
+        }
+    }
+    if op == Op::Create {
+        // The model it is made from (a name, or a path the server reads: named all the same).
+        match m.get("from") {
+            Some(Value::String(s)) if !s.trim().is_empty() => names.push(s.clone()),
+            None | Some(Value::Null) => {}
+            Some(v) => return Err(bad(format!("from: {v} is not a model name"))),
+        }
+        // The old form, a Modelfile text, names its base in FROM lines.
+        for field in ["modelfile", "path"] {
+            if m.get(field).is_some_and(|v| !v.is_null()) {
+                return Err(bad(format!(
+                    "{field}: Ollama's old create form is not accepted through drover; send \"from\" (and \"files\", \"adapters\") as `ollama create` does"
+                )));
+            }
         }
     }
     let stream = match m.get("stream") {
@@ -194,8 +217,12 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
             Target { server, body: Value::Object(body) }
         })
         .collect();
-    Ok(Plan { op, model, targets, stream })
+    Ok(Plan { op, model, names, targets, stream })
 }
+
+/// The fields a management body is routed and checked by (drover's `servers` among them).
+const DECISIVE: [&str; 9] =
+    ["model", "name", "source", "destination", "from", "stream", "servers", "modelfile", "path"];
 
 /// The servers a request names (`servers` field or query), or `fleet=all`.
 fn scope(field: Option<Value>, query: Option<&str>, fleet: &Fleet) -> Result<Scope, String> {

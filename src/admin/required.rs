@@ -87,6 +87,7 @@ impl Keeper {
             let plan = Plan {
                 op: Op::Pull,
                 model: model.clone(),
+                names: vec![model.clone()],
                 targets: vec![Target { server: server.clone(), body: json!({ "model": model, "stream": true }) }],
                 stream: true,
             };

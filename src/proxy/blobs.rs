@@ -20,6 +20,17 @@ const IN_FLIGHT: usize = 8;
 
 impl Drover {
     pub(super) async fn blob(&self, session: &mut Session, ctx: &mut RequestCtx, digest: &str) {
+        if !is_digest(digest) {
+            // Only a digest is ever put into the path the servers get: no dot segments or
+            // encoded slashes, in any spelling, can reach them.
+            let shown: String = digest.chars().take(80).collect();
+            let e = ApiError::new(
+                400,
+                "invalid_digest",
+                format!("{shown:?} is not a blob digest: expected sha256: (or sha256-) and 64 hexadecimal digits"),
+            );
+            return self.error(session, ctx, e).await;
+        }
         let path = format!("/api/blobs/{digest}");
         let fleet = self.fleet.load_full();
         let servers: Vec<_> = fleet.servers.iter().filter(|s| s.kind == Kind::Ollama && s.healthy()).cloned().collect();
@@ -111,6 +122,33 @@ impl Drover {
                 );
                 self.error(session, ctx, e).await
             }
+        }
+    }
+}
+
+/// Ollama's own rule for a blob's name: `sha256:` or `sha256-`, then 64 hexadecimal digits.
+fn is_digest(digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").or_else(|| digest.strip_prefix("sha256-"));
+    hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_digest_is_a_blob_name() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert!(super::is_digest(&format!("sha256:{hex}")));
+        assert!(super::is_digest(&format!("sha256-{}", hex.to_uppercase())));
+        for bad in [
+            format!("sha256:{}", &hex[1..]),
+            format!("sha256:{hex}0"),
+            format!("sha512:{hex}"),
+            format!("sha256:{}/..", &hex[..61]),
+            "%2e%2e/%2e%2e/api/chat".to_string(),
+            "..".to_string(),
+            format!("sha256:{}%2F", &hex[..61]),
+        ] {
+            assert!(!super::is_digest(&bad), "{bad}");
         }
     }
 }

@@ -23,17 +23,24 @@ impl Drover {
         let fleet = self.fleet.load_full();
         match endpoint {
             Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
-            Endpoint::Tags => self.json(session, ctx, 200, &view::tags(&fleet)).await,
-            Endpoint::Ps => self.json(session, ctx, 200, &view::ps(&fleet)).await,
+            Endpoint::Tags => self.json(session, ctx, 200, &visible(ctx, view::tags(&fleet), "models", "name")).await,
+            Endpoint::Ps => self.json(session, ctx, 200, &visible(ctx, view::ps(&fleet), "models", "name")).await,
             Endpoint::Models => {
                 ctx.api = Api::OpenAi;
-                self.json(session, ctx, 200, &view::models(&fleet)).await
+                self.json(session, ctx, 200, &visible(ctx, view::models(&fleet), "data", "id")).await
             }
             Endpoint::Model(name) => {
                 ctx.api = Api::OpenAi;
-                match view::model(&fleet, &name) {
+                // A model the key may not use is one it cannot see.
+                let seen = ctx.key.as_ref().is_none_or(|k| k.allows(&name));
+                match view::model(&fleet, &name).filter(|_| seen) {
                     Some(m) => self.json(session, ctx, 200, &m).await,
-                    None => self.error(session, ctx, unknown_model(&fleet, &name)).await,
+                    None if seen => self.error(session, ctx, unknown_model(&fleet, &name)).await,
+                    None => {
+                        let shown = name.strip_suffix(":latest").unwrap_or(&name);
+                        let e = ApiError::new(404, "model_not_found", format!("model {shown:?} not found"));
+                        self.error(session, ctx, e).await
+                    }
                 }
             }
             Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
@@ -207,8 +214,12 @@ impl Drover {
             Err(e) => return self.error(session, ctx, e).await,
         };
         ctx.model = Some(plan.model.clone());
-        if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&plan.model)) {
-            let e = key.refuse_model(&plan.model);
+        // Every model it names: a key limited to some models may not copy one over another
+        // tenant's, nor make one from a model it may not use.
+        if let Some((key, name)) =
+            ctx.key.as_ref().and_then(|k| plan.names.iter().find(|n| !k.allows(n)).map(|n| (k, n)))
+        {
+            let e = key.refuse_model(name);
             return self.error(session, ctx, e).await;
         }
         let idle = self.read_timeout;
@@ -267,4 +278,16 @@ impl Drover {
         ctx.bytes_out += bytes.len() as u64;
         session.write_response_body(Some(Bytes::from(bytes)), end).await
     }
+}
+
+/// A model listing as the request's key may see it: a key limited to some models sees only
+/// those (`list` is the array of models, `field` the name in each).
+fn visible(ctx: &RequestCtx, mut listing: Value, list: &str, field: &str) -> Value {
+    let Some(key) = ctx.key.as_ref().filter(|k| !k.record.models.iter().any(|m| m == "*")) else {
+        return listing;
+    };
+    if let Some(models) = listing.get_mut(list).and_then(Value::as_array_mut) {
+        models.retain(|m| m.get(field).and_then(Value::as_str).is_some_and(|n| key.allows(n)));
+    }
+    listing
 }
