@@ -143,13 +143,18 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
             None | Some(Value::Null) => {}
             Some(v) => return Err(bad(format!("from: {v} is not a model name"))),
         }
-        // The old form, a Modelfile text, names its base in FROM lines.
-        for field in ["modelfile", "path"] {
-            if m.get(field).is_some_and(|v| !v.is_null()) {
-                return Err(bad(format!(
-                    "{field}: Ollama's old create form is not accepted through drover; send \"from\" (and \"files\", \"adapters\") as `ollama create` does"
-                )));
-            }
+        // A model pointing at another host: that host is named too (only a key that may use
+        // every model may name one).
+        if let Some(host) = m.get("remote_host").and_then(Value::as_str).filter(|h| !h.is_empty()) {
+            names.push(host.to_string());
+        }
+        // The old form (Ollama up to 0.5.4 read it; later ones ignore it): a Modelfile's
+        // FROM lines name its base. A Modelfile path on the server's own disk is refused.
+        if let Some(text) = m.get("modelfile").and_then(Value::as_str) {
+            names.extend(modelfile_bases(text));
+        }
+        if m.get("path").is_some_and(|v| !v.is_null()) {
+            return Err(bad("path: a Modelfile on the server's disk cannot be named through drover; send \"from\" and \"files\" as `ollama create` does".into()));
         }
     }
     let stream = match m.get("stream") {
@@ -221,8 +226,20 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
 }
 
 /// The fields a management body is routed and checked by (drover's `servers` among them).
-const DECISIVE: [&str; 9] =
-    ["model", "name", "source", "destination", "from", "stream", "servers", "modelfile", "path"];
+const DECISIVE: [&str; 10] =
+    ["model", "name", "source", "destination", "from", "stream", "servers", "modelfile", "path", "remote_host"];
+
+/// The models a Modelfile's FROM lines name (the instruction is case-insensitive).
+fn modelfile_bases(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let (word, rest) = line.split_once(char::is_whitespace)?;
+            word.eq_ignore_ascii_case("from").then(|| rest.trim().trim_matches('"').to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
 
 /// The servers a request names (`servers` field or query), or `fleet=all`.
 fn scope(field: Option<Value>, query: Option<&str>, fleet: &Fleet) -> Result<Scope, String> {

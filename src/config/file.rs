@@ -133,6 +133,7 @@ pub(super) struct CacheSection {
     pub(super) ttl: Option<RawDuration>,
     pub(super) max_bytes: Option<usize>,
     pub(super) max_entry_bytes: Option<usize>,
+    pub(super) shared_across_keys: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -234,6 +234,9 @@ pub struct CacheSettings {
     pub ttl: Duration,
     pub max_bytes: usize,
     pub max_entry_bytes: usize,
+    /// One cache for every API key (a hit tells one tenant what another asked); by default
+    /// each key has its own.
+    pub shared_across_keys: bool,
 }
 
 /// Conversation memory (memory.enabled, header, ttl, max_messages, max_bytes).

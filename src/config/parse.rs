@@ -375,6 +375,7 @@ impl Validator {
             ttl: self.duration("cache.ttl", c.ttl, "10m"),
             max_bytes: c.max_bytes.unwrap_or(64 * 1024 * 1024),
             max_entry_bytes: c.max_entry_bytes.unwrap_or(1024 * 1024),
+            shared_across_keys: c.shared_across_keys.unwrap_or(false),
         };
         let mem: MemorySection = self.section(map, "memory");
         let memory = MemorySettings {

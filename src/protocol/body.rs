@@ -380,15 +380,14 @@ const DECISIVE_OPTIONS: [&str; 3] = ["num_ctx", "temperature", "seed"];
 const AMBIGUOUS: &str = "ambiguous field: ";
 
 /// A character of a key as Go's encoding/json compares it with a field name (and so Ollama
-/// reads it): ASCII letters regardless of case, and the non-ASCII letters that fold onto
-/// ASCII ones: the Kelvin sign onto k, the long s onto s, and the dotted and dotless i
-/// onto i (as newer Go folds them). `None` for any other character, which matches no field.
+/// reads it; the same from Go 1.19 to 1.26): ASCII letters regardless of case, and the only
+/// two non-ASCII letters whose case folding reaches ASCII: the Kelvin sign (k) and the long
+/// s (s). `None` for any other character, which matches no field.
 fn folded(c: char) -> Option<u8> {
     match c {
         c if c.is_ascii() => Some((c as u8).to_ascii_lowercase()),
         '\u{212A}' => Some(b'k'),
         '\u{017F}' => Some(b's'),
-        '\u{0130}' | '\u{0131}' => Some(b'i'),
         _ => None,
     }
 }

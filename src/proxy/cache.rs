@@ -15,6 +15,15 @@ use crate::state::cache::{Directive, ResponseCache};
 use crate::telemetry::metrics::CACHE;
 
 impl Drover {
+    /// Whose answers a request may be given: its API key's own (the key's id), unless
+    /// cache.shared_across_keys; without keys, everyone's.
+    fn cache_tenant(&self, ctx: &RequestCtx) -> String {
+        match ctx.key.as_ref().filter(|_| !self.cache.settings.shared_across_keys) {
+            Some(k) => k.record.id.to_string(),
+            None => String::new(),
+        }
+    }
+
     /// Answers from the cache when it holds this request's answer under one of the model's
     /// actual names; true when it did. On a miss, the answer will be kept as it passes.
     pub(super) async fn answered_from_cache(
@@ -38,8 +47,10 @@ impl Drover {
             return false;
         }
         let mut found = None;
+        let tenant = self.cache_tenant(ctx);
         for actual in routed.fleet.actual_models(&routed.body.name) {
             let key = ResponseCache::key(
+                &tenant,
                 session.req_header().uri.path(),
                 &answer_name(routed, &actual),
                 &routed.body.rewritten(&actual),
@@ -89,6 +100,7 @@ impl Drover {
     /// `logging` of a request that ended without an error: a whole successful answer of a
     /// cache miss is kept, under the key of the route that gave it.
     pub(super) async fn keep_answer(&self, session: &Session, ctx: &mut RequestCtx) {
+        let tenant = self.cache_tenant(ctx);
         let Some(r) = ctx.routed.as_deref_mut() else { return };
         let Some(fill) = r.cache_fill.take() else { return };
         let Attempt::Running(run) = &r.attempt else { return };
@@ -96,7 +108,7 @@ impl Drover {
             return;
         }
         let name = answer_name(r, &run.route.actual_model);
-        let key = ResponseCache::key(session.req_header().uri.path(), &name, &run.payload);
+        let key = ResponseCache::key(&tenant, session.req_header().uri.path(), &name, &run.payload);
         let entry = crate::state::cache::Entry {
             content_type: r.relay.content_type.clone(),
             server: run.route.server.url.as_str().to_string(),

@@ -9,8 +9,13 @@ use super::drover::Drover;
 impl Drover {
     /// A chat request with a session (memory.rs): its body with the session's earlier
     /// messages put first, and the turn to store after the answer. Otherwise the body as is.
-    pub(super) async fn with_history(&self, id: &str, body: Bytes) -> (Bytes, Option<crate::state::memory::Turn>) {
-        match self.memory.recall(id, &body).await {
+    pub(super) async fn with_history(
+        &self,
+        tenant: &str,
+        id: &str,
+        body: Bytes,
+    ) -> (Bytes, Option<crate::state::memory::Turn>) {
+        match self.memory.recall(tenant, id, &body).await {
             Some((with_history, turn)) => (Bytes::from(with_history), Some(turn)),
             None => (body, None),
         }

@@ -26,7 +26,11 @@ impl Drover {
         // which Pingora boxes for every request) stays small.
         let req = session.req_header();
         let (body, turn) = match self.memory.session(req.uri.path(), &req.headers) {
-            Some(id) => Box::pin(self.with_history(id, body)).await,
+            Some(id) => {
+                // Sessions are the key's own (state/memory.rs); without keys, one anonymous tenant's.
+                let tenant = ctx.key.as_ref().map_or_else(String::new, |k| k.record.id.to_string());
+                Box::pin(self.with_history(&tenant, id, body)).await
+            }
             None => (body, None),
         };
         let body = match RoutableBody::parse(body) {

@@ -139,9 +139,11 @@ impl ResponseCache {
     }
 
     /// The key of a request as one server receives it.
-    pub fn key(path: &str, actual_model: &str, payload: &[u8]) -> String {
+    /// The key of an answer: whose (`tenant`: the API key's id, empty when shared or with no
+    /// keys), where, for which model and body.
+    pub fn key(tenant: &str, path: &str, actual_model: &str, payload: &[u8]) -> String {
         let mut h = Sha256::new();
-        for part in [path.as_bytes(), b"\0", actual_model.as_bytes(), b"\0", payload] {
+        for part in [tenant.as_bytes(), b"\0", path.as_bytes(), b"\0", actual_model.as_bytes(), b"\0", payload] {
             h.update(part);
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -227,8 +229,13 @@ mod tests {
     use std::time::Duration;
 
     fn cache(max_bytes: usize) -> ResponseCache {
-        let settings =
-            CacheSettings { enabled: true, ttl: Duration::from_secs(60), max_bytes, max_entry_bytes: 1 << 20 };
+        let settings = CacheSettings {
+            enabled: true,
+            ttl: Duration::from_secs(60),
+            max_bytes,
+            max_entry_bytes: 1 << 20,
+            shared_across_keys: false,
+        };
         ResponseCache::new(settings, Arc::new(Shared::none()))
     }
 
@@ -242,12 +249,13 @@ mod tests {
 
     #[test]
     fn keys_differ_by_path_model_and_body() {
-        let k = ResponseCache::key("/api/chat", "m:7b", b"{}");
+        let k = ResponseCache::key("", "/api/chat", "m:7b", b"{}");
         assert_eq!(k.len(), 64);
-        assert_eq!(k, ResponseCache::key("/api/chat", "m:7b", b"{}"));
-        assert_ne!(k, ResponseCache::key("/api/generate", "m:7b", b"{}"));
-        assert_ne!(k, ResponseCache::key("/api/chat", "m:3b", b"{}"));
-        assert_ne!(k, ResponseCache::key("/api/chat", "m:7b", b"{ }"));
+        assert_eq!(k, ResponseCache::key("", "/api/chat", "m:7b", b"{}"));
+        assert_ne!(k, ResponseCache::key("", "/api/generate", "m:7b", b"{}"));
+        assert_ne!(k, ResponseCache::key("", "/api/chat", "m:3b", b"{}"));
+        assert_ne!(k, ResponseCache::key("", "/api/chat", "m:7b", b"{ }"));
+        assert_ne!(k, ResponseCache::key("7", "/api/chat", "m:7b", b"{}"), "each tenant its own");
     }
 
     #[tokio::test]

@@ -47,6 +47,19 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
+/// Where a session is stored: a SHA-256 of its id, within its tenant's (the anonymous
+/// tenant's sessions keep the plain hash they always had).
+fn session_key(tenant: &str, session: &str) -> String {
+    let mut h = Sha256::new();
+    if !tenant.is_empty() {
+        h.update(b"key:");
+        h.update(tenant.as_bytes());
+        h.update(b"\0");
+    }
+    h.update(session.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Memory {
     pub fn new(settings: MemorySettings, shared: Arc<Shared>, store: Arc<StoreHandle>) -> Memory {
         Memory { settings, shared, store, pending: Mutex::new(HashMap::new()) }
@@ -62,13 +75,16 @@ impl Memory {
 
     /// The body with the session's history before its messages, and the turn to store after
     /// the answer; `None` when the body has no messages array (left as it is).
-    pub async fn recall(&self, session: &str, body: &[u8]) -> Option<(Vec<u8>, Turn)> {
+    /// `tenant` is whose session it is (the API key's id; empty without keys): a session id
+    /// names a session within its tenant only, so one key can neither read nor extend
+    /// another's by sending its id.
+    pub async fn recall(&self, tenant: &str, session: &str, body: &[u8]) -> Option<(Vec<u8>, Turn)> {
         let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
         let sent = match object.get_mut("messages") {
             Some(Value::Array(m)) => std::mem::take(m),
             _ => return None,
         };
-        let key = Sha256::digest(session.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let key = session_key(tenant, session);
         let pending = self.pending.lock().unwrap().get(&key).cloned();
         if let Some(mut stored) = pending {
             let _ = tokio::time::timeout(PENDING_WAIT, stored.wait_for(|done| *done)).await;
