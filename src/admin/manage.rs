@@ -454,7 +454,8 @@ mod tests {
 
     #[test]
     fn summary_names_failures_and_absences() {
-        let plan = Plan { op: Op::Delete, model: "m".into(), targets: Vec::new(), stream: false };
+        let plan =
+            Plan { op: Op::Delete, model: "m".into(), names: vec!["m".into()], targets: Vec::new(), stream: false };
         let mut o = Outcome::default();
         o.record(Op::Delete, "http://a".into(), Err("DELETE /api/delete: HTTP 404: model 'm' not found".into()));
         assert_eq!(o.summary(&plan).0, 404);

@@ -91,6 +91,43 @@ impl Admin {
         }
     }
 
+    /// The DNS-rebinding and cross-site guard, for everything `authorize` lets in. A page on
+    /// any site can make a browser send requests to a loopback address under the site's own
+    /// name (DNS rebinding): without a token, where being on loopback is the authority, the
+    /// request's Host must be a loopback name, an IP address (a page cannot rebind those), or
+    /// one of admin.allowed_hosts. With or without one, a browser's Origin must name such a
+    /// host, or (with a token) the Host itself. `None` when the request may go on.
+    pub fn browser_refused(&self, host: Option<&str>, origin: Option<&str>) -> Option<Reply> {
+        let host_ok = host.is_some_and(|h| self.allowed_host(host_of(h)));
+        if self.settings.admin_token.is_none() && !host_ok {
+            let shown: String = host.unwrap_or("").chars().take(100).collect();
+            return Some(error(
+                403,
+                format!("admin API: Host {shown:?} is not a loopback name or address nor in admin.allowed_hosts"),
+            ));
+        }
+        let origin = origin?;
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        let same_origin =
+            self.settings.admin_token.is_some() && host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+        if same_origin || self.allowed_host(host_of(origin_host)) {
+            return None;
+        }
+        let shown: String = origin.chars().take(100).collect();
+        Some(error(403, format!("admin API: requests from the web origin {shown:?} are refused")))
+    }
+
+    fn allowed_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        host.parse::<IpAddr>().is_ok()
+            || host == "localhost"
+            || host.ends_with(".localhost")
+            || self.settings.admin_allowed_hosts.iter().any(|a| match a.strip_prefix("*.") {
+                Some(suffix) => host.strip_suffix(suffix).is_some_and(|head| head.ends_with('.')),
+                None => *a == host,
+            })
+    }
+
     pub async fn handle(&self, method: &Method, path: &str, body: Option<&[u8]>) -> Reply {
         let rest = path.trim_start_matches("/admin/");
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
@@ -552,6 +589,17 @@ pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteField
     Ok(f)
 }
 
+/// The host of a Host header or an origin's authority: the port and IPv6 brackets taken off.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,6 +640,28 @@ mod tests {
         assert!(body["fields"]["virtual_model_name"].as_str().unwrap().contains("1 to 100"));
         let (_, body) = fields(json!({ "weight": 2 }), true).unwrap_err();
         assert_eq!(body["fields"]["server_url"], "is required");
+    }
+
+    #[test]
+    fn a_page_under_a_foreign_name_never_reaches_the_loopback_admin() {
+        let open = admin(None);
+        for host in ["127.0.0.1:11434", "localhost:11434", "[::1]:11434", "a.localhost", "10.0.0.5:11434"] {
+            assert!(open.browser_refused(Some(host), None).is_none(), "{host}");
+        }
+        // DNS rebinding: the attacker's name resolving to 127.0.0.1, Host and Origin its own.
+        let (code, _) = open.browser_refused(Some("evil.example:11434"), Some("http://evil.example:11434")).unwrap();
+        assert_eq!(code, 403);
+        assert!(open.browser_refused(None, None).is_some(), "no Host, no loopback trust");
+        assert!(open.browser_refused(Some("localhost.evil.example"), None).is_some());
+        assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("https://evil.example")).is_some());
+        assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("http://localhost:3000")).is_none());
+        // With a token, the token is the authority: any Host, but a foreign Origin is refused.
+        let guarded = admin(Some("t"));
+        assert!(guarded.browser_refused(Some("drover.corp:11434"), None).is_none());
+        assert!(guarded.browser_refused(Some("drover.corp:11434"), Some("http://drover.corp:11434")).is_none());
+        assert!(guarded.browser_refused(Some("drover.corp:11434"), Some("http://evil.example")).is_some());
+        assert_eq!(super::host_of("[::1]:80"), "::1");
+        assert_eq!(super::host_of("a.b:1"), "a.b");
     }
 
     fn admin(token: Option<&str>) -> Admin {

@@ -172,6 +172,7 @@ pub(super) struct HttpClientSection {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct AdminSection {
     pub(super) token: Option<String>,
+    pub(super) allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -268,6 +268,9 @@ pub struct Settings {
     pub resources: Resources,
     pub http_client: HttpClient,
     pub admin_token: Option<String>,
+    /// Host names (exact, or `*.suffix`) the admin API and dashboard answer besides loopback
+    /// names and IP addresses (admin.allowed_hosts): the DNS-rebinding guard.
+    pub admin_allowed_hosts: Vec<String>,
     /// Origin patterns allowed beside Ollama's local defaults (cors.allowed_origins).
     pub cors_origins: Vec<String>,
     /// compression.level: gzip/zstd/brotli level for whole answers a client accepts compressed (0: off).

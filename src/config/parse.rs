@@ -98,6 +98,11 @@ impl Settings {
             resources,
             http_client,
             admin_token,
+            admin_allowed_hosts: admin
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
             cors_origins: cors.allowed_origins,
             affinity,
             redis_url,

@@ -56,7 +56,11 @@ impl Drover {
             let headers = &session.req_header().headers;
             let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             // Model management as the admin (the admin token, or loopback without one) needs no key.
-            if matches!(endpoint, Management) && self.admin.authorize(ip, text("authorization")).is_ok() {
+            let host = text("host").or(session.req_header().uri.authority().map(|a| a.as_str()));
+            if matches!(endpoint, Management)
+                && self.admin.authorize(ip, text("authorization")).is_ok()
+                && self.admin.browser_refused(host, text("origin")).is_none()
+            {
                 None
             } else {
                 let presented = crate::edge::keys::presented(text("authorization"), text("x-api-key"));

@@ -100,9 +100,11 @@ impl Drover {
             .filter(|_| cookie_allowed)
             .map(|t| format!("Bearer {t}"));
         let auth = text("authorization").map(str::to_string).or(from_cookie);
-        match self.admin.authorize(client, auth.as_deref()) {
-            Ok(()) => false,
-            Err((code, body)) => {
+        let host = text("host").or(req.uri.authority().map(|a| a.as_str()));
+        let refused = self.admin.authorize(client, auth.as_deref()).err();
+        match refused.or_else(|| self.admin.browser_refused(host, text("origin"))) {
+            None => false,
+            Some((code, body)) => {
                 session.set_keepalive(None);
                 ctx.error = body.get("error").and_then(Value::as_str).map(str::to_string);
                 self.json(session, ctx, code, &body).await;
