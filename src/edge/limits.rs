@@ -91,6 +91,11 @@ const SHARDS: usize = 16;
 /// A shard's full buckets are dropped at most this often (a full bucket is the same as none).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// The most addresses a shard tracks (65,536 in all): a flood of new addresses (an IPv6
+/// prefix holds billions) drops full buckets first, then the emptiest-looking ones at random;
+/// the table never outgrows this.
+const MAX_PER_SHARD: usize = 4096;
+
 struct Shard {
     buckets: HashMap<IpAddr, Bucket>,
     pruned_at: Instant,
@@ -128,6 +133,19 @@ impl ClientLimiter {
         if now.saturating_duration_since(shard.pruned_at) >= PRUNE_EVERY {
             shard.buckets.retain(|_, b| !b.full(now));
             shard.pruned_at = now;
+        }
+        if shard.buckets.len() >= MAX_PER_SHARD && !shard.buckets.contains_key(&ip) {
+            // A sweep at most once a second: under a flood, each new address costs one eviction.
+            if now.saturating_duration_since(shard.pruned_at) >= Duration::from_secs(1) {
+                shard.buckets.retain(|_, b| !b.full(now));
+                shard.pruned_at = now;
+            }
+            if shard.buckets.len() >= MAX_PER_SHARD {
+                // Still full of active clients: one of them is forgotten (its bucket starts
+                // full again), which is all a flood of addresses can win.
+                let evicted = *shard.buckets.keys().next().expect("a full shard has entries");
+                shard.buckets.remove(&evicted);
+            }
         }
         shard.buckets.entry(ip).or_insert_with(|| Bucket::new(self.per_minute, now)).take(1.0, now)
     }
@@ -188,5 +206,21 @@ mod tests {
             let _ = l.admit(IpAddr::V4(i.into()), later);
         }
         assert_eq!(l.tracked(), SHARDS, "idle clients' full buckets were dropped");
+    }
+
+    #[test]
+    fn a_flood_of_addresses_is_bounded() {
+        let t0 = Instant::now();
+        let l = ClientLimiter::new(2);
+        // 100,000 distinct hostile addresses, each leaving its bucket not full, within a second.
+        for i in 0..100_000u128 {
+            let ip = IpAddr::V6((0x2001_0db8u128 << 96 | i).into());
+            let _ = l.admit(ip, t0);
+        }
+        assert_eq!(l.tracked(), MAX_PER_SHARD * SHARDS, "the table stops at its bound");
+        // A client seen all along is still limited.
+        let steady: IpAddr = "10.9.9.9".parse().unwrap();
+        assert!(l.admit(steady, t0).is_ok() && l.admit(steady, t0).is_ok());
+        assert!(l.admit(steady, t0).is_err());
     }
 }

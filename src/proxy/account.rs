@@ -68,6 +68,7 @@ impl Drover {
 /// Counts a finished request in the metrics (model-routed requests only: the rest are drover's own pages).
 fn account(ctx: &RequestCtx) {
     let Some(model) = ctx.model.as_deref() else { return };
+    let model = if ctx.model_known { model } else { crate::telemetry::metrics::UNKNOWN_MODEL };
     let server = ctx.server.as_deref().unwrap_or("none");
     let mut status = itoa::Buffer::new();
     crate::telemetry::metrics::REQUESTS.with_label_values(&[model, server, status.format(ctx.status)]).inc();

@@ -65,6 +65,7 @@ impl Drover {
             return false;
         };
         CACHE.with_label_values(&["hit"]).inc();
+        ctx.model_known = true;
         ctx.server = Some(entry.server.clone());
         ctx.actual_model = Some(actual);
         ctx.status = 200;

@@ -16,7 +16,11 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub api: Api,
+    /// The model as asked (canonical), whatever it is: the access log's.
     pub model: Option<String>,
+    /// Whether `model` is one the fleet knows (routed or discovered): only such names become
+    /// metric labels, so a client cannot add label values at will.
+    pub model_known: bool,
     pub actual_model: Option<String>,
     pub server: Option<String>,
     pub attempts: u32,
@@ -44,6 +48,7 @@ impl RequestCtx {
             started: Instant::now(),
             api: Api::Ollama,
             model: None,
+            model_known: false,
             actual_model: None,
             server: None,
             attempts: 0,

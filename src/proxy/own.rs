@@ -216,6 +216,9 @@ impl Drover {
             Err(e) => return self.error(session, ctx, e).await,
         };
         ctx.model = Some(plan.model.clone());
+        let canonical = crate::protocol::ollama::canonical_model(&plan.model);
+        ctx.model_known = fleet.named_routes(&plan.model).is_some()
+            || fleet.servers.iter().any(|s| s.inventory().names.contains(&canonical));
         // Every model it names: a key limited to some models may not copy one over another
         // tenant's, nor make one from a model it may not use.
         if let Some((key, name)) =

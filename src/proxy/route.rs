@@ -77,7 +77,9 @@ impl Drover {
         if self.answered_from_cache(session, ctx, &mut routed).await {
             return true;
         }
-        match self.take_route(session, &routed, false).await {
+        let taken = self.take_route(session, &routed, false).await;
+        ctx.model_known = !matches!(&taken, Err(Refused::Error(e)) if e.code == "model_not_found");
+        match taken {
             Ok(chosen) => {
                 routed.attempt = Attempt::Ready(chosen);
                 ctx.routed = Some(Box::new(routed));

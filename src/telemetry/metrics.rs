@@ -13,6 +13,10 @@ use prometheus::{
 const LATENCY_BUCKETS: &[f64] =
     &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
+/// The model label of a request for a model the fleet does not know: every such name counts
+/// under this one value, so label values cannot be added from outside.
+pub const UNKNOWN_MODEL: &str = "(unknown)";
+
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_requests_total",
