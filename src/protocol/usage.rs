@@ -33,6 +33,9 @@ pub struct UsageScan {
     format: Format,
     held: Vec<u8>,
     overflow: bool,
+    /// Records of a stream seen so far (NDJSON lines, SSE data lines): about one token each,
+    /// what is charged for a stream that never reached the server's counts.
+    records: u64,
     pub usage: Usage,
 }
 
@@ -48,7 +51,7 @@ impl UsageScan {
         } else {
             Format::Other
         };
-        UsageScan { format, held: Vec::new(), overflow: false, usage: Usage::default() }
+        UsageScan { format, held: Vec::new(), overflow: false, records: 0, usage: Usage::default() }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -71,7 +74,12 @@ impl UsageScan {
     }
 
     /// Call when the answer ended; returns what it said it used.
-    pub fn finish(mut self) -> Usage {
+    pub fn finish(self) -> Usage {
+        self.finish_counting().0
+    }
+
+    /// What the answer said it used, and how many records it had.
+    fn finish_counting(mut self) -> (Usage, u64) {
         let held = std::mem::take(&mut self.held);
         if !self.overflow && !held.is_empty() {
             match self.format {
@@ -80,7 +88,19 @@ impl UsageScan {
                 Format::Other => {}
             }
         }
-        self.usage
+        (self.usage, self.records)
+    }
+
+    /// Call when the answer was cut off (the client left, or the server broke off) before it
+    /// ended: what it said it used, and where its counts never came, what passed: a token a
+    /// stream record, and `prompt_estimate` for the prompt. Nothing when nothing passed.
+    pub fn cut(self, prompt_estimate: u64) -> Usage {
+        let (mut usage, records) = self.finish_counting();
+        if records > 0 {
+            usage.completion_tokens = usage.completion_tokens.or(Some(records));
+            usage.prompt_tokens = usage.prompt_tokens.or(Some(prompt_estimate));
+        }
+        usage
     }
 
     fn hold(&mut self, bytes: &[u8]) {
@@ -93,6 +113,11 @@ impl UsageScan {
     }
 
     fn line(&mut self, line: &[u8]) {
+        self.records += u64::from(match self.format {
+            Format::Ndjson => !line.trim_ascii().is_empty(),
+            Format::Sse => line.starts_with(b"data:") && line[5..].trim_ascii() != b"[DONE]",
+            _ => false,
+        });
         let json = match self.format {
             Format::Ndjson
                 if memmem::find(line, b"\"done\":true").is_some()
@@ -425,6 +450,21 @@ impl Scan<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cut_stream_is_charged_for_what_passed() {
+        let mut scan = super::UsageScan::new("application/x-ndjson");
+        scan.feed(b"{\"message\":{\"content\":\"a\"},\"done\":false}\n{\"message\":{\"content\":\"b\"},\"done\":false}\n{\"mess");
+        let u = scan.cut(40);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(40), Some(3)), "two whole lines and a part");
+        let mut sse = super::UsageScan::new("text/event-stream");
+        sse.feed(b"data: {\"choices\":[]}\n\ndata: {\"choices\":[]}\n\ndata: [DONE]\n\n");
+        assert_eq!(sse.cut(7).completion_tokens, Some(2));
+        // The server's own counts, when they came, are what is charged.
+        let mut whole = super::UsageScan::new("application/x-ndjson");
+        whole.feed(b"{\"done\":true,\"prompt_eval_count\":5,\"eval_count\":9}\n");
+        assert_eq!(whole.cut(40).completion_tokens, Some(9));
+        assert_eq!(super::UsageScan::new("application/x-ndjson").cut(40), super::Usage::default(), "nothing passed");
+    }
     use super::*;
 
     fn scan(content_type: &str, chunks: &[&str]) -> Usage {

@@ -8,7 +8,15 @@ use crate::telemetry::accesslog::Line;
 
 impl Drover {
     /// Counts the request in the metrics and writes its access-log line.
-    pub(super) fn log(&self, session: &Session, ctx: &RequestCtx) {
+    pub(super) fn log(&self, session: &Session, ctx: &mut RequestCtx) {
+        // An answer that never ended (the client hung up before the last line, or the server
+        // broke off): charged for what passed, so hanging up cannot dodge a token quota.
+        if let Some(r) = ctx.routed.as_deref_mut() {
+            if let Some(scan) = r.relay.scan.take() {
+                ctx.usage = scan.cut(prompt_estimate(r.body.len()));
+            }
+        }
+        let ctx = &*ctx;
         account(ctx);
         // A key's usage: the model calls it made that went to a server.
         if let Some(key) = ctx.key.as_ref().filter(|_| ctx.attempts > 0) {
@@ -87,4 +95,10 @@ fn account(ctx: &RequestCtx) {
     if let Some(load) = u.load_seconds {
         crate::telemetry::metrics::MODEL_LOAD.with_label_values(&[model, server]).observe(load);
     }
+}
+
+/// Tokens a prompt of `bytes` bytes is charged when the server never said: about four bytes
+/// a token, as tokenizers of English text average.
+fn prompt_estimate(bytes: usize) -> u64 {
+    (bytes as u64 / 4).max(1)
 }
