@@ -10,14 +10,25 @@
 //! with `Connection: close` as it does for every request after the stop. A connection that
 //! sends nothing is given `linger` after the stop, then dropped as before, and never more
 //! than Pingora's own 60 s for a first request.
+//!
+//! It also gives every HTTP/1 request header a deadline (`HeaderDeadline`): Pingora's read
+//! timeout is per read, so a client trickling its header a byte at a time held a connection
+//! (and its task) for as long as it liked.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN,
+};
 use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::stop::Busy;
 
@@ -28,11 +39,13 @@ const SILENT_FOR_AT_MOST: Duration = Duration::from_secs(60);
 pub struct FirstRequest<A> {
     app: Arc<A>,
     linger: Duration,
+    /// The longest a request header may take to arrive, first byte to last.
+    header_timeout: Duration,
 }
 
 impl<A> FirstRequest<A> {
-    pub fn new(app: A, linger: Duration) -> Self {
-        FirstRequest { app: Arc::new(app), linger }
+    pub fn new(app: A, linger: Duration, header_timeout: Duration) -> Self {
+        FirstRequest { app: Arc::new(app), linger, header_timeout }
     }
 }
 
@@ -60,6 +73,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
         if !spoke {
             return None;
         }
+        // HTTP/2 (by ALPN) frames its headers itself: h2's own limits apply there.
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeaderDeadline::new(stream, self.header_timeout))
+        };
         if !*shutdown.borrow() {
             drop(waiting);
             return self.app.process_new(stream, shutdown).await;
@@ -76,5 +95,201 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+/// A client connection whose every HTTP/1 request header must arrive within `limit` of its
+/// first byte. Between requests the stream is idle and nothing is timed (Pingora's keep-alive
+/// timeout applies); a read after a response began starts the next header's clock; the blank
+/// line that ends the header stops it. A header still incomplete at the deadline fails the
+/// read, and Pingora closes the connection. A plain-text HTTP/2 connection (its preface) is
+/// left alone. A body is never timed here (the per-read timeout and the size limits apply).
+#[derive(Debug)]
+pub struct HeaderDeadline {
+    inner: Stream,
+    limit: Duration,
+    phase: Phase,
+    /// The clock of the header being read.
+    clock: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last two bytes read of the header, for a blank line split across reads.
+    last: [u8; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request's first byte.
+    Idle,
+    /// Reading a request header.
+    Header,
+    /// The header is in: the body, then the response.
+    Past,
+    /// HTTP/2 without TLS: not timed here.
+    Off,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+impl HeaderDeadline {
+    pub fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
+        HeaderDeadline { inner, limit, phase: Phase::Idle, clock: None, last: [0; 2] }
+    }
+
+    /// Follows the bytes a read brought.
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.phase == Phase::Idle {
+            if bytes.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(bytes) {
+                self.phase = Phase::Off;
+                return;
+            }
+            self.phase = Phase::Header;
+            self.clock = Some(Box::pin(tokio::time::sleep(self.limit)));
+            self.last = [0; 2];
+        }
+        if self.phase != Phase::Header {
+            return;
+        }
+        let at = |i: isize| -> u8 {
+            match i {
+                i if i >= 0 => bytes[i as usize],
+                -1 => self.last[1],
+                _ => self.last[0],
+            }
+        };
+        // The header ends at an empty line: "\n\n" or "\n\r\n".
+        let ended = memchr::memchr_iter(b'\n', bytes).any(|p| {
+            let p = p as isize;
+            at(p - 1) == b'\n' || (at(p - 1) == b'\r' && at(p - 2) == b'\n')
+        });
+        if ended {
+            self.phase = Phase::Past;
+            self.clock = None;
+        } else {
+            self.last = match bytes.len() {
+                0 => self.last,
+                1 => [self.last[1], bytes[0]],
+                n => [bytes[n - 2], bytes[n - 1]],
+            };
+        }
+    }
+
+    /// Follows what is written: the start of a final response (not a 100 Continue) means the
+    /// next bytes read begin the next request.
+    fn wrote(&mut self, bytes: &[u8]) {
+        if self.phase == Phase::Past && bytes.starts_with(b"HTTP/1.") && bytes.get(9) != Some(&b'1') {
+            self.phase = Phase::Idle;
+        }
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(clock) = this.clock.as_mut() {
+            if clock.as_mut().poll(cx).is_ready() {
+                let why = format!("the request header did not arrive within {:?} (server.header_timeout)", this.limit);
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let filled = buf.filled();
+        if filled.len() > before {
+            this.saw(&filled[before..]);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.wrote(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.wrote(&first[..n.min(first.len())]);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
     }
 }

@@ -199,7 +199,8 @@ pub fn run(args: ServeArgs) -> i32 {
     // Pingora's proxy app, behind the wrapper that lets a connection accepted just before a
     // graceful stop (upgrade or SIGTERM) have its first request answered.
     let linger = Duration::from_secs(1).min(Duration::from_secs(settings.grace_period_seconds));
-    let app = FirstRequest::new(pingora::proxy::http_proxy(&server.configuration, drover), linger);
+    let app =
+        FirstRequest::new(pingora::proxy::http_proxy(&server.configuration, drover), linger, settings.header_timeout);
     let mut proxy = Service::new("drover".to_string(), app);
     // No L4 read buffer in front of client connections: Pingora's HTTP/1 session reads into
     // buffers of its own, so the 64 KiB default only costs memory per open connection.

@@ -20,6 +20,7 @@ pub(super) struct ServerSection {
     pub(super) metrics_listen: Option<String>,
     pub(super) threads: Option<usize>,
     pub(super) tls: Option<TlsSection>,
+    pub(super) header_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -258,6 +258,8 @@ pub struct Settings {
     pub tls: Option<Tls>,
     pub metrics_listen: SocketAddr,
     pub threads: usize,
+    /// How long a client may take to send a whole request header (server.header_timeout).
+    pub header_timeout: Duration,
     pub database_url: String,
     pub database_pool_size: u32,
     pub servers: Vec<ServerSpec>,

@@ -89,6 +89,7 @@ impl Settings {
             tls: server.tls,
             metrics_listen: server.metrics_listen.expect("checked"),
             threads: server.threads,
+            header_timeout: server.header_timeout,
             database_url,
             database_pool_size,
             servers,
@@ -149,6 +150,7 @@ struct Listeners {
     metrics_listen: Option<SocketAddr>,
     tls: Option<Tls>,
     threads: usize,
+    header_timeout: Duration,
 }
 
 /// One function per section: each reads its section, checks every value and records each
@@ -179,7 +181,12 @@ impl Validator {
         if threads == 0 {
             self.error("server.threads", "must be at least 1, got 0");
         }
-        Listeners { listen, metrics_listen, tls, threads }
+        // The whole request header, first byte to last (each read alone has Pingora's 60 s).
+        let header_timeout = self.duration("server.header_timeout", server.header_timeout, "10s");
+        if header_timeout.is_zero() {
+            self.error("server.header_timeout", "must be more than 0");
+        }
+        Listeners { listen, metrics_listen, tls, threads, header_timeout }
     }
 
     fn database_section(&mut self, map: &serde_yaml::Mapping, env: &Env) -> (String, u32) {
