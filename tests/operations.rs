@@ -103,7 +103,8 @@ async fn metrics_are_valid_and_count_what_was_sent() {
             7.0,
             "{text}"
         );
-        assert_eq!(sum(&s, "drover_requests_total", &["model=\"nope:latest\"", "status=\"404\""]), 1.0);
+        assert_eq!(sum(&s, "drover_requests_total", &["model=\"(unknown)\"", "status=\"404\""]), 1.0);
+        assert!(!text.contains("nope"), "a name the fleet does not know is no label");
         assert_eq!(sum(&s, "drover_tokens_total", &["model=\"chat:latest\"", "kind=\"prompt\""]), 35.0);
         assert_eq!(
             sum(&s, "drover_tokens_total", &["model=\"chat:latest\"", "kind=\"completion\""]),
