@@ -110,14 +110,23 @@ enum Scope {
     Servers(Vec<Arc<Server>>),
 }
 
-/// Checks a management request (the body as Ollama takes it, plus drover's `servers`) and
-/// finds its servers. A 400 names the bad field; a 404 says why no server qualifies.
-pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<Plan, ApiError> {
+/// A management body as drover reads it: the object, the model it is about (for copy: the
+/// source), every model it names, and whether its progress streams.
+pub struct Request {
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub names: Vec<String>,
+    pub stream: bool,
+}
+
+/// Reads a management body (as Ollama's handlers would: `model`, else the legacy `name`);
+/// a 400 names the bad field.
+pub fn read(op: Op, body: &[u8]) -> Result<Request, ApiError> {
     let bad = |m: String| ApiError::new(400, "invalid_request", m);
     // Read whole below (last key wins): first, no field it decides on is written twice or
     // in a spelling Ollama reads as the same (body.rs).
     crate::protocol::body::unambiguous(body, &DECISIVE).map_err(ApiError::from)?;
-    let mut m: Map<String, Value> = match serde_json::from_slice(body) {
+    let m: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Err(bad("the body must be a JSON object".into())),
         Err(e) => return Err(bad(format!("the body is not valid JSON: {e}"))),
@@ -162,6 +171,15 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
         Some(Value::Bool(b)) => *b && op.streams_progress(),
         Some(v) => return Err(bad(format!("stream: {v} must be true or false"))),
     };
+    Ok(Request { body: m, model, names, stream })
+}
+
+/// Checks a management request (the body as Ollama takes it, plus drover's `servers`) and
+/// finds its servers. A 400 names the bad field; a 404 says why no server qualifies.
+pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<Plan, ApiError> {
+    let bad = |m: String| ApiError::new(400, "invalid_request", m);
+    let Request { body: mut m, model, names, stream } = read(op, body)?;
+    let key = if op == Op::Copy { "source" } else { "model" };
     let scope = scope(m.remove("servers"), query, fleet).map_err(bad)?;
     let wanted = canonical_model(&model);
     let holds = |s: &Server, name: &str| s.inventory().names.contains(&canonical_model(name));
