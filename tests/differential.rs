@@ -144,7 +144,7 @@ const SPACE: &[&str] = &["", " ", "\n", "\t ", "\r\n  "];
 fn generated(g: &mut Gen) -> Vec<u8> {
     let mut fields = Vec::new();
     for _ in 0..1 + g.next() % 5 {
-        let field = if g.next() % 2 == 0 {
+        let field = if g.next().is_multiple_of(2) {
             format!("\"{}\"{}:{}{}", g.pick(MODEL_KEYS), g.pick(SPACE), g.pick(SPACE), g.pick(MODEL_VALUES))
         } else {
             g.pick(OTHER_PAIRS).to_string()

@@ -186,6 +186,7 @@ pub(super) struct AuthSection {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct LimitsSection {
     pub(super) client_requests_per_minute: Option<u64>,
+    pub(super) max_tracked_clients: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

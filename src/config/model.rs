@@ -292,6 +292,9 @@ pub struct Settings {
     pub require_keys: bool,
     /// limits.client_requests_per_minute: per client address, on model calls and fleet views.
     pub client_requests_per_minute: Option<u64>,
+    /// limits.max_tracked_clients: the most client addresses the per-address limit keeps
+    /// buckets for (a flood of new addresses evicts, never grows the table past it).
+    pub max_tracked_clients: usize,
     pub access_log: String,
     pub grace_period_seconds: u64,
     pub upgrade_sock: String,

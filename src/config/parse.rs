@@ -74,6 +74,9 @@ impl Settings {
         let (redis_url, redis_timeout) = v.state_section(map, env);
         let (cache, memory) = v.cache_and_memory_sections(map);
         let limits: LimitsSection = v.section(map, "limits");
+        if limits.max_tracked_clients.is_some_and(|n| n < 16) {
+            v.error("limits.max_tracked_clients", "must be at least 16");
+        }
         if limits.client_requests_per_minute == Some(0) {
             v.error("limits.client_requests_per_minute", "must be at least 1 (leave it out for no limit)");
         }
@@ -114,6 +117,7 @@ impl Settings {
             compression_level,
             compression_min_bytes: compression.min_bytes.unwrap_or(1024),
             client_requests_per_minute: limits.client_requests_per_minute,
+            max_tracked_clients: limits.max_tracked_clients.unwrap_or(65_536),
             access_log: logging.access_log.unwrap_or_else(|| "logs/access.log".into()),
             grace_period_seconds: pingora.grace_period_seconds.unwrap_or(30),
             upgrade_sock: pingora.upgrade_sock.unwrap_or_else(|| "/tmp/drover_upgrade.sock".into()),

@@ -91,11 +91,6 @@ const SHARDS: usize = 16;
 /// A shard's full buckets are dropped at most this often (a full bucket is the same as none).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// The most addresses a shard tracks (65,536 in all): a flood of new addresses (an IPv6
-/// prefix holds billions) drops full buckets first, then the emptiest-looking ones at random;
-/// the table never outgrows this.
-const MAX_PER_SHARD: usize = 4096;
-
 struct Shard {
     buckets: HashMap<IpAddr, Bucket>,
     pruned_at: Instant,
@@ -105,13 +100,17 @@ struct Shard {
 pub struct ClientLimiter {
     per_minute: u64,
     shards: Vec<Mutex<Shard>>,
+    /// The most addresses a shard tracks (limits.max_tracked_clients / SHARDS): a flood of
+    /// new addresses (an IPv6 prefix holds billions) drops full buckets first, then others
+    /// at random; the table never outgrows it.
+    per_shard: usize,
 }
 
 impl ClientLimiter {
-    pub fn new(per_minute: u64) -> ClientLimiter {
+    pub fn new(per_minute: u64, max_tracked: usize) -> ClientLimiter {
         let now = Instant::now();
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard { buckets: HashMap::new(), pruned_at: now })).collect();
-        ClientLimiter { per_minute, shards }
+        ClientLimiter { per_minute, shards, per_shard: (max_tracked / SHARDS).max(1) }
     }
 
     pub fn per_minute(&self) -> u64 {
@@ -134,13 +133,13 @@ impl ClientLimiter {
             shard.buckets.retain(|_, b| !b.full(now));
             shard.pruned_at = now;
         }
-        if shard.buckets.len() >= MAX_PER_SHARD && !shard.buckets.contains_key(&ip) {
+        if shard.buckets.len() >= self.per_shard && !shard.buckets.contains_key(&ip) {
             // A sweep at most once a second: under a flood, each new address costs one eviction.
             if now.saturating_duration_since(shard.pruned_at) >= Duration::from_secs(1) {
                 shard.buckets.retain(|_, b| !b.full(now));
                 shard.pruned_at = now;
             }
-            if shard.buckets.len() >= MAX_PER_SHARD {
+            if shard.buckets.len() >= self.per_shard {
                 // Still full of active clients: one of them is forgotten (its bucket starts
                 // full again), which is all a flood of addresses can win.
                 let evicted = *shard.buckets.keys().next().expect("a full shard has entries");
@@ -190,7 +189,7 @@ mod tests {
     #[test]
     fn clients_are_limited_apart_and_idle_ones_forgotten() {
         let t0 = Instant::now();
-        let l = ClientLimiter::new(2);
+        let l = ClientLimiter::new(2, 65_536);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(l.admit(a, t0).is_ok());
@@ -211,13 +210,13 @@ mod tests {
     #[test]
     fn a_flood_of_addresses_is_bounded() {
         let t0 = Instant::now();
-        let l = ClientLimiter::new(2);
+        let l = ClientLimiter::new(2, 65_536);
         // 100,000 distinct hostile addresses, each leaving its bucket not full, within a second.
         for i in 0..100_000u128 {
             let ip = IpAddr::V6((0x2001_0db8u128 << 96 | i).into());
             let _ = l.admit(ip, t0);
         }
-        assert_eq!(l.tracked(), MAX_PER_SHARD * SHARDS, "the table stops at its bound");
+        assert_eq!(l.tracked(), 65_536, "the table stops at its bound");
         // A client seen all along is still limited.
         let steady: IpAddr = "10.9.9.9".parse().unwrap();
         assert!(l.admit(steady, t0).is_ok() && l.admit(steady, t0).is_ok());

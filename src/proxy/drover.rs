@@ -116,7 +116,9 @@ impl Drover {
             cors: crate::edge::cors::Cors::new(&settings.cors_origins),
             keys,
             require_keys: settings.require_keys,
-            client_limit: settings.client_requests_per_minute.map(crate::edge::limits::ClientLimiter::new),
+            client_limit: settings
+                .client_requests_per_minute
+                .map(|n| crate::edge::limits::ClientLimiter::new(n, settings.max_tracked_clients)),
             compression_level: settings.compression_level,
             compression_min_bytes: settings.compression_min_bytes,
             tally,

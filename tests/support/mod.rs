@@ -181,6 +181,17 @@ impl Drover {
         std::fs::read_to_string(self.dir.join("drover.log")).unwrap_or_default()
     }
 
+    /// The process's resident memory now, in bytes (Linux /proc).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kb * 1024
+    }
+
     /// Whether the process has exited (and reaps it: `kill -0` would see a zombie as alive).
     pub fn has_exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
