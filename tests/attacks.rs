@@ -509,3 +509,28 @@ async fn untrusted_input_never_becomes_unbounded_state() {
     let text = metrics().await;
     assert!(!text.contains("no-such-model") && !text.contains("unknown-"), "a hostile name became a label");
 }
+
+#[tokio::test]
+async fn a_smuggled_request_never_reaches_a_server() {
+    let m = MockOllama::start("m", &["x:1b"]).await;
+    let d = Drover::start(&format!("{FAST}routes:\n{}", route_yaml("m-x", &m.url, "x:1b", 1, 1))).await;
+    let before = m.requests();
+    let body = r#"{"model":"m-x","stream":false}"#;
+    let hidden = "POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{\"model\":\"m-x\"}";
+    for request in [
+        // Content-Length and Transfer-Encoding together (CL.TE / TE.CL).
+        format!("POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}", 5),
+        // Two lengths that disagree.
+        format!("POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nContent-Length: 5\r\n\r\n{body}{hidden}", body.len()),
+        // An obfuscated Transfer-Encoding.
+        format!("POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nTransfer-Encoding : chunked\r\n\r\n{body}{hidden}", body.len()),
+        // A header value carrying a line break (header injection).
+        format!("POST /api/chat HTTP/1.1\r\nHost: localhost\r\nX-Session-Id: a\rX-Injected: 1\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    ] {
+        let answer = raw(&d, request.as_bytes(), Duration::from_secs(5)).await;
+        let statuses: Vec<u16> = answer.match_indices("HTTP/1.1 ").map(|(i, _)| status_of(&answer[i..])).collect();
+        // Refused whole (Pingora's HTTP/1 parser): one answer, a 400, and the connection closed.
+        assert_eq!(statuses, [400], "{request:?}: {answer}");
+    }
+    assert_eq!(m.requests(), before, "nothing reached the server");
+}
