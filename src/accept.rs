@@ -101,9 +101,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
 /// A client connection whose every HTTP/1 request header must arrive within `limit` of its
 /// first byte. Between requests the stream is idle and nothing is timed (Pingora's keep-alive
 /// timeout applies); a read after a response began starts the next header's clock; the blank
-/// line that ends the header stops it. A header still incomplete at the deadline fails the
-/// read, and Pingora closes the connection. A plain-text HTTP/2 connection (its preface) is
-/// left alone. A body is never timed here (the per-read timeout and the size limits apply).
+/// line that ends the header stops it (empty lines before a request line, which the parser
+/// skips, do not). A header still incomplete at the deadline fails the read, and Pingora
+/// closes the connection. A body is never timed here (the per-read timeout and the size
+/// limits apply). drover's listeners speak HTTP/2 only by TLS's ALPN, where this is not used.
 #[derive(Debug)]
 pub struct HeaderDeadline {
     inner: Stream,
@@ -111,6 +112,8 @@ pub struct HeaderDeadline {
     phase: Phase,
     /// The clock of the header being read.
     clock: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the header's first line has begun (only line breaks before it so far: not).
+    begun: bool,
     /// The last two bytes read of the header, for a blank line split across reads.
     last: [u8; 2],
 }
@@ -123,30 +126,35 @@ enum Phase {
     Header,
     /// The header is in: the body, then the response.
     Past,
-    /// HTTP/2 without TLS: not timed here.
-    Off,
 }
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl HeaderDeadline {
     pub fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
-        HeaderDeadline { inner, limit, phase: Phase::Idle, clock: None, last: [0; 2] }
+        HeaderDeadline { inner, limit, phase: Phase::Idle, clock: None, begun: false, last: [0; 2] }
     }
 
     /// Follows the bytes a read brought.
     fn saw(&mut self, bytes: &[u8]) {
         if self.phase == Phase::Idle {
-            if bytes.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(bytes) {
-                self.phase = Phase::Off;
-                return;
-            }
             self.phase = Phase::Header;
             self.clock = Some(Box::pin(tokio::time::sleep(self.limit)));
+            self.begun = false;
             self.last = [0; 2];
         }
         if self.phase != Phase::Header {
             return;
+        }
+        let mut bytes = bytes;
+        if !self.begun {
+            // The clock runs from the first byte, but a blank line ends a header only after
+            // its request line has begun.
+            match bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')) {
+                Some(start) => {
+                    bytes = &bytes[start..];
+                    self.begun = true;
+                }
+                None => return,
+            }
         }
         let at = |i: isize| -> u8 {
             match i {
@@ -204,7 +212,10 @@ impl AsyncWrite for HeaderDeadline {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        this.wrote(&buf[..n]);
+        if n > 0 {
+            // What this write began (a response's first bytes, even when fewer went out).
+            this.wrote(buf);
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -215,8 +226,8 @@ impl AsyncWrite for HeaderDeadline {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-            this.wrote(&first[..n.min(first.len())]);
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()).filter(|_| n > 0) {
+            this.wrote(first);
         }
         Poll::Ready(Ok(n))
     }

@@ -149,6 +149,20 @@ async fn every_model_a_request_names_is_authorised() {
     assert!(!ids.is_empty() && ids.iter().all(|n| n.starts_with("m-x")), "{models}");
     assert_eq!(get("/v1/models/m-y").await.status(), 404);
     assert_eq!(get("/v1/models/m-x").await.status(), 200);
+    // Nor the fleet's internals, nor other models in an error, nor blobs for any model.
+    assert_eq!(get("/lb-stats").await.status(), 403);
+    let (_, ghost) = create_key(&d, json!({ "name": "ghost", "models": ["m-x", "ghost"] })).await;
+    let (status, e) = post_raw(&d, "/api/chat", &ghost, r#"{"model":"ghost"}"#).await;
+    assert_eq!(status, 404, "{e}");
+    assert!(!e.to_string().contains("m-y"), "the 404 lists another tenant's model: {e}");
+    let r = http()
+        .post(format!("{}/api/blobs/sha256:{}", d.url, "ab".repeat(32)))
+        .bearer_auth(&key)
+        .body("weights")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     m.set_loaded(&["x:1b", "y:1b"]);
     tokio::time::sleep(Duration::from_millis(500)).await; // a health pass reads /api/ps
     let ps: Value = get("/api/ps").await.json().await.unwrap();
@@ -274,6 +288,16 @@ async fn the_admin_api_does_not_answer_pages_under_foreign_names() {
     assert!(m.managed().is_empty());
     let (_, keys) = admin(&d, reqwest::Method::GET, "keys", None).await;
     assert_eq!(keys["keys"].as_array().map(Vec::len), Some(0), "no key was made: {keys}");
+    // Listening on loopback without keys, the model API is guarded the same way.
+    let before = m.requests();
+    let answer = raw(
+        &d,
+        format!("POST /api/chat HTTP/1.1\r\nHost: evil.example:{port}\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{{\"model\":\"m-x\"}}").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 403, "{answer}");
+    assert_eq!(m.requests(), before);
     // The operator on loopback: as before.
     let answer = raw(&d, post(&format!("localhost:{port}"), None).as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(status_of(&answer), 201, "{answer}");
@@ -316,6 +340,25 @@ async fn hanging_up_does_not_dodge_a_token_quota() {
     assert!(k["completion_tokens"].as_u64().unwrap() >= 12, "{k}");
     let metrics = http().get(format!("{}/metrics", d.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("drover_key_tokens_total{key=\"thirty\",kind=\"completion\"}"), "charged in the metrics");
+
+    // A stream read to its end whose server sent no counts (an OpenAI client that did not
+    // ask for stream_options.include_usage) is charged for what passed too.
+    m.set_stream(12, Duration::from_millis(1));
+    let (_, key) = create_key(&d, json!({ "name": "thirty-more", "models": ["*"], "tokens_per_minute": 30 })).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = http()
+            .post(format!("{}/v1/chat/completions", d.url))
+            .bearer_auth(&key)
+            .json(&json!({ "model": "m-x", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("\"usage\""), "the server sent no counts: {text}");
+    }
+    assert!(statuses.contains(&429), "six uncounted streams passed a 30-token quota: {statuses:?}");
 }
 
 #[tokio::test]
@@ -326,26 +369,29 @@ async fn a_trickled_header_is_cut_at_its_deadline() {
         "  header_timeout: 1s\n",
     )
     .await;
-    let mut s = TcpStream::connect(d.addr).await.unwrap();
-    let header = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let started = Instant::now();
-    let mut cut = false;
-    // A byte every 100 ms: each read alone is quick, the whole would take 8 s.
-    for b in header {
-        if s.write_all(&[*b]).await.is_err() {
-            cut = true;
-            break;
+    // A byte every 100 ms: each read alone is quick, the whole would take 8 s. Also when it
+    // opens with blank lines (the parser skips them) or with what begins HTTP/2's preface.
+    let header = "GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    for trickled in [header.to_string(), format!("\r\n\r\n{header}"), header.replacen("GET", "POST", 1)] {
+        let mut s = TcpStream::connect(d.addr).await.unwrap();
+        let started = Instant::now();
+        let mut cut = false;
+        for b in trickled.as_bytes() {
+            if s.write_all(&[*b]).await.is_err() {
+                cut = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut probe = [0u8; 64];
+            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+                cut = true;
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut probe = [0u8; 64];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
-            cut = true;
-            break;
-        }
+        let held = started.elapsed();
+        assert!(cut, "the trickled header {trickled:?} was read whole");
+        assert!(held < Duration::from_secs(4), "{trickled:?} held for {held:?}");
     }
-    let held = started.elapsed();
-    assert!(cut, "the trickled header was read whole");
-    assert!(held < Duration::from_secs(4), "held for {held:?}");
 
     // Idle time between requests is not the header's: a kept-alive connection waits.
     let mut s = TcpStream::connect(d.addr).await.unwrap();

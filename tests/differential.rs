@@ -124,6 +124,9 @@ const OTHER_PAIRS: &[&str] = &[
     "\"keep_alive\":\"5m\"",
     "\"\u{212a}eep_alive\":0",
     "\"options\":{\"num_ctx\":4096}",
+    "\"options\":{\"num_ctx\":1.31072e5}",
+    "\"options\":{\"num_ctx\":4096.9}",
+    "\"options\":{\"num_ctx\":\"8192\"}",
     "\"options\":{\"num_ctx\":2048,\"num_ctx\":131072}",
     "\"options\":{\"NUM_CTX\":8192,\"model\":\"m-y\"}",
     "\"Options\":{\"num_ctx\":131072}",
@@ -235,7 +238,9 @@ fn the_model_a_server_reads_is_the_model_drover_checked() {
                 // the legacy `name`).
                 assert!(model == ROUTE || model.is_empty(), "forwarded {shown}: Go reads {forwarded}");
                 if let Some(raw) = text(forwarded, "num_ctx") {
-                    assert_eq!(raw.parse::<u32>().ok(), b.num_ctx, "num_ctx of {shown}: {forwarded}");
+                    // Ollama's options take any number as an integer, its fraction dropped.
+                    let read = raw.parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n as u32);
+                    assert_eq!(read, b.num_ctx, "num_ctx of {shown}: {forwarded}");
                 } else {
                     assert_eq!(b.num_ctx, None, "num_ctx of {shown}: {forwarded}");
                 }

@@ -234,6 +234,19 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
             if key == "model" && body.contains_key("name") {
                 body.insert("name".into(), json!(actual));
             }
+            // The other model a request names (copy's destination, create's base) is the one
+            // its route serves on this server too, as the key was allowed it: never a model
+            // that only happens to have that name there.
+            for other in ["destination", "from"] {
+                if let Some(name) = body.get(other).and_then(Value::as_str) {
+                    let on_server = fleet.named_routes(name).and_then(|mr| {
+                        mr.routes.iter().find(|r| Arc::ptr_eq(&r.server, &server)).map(|r| r.actual_model.clone())
+                    });
+                    if let Some(actual) = on_server {
+                        body.insert(other.into(), json!(actual));
+                    }
+                }
+            }
             if op.streams_progress() {
                 body.insert("stream".into(), json!(stream));
             }

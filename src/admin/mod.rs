@@ -98,8 +98,7 @@ impl Admin {
     /// one of admin.allowed_hosts. With or without one, a browser's Origin must name such a
     /// host, or (with a token) the Host itself. `None` when the request may go on.
     pub fn browser_refused(&self, host: Option<&str>, origin: Option<&str>) -> Option<Reply> {
-        let host_ok = host.is_some_and(|h| self.allowed_host(host_of(h)));
-        if self.settings.admin_token.is_none() && !host_ok {
+        if self.settings.admin_token.is_none() && !self.host_allowed(host) {
             let shown: String = host.unwrap_or("").chars().take(100).collect();
             return Some(error(
                 403,
@@ -108,18 +107,26 @@ impl Admin {
         }
         let origin = origin?;
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        let same_origin =
-            self.settings.admin_token.is_some() && host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
-        if same_origin || self.allowed_host(host_of(origin_host)) {
+        // The page's own origin (its Host, checked above), or a local or listed one; not any
+        // address: a page at http://203.0.113.7 is a foreign site.
+        let same_origin = host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+        if same_origin || self.local_or_listed(host_of(origin_host)) {
             return None;
         }
         let shown: String = origin.chars().take(100).collect();
         Some(error(403, format!("admin API: requests from the web origin {shown:?} are refused")))
     }
 
-    fn allowed_host(&self, host: &str) -> bool {
+    /// Whether a request's Host (an authority, port and all) names this machine in a way a
+    /// web page cannot rebind: an IP address, a loopback name, or one of admin.allowed_hosts.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        host.map(host_of).is_some_and(|h| h.parse::<IpAddr>().is_ok() || self.local_or_listed(h))
+    }
+
+    /// localhost and its subdomains, a loopback address, or one of admin.allowed_hosts.
+    fn local_or_listed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        host.parse::<IpAddr>().is_ok()
+        host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
             || host == "localhost"
             || host.ends_with(".localhost")
             || self.settings.admin_allowed_hosts.iter().any(|a| match a.strip_prefix("*.") {
@@ -655,6 +662,8 @@ mod tests {
         assert!(open.browser_refused(Some("localhost.evil.example"), None).is_some());
         assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("https://evil.example")).is_some());
         assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("http://localhost:3000")).is_none());
+        assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("http://203.0.113.7")).is_some(), "a foreign site");
+        assert!(open.browser_refused(Some("10.0.0.5:8083"), Some("http://10.0.0.5:8083")).is_none(), "its own page");
         // With a token, the token is the authority: any Host, but a foreign Origin is refused.
         let guarded = admin(Some("t"));
         assert!(guarded.browser_refused(Some("drover.corp:11434"), None).is_none());

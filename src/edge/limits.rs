@@ -85,6 +85,18 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
+/// The client a per-address limit counts: an IPv4 address, or an IPv6 address's /64 (one
+/// host is given a whole /64 and can rotate through it at will).
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// Shards of the per-address table, so that requests from different clients rarely contend.
 const SHARDS: usize = 16;
 
@@ -127,6 +139,7 @@ impl ClientLimiter {
 
     /// Admits one request from `ip`, or says how long until it would be.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let ip = client_of(ip);
         let mut shard = self.shard(&ip).lock().unwrap();
         // The table holds only clients seen within the last minute or two.
         if now.saturating_duration_since(shard.pruned_at) >= PRUNE_EVERY {
@@ -208,12 +221,24 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_host_is_its_64() {
+        let t0 = Instant::now();
+        let l = ClientLimiter::new(2, 65_536);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(l.admit(a, t0).is_ok() && l.admit(b, t0).is_ok());
+        assert!(l.admit("2001:db8:1:2::77".parse().unwrap(), t0).is_err(), "one /64, one client");
+        assert!(l.admit("2001:db8:1:3::1".parse().unwrap(), t0).is_ok(), "another /64");
+        assert_eq!(client_of("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
     fn a_flood_of_addresses_is_bounded() {
         let t0 = Instant::now();
         let l = ClientLimiter::new(2, 65_536);
         // 100,000 distinct hostile addresses, each leaving its bucket not full, within a second.
         for i in 0..100_000u128 {
-            let ip = IpAddr::V6((0x2001_0db8u128 << 96 | i).into());
+            let ip = IpAddr::V6((0x2001_0db8u128 << 96 | i << 64).into());
             let _ = l.admit(ip, t0);
         }
         assert_eq!(l.tracked(), 65_536, "the table stops at its bound");

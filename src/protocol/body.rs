@@ -112,6 +112,13 @@ fn keep_alive_is_zero(raw: &str) -> bool {
     !digits.is_empty() && digits.parse::<f64>().is_ok_and(|n| n == 0.0)
 }
 
+/// An option's integer as Ollama reads it: any JSON number, its fraction dropped (Go's
+/// `int64(float64)`: `1.31072e5` is 131072); `None` for anything else or a negative one.
+fn whole_number(raw: &str) -> Option<u32> {
+    let n = raw.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0)?;
+    Some(n.min(u32::MAX as f64) as u32)
+}
+
 /// How much of a prompt names its conversation (see `conversation_key`).
 const PROMPT_PREFIX: usize = 512;
 
@@ -140,7 +147,7 @@ impl RoutableBody {
             let start = text.as_ptr() as usize - bytes.as_ptr() as usize;
             let options = kept.options;
             let number = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<f64>().ok());
-            let num_ctx = options.num_ctx.and_then(|v| v.get().parse::<u32>().ok());
+            let num_ctx = options.num_ctx.and_then(|v| whole_number(v.get()));
             // The same body gives the same answer: no sampling, or a fixed seed.
             let deterministic = [number(options.temperature), number(kept.temperature)].contains(&Some(0.0))
                 || options.seed.is_some_and(|s| s.get().parse::<i64>().is_ok())
@@ -878,6 +885,9 @@ mod tests {
     fn num_ctx_is_read_from_options() {
         assert_eq!(parse(r#"{"model":"m","options":{"temperature":0,"num_ctx":8192}}"#).unwrap().num_ctx, Some(8192));
         assert_eq!(parse(r#"{"model":"m","options":{"num_ctx":"big"}}"#).unwrap().num_ctx, None);
+        // Ollama takes any number, dropping the fraction: so does drover's memory planning.
+        assert_eq!(parse(r#"{"model":"m","options":{"num_ctx":1.31072e5}}"#).unwrap().num_ctx, Some(131072));
+        assert_eq!(parse(r#"{"model":"m","options":{"num_ctx":4096.9}}"#).unwrap().num_ctx, Some(4096));
         assert_eq!(parse(r#"{"model":"m"}"#).unwrap().num_ctx, None);
         let deep = format!(r#"{{"model":"m","options":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
         assert!(matches!(parse(&deep), Err(BodyError::TooDeep)), "options are depth-checked too");

@@ -12,6 +12,9 @@ use serde_json::value::RawValue;
 /// Lines or bodies longer than this are not scanned (an answer's figures are in short objects).
 const MAX_HELD: usize = 4 * 1024 * 1024;
 
+/// How much of the end of a whole answer over `MAX_HELD` is searched for its counts.
+const TAIL_KEPT: usize = 64 * 1024;
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: Option<u64>,
@@ -36,6 +39,8 @@ pub struct UsageScan {
     /// Records of a stream seen so far (NDJSON lines, SSE data lines): about one token each,
     /// what is charged for a stream that never reached the server's counts.
     records: u64,
+    /// The last `TAIL_KEPT` bytes of a whole answer too large to hold: its counts come last.
+    tail: Vec<u8>,
     pub usage: Usage,
 }
 
@@ -51,7 +56,7 @@ impl UsageScan {
         } else {
             Format::Other
         };
-        UsageScan { format, held: Vec::new(), overflow: false, records: 0, usage: Usage::default() }
+        UsageScan { format, held: Vec::new(), overflow: false, records: 0, tail: Vec::new(), usage: Usage::default() }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -88,28 +93,58 @@ impl UsageScan {
                 Format::Other => {}
             }
         }
+        if self.overflow && self.format == Format::Json {
+            let tail = std::mem::take(&mut self.tail);
+            self.tail_counts(&tail);
+        }
         (self.usage, self.records)
     }
 
-    /// Call when the answer was cut off (the client left, or the server broke off) before it
-    /// ended: what it said it used, and where its counts never came, what passed: a token a
-    /// stream record, and `prompt_estimate` for the prompt. Nothing when nothing passed.
-    pub fn cut(self, prompt_estimate: u64) -> Usage {
+    /// What a request is charged (the key's bucket, its usage, the metrics): what the answer
+    /// said it used, and where its counts never came (a stream without usage, one cut off
+    /// by a client that hung up or a server that broke off): a token a stream record that
+    /// passed, and `prompt_estimate` for the prompt.
+    pub fn settle(self, prompt_estimate: u64) -> Usage {
         let (mut usage, records) = self.finish_counting();
-        if records > 0 {
-            usage.completion_tokens = usage.completion_tokens.or(Some(records));
-            usage.prompt_tokens = usage.prompt_tokens.or(Some(prompt_estimate));
+        if usage.completion_tokens.is_none() && records > 0 {
+            usage.completion_tokens = Some(records);
         }
+        usage.prompt_tokens = usage.prompt_tokens.or(Some(prompt_estimate));
         usage
     }
 
     fn hold(&mut self, bytes: &[u8]) {
         if self.overflow || self.held.len() + bytes.len() > MAX_HELD {
+            if self.format == Format::Json {
+                // Too large to read whole (a big batch of embeddings): its tail is kept for
+                // the counts Ollama and OpenAI put at the end.
+                if !self.overflow {
+                    self.tail = std::mem::take(&mut self.held);
+                }
+                self.tail.extend_from_slice(bytes);
+                if self.tail.len() > TAIL_KEPT {
+                    self.tail.drain(..self.tail.len() - TAIL_KEPT);
+                }
+            }
             self.overflow = true;
             self.held.clear();
         } else {
             self.held.extend_from_slice(bytes);
         }
+    }
+
+    /// The counts in the end of an answer too large to parse: the last number after each
+    /// field's name (Ollama's `prompt_eval_count` / `eval_count`, OpenAI's `usage`).
+    fn tail_counts(&mut self, tail: &[u8]) {
+        let last = |field: &[u8]| -> Option<u64> {
+            let at = memmem::rfind(tail, field)? + field.len();
+            let rest = tail[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+        };
+        let u = &mut self.usage;
+        u.prompt_tokens = last(b"\"prompt_eval_count\"").or(last(b"\"prompt_tokens\"")).or(last(b"\"input_tokens\""));
+        u.completion_tokens = last(b"\"eval_count\"").or(last(b"\"completion_tokens\"")).or(last(b"\"output_tokens\""));
     }
 
     fn line(&mut self, line: &[u8]) {
@@ -454,16 +489,27 @@ mod tests {
     fn a_cut_stream_is_charged_for_what_passed() {
         let mut scan = super::UsageScan::new("application/x-ndjson");
         scan.feed(b"{\"message\":{\"content\":\"a\"},\"done\":false}\n{\"message\":{\"content\":\"b\"},\"done\":false}\n{\"mess");
-        let u = scan.cut(40);
+        let u = scan.settle(40);
         assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(40), Some(3)), "two whole lines and a part");
         let mut sse = super::UsageScan::new("text/event-stream");
         sse.feed(b"data: {\"choices\":[]}\n\ndata: {\"choices\":[]}\n\ndata: [DONE]\n\n");
-        assert_eq!(sse.cut(7).completion_tokens, Some(2));
+        assert_eq!(sse.settle(7).completion_tokens, Some(2));
         // The server's own counts, when they came, are what is charged.
         let mut whole = super::UsageScan::new("application/x-ndjson");
         whole.feed(b"{\"done\":true,\"prompt_eval_count\":5,\"eval_count\":9}\n");
-        assert_eq!(whole.cut(40).completion_tokens, Some(9));
-        assert_eq!(super::UsageScan::new("application/x-ndjson").cut(40), super::Usage::default(), "nothing passed");
+        let u = whole.settle(40);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(5), Some(9)));
+        // Nothing came back (the client left before the answer): the prompt is charged.
+        let u = super::UsageScan::new("application/x-ndjson").settle(40);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(40), None));
+        // A whole answer too large to read keeps its end, where the counts are.
+        let mut big = super::UsageScan::new("application/json");
+        big.feed(b"{\"model\":\"e\",\"embeddings\":[[");
+        for _ in 0..300 {
+            big.feed(&b"0.0123456789,".repeat(2000));
+        }
+        big.feed(b"0]],\"total_duration\":1,\"prompt_eval_count\": 4321}");
+        assert_eq!(big.settle(1).prompt_tokens, Some(4321));
     }
     use super::*;
 

@@ -10,10 +10,13 @@ impl Drover {
     /// Counts the request in the metrics and writes its access-log line.
     pub(super) fn log(&self, session: &Session, ctx: &mut RequestCtx) {
         // An answer that never ended (the client hung up before the last line, or the server
-        // broke off): charged for what passed, so hanging up cannot dodge a token quota.
+        // broke off) is charged for what passed; one the client left before it began, for
+        // its prompt: hanging up cannot dodge a token quota.
         if let Some(r) = ctx.routed.as_deref_mut() {
             if let Some(scan) = r.relay.scan.take() {
-                ctx.usage = scan.cut(prompt_estimate(r.body.len()));
+                ctx.usage = scan.settle(prompt_estimate(r.body.len()));
+            } else if ctx.status == 0 && ctx.attempts > 0 && ctx.usage.prompt_tokens.is_none() {
+                ctx.usage.prompt_tokens = Some(prompt_estimate(r.body.len()));
             }
         }
         let ctx = &*ctx;
@@ -99,6 +102,6 @@ fn account(ctx: &RequestCtx) {
 
 /// Tokens a prompt of `bytes` bytes is charged when the server never said: about four bytes
 /// a token, as tokenizers of English text average.
-fn prompt_estimate(bytes: usize) -> u64 {
+pub(super) fn prompt_estimate(bytes: usize) -> u64 {
     (bytes as u64 / 4).max(1)
 }

@@ -33,6 +33,16 @@ impl Drover {
         if !guarded {
             return Ok(());
         }
+        if self.host_guard {
+            // A page on any site, its name rebound to 127.0.0.1, would otherwise drive the fleet
+            // as the local user: only names it cannot rebind are answered.
+            let req = session.req_header();
+            let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+            if !self.admin.host_allowed(host.or(req.uri.authority().map(|a| a.as_str()))) {
+                let msg = "this drover listens on loopback only and answers only loopback names and addresses (or admin.allowed_hosts) in Host";
+                return Err(ApiError::new(403, "host_not_allowed", msg));
+            }
+        }
         let now = Instant::now();
         let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let client_refused = |ip: std::net::IpAddr, wait| {

@@ -31,6 +31,17 @@ impl Drover {
             );
             return self.error(session, ctx, e).await;
         }
+        let restricted = ctx.key.as_ref().is_some_and(|k| !k.record.models.iter().any(|m| m == "*"));
+        if restricted && session.req_header().method == http::Method::POST {
+            // A blob is stored on every server and can back any model: a key limited to some
+            // models makes its models from those (`from`), not from uploaded files.
+            let e = ApiError::new(
+                403,
+                "blob_not_allowed",
+                "uploading blobs needs an API key that may use every model (models: [\"*\"])",
+            );
+            return self.error(session, ctx, e).await;
+        }
         let path = format!("/api/blobs/{digest}");
         let fleet = self.fleet.load_full();
         let servers: Vec<_> = fleet.servers.iter().filter(|s| s.kind == Kind::Ollama && s.healthy()).cloned().collect();

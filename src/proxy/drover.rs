@@ -63,6 +63,9 @@ pub struct Drover {
     pub(super) cors: crate::edge::cors::Cors,
     pub(super) keys: Arc<Keyring>,
     pub(super) require_keys: bool,
+    /// Listening on loopback only, without keys: every API request's Host must be one a web
+    /// page cannot rebind (as Ollama checks when bound to loopback; admin.rs host_allowed).
+    pub(super) host_guard: bool,
     pub(super) client_limit: Option<crate::edge::limits::ClientLimiter>,
     pub(super) compression_level: u32,
     pub(super) compression_min_bytes: usize,
@@ -116,6 +119,7 @@ impl Drover {
             cors: crate::edge::cors::Cors::new(&settings.cors_origins),
             keys,
             require_keys: settings.require_keys,
+            host_guard: settings.listen.ip().is_loopback() && settings.tls.is_none() && !settings.require_keys,
             client_limit: settings
                 .client_requests_per_minute
                 .map(|n| crate::edge::limits::ClientLimiter::new(n, settings.max_tracked_clients)),

@@ -21,6 +21,12 @@ impl Drover {
     /// Answers an endpoint that is not model-routed.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, endpoint: Endpoint) {
         let fleet = self.fleet.load_full();
+        let restricted = ctx.key.as_ref().is_some_and(|k| !k.record.models.iter().any(|m| m == "*"));
+        if restricted && matches!(endpoint, Endpoint::Status | Endpoint::LbStats) {
+            // Every server's loaded models, placements and last errors: the fleet's, not a tenant's.
+            let e = ApiError::new(403, "not_allowed", "the fleet's status needs an API key that may use every model");
+            return self.error(session, ctx, e).await;
+        }
         match endpoint {
             Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
             Endpoint::Tags => self.json(session, ctx, 200, &visible(ctx, view::tags(&fleet), "models", "name")).await,
@@ -215,10 +221,12 @@ impl Drover {
             Ok(p) => p,
             Err(e) => return self.error(session, ctx, e).await,
         };
-        ctx.model = Some(plan.model.clone());
+        // Logged and counted under its canonical name, a label only when the fleet knows it
+        // (every spelling of a name is one name).
         let canonical = crate::protocol::ollama::canonical_model(&plan.model);
-        ctx.model_known = fleet.named_routes(&plan.model).is_some()
+        ctx.model_known = fleet.named_routes(&canonical).is_some()
             || fleet.servers.iter().any(|s| s.inventory().names.contains(&canonical));
+        ctx.model = Some(canonical);
         // Every model it names: a key limited to some models may not copy one over another
         // tenant's, nor make one from a model it may not use.
         if let Some((key, name)) =

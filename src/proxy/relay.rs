@@ -146,7 +146,13 @@ impl Drover {
         }
         if end {
             if let Some(scan) = r.relay.scan.take() {
-                ctx.usage = scan.finish();
+                // A whole answer is charged for what it said it used, or (a stream without
+                // usage) what passed; an error answer only for what it said.
+                ctx.usage = if (200..300).contains(&ctx.status) {
+                    scan.settle(super::account::prompt_estimate(r.body.len()))
+                } else {
+                    scan.finish()
+                };
             }
             // The answer is whole: the session's turn is stored before the client can send
             // the next one (which waits for it).

@@ -58,6 +58,7 @@ impl Drover {
         e: ApiError,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            let e = seen_by_key(ctx, e);
             let body = e.body(ctx.api);
             ctx.error = Some(e.message.clone());
             ctx.status = e.status;
@@ -121,4 +122,16 @@ pub(super) fn no_compression(session: &mut Session) {
     if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
         c.adjust_level(0);
     }
+}
+
+/// An error as the request's key may see it: an unknown model's 404 lists the fleet's
+/// models, which a key limited to some models is shown only as its own.
+fn seen_by_key(ctx: &RequestCtx, mut e: ApiError) -> ApiError {
+    let Some(key) = ctx.key.as_ref().filter(|k| !k.record.models.iter().any(|m| m == "*")) else { return e };
+    if e.code == "model_not_found" {
+        if let Some((head, _)) = e.message.split_once("; ") {
+            e.message = format!("{head}; this API key may use: {}", key.record.models.join(", "));
+        }
+    }
+    e
 }

@@ -21,6 +21,7 @@ impl Drover {
         if routes.is_empty() || routes.iter().any(|r| r.server.kind == Kind::Ollama) {
             return false;
         }
+        ctx.model_known = true;
         let route = routes.iter().find(|r| r.server.healthy()).unwrap_or(&routes[0]);
         let tag = route
             .server

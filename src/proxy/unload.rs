@@ -28,6 +28,7 @@ impl Drover {
         if routes.is_empty() {
             return self.error(session, ctx, unknown_model(&fleet, &body.name)).await;
         }
+        ctx.model_known = true;
         let mut seen = HashSet::new();
         let targets: Vec<_> = routes
             .iter()

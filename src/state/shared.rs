@@ -108,7 +108,8 @@ pub struct BucketUse {
 impl BucketUse {
     /// A client address's request bucket (limits.client_requests_per_minute).
     pub fn client(ip: std::net::IpAddr, per_minute: u64) -> BucketUse {
-        BucketUse { key: format!("drover:rl:client:{ip}"), per_minute, take: 1 }
+        let client = crate::edge::limits::client_of(ip);
+        BucketUse { key: format!("drover:rl:client:{client}"), per_minute, take: 1 }
     }
 
     /// An API key's buckets, in the order of `Key::limits` (which its refusal numbers).

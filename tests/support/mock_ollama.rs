@@ -561,7 +561,10 @@ async fn routed(State(s): State<Arc<MockState>>, uri: Uri, headers: HeaderMap, b
     let last = history.and_then(|m| m.last()).filter(|m| m["role"] == "assistant");
     let prefix = last.and_then(|m| m["content"].as_str()).or(req["prompt"].as_str()).unwrap_or("");
     let skip = prefix.matches("tok").count();
-    stream_answer(s, path, model, mode == Mode::DropMidStream as u8, tool, skip)
+    // Ollama's /v1 streams carry usage only when asked (stream_options.include_usage), in a
+    // chunk of its own with no choices after the last.
+    let usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    stream_answer(s, path, model, mode == Mode::DropMidStream as u8, tool, skip, usage)
 }
 
 fn content(s: &MockState) -> String {
@@ -607,6 +610,7 @@ fn stream_answer(
     drop_mid: bool,
     tool: Option<String>,
     skip: usize,
+    usage: bool,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let sse = path.starts_with("/v1/");
@@ -709,9 +713,13 @@ fn stream_answer(
             }
             let finish = if tool.is_some() { "tool_calls" } else { "stop" };
             let last = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
-                               "choices": [{ "index": 0, "delta": {}, "finish_reason": finish }],
-                               "usage": { "prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n } });
+                               "choices": [{ "index": 0, "delta": {}, "finish_reason": finish }] });
             lines.push(format!("data: {last}\n\n"));
+            if usage {
+                let counts = json!({ "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [],
+                                     "usage": { "prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n } });
+                lines.push(format!("data: {counts}\n\n"));
+            }
             lines.push("data: [DONE]\n\n".into());
         } else {
             let mut done = json!({ "model": model, "created_at": SENT_AT, "done": true, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 1000,
