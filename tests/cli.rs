@@ -152,7 +152,7 @@ fn scripts_cluster_starts_a_fleet_and_stops_exactly_it() {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = r#"{"model": "chat", "stream": false, "messages": []}"#;
         let req = format!(
-            "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();

@@ -70,7 +70,7 @@ async fn a_header_block_over_the_limit_gets_431() {
 async fn raw_post(d: &Drover, length: usize, extra: &str, body: Option<&str>) -> String {
     let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
     let head = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     if let Some(body) = body {

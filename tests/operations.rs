@@ -397,7 +397,7 @@ async fn sigterm_closes_idle_kept_alive_connections_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let d = Drover::start_with_grace(FAST, 20).await;
     let mut idle = tokio::net::TcpStream::connect(d.addr).await.unwrap();
-    idle.write_all(b"GET /api/version HTTP/1.1\r\nHost: drover\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
@@ -418,7 +418,7 @@ async fn a_connection_opened_just_before_sigterm_gets_its_answer() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(d.pid(), "TERM");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    fresh.write_all(b"GET /api/version HTTP/1.1\r\nHost: drover\r\n\r\n").await.unwrap();
+    fresh.write_all(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), fresh.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer).to_lowercase();

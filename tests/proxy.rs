@@ -779,7 +779,9 @@ async fn a_malformed_request_gets_400_and_a_closed_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let m = MockOllama::start("m", &["m:1b"]).await;
     let d = Drover::start(&format!("{FAST}routes:\n{}", route("m", &m, "m:1b", 1, 1))).await;
-    for bad in [&b"POST /api/chat HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..], b"\x16\x03\x01\x00\xa5\r\n\r\n"] {
+    for bad in
+        [&b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nno colon here\r\n\r\n"[..], b"\x16\x03\x01\x00\xa5\r\n\r\n"]
+    {
         let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
         s.write_all(bad).await.unwrap();
         let mut answer = Vec::new();

@@ -39,7 +39,7 @@ impl Drover {
             let req = session.req_header();
             let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
             if !self.admin.host_allowed(host.or(req.uri.authority().map(|a| a.as_str()))) {
-                let msg = "this drover listens on loopback only and answers only loopback names and addresses (or admin.allowed_hosts) in Host";
+                let msg = "this drover listens on loopback only, without API keys, and answers only a loopback name or an address in Host: send Host: localhost, or add the name to admin.allowed_hosts";
                 return Err(ApiError::new(403, "host_not_allowed", msg));
             }
         }
