@@ -71,6 +71,12 @@ pub struct Key {
 }
 
 impl Key {
+    /// Whose data (sessions, cached answers) the key's requests see: its hash, which no other
+    /// key ever has (an id can be given again after a key is deleted, on some databases).
+    pub fn tenant(&self) -> &str {
+        &self.record.key_hash
+    }
+
     /// Whether the key may use this virtual model.
     pub fn allows(&self, model: &str) -> bool {
         if self.record.models.iter().any(|m| m == "*" || m == model) {

@@ -15,11 +15,11 @@ use crate::state::cache::{Directive, ResponseCache};
 use crate::telemetry::metrics::CACHE;
 
 impl Drover {
-    /// Whose answers a request may be given: its API key's own (the key's id), unless
+    /// Whose answers a request may be given: its API key's own (the key's hash, never another key's), unless
     /// cache.shared_across_keys; without keys, everyone's.
     fn cache_tenant(&self, ctx: &RequestCtx) -> String {
         match ctx.key.as_ref().filter(|_| !self.cache.settings.shared_across_keys) {
-            Some(k) => k.record.id.to_string(),
+            Some(k) => k.tenant().to_string(),
             None => String::new(),
         }
     }

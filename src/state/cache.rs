@@ -139,7 +139,7 @@ impl ResponseCache {
     }
 
     /// The key of a request as one server receives it.
-    /// The key of an answer: whose (`tenant`: the API key's id, empty when shared or with no
+    /// The key of an answer: whose (`tenant`: the API key's `tenant`, empty when shared or with no
     /// keys), where, for which model and body.
     pub fn key(tenant: &str, path: &str, actual_model: &str, payload: &[u8]) -> String {
         let mut h = Sha256::new();

@@ -75,7 +75,7 @@ impl Memory {
 
     /// The body with the session's history before its messages, and the turn to store after
     /// the answer; `None` when the body has no messages array (left as it is).
-    /// `tenant` is whose session it is (the API key's id; empty without keys): a session id
+    /// `tenant` is whose session it is (the API key's `tenant`; empty without keys): a session id
     /// names a session within its tenant only, so one key can neither read nor extend
     /// another's by sending its id.
     pub async fn recall(&self, tenant: &str, session: &str, body: &[u8]) -> Option<(Vec<u8>, Turn)> {
