@@ -15,12 +15,11 @@
 //! timeout is per read, so a client trickling its header a byte at a time held a connection
 //! (and its task) for as long as it liked.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -102,16 +101,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
 /// first byte. Between requests the stream is idle and nothing is timed (Pingora's keep-alive
 /// timeout applies); a read after a response began starts the next header's clock; the blank
 /// line that ends the header stops it (empty lines before a request line, which the parser
-/// skips, do not). A header still incomplete at the deadline fails the read, and Pingora
-/// closes the connection. A body is never timed here (the per-read timeout and the size
+/// skips, do not). A read of a header past its deadline fails, and Pingora closes the
+/// connection: a trickling client is cut at its next byte after the deadline, a silent one
+/// by Pingora's own timeout of each read. The deadline is an instant compared on each read,
+/// no timer: nothing is registered or woken per request. A body is never timed here (the per-read timeout and the size
 /// limits apply). drover's listeners speak HTTP/2 only by TLS's ALPN, where this is not used.
 #[derive(Debug)]
 pub struct HeaderDeadline {
     inner: Stream,
     limit: Duration,
     phase: Phase,
-    /// The clock of the header being read.
-    clock: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the header being read must be in.
+    deadline: Option<Instant>,
     /// Whether the header's first line has begun (only line breaks before it so far: not).
     begun: bool,
     /// The last two bytes read of the header, for a blank line split across reads.
@@ -130,14 +131,14 @@ enum Phase {
 
 impl HeaderDeadline {
     pub fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
-        HeaderDeadline { inner, limit, phase: Phase::Idle, clock: None, begun: false, last: [0; 2] }
+        HeaderDeadline { inner, limit, phase: Phase::Idle, deadline: None, begun: false, last: [0; 2] }
     }
 
     /// Follows the bytes a read brought.
     fn saw(&mut self, bytes: &[u8]) {
         if self.phase == Phase::Idle {
             self.phase = Phase::Header;
-            self.clock = Some(Box::pin(tokio::time::sleep(self.limit)));
+            self.deadline = Some(Instant::now() + self.limit);
             self.begun = false;
             self.last = [0; 2];
         }
@@ -170,7 +171,7 @@ impl HeaderDeadline {
         });
         if ended {
             self.phase = Phase::Past;
-            self.clock = None;
+            self.deadline = None;
         } else {
             self.last = match bytes.len() {
                 0 => self.last,
@@ -192,11 +193,9 @@ impl HeaderDeadline {
 impl AsyncRead for HeaderDeadline {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(clock) = this.clock.as_mut() {
-            if clock.as_mut().poll(cx).is_ready() {
-                let why = format!("the request header did not arrive within {:?} (server.header_timeout)", this.limit);
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
-            }
+        if this.deadline.is_some_and(|d| Instant::now() >= d) {
+            let why = format!("the request header did not arrive within {:?} (server.header_timeout)", this.limit);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
