@@ -77,6 +77,12 @@ impl Key {
         &self.record.key_hash
     }
 
+    /// Whether the key is limited to some models (not `["*"]`): such a key sees only its
+    /// models, and not what belongs to the whole fleet.
+    pub fn restricted(&self) -> bool {
+        !self.record.models.iter().any(|m| m == "*")
+    }
+
     /// Whether the key may use this virtual model.
     pub fn allows(&self, model: &str) -> bool {
         if self.record.models.iter().any(|m| m == "*" || m == model) {

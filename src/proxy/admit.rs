@@ -12,6 +12,7 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::drover::Drover;
+use super::respond::request_host;
 use crate::edge::cors::Verdict;
 use crate::edge::keys::Key;
 use crate::edge::limits::retry_after_seconds;
@@ -36,9 +37,7 @@ impl Drover {
         if self.host_guard {
             // A page on any site, its name rebound to 127.0.0.1, would otherwise drive the fleet
             // as the local user: only names it cannot rebind are answered.
-            let req = session.req_header();
-            let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
-            if !self.admin.host_allowed(host.or(req.uri.authority().map(|a| a.as_str()))) {
+            if !self.admin.host_allowed(request_host(session.req_header())) {
                 let msg = "this drover listens on loopback only, without API keys, and answers only a loopback name or an address in Host: send Host: localhost, or add the name to admin.allowed_hosts";
                 return Err(ApiError::new(403, "host_not_allowed", msg));
             }
@@ -66,10 +65,9 @@ impl Drover {
             let headers = &session.req_header().headers;
             let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             // Model management as the admin (the admin token, or loopback without one) needs no key.
-            let host = text("host").or(session.req_header().uri.authority().map(|a| a.as_str()));
             if matches!(endpoint, Management)
                 && self.admin.authorize(ip, text("authorization")).is_ok()
-                && self.admin.browser_refused(host, text("origin")).is_none()
+                && self.admin.browser_refused(request_host(session.req_header()), text("origin")).is_none()
             {
                 None
             } else {
@@ -140,7 +138,7 @@ impl Drover {
     pub(super) async fn cors_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
         let req = session.req_header();
         let text = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-        let host = text(http::header::HOST).or(req.uri.authority().map(|a| a.as_str()));
+        let host = request_host(req);
         match self.cors.judge(text(http::header::ORIGIN), host) {
             Verdict::NotCors => false,
             Verdict::Deny(origin) => {

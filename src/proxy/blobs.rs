@@ -31,7 +31,7 @@ impl Drover {
             );
             return self.error(session, ctx, e).await;
         }
-        let restricted = ctx.key.as_ref().is_some_and(|k| !k.record.models.iter().any(|m| m == "*"));
+        let restricted = ctx.key.as_ref().is_some_and(|k| k.restricted());
         if restricted && session.req_header().method == http::Method::POST {
             // A blob is stored on every server and can back any model: a key limited to some
             // models makes its models from those (`from`), not from uploaded files.

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::ctx::RequestCtx;
 use super::drover::Drover;
-use super::respond::{cors_headers, no_compression, ADMIN_BODY_LIMIT};
+use super::respond::{cors_headers, no_compression, request_host, ADMIN_BODY_LIMIT};
 use crate::admin::manage::{Op, Progress};
 use crate::fleet::view;
 use crate::fleet::Fleet;
@@ -21,7 +21,7 @@ impl Drover {
     /// Answers an endpoint that is not model-routed.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, endpoint: Endpoint) {
         let fleet = self.fleet.load_full();
-        let restricted = ctx.key.as_ref().is_some_and(|k| !k.record.models.iter().any(|m| m == "*"));
+        let restricted = ctx.key.as_ref().is_some_and(|k| k.restricted());
         if restricted && matches!(endpoint, Endpoint::Status | Endpoint::LbStats) {
             // Every server's loaded models, placements and last errors: the fleet's, not a tenant's.
             let e = ApiError::new(403, "not_allowed", "the fleet's status needs an API key that may use every model");
@@ -106,9 +106,8 @@ impl Drover {
             .filter(|_| cookie_allowed)
             .map(|t| format!("Bearer {t}"));
         let auth = text("authorization").map(str::to_string).or(from_cookie);
-        let host = text("host").or(req.uri.authority().map(|a| a.as_str()));
         let refused = self.admin.authorize(client, auth.as_deref()).err();
-        match refused.or_else(|| self.admin.browser_refused(host, text("origin"))) {
+        match refused.or_else(|| self.admin.browser_refused(request_host(req), text("origin"))) {
             None => false,
             Some((code, body)) => {
                 session.set_keepalive(None);
@@ -296,7 +295,7 @@ impl Drover {
 /// A model listing as the request's key may see it: a key limited to some models sees only
 /// those (`list` is the array of models, `field` the name in each).
 fn visible(ctx: &RequestCtx, mut listing: Value, list: &str, field: &str) -> Value {
-    let Some(key) = ctx.key.as_ref().filter(|k| !k.record.models.iter().any(|m| m == "*")) else {
+    let Some(key) = ctx.key.as_ref().filter(|k| k.restricted()) else {
         return listing;
     };
     if let Some(models) = listing.get_mut(list).and_then(Value::as_array_mut) {

@@ -127,11 +127,17 @@ pub(super) fn no_compression(session: &mut Session) {
 /// An error as the request's key may see it: an unknown model's 404 lists the fleet's
 /// models, which a key limited to some models is shown only as its own.
 fn seen_by_key(ctx: &RequestCtx, mut e: ApiError) -> ApiError {
-    let Some(key) = ctx.key.as_ref().filter(|k| !k.record.models.iter().any(|m| m == "*")) else { return e };
+    let Some(key) = ctx.key.as_ref().filter(|k| k.restricted()) else { return e };
     if e.code == "model_not_found" {
         if let Some((head, _)) = e.message.split_once("; ") {
             e.message = format!("{head}; this API key may use: {}", key.record.models.join(", "));
         }
     }
     e
+}
+
+/// The host a request names: its Host header, or the authority of an HTTP/2 request.
+pub(super) fn request_host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    let header = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+    header.or(req.uri.authority().map(|a| a.as_str()))
 }

@@ -28,8 +28,8 @@ impl Drover {
         let (body, turn) = match self.memory.session(req.uri.path(), &req.headers) {
             Some(id) => {
                 // Sessions are the key's own (state/memory.rs); without keys, one anonymous tenant's.
-                let tenant = ctx.key.as_ref().map_or_else(String::new, |k| k.tenant().to_string());
-                Box::pin(self.with_history(&tenant, id, body)).await
+                let tenant = ctx.key.as_ref().map_or("", |k| k.tenant());
+                Box::pin(self.with_history(tenant, id, body)).await
             }
             None => (body, None),
         };
