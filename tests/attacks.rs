@@ -8,24 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::mock_ollama::MockOllama;
-use support::{http, route_yaml, Drover, FAST};
+use support::{admin, create_key, http, route_yaml, Drover, ADMIN_TOKEN, FAST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn admin(d: &Drover, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = http().request(method, format!("{}/admin/{path}", d.url)).bearer_auth(ADMIN_TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn create_key(d: &Drover, body: Value) -> (i64, String) {
-    let (status, made) = admin(d, reqwest::Method::POST, "keys", Some(body)).await;
-    assert_eq!(status, 201, "{made}");
-    (made["id"].as_i64().unwrap(), made["key"].as_str().unwrap().to_string())
-}
 
 /// POSTs `body` as raw bytes (so duplicate keys reach drover as written).
 async fn post_raw(d: &Drover, path: &str, key: &str, body: &str) -> (u16, Value) {
@@ -53,9 +38,6 @@ async fn raw(d: &Drover, request: &[u8], within: Duration) -> String {
 fn status_of(answer: &str) -> u16 {
     answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
-
-/// The admin token of `fleet`'s drover (with one, a loopback client is not the admin).
-const ADMIN_TOKEN: &str = "attacks-admin-token";
 
 /// A mock server's two models behind virtual names m-x and m-y, keys required, and an admin
 /// token (so the tests' loopback clients are tenants, not the admin).

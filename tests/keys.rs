@@ -7,25 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::mock_ollama::MockOllama;
-use support::{http, route_yaml, Drover, FAST};
+use support::{admin, create_key, http, route_yaml, Drover, FAST};
 
 fn route(model: &str, server: &MockOllama) -> String {
     route_yaml(model, &server.url, "m:1b", 1, 1)
-}
-
-async fn admin(d: &Drover, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = http().request(method, format!("{}/admin/{path}", d.url));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn create_key(d: &Drover, body: Value) -> (i64, String) {
-    let (status, made) = admin(d, reqwest::Method::POST, "keys", Some(body)).await;
-    assert_eq!(status, 201, "{made}");
-    (made["id"].as_i64().unwrap(), made["key"].as_str().unwrap().to_string())
 }
 
 async fn call(d: &Drover, path: &str, key: Option<&str>, body: Value) -> reqwest::Response {

@@ -30,6 +30,32 @@ pub async fn chat(d: &Drover, model: &str) -> (u16, String, serde_json::Value) {
     (status, server, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// The admin token tests that set one use (`admin: { token: ... }`); the admin helpers send it
+/// always (a drover without a token answers its loopback clients and ignores it).
+pub const ADMIN_TOKEN: &str = "attacks-admin-token";
+
+/// A call to the admin API: status and JSON answer.
+pub async fn admin(
+    d: &Drover,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http().request(method, format!("{}/admin/{path}", d.url)).bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A key made through the admin API: its id and the key, shown once.
+pub async fn create_key(d: &Drover, body: serde_json::Value) -> (i64, String) {
+    let (status, made) = admin(d, reqwest::Method::POST, "keys", Some(body)).await;
+    assert_eq!(status, 201, "{made}");
+    (made["id"].as_i64().unwrap(), made["key"].as_str().unwrap().to_string())
+}
+
 /// A config line for one route.
 pub fn route_yaml(model: &str, server_url: &str, actual: &str, weight: u32, priority: u32) -> String {
     route_yaml_with(model, server_url, actual, &format!(", weight: {weight}, priority: {priority}"))
