@@ -12,6 +12,8 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::accept::FirstRequest;
+use crate::admin::dashboard::RecentErrors;
+use crate::admin::guard::AdminGuard;
 use crate::admin::required::{Keeper, KeeperService};
 use crate::admin::{Admin, AdminParts};
 use crate::config::{Env, Settings};
@@ -21,10 +23,11 @@ use crate::fleet::client::Client;
 use crate::fleet::gauges::FleetCollector;
 use crate::fleet::health::ServerCheck;
 use crate::fleet::Fleet;
-use crate::proxy::{Drover, Parts};
+use crate::proxy::{Accounting, Admission, Drover, OwnAnswers, OwnParts, Relay, Responder, Routing, Upstream};
 use crate::routing::queue::Queue;
 use crate::routing::replicas::{Replicas, ReplicasService};
 use crate::routing::resources::ResourceCheck;
+use crate::routing::scheduler::Scheduler;
 use crate::state::cache::ResponseCache;
 use crate::state::dns::{Discovery, DnsService};
 use crate::state::memory::Memory;
@@ -179,23 +182,36 @@ pub fn run(args: ServeArgs) -> i32 {
         resources: resources.clone(),
         fleet: fleet.clone(),
     }));
-    let drover = Drover::new(Parts {
-        settings: settings.clone(),
-        fleet: fleet.clone(),
-        reloader: reloader.clone(),
-        tally,
-        keys: keyring,
-        resources,
-        shared: shared.clone(),
-        admin,
-        keeper: keeper.clone(),
-        client,
-        queue,
-        replicas: replicas.clone(),
-        cache: ResponseCache::new(settings.cache.clone(), shared.clone()),
-        memory: Arc::new(Memory::new(settings.memory.clone(), shared.clone(), store)),
-        access_log: access_log.clone(),
-    });
+    // The balancer, one part per stage of a request, each given only what it uses.
+    let guard = Arc::new(AdminGuard::new(&settings));
+    let scheduler = Arc::new(Scheduler::new(&settings, resources.clone(), queue.clone()));
+    let cache = Arc::new(ResponseCache::new(settings.cache.clone(), shared.clone()));
+    let memory = Arc::new(Memory::new(settings.memory.clone(), shared.clone(), store));
+    let recent_errors = Arc::new(RecentErrors::default());
+    let drover = Drover::new(
+        Admission::new(&settings, keyring, guard.clone(), shared.clone()),
+        Routing::new(&settings, fleet.clone(), scheduler.clone(), memory.clone(), cache.clone(), client.clone()),
+        Upstream::new(&settings, scheduler, shared.clone()),
+        Relay::new(&settings, tally, replicas.clone(), memory, cache),
+        Accounting::new(access_log.clone(), recent_errors.clone(), shared.clone()),
+        OwnAnswers::new(
+            &settings,
+            OwnParts {
+                fleet: fleet.clone(),
+                guard,
+                admin,
+                keeper: keeper.clone(),
+                client,
+                reloader: reloader.clone(),
+                resources,
+                replicas: replicas.clone(),
+                queue,
+                shared: shared.clone(),
+                recent_errors,
+            },
+        ),
+        Responder::new(&settings),
+    );
     // Pingora's proxy app, behind the wrapper that lets a connection accepted just before a
     // graceful stop (upgrade or SIGTERM) have its first request answered.
     let linger = Duration::from_secs(1).min(Duration::from_secs(settings.grace_period_seconds));

@@ -12,12 +12,12 @@
 
 pub mod dashboard;
 pub mod fields;
+pub mod guard;
 pub mod keys;
 pub mod manage;
 pub mod models;
 pub mod required;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -70,69 +70,6 @@ impl Admin {
     pub fn new(parts: AdminParts) -> Admin {
         let AdminParts { settings, store, reloader, keyring, client, keeper, resources, fleet } = parts;
         Admin { settings, store, reloader, keyring, client, keeper, resources, fleet }
-    }
-
-    /// Who may call: the configured bearer token, or with none configured, loopback clients.
-    pub fn authorize(&self, client: Option<IpAddr>, authorization: Option<&str>) -> Result<(), Reply> {
-        match &self.settings.admin_token {
-            Some(token) => {
-                let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
-                if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-                    Ok(())
-                } else {
-                    Err(error(401, "admin API: send Authorization: Bearer <admin.token>"))
-                }
-            }
-            None if client.is_some_and(|ip| ip.is_loopback()) => Ok(()),
-            None => Err(error(
-                403,
-                "admin API answers only loopback clients when no admin.token (DROVER_ADMIN_TOKEN) is set",
-            )),
-        }
-    }
-
-    /// The DNS-rebinding and cross-site guard, for everything `authorize` lets in. A page on
-    /// any site can make a browser send requests to a loopback address under the site's own
-    /// name (DNS rebinding): without a token, where being on loopback is the authority, the
-    /// request's Host must be a loopback name, an IP address (a page cannot rebind those), or
-    /// one of admin.allowed_hosts. With or without one, a browser's Origin must name such a
-    /// host, or (with a token) the Host itself. `None` when the request may go on.
-    pub fn browser_refused(&self, host: Option<&str>, origin: Option<&str>) -> Option<Reply> {
-        if self.settings.admin_token.is_none() && !self.host_allowed(host) {
-            let shown: String = host.unwrap_or("").chars().take(100).collect();
-            return Some(error(
-                403,
-                format!("admin API: Host {shown:?} is not a loopback name or address nor in admin.allowed_hosts"),
-            ));
-        }
-        let origin = origin?;
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        // The page's own origin (its Host, checked above), or a local or listed one; not any
-        // address: a page at http://203.0.113.7 is a foreign site.
-        let same_origin = host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
-        if same_origin || self.local_or_listed(host_of(origin_host)) {
-            return None;
-        }
-        let shown: String = origin.chars().take(100).collect();
-        Some(error(403, format!("admin API: requests from the web origin {shown:?} are refused")))
-    }
-
-    /// Whether a request's Host (an authority, port and all) names this machine in a way a
-    /// web page cannot rebind: an IP address, a loopback name, or one of admin.allowed_hosts.
-    pub fn host_allowed(&self, host: Option<&str>) -> bool {
-        host.map(host_of).is_some_and(|h| h.parse::<IpAddr>().is_ok() || self.local_or_listed(h))
-    }
-
-    /// localhost and its subdomains, a loopback address, or one of admin.allowed_hosts.
-    fn local_or_listed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            || host == "localhost"
-            || host.ends_with(".localhost")
-            || self.settings.admin_allowed_hosts.iter().any(|a| match a.strip_prefix("*.") {
-                Some(suffix) => host.strip_suffix(suffix).is_some_and(|head| head.ends_with('.')),
-                None => *a == host,
-            })
     }
 
     pub async fn handle(&self, method: &Method, path: &str, body: Option<&[u8]>) -> Reply {
@@ -497,10 +434,6 @@ fn decode(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Fields drover writes itself; sent back unchanged by clients that PUT what they GOT.
 const IGNORED_FIELDS: [&str; 6] = ["id", "created_at", "updated_at", "count", "source", "read_only"];
 
@@ -596,17 +529,6 @@ pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteField
     Ok(f)
 }
 
-/// The host of a Host header or an origin's authority: the port and IPv6 brackets taken off.
-fn host_of(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split_once(']').map_or(rest, |(h, _)| h);
-    }
-    match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,62 +572,6 @@ mod tests {
     }
 
     #[test]
-    fn a_page_under_a_foreign_name_never_reaches_the_loopback_admin() {
-        let open = admin(None);
-        for host in ["127.0.0.1:11434", "localhost:11434", "[::1]:11434", "a.localhost", "10.0.0.5:11434"] {
-            assert!(open.browser_refused(Some(host), None).is_none(), "{host}");
-        }
-        // DNS rebinding: the attacker's name resolving to 127.0.0.1, Host and Origin its own.
-        let (code, _) = open.browser_refused(Some("evil.example:11434"), Some("http://evil.example:11434")).unwrap();
-        assert_eq!(code, 403);
-        assert!(open.browser_refused(None, None).is_some(), "no Host, no loopback trust");
-        assert!(open.browser_refused(Some("localhost.evil.example"), None).is_some());
-        assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("https://evil.example")).is_some());
-        assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("http://localhost:3000")).is_none());
-        assert!(open.browser_refused(Some("127.0.0.1:11434"), Some("http://203.0.113.7")).is_some(), "a foreign site");
-        assert!(open.browser_refused(Some("10.0.0.5:8083"), Some("http://10.0.0.5:8083")).is_none(), "its own page");
-        // With a token, the token is the authority: any Host, but a foreign Origin is refused.
-        let guarded = admin(Some("t"));
-        assert!(guarded.browser_refused(Some("drover.corp:11434"), None).is_none());
-        assert!(guarded.browser_refused(Some("drover.corp:11434"), Some("http://drover.corp:11434")).is_none());
-        assert!(guarded.browser_refused(Some("drover.corp:11434"), Some("http://evil.example")).is_some());
-        assert_eq!(super::host_of("[::1]:80"), "::1");
-        assert_eq!(super::host_of("a.b:1"), "a.b");
-    }
-
-    fn admin(token: Option<&str>) -> Admin {
-        let env = crate::config::Env { admin_token: token.map(str::to_string), ..Default::default() };
-        let settings = Arc::new(Settings::parse("", None, &env).unwrap());
-        let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(
-            &settings,
-            &[],
-            &[],
-            &crate::fleet::backends::Health::new(),
-            None,
-        )));
-        let store = Arc::new(StoreHandle::new(&settings.database_url, 1));
-        let keyring: Arc<Keyring> = Default::default();
-        let reloader = Reloader::new(
-            settings.clone(),
-            store.clone(),
-            fleet.clone(),
-            keyring.clone(),
-            Default::default(),
-            (0, vec![], vec![]),
-        );
-        Admin::new(AdminParts {
-            resources: ResourceCheck::new(settings.resources.clone(), std::time::Duration::from_secs(1)),
-            reloader: Arc::new(reloader),
-            client: Default::default(),
-            keeper: Arc::new(Keeper::new(&settings, fleet.clone(), Default::default())),
-            store,
-            keyring,
-            settings,
-            fleet,
-        })
-    }
-
-    #[test]
     fn a_change_is_checked_as_the_whole_route_it_makes() {
         let stored = RouteInput {
             virtual_model_name: Some("m".into()),
@@ -720,30 +586,5 @@ mod tests {
         let (status, body) = whole(patched(broken, &fields(json!({ "priority": 2 }), false).unwrap())).unwrap_err();
         assert_eq!(status, 400);
         assert!(body["fields"]["weight"].as_str().unwrap().contains("at least 1"), "{body}");
-    }
-
-    #[test]
-    fn without_a_token_only_loopback_clients_are_answered() {
-        let a = admin(None);
-        assert!(a.authorize(Some("127.0.0.1".parse().unwrap()), None).is_ok());
-        assert!(a.authorize(Some("::1".parse().unwrap()), None).is_ok());
-        assert_eq!(a.authorize(Some("192.0.2.7".parse().unwrap()), None).unwrap_err().0, 403);
-        assert_eq!(a.authorize(None, None).unwrap_err().0, 403);
-    }
-
-    #[test]
-    fn with_a_token_every_client_needs_it() {
-        let a = admin(Some("s3cret"));
-        assert!(a.authorize(Some("192.0.2.7".parse().unwrap()), Some("Bearer s3cret")).is_ok());
-        assert_eq!(a.authorize(Some("127.0.0.1".parse().unwrap()), None).unwrap_err().0, 401);
-        assert_eq!(a.authorize(Some("127.0.0.1".parse().unwrap()), Some("Bearer s3cre")).unwrap_err().0, 401);
-        assert_eq!(a.authorize(Some("127.0.0.1".parse().unwrap()), Some("s3cret")).unwrap_err().0, 401);
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
     }
 }

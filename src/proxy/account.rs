@@ -1,12 +1,28 @@
 //! The end of a request: Prometheus counters and one JSON access-log line.
 
+use std::sync::Arc;
+
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
-use crate::telemetry::accesslog::Line;
+use crate::admin::dashboard::RecentErrors;
+use crate::state::shared::Shared;
+use crate::telemetry::accesslog::{AccessLog, Line};
 
-impl Drover {
+/// The accounting stage: where a finished request is written down.
+pub struct Accounting {
+    access_log: Arc<AccessLog>,
+    /// The last errors clients got, for the dashboard.
+    recent_errors: Arc<RecentErrors>,
+    /// A key's token bucket, debited fleet-wide when Redis is configured.
+    shared: Arc<Shared>,
+}
+
+impl Accounting {
+    pub fn new(access_log: Arc<AccessLog>, recent_errors: Arc<RecentErrors>, shared: Arc<Shared>) -> Accounting {
+        Accounting { access_log, recent_errors, shared }
+    }
+
     /// Counts the request in the metrics and writes its access-log line.
     pub(super) fn log(&self, session: &Session, ctx: &mut RequestCtx) {
         // An answer that never ended (the client hung up before the last line, or the server

@@ -1,9 +1,11 @@
-//! Who may call: CORS (the Origin, and preflights), the per-address rate limit, the API key,
-//! and the key's own limits.
+//! Who may call: the request's id, its header's size, CORS (the Origin, and preflights), the
+//! per-address rate limit, the API key, and the key's own limits.
 //!
 //! Applied to model calls and fleet views; drover's liveness and metrics pages (/, /health,
 //! /metrics) stay open for load balancers and scrapers, and the admin API has its own token.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,15 +13,85 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
+use super::drover::Responder;
 use super::respond::request_host;
-use crate::edge::cors::Verdict;
-use crate::edge::keys::Key;
-use crate::edge::limits::retry_after_seconds;
+use crate::admin::guard::AdminGuard;
+use crate::config::Settings;
+use crate::edge::cors::{Cors, Verdict};
+use crate::edge::keys::{Key, Keyring};
+use crate::edge::limits::{retry_after_seconds, ClientLimiter};
 use crate::protocol::api::{ApiError, Endpoint};
-use crate::state::shared::BucketUse;
+use crate::state::shared::{BucketUse, Shared};
 
-impl Drover {
+/// The admission stage: what it takes to judge who may call.
+pub struct Admission {
+    cors: Cors,
+    keys: Arc<Keyring>,
+    require_keys: bool,
+    /// Listening on loopback only, without keys: every API request's Host must be one a web
+    /// page cannot rebind (as Ollama checks when bound to loopback; guard.rs host_allowed).
+    host_guard: bool,
+    /// The admin token's guard: model management as the admin needs no key.
+    guard: Arc<AdminGuard>,
+    client_limit: Option<ClientLimiter>,
+    /// The buckets judged fleet-wide when Redis is configured (state/shared.rs).
+    shared: Arc<Shared>,
+    max_header_bytes: usize,
+    next_id: AtomicU64,
+    id_prefix: String,
+    out: Responder,
+}
+
+impl Admission {
+    pub fn new(settings: &Settings, keys: Arc<Keyring>, guard: Arc<AdminGuard>, shared: Arc<Shared>) -> Admission {
+        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Admission {
+            cors: Cors::new(&settings.cors_origins),
+            keys,
+            require_keys: settings.require_keys,
+            host_guard: settings.listen.ip().is_loopback() && settings.tls.is_none() && !settings.require_keys,
+            guard,
+            client_limit: settings
+                .client_requests_per_minute
+                .map(|n| ClientLimiter::new(n, settings.max_tracked_clients)),
+            shared,
+            max_header_bytes: settings.load_balancer.max_header_bytes,
+            next_id: AtomicU64::new(0),
+            id_prefix: format!("{:x}{:x}", boot.as_secs(), std::process::id()),
+            out: Responder::new(settings),
+        }
+    }
+
+    /// The client's X-Request-Id when it sent a usable one, else a new one.
+    pub(super) fn request_id(&self, session: &Session) -> String {
+        session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("{}-{n:x}", self.id_prefix)
+            })
+    }
+
+    /// A header block over load_balancer.max_header_bytes: 431.
+    pub(super) fn header_refused(&self, req: &pingora::http::RequestHeader) -> Option<ApiError> {
+        let size = header_bytes(req);
+        (size > self.max_header_bytes).then(|| {
+            ApiError::new(
+                431,
+                "header_too_large",
+                format!(
+                    "the request header is {size} bytes, over the {} this server accepts (load_balancer.max_header_bytes)",
+                    self.max_header_bytes
+                ),
+            )
+        })
+    }
+
     /// Checks a request against the limits and keys before anything else is done with it.
     pub(super) async fn admit(
         &self,
@@ -37,7 +109,7 @@ impl Drover {
         if self.host_guard {
             // A page on any site, its name rebound to 127.0.0.1, would otherwise drive the fleet
             // as the local user: only names it cannot rebind are answered.
-            if !self.admin.host_allowed(request_host(session.req_header())) {
+            if !self.guard.host_allowed(request_host(session.req_header())) {
                 let msg = "this drover listens on loopback only, without API keys, and answers only a loopback name or an address in Host: send Host: localhost, or add the name to admin.allowed_hosts";
                 return Err(ApiError::new(403, "host_not_allowed", msg));
             }
@@ -66,8 +138,8 @@ impl Drover {
             let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             // Model management as the admin (the admin token, or loopback without one) needs no key.
             if matches!(endpoint, Management)
-                && self.admin.authorize(ip, text("authorization")).is_ok()
-                && self.admin.browser_refused(request_host(session.req_header()), text("origin")).is_none()
+                && self.guard.authorize(ip, text("authorization")).is_ok()
+                && self.guard.browser_refused(request_host(session.req_header()), text("origin")).is_none()
             {
                 None
             } else {
@@ -144,7 +216,7 @@ impl Drover {
             Verdict::Deny(origin) => {
                 let msg =
                     format!("origin {origin:?} is not allowed; add it to cors.allowed_origins (patterns may use *)");
-                self.error(session, ctx, ApiError::new(403, "origin_not_allowed", msg)).await;
+                self.out.error(session, ctx, ApiError::new(403, "origin_not_allowed", msg)).await;
                 true
             }
             Verdict::Allow(origin) => {
@@ -164,11 +236,17 @@ impl Drover {
                 h.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, crate::edge::cors::MAX_AGE).expect("static");
                 h.insert_header(http::header::CONTENT_LENGTH, "0").expect("static");
                 ctx.status = 204;
-                Box::pin(self.write(session, ctx, h, Bytes::new())).await;
+                Box::pin(self.out.write(session, ctx, h, Bytes::new())).await;
                 true
             }
         }
     }
+}
+
+/// The size of a request header block as it came on the wire (request line and fields).
+fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
+    let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    req.method.as_str().len() + req.raw_path().len() + 12 + fields
 }
 
 /// Which limit refused a request.

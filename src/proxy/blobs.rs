@@ -11,14 +11,14 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
+use super::own::OwnAnswers;
 use crate::protocol::api::ApiError;
 use crate::protocol::ollama::Kind;
 
 /// Chunks in flight per server: the slowest server sets the pace of the upload.
 const IN_FLIGHT: usize = 8;
 
-impl Drover {
+impl OwnAnswers {
     pub(super) async fn blob(&self, session: &mut Session, ctx: &mut RequestCtx, digest: &str) {
         if !is_digest(digest) {
             // Only a digest is ever put into the path the servers get: no dot segments or
@@ -29,7 +29,7 @@ impl Drover {
                 "invalid_digest",
                 format!("{shown:?} is not a blob digest: expected sha256: (or sha256-) and 64 hexadecimal digits"),
             );
-            return self.error(session, ctx, e).await;
+            return self.out.error(session, ctx, e).await;
         }
         let restricted = ctx.key.as_ref().is_some_and(|k| k.restricted());
         if restricted && session.req_header().method == http::Method::POST {
@@ -40,7 +40,7 @@ impl Drover {
                 "blob_not_allowed",
                 "uploading blobs needs an API key that may use every model (models: [\"*\"])",
             );
-            return self.error(session, ctx, e).await;
+            return self.out.error(session, ctx, e).await;
         }
         let path = format!("/api/blobs/{digest}");
         let fleet = self.fleet.load_full();
@@ -48,7 +48,7 @@ impl Drover {
         if servers.is_empty() {
             let e =
                 ApiError::new(503, "no_server_available", "no healthy Ollama server to keep the blob").retry_after(1);
-            return self.error(session, ctx, e).await;
+            return self.out.error(session, ctx, e).await;
         }
         let idle = self.read_timeout.min(Duration::from_secs(60));
         let upload = session.req_header().method == http::Method::POST;
@@ -117,13 +117,13 @@ impl Drover {
             // Present only where every server has it: otherwise the client uploads it.
             let status = if missing == 0 && failed.is_empty() { 200 } else { 404 };
             ctx.status = status;
-            return self.send(session, ctx, status, "text/plain; charset=utf-8", Bytes::new()).await;
+            return self.out.send(session, ctx, status, "text/plain; charset=utf-8", Bytes::new()).await;
         }
         match (failed.is_empty(), refused) {
-            (true, _) => self.send(session, ctx, 201, "text/plain; charset=utf-8", Bytes::new()).await,
+            (true, _) => self.out.send(session, ctx, 201, "text/plain; charset=utf-8", Bytes::new()).await,
             // The servers refused the blob itself (a digest that does not match): the client's mistake.
             (false, Some((status, why))) if failed.len() == servers.len() => {
-                self.json(session, ctx, status, &json!({ "error": why })).await
+                self.out.json(session, ctx, status, &json!({ "error": why })).await
             }
             (false, _) => {
                 let e = ApiError::new(
@@ -131,7 +131,7 @@ impl Drover {
                     "blob_upload_failed",
                     format!("blob {digest} not stored on {}", failed.join("; ")),
                 );
-                self.error(session, ctx, e).await
+                self.out.error(session, ctx, e).await
             }
         }
     }

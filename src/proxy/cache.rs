@@ -9,21 +9,22 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use super::ctx::{Attempt, RequestCtx, Routed};
-use super::drover::Drover;
+use super::relay::Relay;
 use super::respond::{cors_headers, no_compression};
+use super::route::Routing;
 use crate::state::cache::{Directive, ResponseCache};
 use crate::telemetry::metrics::CACHE;
 
-impl Drover {
-    /// Whose answers a request may be given: its API key's own (the key's hash, never another key's), unless
-    /// cache.shared_across_keys; without keys, everyone's.
-    fn cache_tenant(&self, ctx: &RequestCtx) -> String {
-        match ctx.key.as_ref().filter(|_| !self.cache.settings.shared_across_keys) {
-            Some(k) => k.tenant().to_string(),
-            None => String::new(),
-        }
+/// Whose answers a request may be given: its API key's own (the key's hash, never another key's), unless
+/// cache.shared_across_keys; without keys, everyone's.
+fn cache_tenant(cache: &ResponseCache, ctx: &RequestCtx) -> String {
+    match ctx.key.as_ref().filter(|_| !cache.settings.shared_across_keys) {
+        Some(k) => k.tenant().to_string(),
+        None => String::new(),
     }
+}
 
+impl Routing {
     /// Answers from the cache when it holds this request's answer under one of the model's
     /// actual names; true when it did. On a miss, the answer will be kept as it passes.
     pub(super) async fn answered_from_cache(
@@ -47,7 +48,7 @@ impl Drover {
             return false;
         }
         let mut found = None;
-        let tenant = self.cache_tenant(ctx);
+        let tenant = cache_tenant(&self.cache, ctx);
         for actual in routed.fleet.actual_models(&routed.body.name) {
             let key = ResponseCache::key(
                 &tenant,
@@ -78,7 +79,7 @@ impl Drover {
         header.insert_header("x-drover-server", entry.server.as_str()).expect("stored header");
         header.insert_header("x-request-id", ctx.request_id.as_str()).expect("valid id");
         cors_headers(&mut header, ctx).expect("valid CORS headers");
-        if entry.streamed() || !self.worth_compressing(&header) {
+        if entry.streamed() || !self.out.worth_compressing(&header) {
             no_compression(session);
         }
         if session.write_response_header(Box::new(header), false).await.is_err() {
@@ -97,11 +98,13 @@ impl Drover {
         }
         true
     }
+}
 
+impl Relay {
     /// `logging` of a request that ended without an error: a whole successful answer of a
     /// cache miss is kept, under the key of the route that gave it.
     pub(super) async fn keep_answer(&self, session: &Session, ctx: &mut RequestCtx) {
-        let tenant = self.cache_tenant(ctx);
+        let tenant = cache_tenant(&self.cache, ctx);
         let Some(r) = ctx.routed.as_deref_mut() else { return };
         let Some(fill) = r.cache_fill.take() else { return };
         let Attempt::Running(run) = &r.attempt else { return };

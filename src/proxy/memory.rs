@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 
-use super::drover::Drover;
+use super::route::Routing;
 
-impl Drover {
+impl Routing {
     /// A chat request with a session (memory.rs): its body with the session's earlier
     /// messages put first, and the turn to store after the answer. Otherwise the body as is.
     pub(super) async fn with_history(

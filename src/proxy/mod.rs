@@ -42,11 +42,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
+pub use account::Accounting;
+pub use admit::Admission;
 pub use ctx::RequestCtx;
-pub use drover::{Drover, Parts};
+pub use drover::{Drover, Responder};
+pub use own::{OwnAnswers, OwnParts};
+pub use relay::Relay;
+pub use route::Routing;
+pub use upstream::Upstream;
 pub use upstream::STALE_RETRIES;
 
-use crate::protocol::api::{classify, Api, ApiError, Endpoint};
+use crate::protocol::api::{classify, Api, Endpoint};
 
 #[async_trait]
 impl ProxyHttp for Drover {
@@ -60,55 +66,46 @@ impl ProxyHttp for Drover {
     /// answer for streams and small bodies (relay.rs, local.rs).
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         modules.add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(
-            self.compression_level,
+            self.out.compression_level,
         ));
     }
 
     /// Answers drover's own endpoints; for a model-routed call, reads the body and takes a first route.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        ctx.request_id = self.request_id(session);
+        ctx.request_id = self.admission.request_id(session);
         ctx.api = Api::of_path(session.req_header().uri.path());
-        let size = header_bytes(session.req_header());
-        if size > self.max_header_bytes {
-            let e = ApiError::new(
-                431,
-                "header_too_large",
-                format!(
-                    "the request header is {size} bytes, over the {} this server accepts (load_balancer.max_header_bytes)",
-                    self.max_header_bytes
-                ),
-            );
+        if let Some(e) = self.admission.header_refused(session.req_header()) {
             session.set_keepalive(None);
-            self.error(session, ctx, e).await;
+            self.out.error(session, ctx, e).await;
             return Ok(true);
         }
-        if self.cors_refused(session, ctx).await {
+        if self.admission.cors_refused(session, ctx).await {
             return Ok(true);
         }
         let endpoint = {
             let req = session.req_header();
             classify(&req.method, req.uri.path())
         };
-        if let Err(e) = self.admit(session, ctx, &endpoint).await {
-            self.error(session, ctx, e).await;
+        if let Err(e) = self.admission.admit(session, ctx, &endpoint).await {
+            self.out.error(session, ctx, e).await;
             return Ok(true);
         }
         match endpoint {
             Endpoint::Routed { api, native } => {
                 ctx.api = api;
-                Ok(self.route(session, ctx, native).await)
+                Ok(self.routing.route(session, ctx, native).await)
             }
             other => {
                 // Boxed: drover's own endpoints (admin, dashboard, views) would otherwise
                 // size this future, which Pingora boxes for every request.
-                Box::pin(self.answer(session, ctx, other)).await;
+                Box::pin(self.own.answer(session, ctx, other)).await;
                 Ok(true)
             }
         }
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
-        self.peer(session, ctx).await
+        self.upstream.peer(session, ctx).await
     }
 
     async fn connected_to_upstream(
@@ -132,7 +129,7 @@ impl ProxyHttp for Drover {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.prepare_request(upstream_request, ctx)
+        self.upstream.prepare_request(upstream_request, ctx)
     }
 
     async fn request_body_filter(
@@ -160,7 +157,7 @@ impl ProxyHttp for Drover {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        self.connect_failed(ctx, e)
+        self.upstream.connect_failed(ctx, e)
     }
 
     fn error_while_proxy(
@@ -171,7 +168,7 @@ impl ProxyHttp for Drover {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        self.attempt_failed(session, ctx, e, client_reused)
+        self.upstream.attempt_failed(session, ctx, e, client_reused)
     }
 
     async fn upstream_response_filter(
@@ -180,7 +177,7 @@ impl ProxyHttp for Drover {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.check_status(session, upstream_response, ctx).await
+        self.upstream.check_status(session, upstream_response, ctx).await
     }
 
     async fn response_filter(
@@ -190,8 +187,8 @@ impl ProxyHttp for Drover {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         let h2 = session.is_http2();
-        self.relay_header(upstream_response, h2, ctx)?;
-        if !self.worth_compressing(upstream_response) {
+        self.relay.relay_header(upstream_response, h2, ctx)?;
+        if !self.out.worth_compressing(upstream_response) {
             respond::no_compression(session);
         }
         Ok(())
@@ -210,19 +207,19 @@ impl ProxyHttp for Drover {
             ctx.error = Some("drover is stopping: the answer outlived pingora.grace_period_seconds".into());
             return Error::e_explain(ErrorType::InternalError, "drover is stopping");
         }
-        self.relay_body(body, end_of_stream, ctx);
+        self.relay.relay_body(body, end_of_stream, ctx);
         Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        self.give_up(session, e, ctx).await
+        self.relay.give_up(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if e.is_none() {
-            self.keep_answer(session, ctx).await;
+            self.relay.keep_answer(session, ctx).await;
         }
-        self.log(session, ctx);
+        self.accounting.log(session, ctx);
         // The slot and any memory reservation are given back now, not when Pingora drops the context.
         ctx.routed = None;
     }
@@ -241,10 +238,4 @@ impl ProxyHttp for Drover {
     ) -> bool {
         true
     }
-}
-
-/// The size of a request header block as it came on the wire (request line and fields).
-fn header_bytes(req: &RequestHeader) -> usize {
-    let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    req.method.as_str().len() + req.raw_path().len() + 12 + fields
 }

@@ -2,22 +2,113 @@
 //! dashboard behind its token, and model management (pull, push, create, copy, delete)
 //! merged over the servers. Writes through respond.rs.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
+use super::drover::Responder;
 use super::respond::{cors_headers, no_compression, request_host, ADMIN_BODY_LIMIT};
+use crate::admin::dashboard::RecentErrors;
+use crate::admin::guard::AdminGuard;
 use crate::admin::manage::{Op, Progress};
+use crate::admin::required::Keeper;
+use crate::admin::Admin;
+use crate::config::Settings;
+use crate::fleet::client::Client;
 use crate::fleet::view;
 use crate::fleet::Fleet;
 use crate::protocol::api::{Api, ApiError, DashboardPart, Endpoint};
 use crate::protocol::body::read_bounded;
+use crate::routing::queue::Queue;
+use crate::routing::replicas::Replicas;
+use crate::routing::resources::ResourceCheck;
 use crate::routing::scheduler::unknown_model;
+use crate::state::reload::Reloader;
+use crate::state::shared::Shared;
 
-impl Drover {
+/// What drover answers itself reads from: the fleet and every part an operator asks about.
+pub struct OwnAnswers {
+    pub(super) fleet: Arc<ArcSwap<Fleet>>,
+    /// The admin API's token and its DNS-rebinding guard.
+    guard: Arc<AdminGuard>,
+    admin: Arc<Admin>,
+    /// Required models, reported in /health and on the dashboard.
+    keeper: Arc<Keeper>,
+    /// For calls to every server: model management, blobs.
+    pub(super) client: Arc<Client>,
+    /// The store follower: its state for /health.
+    reloader: Arc<Reloader>,
+    resources: Arc<ResourceCheck>,
+    replicas: Arc<Replicas>,
+    /// Requests waiting for a busy model: their number for /lb-stats and the dashboard.
+    queue: Arc<Queue>,
+    /// Redis's state for /health.
+    shared: Arc<Shared>,
+    recent_errors: Arc<RecentErrors>,
+    started: Instant,
+    config_source: Option<String>,
+    database: String,
+    /// How long a server may stay silent during model management and blob uploads.
+    pub(super) read_timeout: Duration,
+    pub(super) out: Responder,
+}
+
+/// The parts drover's own answers read, each built once by serve.rs.
+pub struct OwnParts {
+    pub fleet: Arc<ArcSwap<Fleet>>,
+    pub guard: Arc<AdminGuard>,
+    pub admin: Arc<Admin>,
+    pub keeper: Arc<Keeper>,
+    pub client: Arc<Client>,
+    pub reloader: Arc<Reloader>,
+    pub resources: Arc<ResourceCheck>,
+    pub replicas: Arc<Replicas>,
+    pub queue: Arc<Queue>,
+    pub shared: Arc<Shared>,
+    pub recent_errors: Arc<RecentErrors>,
+}
+
+impl OwnAnswers {
+    pub fn new(settings: &Settings, parts: OwnParts) -> OwnAnswers {
+        let OwnParts {
+            fleet,
+            guard,
+            admin,
+            keeper,
+            client,
+            reloader,
+            resources,
+            replicas,
+            queue,
+            shared,
+            recent_errors,
+        } = parts;
+        OwnAnswers {
+            fleet,
+            guard,
+            admin,
+            keeper,
+            client,
+            reloader,
+            resources,
+            replicas,
+            queue,
+            shared,
+            recent_errors,
+            started: Instant::now(),
+            config_source: settings.source.as_ref().map(|p| p.display().to_string()),
+            database: crate::storage::store::redact_url(&settings.database_url),
+            read_timeout: settings.http_client.read_timeout,
+            out: Responder::new(settings),
+        }
+    }
+
     /// Answers an endpoint that is not model-routed.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, endpoint: Endpoint) {
         let fleet = self.fleet.load_full();
@@ -25,37 +116,39 @@ impl Drover {
         if restricted && matches!(endpoint, Endpoint::Status | Endpoint::LbStats) {
             // Every server's loaded models, placements and last errors: the fleet's, not a tenant's.
             let e = ApiError::new(403, "not_allowed", "the fleet's status needs an API key that may use every model");
-            return self.error(session, ctx, e).await;
+            return self.out.error(session, ctx, e).await;
         }
         match endpoint {
             Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
-            Endpoint::Tags => self.json(session, ctx, 200, &visible(ctx, view::tags(&fleet), "models", "name")).await,
-            Endpoint::Ps => self.json(session, ctx, 200, &visible(ctx, view::ps(&fleet), "models", "name")).await,
+            Endpoint::Tags => {
+                self.out.json(session, ctx, 200, &visible(ctx, view::tags(&fleet), "models", "name")).await
+            }
+            Endpoint::Ps => self.out.json(session, ctx, 200, &visible(ctx, view::ps(&fleet), "models", "name")).await,
             Endpoint::Models => {
                 ctx.api = Api::OpenAi;
-                self.json(session, ctx, 200, &visible(ctx, view::models(&fleet), "data", "id")).await
+                self.out.json(session, ctx, 200, &visible(ctx, view::models(&fleet), "data", "id")).await
             }
             Endpoint::Model(name) => {
                 ctx.api = Api::OpenAi;
                 // A model the key may not use is one it cannot see.
                 let seen = ctx.key.as_ref().is_none_or(|k| k.allows(&name));
                 match view::model(&fleet, &name).filter(|_| seen) {
-                    Some(m) => self.json(session, ctx, 200, &m).await,
-                    None if seen => self.error(session, ctx, unknown_model(&fleet, &name)).await,
+                    Some(m) => self.out.json(session, ctx, 200, &m).await,
+                    None if seen => self.out.error(session, ctx, unknown_model(&fleet, &name)).await,
                     None => {
                         let shown = name.strip_suffix(":latest").unwrap_or(&name);
                         let e = ApiError::new(404, "model_not_found", format!("model {shown:?} not found"));
-                        self.error(session, ctx, e).await
+                        self.out.error(session, ctx, e).await
                     }
                 }
             }
-            Endpoint::Version => self.json(session, ctx, 200, &view::version(&fleet)).await,
+            Endpoint::Version => self.out.json(session, ctx, 200, &view::version(&fleet)).await,
             Endpoint::Metrics => {
                 let (body, content_type) = crate::telemetry::metrics::render();
-                self.send(session, ctx, 200, &content_type, body.into()).await
+                self.out.send(session, ctx, 200, &content_type, body.into()).await
             }
             Endpoint::Root => {
-                self.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
+                self.out.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
             Endpoint::Health => {
                 let (code, mut body) = view::health(&fleet, &self.reloader.state(), self.keeper.report());
@@ -65,16 +158,16 @@ impl Drover {
                     }
                     body["shared_state"] = shared;
                 }
-                self.json(session, ctx, code, &body).await
+                self.out.json(session, ctx, code, &body).await
             }
             Endpoint::Status => {
                 let body = view::status(&fleet, self.started.elapsed(), self.config_source.as_deref(), &self.database);
-                self.json(session, ctx, 200, &body).await
+                self.out.json(session, ctx, 200, &body).await
             }
             Endpoint::LbStats => {
-                let mut body = view::lb_stats(&fleet, self.scheduler.queue_len());
+                let mut body = view::lb_stats(&fleet, self.queue.len());
                 body["replicas"] = self.replicas.view();
-                self.json(session, ctx, 200, &body).await
+                self.out.json(session, ctx, 200, &body).await
             }
             Endpoint::Admin => self.admin(session, ctx).await,
             Endpoint::Dashboard(part) => self.dashboard(session, ctx, part, &fleet).await,
@@ -83,13 +176,13 @@ impl Drover {
             Endpoint::NotFound(api) => {
                 ctx.api = api;
                 let path = session.req_header().uri.path().to_string();
-                self.error(session, ctx, ApiError::new(404, "not_found", format!("no such endpoint: {path}"))).await
+                self.out.error(session, ctx, ApiError::new(404, "not_found", format!("no such endpoint: {path}"))).await
             }
             Endpoint::MethodNotAllowed(api) => {
                 ctx.api = api;
                 let req = session.req_header();
                 let msg = format!("{} is not allowed on {}", req.method, req.uri.path());
-                self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await
+                self.out.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await
             }
         }
     }
@@ -106,13 +199,13 @@ impl Drover {
             .filter(|_| cookie_allowed)
             .map(|t| format!("Bearer {t}"));
         let auth = text("authorization").map(str::to_string).or(from_cookie);
-        let refused = self.admin.authorize(client, auth.as_deref()).err();
-        match refused.or_else(|| self.admin.browser_refused(request_host(req), text("origin"))) {
+        let refused = self.guard.authorize(client, auth.as_deref()).err();
+        match refused.or_else(|| self.guard.browser_refused(request_host(req), text("origin"))) {
             None => false,
             Some((code, body)) => {
                 session.set_keepalive(None);
                 ctx.error = body.get("error").and_then(Value::as_str).map(str::to_string);
-                self.json(session, ctx, code, &body).await;
+                self.out.json(session, ctx, code, &body).await;
                 true
             }
         }
@@ -127,7 +220,7 @@ impl Drover {
         let body = if method == http::Method::POST || method == http::Method::PUT {
             match read_bounded(session, ADMIN_BODY_LIMIT, false).await {
                 Ok(b) => Some(b),
-                Err(e) => return self.refuse_body(session, ctx, e).await,
+                Err(e) => return self.out.refuse_body(session, ctx, e).await,
             }
         } else {
             None
@@ -136,7 +229,7 @@ impl Drover {
         if code >= 400 {
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
         }
-        self.json(session, ctx, code, &reply).await
+        self.out.json(session, ctx, code, &reply).await
     }
 
     /// The dashboard: the page, its script, its data. `GET /dashboard?token=...` with the
@@ -156,9 +249,9 @@ impl Drover {
                         "token_not_cookie_safe",
                         "this admin.token cannot travel in a cookie; send it as Authorization: Bearer",
                     );
-                    return self.error(session, ctx, e).await;
+                    return self.out.error(session, ctx, e).await;
                 }
-                if self.admin.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
+                if self.guard.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
                     let mut header = ResponseHeader::build(303, Some(3)).expect("valid status");
                     header.insert_header(http::header::LOCATION, "/dashboard").expect("static header");
                     let cookie =
@@ -166,7 +259,7 @@ impl Drover {
                     header.insert_header(http::header::SET_COOKIE, cookie).expect("token is header-safe");
                     header.insert_header(http::header::CONTENT_LENGTH, "0").expect("static header");
                     ctx.status = 303;
-                    return self.write(session, ctx, header, Bytes::new()).await;
+                    return self.out.write(session, ctx, header, Bytes::new()).await;
                 }
             }
         }
@@ -175,23 +268,24 @@ impl Drover {
         }
         match part {
             DashboardPart::Page => {
-                self.send(session, ctx, 200, "text/html; charset=utf-8", crate::admin::dashboard::PAGE.into()).await
+                self.out.send(session, ctx, 200, "text/html; charset=utf-8", crate::admin::dashboard::PAGE.into()).await
             }
             DashboardPart::Script => {
-                self.send(session, ctx, 200, "text/javascript; charset=utf-8", crate::admin::dashboard::SCRIPT.into())
+                self.out
+                    .send(session, ctx, 200, "text/javascript; charset=utf-8", crate::admin::dashboard::SCRIPT.into())
                     .await
             }
             DashboardPart::Data => {
                 let data = crate::admin::dashboard::data(crate::admin::dashboard::Snapshot {
                     fleet,
-                    queued: self.scheduler.queue_len(),
+                    queued: self.queue.len(),
                     replicas: self.replicas.view(),
                     free_memory: self.resources.free_memory(),
                     errors: self.recent_errors.snapshot(),
                     required: self.keeper.report(),
                     uptime_seconds: self.started.elapsed().as_secs(),
                 });
-                self.json(session, ctx, 200, &data).await
+                self.out.json(session, ctx, 200, &data).await
             }
         }
     }
@@ -206,19 +300,19 @@ impl Drover {
         let op = Op::named(&path).expect("classified as management");
         if method != op.method() {
             let msg = format!("{method} is not allowed on {path} (use {})", op.method());
-            return self.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await;
+            return self.out.error(session, ctx, ApiError::new(405, "method_not_allowed", msg)).await;
         }
         if op.destructive() && self.admin_refused(session, ctx).await {
             return;
         }
         let body = match read_bounded(session, ADMIN_BODY_LIMIT, false).await {
             Ok(b) => b,
-            Err(e) => return self.refuse_body(session, ctx, e).await,
+            Err(e) => return self.out.refuse_body(session, ctx, e).await,
         };
         let fleet = self.fleet.load_full();
         let plan = match crate::admin::manage::plan(op, &body, query.as_deref(), &fleet) {
             Ok(p) => p,
-            Err(e) => return self.error(session, ctx, e).await,
+            Err(e) => return self.out.error(session, ctx, e).await,
         };
         // Logged and counted under its canonical name, a label only when the fleet knows it
         // (every spelling of a name is one name).
@@ -232,13 +326,13 @@ impl Drover {
             ctx.key.as_ref().and_then(|k| plan.names.iter().find(|n| !k.allows(n)).map(|n| (k, n)))
         {
             let e = key.refuse_model(name);
-            return self.error(session, ctx, e).await;
+            return self.out.error(session, ctx, e).await;
         }
         let idle = self.read_timeout;
         if !plan.stream {
             let (code, reply) = crate::admin::manage::run_to_end(&plan, &self.client, idle).await;
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
-            return self.json(session, ctx, code, &reply).await;
+            return self.out.json(session, ctx, code, &reply).await;
         }
         let mut header = ResponseHeader::build(200, Some(3)).expect("valid status");
         header.insert_header(http::header::CONTENT_TYPE, "application/x-ndjson").expect("static header");

@@ -1,19 +1,48 @@
 //! The answer on its way back: drover's headers, tokens read as chunks pass, and the error a client sees when the proxy gives up.
 
+use std::sync::Arc;
+
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::{Attempt, RequestCtx, Translating, Translation};
-use super::drover::Drover;
+use super::drover::Responder;
 use crate::fleet::Origin;
 use crate::protocol::api::{is_stream, stream_error_tail, ApiError};
 use crate::protocol::echo::Echo;
 use crate::protocol::translate::Answer;
 use crate::protocol::usage::UsageScan;
 use crate::protocol::{anthropic, responses};
+use crate::routing::replicas::Replicas;
+use crate::state::cache::ResponseCache;
+use crate::state::memory::Memory;
+use crate::state::reload::Tally;
 
-impl Drover {
+/// The relay stage: what an answer on its way back is counted in, kept in, and told to.
+pub struct Relay {
+    /// Requests served per stored route, written back by the reloader.
+    tally: Arc<Tally>,
+    /// Copies of models that follow demand: told how long a stream waited for its first byte.
+    replicas: Arc<Replicas>,
+    /// A session's turn is stored here once its answer is whole.
+    memory: Arc<Memory>,
+    /// A cache miss's answer is kept here (cache.rs).
+    pub(super) cache: Arc<ResponseCache>,
+    out: Responder,
+}
+
+impl Relay {
+    pub fn new(
+        settings: &crate::config::Settings,
+        tally: Arc<Tally>,
+        replicas: Arc<Replicas>,
+        memory: Arc<Memory>,
+        cache: Arc<ResponseCache>,
+    ) -> Relay {
+        Relay { tally, replicas, memory, cache, out: Responder::new(settings) }
+    }
+
     /// `response_filter`: the answer's header is on its way to the client.
     pub(super) fn relay_header(
         &self,
@@ -187,7 +216,7 @@ impl Drover {
             _ => ApiError::new(502, "upstream_failed", format!("the request failed: {e}")),
         });
         let status = api_error.status;
-        self.error(session, ctx, api_error).await;
+        self.out.error(session, ctx, api_error).await;
         FailToProxy { error_code: status, can_reuse_downstream: session.is_body_done() }
     }
 

@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
+use super::drover::Responder;
 use crate::protocol::api::ApiError;
 use crate::protocol::body::{drain, BodyError};
 
@@ -22,7 +22,7 @@ pub(super) const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 const DRAIN_BYTES: usize = 256 * 1024 * 1024;
 
-impl Drover {
+impl Responder {
     /// Refuses a body that could not be read whole; the connection closes after the answer.
     /// Boxed, as `error`.
     pub(super) fn refuse_body<'a>(

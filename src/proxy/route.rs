@@ -3,21 +3,67 @@
 //! answer an unload for every server (unload.rs), from the response cache, or wait for a
 //! first route (wait.rs).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use pingora::proxy::Session;
 
 use super::ctx::{Attempt, RequestCtx, Routed};
-use super::drover::Drover;
+use super::drover::Responder;
+use crate::config::Settings;
+use crate::fleet::client::Client;
+use crate::fleet::Fleet;
 use crate::protocol::body::{read_bounded, RoutableBody};
-use crate::routing::scheduler::Refused;
+use crate::protocol::resume::Format;
+use crate::routing::scheduler::{Refused, Scheduler};
+use crate::state::cache::ResponseCache;
+use crate::state::memory::Memory;
 
-impl Drover {
+/// The body stage and a first route: what it reads, answers from, and asks.
+pub struct Routing {
+    pub(super) fleet: Arc<ArcSwap<Fleet>>,
+    pub(super) scheduler: Arc<Scheduler>,
+    /// Conversation memory (state/memory.rs): a session's earlier messages.
+    pub(super) memory: Arc<Memory>,
+    /// Answers to deterministic requests (state/cache.rs).
+    pub(super) cache: Arc<ResponseCache>,
+    /// For an unload sent to every server that has the model (unload.rs).
+    pub(super) client: Arc<Client>,
+    max_body_bytes: usize,
+    resume: Resumption,
+    pub(super) out: Responder,
+}
+
+impl Routing {
+    pub fn new(
+        settings: &Settings,
+        fleet: Arc<ArcSwap<Fleet>>,
+        scheduler: Arc<Scheduler>,
+        memory: Arc<Memory>,
+        cache: Arc<ResponseCache>,
+        client: Arc<Client>,
+    ) -> Routing {
+        let lb = &settings.load_balancer;
+        Routing {
+            fleet,
+            scheduler,
+            memory,
+            cache,
+            client,
+            max_body_bytes: lb.max_body_bytes,
+            resume: Resumption { on: lb.resume, per_model: lb.model_resume.clone() },
+            out: Responder::new(settings),
+        }
+    }
+
     /// The body stage of a model-routed call: read and parse the body, then wait for a
     /// first route. Returns true when the request was answered here (an error).
     pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx, native: bool) -> bool {
         let body = match read_bounded(session, self.max_body_bytes, true).await {
             Ok(b) => b,
             Err(e) => {
-                self.refuse_body(session, ctx, e).await;
+                self.out.refuse_body(session, ctx, e).await;
                 return true;
             }
         };
@@ -36,14 +82,14 @@ impl Drover {
         let body = match RoutableBody::parse(body) {
             Ok(b) => b,
             Err(e) => {
-                self.error(session, ctx, e.into()).await;
+                self.out.error(session, ctx, e.into()).await;
                 return true;
             }
         };
         ctx.model = Some(body.name.clone());
         if let Some(key) = ctx.key.as_ref().filter(|k| !k.allows(&body.name)) {
             let e = key.refuse_model(&body.model);
-            self.error(session, ctx, e).await;
+            self.out.error(session, ctx, e).await;
             return true;
         }
         let path = session.req_header().uri.path();
@@ -71,13 +117,13 @@ impl Drover {
                 batch: key.record.priority == "batch",
             };
         }
-        routed.resume = self.resumable(&routed.body.name, session.req_header().uri.path());
+        routed.resume = self.resume.format(&routed.body.name, session.req_header().uri.path());
         routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         if self.answered_from_cache(session, ctx, &mut routed).await {
             return true;
         }
-        let taken = self.take_route(session, &routed, false).await;
+        let taken = super::wait::take_route(&self.scheduler, session, &routed, false).await;
         ctx.model_known = !matches!(&taken, Err(Refused::Error(e)) if e.code == "model_not_found");
         match taken {
             Ok(chosen) => {
@@ -91,9 +137,24 @@ impl Drover {
                 true
             }
             Err(Refused::Error(e)) => {
-                self.error(session, ctx, e).await;
+                self.out.error(session, ctx, e).await;
                 true
             }
         }
+    }
+}
+
+/// load_balancer.resume, and its per-model exceptions.
+struct Resumption {
+    on: bool,
+    per_model: HashMap<String, bool>,
+}
+
+impl Resumption {
+    /// The format in which a stream of `model` on `path` is continued elsewhere when its
+    /// server breaks off; `None` where resumption is off or the endpoint cannot be continued.
+    fn format(&self, model: &str, path: &str) -> Option<Format> {
+        let on = self.per_model.get(model).copied().unwrap_or(self.on);
+        Format::of_path(path).filter(|_| on)
     }
 }

@@ -8,11 +8,11 @@ use pingora::proxy::Session;
 use serde_json::{json, Value};
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
+use super::route::Routing;
 use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::{synthetic_tag, Kind};
 
-impl Drover {
+impl Routing {
     /// Answers /api/show when no Ollama server serves the model but an openai-kind one does;
     /// false when an Ollama server should answer it (or nothing serves it).
     pub(super) async fn show_locally(&self, session: &mut Session, ctx: &mut RequestCtx, body: &RoutableBody) -> bool {
@@ -59,7 +59,7 @@ impl Drover {
             "capabilities": capabilities,
             "modified_at": tag["modified_at"],
         });
-        self.json(session, ctx, 200, &answer).await;
+        self.out.json(session, ctx, 200, &answer).await;
         true
     }
 }

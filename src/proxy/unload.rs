@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 use serde_json::{json, Value};
 
 use super::ctx::RequestCtx;
-use super::drover::Drover;
+use super::route::Routing;
 use crate::protocol::api::ApiError;
 use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::Kind;
@@ -19,14 +19,14 @@ use crate::routing::scheduler::unknown_model;
 /// How long one server has to unload.
 const UNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Drover {
+impl Routing {
     /// Answers an unload of `body.model` on `path` (/api/generate or /api/chat).
     pub(super) async fn unload(&self, session: &mut Session, ctx: &mut RequestCtx, body: &RoutableBody) {
         let path = session.req_header().uri.path().to_string();
         let fleet = self.fleet.load_full();
         let routes = fleet.serving_routes(&body.name);
         if routes.is_empty() {
-            return self.error(session, ctx, unknown_model(&fleet, &body.name)).await;
+            return self.out.error(session, ctx, unknown_model(&fleet, &body.name)).await;
         }
         ctx.model_known = true;
         let mut seen = HashSet::new();
@@ -57,7 +57,7 @@ impl Drover {
                 "unload_failed",
                 format!("model {:?} not unloaded on {}", body.model, failed.join("; ")),
             );
-            return self.error(session, ctx, e).await;
+            return self.out.error(session, ctx, e).await;
         }
         let created_at = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
         let answer: Value = if path == "/api/chat" {
@@ -66,6 +66,6 @@ impl Drover {
         } else {
             json!({ "model": body.model, "created_at": created_at, "response": "", "done": true, "done_reason": "unload" })
         };
-        self.json(session, ctx, 200, &answer).await
+        self.out.json(session, ctx, 200, &answer).await
     }
 }

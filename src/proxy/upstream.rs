@@ -18,20 +18,48 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::Routed;
 use super::ctx::{as_chat, Attempt, RequestCtx, Running, Translation};
-use super::drover::Drover;
+use super::wait::take_route;
+use crate::config::Settings;
 use crate::fleet::Route;
 use crate::protocol::api::ApiError;
 use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::Kind;
 use crate::protocol::resume;
 use crate::protocol::translate;
-use crate::routing::scheduler::{Chosen, Refused};
+use crate::routing::scheduler::{Chosen, Refused, Scheduler};
+use crate::state::shared::Shared;
 use crate::telemetry::metrics::{self, RetryReason};
 
 /// Stale pooled connections replaced on one request before the failure counts.
 pub const STALE_RETRIES: u32 = 2;
 
-impl Drover {
+/// The upstream stage: how long a server is given, how often a request is tried, and where
+/// the next route comes from.
+pub struct Upstream {
+    /// The next route after a failure (wait.rs).
+    scheduler: Arc<Scheduler>,
+    /// Cooldowns told to the other drovers (state/shared.rs).
+    shared: Arc<Shared>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    max_retry_count: u32,
+    /// The longest a server's Retry-After rests it.
+    max_rest: Duration,
+}
+
+impl Upstream {
+    pub fn new(settings: &Settings, scheduler: Arc<Scheduler>, shared: Arc<Shared>) -> Upstream {
+        let lb = &settings.load_balancer;
+        Upstream {
+            scheduler,
+            shared,
+            connect_timeout: settings.http_client.connect_timeout,
+            read_timeout: settings.http_client.read_timeout,
+            max_retry_count: lb.max_retry_count,
+            max_rest: lb.max_rest,
+        }
+    }
+
     /// `upstream_peer`: the route picked before this attempt (or the next one now), its
     /// payload armed for `request_body_filter`.
     pub(super) async fn peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
@@ -129,7 +157,7 @@ impl Drover {
         if attempts > self.max_retry_count {
             return Err(self.exhausted(r, attempts));
         }
-        let picked = self.take_route(session.as_mut(), r, true).await;
+        let picked = take_route(&self.scheduler, session.as_mut(), r, true).await;
         match picked {
             Ok(chosen) => Ok(chosen),
             Err(Refused::ClientGone) => {
@@ -357,7 +385,7 @@ impl Drover {
         if attempts > self.max_retry_count {
             return Ok(());
         }
-        let picked = self.take_route(session.as_mut(), r, true).await;
+        let picked = take_route(&self.scheduler, session.as_mut(), r, true).await;
         match picked {
             Ok(chosen) => {
                 if let Attempt::Failed { next, .. } = &mut r.attempt {
@@ -409,7 +437,7 @@ impl Drover {
     }
 }
 
-impl Drover {
+impl Upstream {
     /// Asks the next server to continue the answer the client is receiving: the client's
     /// request with the text so far as the assistant's message to be continued
     /// (protocol/resume.rs). False when this stream cannot be continued.
@@ -497,7 +525,7 @@ fn set_cork(fd: std::os::unix::io::RawFd, on: bool) -> bool {
     rc == 0
 }
 
-impl Drover {
+impl Upstream {
     /// Tells the other drovers (through Redis, when configured) that a server cools down.
     fn share_cooldown(&self, server: &crate::fleet::Server) {
         if self.shared.active() {

@@ -7,22 +7,20 @@ use std::time::Duration;
 use pingora::protocols::http::ServerSession;
 
 use super::ctx::Routed;
-use super::drover::Drover;
-use crate::routing::scheduler::{Chosen, Refused};
+use crate::routing::scheduler::{Chosen, Refused, Scheduler};
 
-impl Drover {
-    /// A route for the request's next attempt (`retrying` after a failure), with its slot.
-    pub(super) async fn take_route(
-        &self,
-        session: &mut ServerSession,
-        r: &Routed,
-        retrying: bool,
-    ) -> Result<Chosen, Refused> {
-        // Only what cannot be translated needs an Ollama server.
-        let needs_ollama = r.native && r.translatable.is_none();
-        let req = self.scheduler.request(&r.body, needs_ollama, &r.tried, r.affinity);
-        self.scheduler.acquire(&r.fleet, &req, r.tenant, retrying, client_gone(session)).await
-    }
+/// A route for the request's next attempt (`retrying` after a failure), with its slot: the
+/// routing stage's first, the upstream stage's after a failure.
+pub(super) async fn take_route(
+    scheduler: &Scheduler,
+    session: &mut ServerSession,
+    r: &Routed,
+    retrying: bool,
+) -> Result<Chosen, Refused> {
+    // Only what cannot be translated needs an Ollama server.
+    let needs_ollama = r.native && r.translatable.is_none();
+    let req = scheduler.request(&r.body, needs_ollama, &r.tried, r.affinity);
+    scheduler.acquire(&r.fleet, &req, r.tenant, retrying, client_gone(session)).await
 }
 
 /// Resolves when the client has gone away (it never sends more once the body is read).
