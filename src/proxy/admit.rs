@@ -13,8 +13,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::drover::Responder;
 use super::respond::request_host;
+use super::respond::Responder;
 use crate::admin::guard::AdminGuard;
 use crate::config::Settings;
 use crate::edge::cors::{Cors, Verdict};

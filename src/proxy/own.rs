@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::ctx::RequestCtx;
-use super::drover::Responder;
+use super::respond::Responder;
 use super::respond::{cors_headers, no_compression, request_host, ADMIN_BODY_LIMIT};
 use crate::admin::dashboard::RecentErrors;
 use crate::admin::guard::AdminGuard;

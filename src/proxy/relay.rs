@@ -7,7 +7,7 @@ use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::{Attempt, RequestCtx, Translating, Translation};
-use super::drover::Responder;
+use super::respond::Responder;
 use crate::fleet::Origin;
 use crate::protocol::api::{is_stream, stream_error_tail, ApiError};
 use crate::protocol::echo::Echo;

@@ -10,7 +10,6 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::ctx::RequestCtx;
-use super::drover::Responder;
 use crate::protocol::api::ApiError;
 use crate::protocol::body::{drain, BodyError};
 
@@ -21,6 +20,35 @@ pub(super) const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
 /// that the client reads the refusal rather than a reset connection.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 const DRAIN_BYTES: usize = 256 * 1024 * 1024;
+
+/// Writes drover's own answers and decides which answers are compressed: the one setting
+/// every stage that answers shares.
+#[derive(Clone, Copy)]
+pub struct Responder {
+    pub(super) compression_level: u32,
+    compression_min_bytes: usize,
+}
+
+impl Responder {
+    pub fn new(settings: &crate::config::Settings) -> Responder {
+        Responder {
+            compression_level: settings.compression_level,
+            compression_min_bytes: settings.compression_min_bytes,
+        }
+    }
+
+    /// Whether an answer may be compressed: a whole one (never a stream, whose lines would
+    /// wait in the encoder) of at least compression.min_bytes. Whether the client accepts
+    /// an encoding, and whether the answer is encoded already, Pingora's module decides.
+    pub(super) fn worth_compressing(&self, resp: &ResponseHeader) -> bool {
+        let text = |name| resp.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let length = text(http::header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
+        if self.compression_level == 0 || length.is_none_or(|n| n < self.compression_min_bytes) {
+            return false;
+        }
+        !crate::protocol::api::is_stream(text(http::header::CONTENT_TYPE).unwrap_or(""))
+    }
+}
 
 impl Responder {
     /// Refuses a body that could not be read whole; the connection closes after the answer.

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use pingora::proxy::Session;
 
 use super::ctx::{Attempt, RequestCtx, Routed};
-use super::drover::Responder;
+use super::respond::Responder;
 use crate::config::Settings;
 use crate::fleet::client::Client;
 use crate::fleet::Fleet;
