@@ -92,7 +92,7 @@ fn tags_merge(c: &mut Criterion) {
             .collect();
         s.set_inventory(Inventory { names: names.into_iter().collect(), tags, ..Inventory::default() });
     }
-    c.bench_function("tags_merge/50_servers", |b| b.iter(|| black_box(drover::fleet::view::tags(black_box(&fleet)))));
+    c.bench_function("tags_merge/50_servers", |b| b.iter(|| black_box(drover::ops::views::tags(black_box(&fleet)))));
 }
 
 /// One streamed line of each: what a stream pays per line on top of passing it through.

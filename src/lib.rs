@@ -8,8 +8,10 @@
 //! - `fleet`: the servers, their health, the snapshot of routes.
 //! - `edge`: keys, limits, CORS. `routing`: selection, affinity, queue, resource check.
 //! - `state`: Redis-shared limits, the response cache, conversation memory, the store follower.
-//! - `admin`: the admin API, model management, required models, the dashboard.
-//! - `proxy`: the Pingora `ProxyHttp`, one hook per stage, on top of all of them.
+//! - `placement`: which servers hold which models: management, required models, replicas.
+//! - `ops`: drover's own answers: fleet views, status pages, the dashboard, recent errors.
+//! - `admin`: the admin API and its guard.
+//! - `proxy`: the Pingora `ProxyHttp`, one stage per hook, on top of all of them.
 //!
 //! `serve` is the composition root: it builds every shared part once and starts Pingora.
 //! `accept` wraps Pingora's proxy app; `stop` exits a stopping process once nothing is busy;
@@ -20,6 +22,8 @@ pub mod admin;
 pub mod config;
 pub mod edge;
 pub mod fleet;
+pub mod ops;
+pub mod placement;
 pub mod probe;
 pub mod protocol;
 pub mod proxy;

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 use base64::Engine;
 use bytes::Bytes;
-use drover::admin::manage::{read, Op};
+use drover::placement::manage::{read, Op};
 use drover::protocol::body::RoutableBody;
 use serde_json::Value;
 

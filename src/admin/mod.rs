@@ -1,22 +1,19 @@
 //! The admin API: routes in the store (list, add, change, remove), and why a model would go where.
 //!
-//! Bearer-token auth (admin.token); with no token configured only loopback clients are
-//! answered. Every field is checked before anything is written; a bad request is a 400
+//! Bearer-token auth (admin.token, guard.rs); with no token configured only loopback clients
+//! are answered. Every field is checked before anything is written; a bad request is a 400
 //! naming each bad field and writes nothing. Config-file routes are listed read-only
 //! (ids `config-N`) and any change to them is a 409. A write is applied to the routing
 //! table before the answer is sent.
 //!
-//! Owns: the admin API (this file: auth, routes; keys.rs; models.rs), model management across
-//! servers (manage.rs), required models kept pulled (required.rs), the dashboard (dashboard.rs).
-//! May import: config, edge, fleet, protocol, routing, state, storage, telemetry.
+//! Owns: the admin API (this file: routes; keys.rs; models.rs: preload and management as the
+//! admin), its field checks (fields.rs), and who may call it (guard.rs).
+//! May import: config, edge, fleet, placement, protocol, routing, state, storage, telemetry.
 
-pub mod dashboard;
 pub mod fields;
 pub mod guard;
 pub mod keys;
-pub mod manage;
 pub mod models;
-pub mod required;
 
 use std::sync::Arc;
 
@@ -27,11 +24,11 @@ use serde_json::{json, Map, Value};
 pub use fields::Reply;
 use fields::{check_fields, error, invalid, nullable, parse_body, store_failed};
 
-use crate::admin::required::Keeper;
 use crate::config::{rules, RouteInput, RouteSpec, Settings, Strategy};
 use crate::edge::keys::Keyring;
 use crate::fleet::client::Client;
 use crate::fleet::{Fleet, ModelRoutes, Origin, Route};
+use crate::placement::required::Keeper;
 use crate::protocol::ollama::{canonical, Kind, ServerUrl};
 use crate::routing::resources::ResourceCheck;
 use crate::routing::select::{explain, Explanation, Request};

@@ -13,8 +13,8 @@ use serde_json::{json, Map, Value};
 
 use super::fields::{error, invalid, parse_body, Reply};
 use super::Admin;
-use crate::admin::manage::Op;
 use crate::fleet::{Fleet, Server};
+use crate::placement::manage::Op;
 use crate::protocol::ollama::{Kind, ServerUrl};
 
 /// How long a preloaded model stays loaded when the request does not say.
@@ -57,15 +57,15 @@ impl Admin {
 
 impl Admin {
     /// `POST /admin/models/{pull,push,create,copy,delete}`: the same as Ollama's call through
-    /// drover (manage.rs), answered once every server is done, with per-server results.
+    /// drover (placement/manage.rs), answered once every server is done, with per-server results.
     pub(crate) async fn manage_models(&self, op: &str, body: Option<&[u8]>) -> Reply {
         let Some(op) = Op::named(op) else {
             return error(404, format!("no such admin endpoint: POST /admin/models/{op}"));
         };
         let fleet = self.fleet.load_full();
-        match crate::admin::manage::plan(op, body.unwrap_or_default(), None, &fleet) {
+        match crate::placement::manage::plan(op, body.unwrap_or_default(), None, &fleet) {
             Ok(plan) => {
-                crate::admin::manage::run_to_end(&plan, &self.client, self.settings.http_client.read_timeout).await
+                crate::placement::manage::run_to_end(&plan, &self.client, self.settings.http_client.read_timeout).await
             }
             Err(e) => error(e.status, e.message),
         }

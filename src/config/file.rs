@@ -67,7 +67,7 @@ pub(super) struct RawServerObject {
     /// Sent as `Authorization: Bearer ...`; `${VAR}` reads the environment.
     #[serde(default)]
     pub(super) api_key: Option<String>,
-    /// Models drover pulls onto this server when it lacks them (required.rs).
+    /// Models drover pulls onto this server when it lacks them (placement/required.rs).
     #[serde(default)]
     pub(super) required_models: Option<Vec<String>>,
     /// Extra headers for this server (e.g. `x-api-key`); `${VAR}` reads the environment.

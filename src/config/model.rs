@@ -92,7 +92,7 @@ pub struct ServerSpec {
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Duration>,
     pub credentials: Credentials,
-    /// Pulled in the background when missing (required.rs).
+    /// Pulled in the background when missing (placement/required.rs).
     pub required_models: Vec<String>,
 }
 
@@ -173,7 +173,7 @@ pub struct LoadBalancing {
     pub model_resume: std::collections::HashMap<String, bool>,
     /// The longest a server that answered 429 or 503 with Retry-After is left to rest.
     pub max_rest: Duration,
-    /// Models placed on more servers when their requests wait (routing/replicas.rs).
+    /// Models placed on more servers when their requests wait (placement/replicas.rs).
     pub replicas: Replicas,
 }
 

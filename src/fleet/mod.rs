@@ -4,7 +4,7 @@
 //! Owns: the snapshot and its build from settings and stored routes (this file), each
 //! server and its live state (server.rs), health as pingora-load-balancing backends
 //! (backends.rs) and drover's check (health.rs), the JSON client servers are asked with
-//! (client.rs), the fleet's gauges (gauges.rs) and the fleet-wide answers (view.rs).
+//! (client.rs) and the fleet's gauges (gauges.rs).
 //! May import: config, protocol, storage, telemetry.
 //!
 //! Per-server live state (health, cooldown, in-flight count, what models it has) sits in
@@ -16,7 +16,6 @@ pub mod client;
 pub mod gauges;
 pub mod health;
 pub mod server;
-pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;

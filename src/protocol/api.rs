@@ -56,7 +56,7 @@ pub enum Endpoint {
     Status,
     LbStats,
     Metrics,
-    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change the servers' disks (manage.rs).
+    /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: change the servers' disks (placement/manage.rs).
     Management,
     /// /api/blobs/{digest}: HEAD (does every server have it) and POST (upload to every server).
     Blob(String),

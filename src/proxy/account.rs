@@ -5,7 +5,7 @@ use std::sync::Arc;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::admin::dashboard::RecentErrors;
+use crate::ops::errors::RecentErrors;
 use crate::state::shared::Shared;
 use crate::telemetry::accesslog::{AccessLog, Line};
 

@@ -14,19 +14,19 @@ use serde_json::Value;
 use super::ctx::RequestCtx;
 use super::respond::Responder;
 use super::respond::{cors_headers, no_compression, request_host, ADMIN_BODY_LIMIT};
-use crate::admin::dashboard::RecentErrors;
 use crate::admin::guard::AdminGuard;
-use crate::admin::manage::{Op, Progress};
-use crate::admin::required::Keeper;
 use crate::admin::Admin;
 use crate::config::Settings;
 use crate::fleet::client::Client;
-use crate::fleet::view;
 use crate::fleet::Fleet;
+use crate::ops::errors::RecentErrors;
+use crate::ops::views;
+use crate::placement::manage::{Op, Progress};
+use crate::placement::replicas::Replicas;
+use crate::placement::required::Keeper;
 use crate::protocol::api::{Api, ApiError, DashboardPart, Endpoint};
 use crate::protocol::body::read_bounded;
 use crate::routing::queue::Queue;
-use crate::routing::replicas::Replicas;
 use crate::routing::resources::ResourceCheck;
 use crate::routing::scheduler::unknown_model;
 use crate::state::reload::Reloader;
@@ -121,18 +121,18 @@ impl OwnAnswers {
         match endpoint {
             Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
             Endpoint::Tags => {
-                self.out.json(session, ctx, 200, &visible(ctx, view::tags(&fleet), "models", "name")).await
+                self.out.json(session, ctx, 200, &visible(ctx, views::tags(&fleet), "models", "name")).await
             }
-            Endpoint::Ps => self.out.json(session, ctx, 200, &visible(ctx, view::ps(&fleet), "models", "name")).await,
+            Endpoint::Ps => self.out.json(session, ctx, 200, &visible(ctx, views::ps(&fleet), "models", "name")).await,
             Endpoint::Models => {
                 ctx.api = Api::OpenAi;
-                self.out.json(session, ctx, 200, &visible(ctx, view::models(&fleet), "data", "id")).await
+                self.out.json(session, ctx, 200, &visible(ctx, views::models(&fleet), "data", "id")).await
             }
             Endpoint::Model(name) => {
                 ctx.api = Api::OpenAi;
                 // A model the key may not use is one it cannot see.
                 let seen = ctx.key.as_ref().is_none_or(|k| k.allows(&name));
-                match view::model(&fleet, &name).filter(|_| seen) {
+                match views::model(&fleet, &name).filter(|_| seen) {
                     Some(m) => self.out.json(session, ctx, 200, &m).await,
                     None if seen => self.out.error(session, ctx, unknown_model(&fleet, &name)).await,
                     None => {
@@ -142,7 +142,7 @@ impl OwnAnswers {
                     }
                 }
             }
-            Endpoint::Version => self.out.json(session, ctx, 200, &view::version(&fleet)).await,
+            Endpoint::Version => self.out.json(session, ctx, 200, &views::version(&fleet)).await,
             Endpoint::Metrics => {
                 let (body, content_type) = crate::telemetry::metrics::render();
                 self.out.send(session, ctx, 200, &content_type, body.into()).await
@@ -151,22 +151,16 @@ impl OwnAnswers {
                 self.out.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
             Endpoint::Health => {
-                let (code, mut body) = view::health(&fleet, &self.reloader.state(), self.keeper.report());
-                if let Some(shared) = self.shared.report() {
-                    if shared["state"] != "ok" && body["status"] == "ok" {
-                        body["status"] = "degraded".into();
-                    }
-                    body["shared_state"] = shared;
-                }
+                let (code, body) =
+                    views::health(&fleet, &self.reloader.state(), self.keeper.report(), self.shared.report());
                 self.out.json(session, ctx, code, &body).await
             }
             Endpoint::Status => {
-                let body = view::status(&fleet, self.started.elapsed(), self.config_source.as_deref(), &self.database);
+                let body = views::status(&fleet, self.started.elapsed(), self.config_source.as_deref(), &self.database);
                 self.out.json(session, ctx, 200, &body).await
             }
             Endpoint::LbStats => {
-                let mut body = view::lb_stats(&fleet, self.queue.len());
-                body["replicas"] = self.replicas.view();
+                let body = views::lb_stats(&fleet, self.queue.len(), self.replicas.view());
                 self.out.json(session, ctx, 200, &body).await
             }
             Endpoint::Admin => self.admin(session, ctx).await,
@@ -189,13 +183,13 @@ impl OwnAnswers {
 
     /// The admin API's auth (token, or loopback without one); answers the refusal itself.
     /// The dashboard's cookie stands for the token on reads, and on writes that carry
-    /// `X-Drover-Dashboard` (dashboard.rs).
+    /// `X-Drover-Dashboard` (ops/dashboard.rs).
     async fn admin_refused(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let req = session.req_header();
         let text = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
         let cookie_allowed = req.method == http::Method::GET || text("x-drover-dashboard").is_some();
-        let from_cookie = crate::admin::dashboard::cookie_token(text("cookie"))
+        let from_cookie = crate::ops::dashboard::cookie_token(text("cookie"))
             .filter(|_| cookie_allowed)
             .map(|t| format!("Bearer {t}"));
         let auth = text("authorization").map(str::to_string).or(from_cookie);
@@ -255,7 +249,7 @@ impl OwnAnswers {
                     let mut header = ResponseHeader::build(303, Some(3)).expect("valid status");
                     header.insert_header(http::header::LOCATION, "/dashboard").expect("static header");
                     let cookie =
-                        format!("{}={token}; Path=/; HttpOnly; SameSite=Strict", crate::admin::dashboard::COOKIE);
+                        format!("{}={token}; Path=/; HttpOnly; SameSite=Strict", crate::ops::dashboard::COOKIE);
                     header.insert_header(http::header::SET_COOKIE, cookie).expect("token is header-safe");
                     header.insert_header(http::header::CONTENT_LENGTH, "0").expect("static header");
                     ctx.status = 303;
@@ -268,15 +262,15 @@ impl OwnAnswers {
         }
         match part {
             DashboardPart::Page => {
-                self.out.send(session, ctx, 200, "text/html; charset=utf-8", crate::admin::dashboard::PAGE.into()).await
+                self.out.send(session, ctx, 200, "text/html; charset=utf-8", crate::ops::dashboard::PAGE.into()).await
             }
             DashboardPart::Script => {
                 self.out
-                    .send(session, ctx, 200, "text/javascript; charset=utf-8", crate::admin::dashboard::SCRIPT.into())
+                    .send(session, ctx, 200, "text/javascript; charset=utf-8", crate::ops::dashboard::SCRIPT.into())
                     .await
             }
             DashboardPart::Data => {
-                let data = crate::admin::dashboard::data(crate::admin::dashboard::Snapshot {
+                let data = crate::ops::dashboard::data(crate::ops::dashboard::Snapshot {
                     fleet,
                     queued: self.queue.len(),
                     replicas: self.replicas.view(),
@@ -291,7 +285,7 @@ impl OwnAnswers {
     }
 
     /// /api/pull, /api/push, /api/create, /api/copy, /api/delete: sent to the servers that
-    /// should hold the model (manage.rs), their progress merged into one NDJSON stream.
+    /// should hold the model (placement/manage.rs), their progress merged into one NDJSON stream.
     async fn manage(&self, session: &mut Session, ctx: &mut RequestCtx) {
         let (method, path, query) = {
             let req = session.req_header();
@@ -310,7 +304,7 @@ impl OwnAnswers {
             Err(e) => return self.out.refuse_body(session, ctx, e).await,
         };
         let fleet = self.fleet.load_full();
-        let plan = match crate::admin::manage::plan(op, &body, query.as_deref(), &fleet) {
+        let plan = match crate::placement::manage::plan(op, &body, query.as_deref(), &fleet) {
             Ok(p) => p,
             Err(e) => return self.out.error(session, ctx, e).await,
         };
@@ -330,7 +324,7 @@ impl OwnAnswers {
         }
         let idle = self.read_timeout;
         if !plan.stream {
-            let (code, reply) = crate::admin::manage::run_to_end(&plan, &self.client, idle).await;
+            let (code, reply) = crate::placement::manage::run_to_end(&plan, &self.client, idle).await;
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
             return self.out.json(session, ctx, code, &reply).await;
         }
@@ -343,10 +337,10 @@ impl OwnAnswers {
         if session.write_response_header(Box::new(header), false).await.is_err() {
             return;
         }
-        let mut progress = crate::admin::manage::run(&plan, &self.client, idle);
-        let mut outcome = crate::admin::manage::Outcome::default();
+        let mut progress = crate::placement::manage::run(&plan, &self.client, idle);
+        let mut outcome = crate::placement::manage::Outcome::default();
         let mut client_gone = false;
-        let mut merge = crate::admin::manage::Merge::default();
+        let mut merge = crate::placement::manage::Merge::default();
         while let Some(p) = progress.recv().await {
             let line = match p {
                 Progress::Line(v) => match merge.line(v) {

@@ -244,7 +244,7 @@ impl ResourceCheck {
         self.judge(route, Purpose::Request)
     }
 
-    /// As `admit`, for a preload (routing/replicas.rs): requests do not follow it (`Held::follow`).
+    /// As `admit`, for a preload (placement/replicas.rs): requests do not follow it (`Held::follow`).
     pub fn admit_preload(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
         self.judge(route, Purpose::Preload)
     }

@@ -32,12 +32,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 
-use super::queue::Queue;
-use super::resources::ResourceCheck;
-use super::select::{ineligible, Request};
 use crate::config::Replicas as Settings;
 use crate::fleet::client::Client;
 use crate::fleet::{Fleet, Route, Server};
+use crate::routing::queue::Queue;
+use crate::routing::resources::ResourceCheck;
+use crate::routing::select::{ineligible, Request};
 use crate::telemetry::metrics;
 
 /// Changes kept for the dashboard.

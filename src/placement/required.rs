@@ -11,9 +11,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 
-use crate::admin::manage::{Op, Plan, Progress, Target};
 use crate::fleet::client::Client;
 use crate::fleet::Fleet;
+use crate::placement::manage::{Op, Plan, Progress, Target};
 use crate::protocol::ollama::{canonical_model, Kind};
 
 /// Where one required model stands on one server.
@@ -91,7 +91,7 @@ impl Keeper {
                 targets: vec![Target { server: server.clone(), body: json!({ "model": model, "stream": true }) }],
                 stream: true,
             };
-            let mut progress = crate::admin::manage::run(&plan, &self.client, self.idle);
+            let mut progress = crate::placement::manage::run(&plan, &self.client, self.idle);
             let (keeper, key) = (self.clone(), (url.clone(), model.clone()));
             tokio::spawn(async move {
                 while let Some(p) = progress.recv().await {

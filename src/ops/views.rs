@@ -1,4 +1,5 @@
-//! Fleet-wide answers: /api/tags, /api/ps, /v1/models and /api/version merged from the servers, and the status pages.
+//! Fleet-wide answers: /api/tags, /api/ps, /v1/models and /api/version merged from the
+//! servers, and the status pages (/health, /status, /lb-stats), each built whole here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -126,9 +127,10 @@ fn server_state(s: &Server) -> Value {
 
 /// GET /health: ok when every server is up and the store answers, degraded when some
 /// server is down or the store is unreachable (drover then serves its last good routes),
-/// down when no server is up. `required` is the required models' report (an empty list when
-/// none are set).
-pub fn health(fleet: &Fleet, store: &StoreState, required: Value) -> (u16, Value) {
+/// or Redis is configured and not answering; down when no server is up. `required` is the
+/// required models' report (an empty list when none are set), `shared` Redis's report
+/// (none without Redis).
+pub fn health(fleet: &Fleet, store: &StoreState, required: Value, shared: Option<Value>) -> (u16, Value) {
     let up = healthy(fleet).count();
     let status = if up == 0 {
         "down"
@@ -148,6 +150,12 @@ pub fn health(fleet: &Fleet, store: &StoreState, required: Value) -> (u16, Value
     let mut body = json!({ "status": status, "servers": servers, "store": store });
     if required.as_array().is_some_and(|r| !r.is_empty()) {
         body["required_models"] = required;
+    }
+    if let Some(shared) = shared {
+        if shared["state"] != "ok" && body["status"] == "ok" {
+            body["status"] = "degraded".into();
+        }
+        body["shared_state"] = shared;
     }
     (code, body)
 }
@@ -189,8 +197,9 @@ pub fn reported_load(s: &Server) -> Value {
     })
 }
 
-/// GET /lb-stats: per-server counters and loaded models.
-pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
+/// GET /lb-stats: per-server counters and loaded models, the queue, and the replica
+/// keeper's view (placement/replicas.rs).
+pub fn lb_stats(fleet: &Fleet, queued: usize, replicas: Value) -> Value {
     let servers: Vec<Value> = fleet
         .servers
         .iter()
@@ -223,6 +232,7 @@ pub fn lb_stats(fleet: &Fleet, queued: usize) -> Value {
         "queued_requests": queued,
         "endpoints": servers.clone(),
         "servers": servers,
+        "replicas": replicas,
     })
 }
 
@@ -295,15 +305,15 @@ mod tests {
     #[test]
     fn health_degrades_then_goes_down() {
         let f = fleet();
-        assert_eq!(health(&f, &StoreState::Ok, json!([])).1["status"], "ok");
+        assert_eq!(health(&f, &StoreState::Ok, json!([]), None).1["status"], "ok");
         let outage = StoreState::Unreachable("connection refused".into());
-        let (_, h) = health(&f, &outage, json!([]));
+        let (_, h) = health(&f, &outage, json!([]), None);
         assert_eq!((h["status"].as_str(), h["store"]["state"].as_str()), (Some("degraded"), Some("unreachable")));
         f.servers[0].note_error("refused");
         f.servers[0].set_enabled(false);
-        assert_eq!(health(&f, &StoreState::Ok, json!([])).1["status"], "degraded");
+        assert_eq!(health(&f, &StoreState::Ok, json!([]), None).1["status"], "degraded");
         f.servers[1].set_enabled(false);
-        let (code, h) = health(&f, &StoreState::Ok, json!([]));
+        let (code, h) = health(&f, &StoreState::Ok, json!([]), None);
         assert_eq!((code, h["status"].as_str()), (503, Some("down")));
         assert_eq!(h["servers"][0]["last_error"], "refused");
     }

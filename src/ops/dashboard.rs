@@ -1,5 +1,5 @@
 //! `GET /dashboard`: one live page on the fleet, served by drover itself (no build step, no
-//! CDN): assets/dashboard.html and assets/dashboard.js, compiled into the binary. The page
+//! CDN): dashboard.html and dashboard.js beside this file, compiled into the binary. The page
 //! polls `GET /dashboard/data` every second and acts through the admin API (drain/enable a
 //! server, pull a model).
 //!
@@ -8,39 +8,15 @@
 //! SameSite=Strict). The cookie alone is accepted for reads; a write made with it must also
 //! carry `X-Drover-Dashboard: 1`, which a cross-site form cannot send.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use crate::fleet::Fleet;
 
-pub const PAGE: &str = include_str!("../../assets/dashboard.html");
-pub const SCRIPT: &str = include_str!("../../assets/dashboard.js");
+pub const PAGE: &str = include_str!("dashboard.html");
+pub const SCRIPT: &str = include_str!("dashboard.js");
 pub const COOKIE: &str = "drover_admin";
-
-/// The last errors clients were answered with, newest last.
-#[derive(Default)]
-pub struct RecentErrors {
-    list: Mutex<VecDeque<Value>>,
-}
-
-/// How many errors the dashboard shows.
-const KEEP: usize = 30;
-
-impl RecentErrors {
-    pub fn push(&self, entry: Value) {
-        let mut list = self.list.lock().unwrap();
-        if list.len() == KEEP {
-            list.pop_front();
-        }
-        list.push_back(entry);
-    }
-
-    pub fn snapshot(&self) -> Vec<Value> {
-        self.list.lock().unwrap().iter().cloned().collect()
-    }
-}
 
 /// Everything the page shows, as of now. Counters are totals; the page turns them into
 /// rates between two polls.
@@ -52,7 +28,7 @@ pub struct Snapshot<'a> {
     pub errors: Vec<Value>,
     pub required: Value,
     pub uptime_seconds: u64,
-    /// The replica keeper's view (routing/replicas.rs).
+    /// The replica keeper's view (placement/replicas.rs).
     pub replicas: Value,
 }
 
@@ -86,7 +62,7 @@ pub fn data(s: Snapshot) -> Value {
                 "routes": tiers,
                 "in_flight": srv.in_flight(),
                 "max_concurrency": srv.max_concurrency,
-                "reported_load": crate::fleet::view::reported_load(srv),
+                "reported_load": super::views::reported_load(srv),
                 "loaded": loaded,
                 "free_ram_bytes": ram,
                 "free_vram_bytes": vram,
@@ -128,15 +104,5 @@ mod tests {
         assert_eq!(cookie_token(Some("a=1; drover_admin=s3cret; b=2")), Some("s3cret"));
         assert_eq!(cookie_token(Some("drover_admin_x=1")), None);
         assert_eq!(cookie_token(None), None);
-    }
-
-    #[test]
-    fn keeps_the_last_errors() {
-        let r = RecentErrors::default();
-        for i in 0..40 {
-            r.push(json!(i));
-        }
-        let s = r.snapshot();
-        assert_eq!((s.len(), s[0].clone(), s[29].clone()), (30, json!(10), json!(39)));
     }
 }
