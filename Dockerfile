@@ -11,7 +11,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY assets ./assets
 COPY migrations ./migrations
 COPY benches ./benches
 COPY examples ./examples
