@@ -37,14 +37,108 @@ pub enum DashboardPart {
     Data,
 }
 
+/// A model-routed call, told apart once by `classify`: the later stages read what they need
+/// of it here (translate.rs and resume.rs map it to their own terms), never the path again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Ollama's /api/generate.
+    Generate,
+    /// Ollama's /api/chat.
+    Chat,
+    /// Ollama's /api/embed.
+    Embed,
+    /// Ollama's older /api/embeddings.
+    Embeddings,
+    /// Ollama's /api/show.
+    Show,
+    /// OpenAI's /v1/chat/completions.
+    ChatCompletions,
+    /// OpenAI's /v1/completions.
+    Completions,
+    /// OpenAI's /v1/embeddings.
+    OpenAiEmbeddings,
+    /// Anthropic's /v1/messages.
+    Messages,
+    /// Anthropic's /v1/messages/count_tokens.
+    CountTokens,
+    /// OpenAI's Responses API, /v1/responses.
+    Responses,
+}
+
+impl Call {
+    const ALL: [Call; 11] = [
+        Call::Generate,
+        Call::Chat,
+        Call::Embed,
+        Call::Embeddings,
+        Call::Show,
+        Call::ChatCompletions,
+        Call::Completions,
+        Call::OpenAiEmbeddings,
+        Call::Messages,
+        Call::CountTokens,
+        Call::Responses,
+    ];
+
+    /// The routed call on `path`, if it is one.
+    pub fn of_path(path: &str) -> Option<Call> {
+        Call::ALL.into_iter().find(|c| c.path() == path)
+    }
+
+    /// The path the client called (and an Ollama-compatible server is called on).
+    pub fn path(self) -> &'static str {
+        match self {
+            Call::Generate => "/api/generate",
+            Call::Chat => "/api/chat",
+            Call::Embed => "/api/embed",
+            Call::Embeddings => "/api/embeddings",
+            Call::Show => "/api/show",
+            Call::ChatCompletions => "/v1/chat/completions",
+            Call::Completions => "/v1/completions",
+            Call::OpenAiEmbeddings => "/v1/embeddings",
+            Call::Messages => "/v1/messages",
+            Call::CountTokens => "/v1/messages/count_tokens",
+            Call::Responses => "/v1/responses",
+        }
+    }
+
+    /// The API the call speaks: its errors are written in that API's format.
+    pub fn api(self) -> Api {
+        match self {
+            Call::Generate | Call::Chat | Call::Embed | Call::Embeddings | Call::Show => Api::Ollama,
+            Call::ChatCompletions | Call::Completions | Call::OpenAiEmbeddings => Api::OpenAi,
+            Call::Messages | Call::CountTokens => Api::Anthropic,
+            Call::Responses => Api::Responses,
+        }
+    }
+
+    /// Ollama's native /api.
+    pub fn native(self) -> bool {
+        matches!(self, Call::Generate | Call::Chat | Call::Embed | Call::Embeddings | Call::Show)
+    }
+
+    /// A call whose body may be Ollama's unload (`keep_alive: 0`, nothing to answer).
+    pub fn can_unload(self) -> bool {
+        matches!(self, Call::Generate | Call::Chat)
+    }
+
+    /// A chat with a messages list: where a session's earlier messages go (state/memory.rs).
+    pub fn is_chat(self) -> bool {
+        matches!(self, Call::Chat | Call::ChatCompletions)
+    }
+
+    /// Anthropic's Messages or the Responses API: translated to chat completions for an
+    /// openai-kind server that has neither (its path, the one the server may lack).
+    pub fn chat_fallback(self) -> Option<&'static str> {
+        matches!(self, Call::Messages | Call::Responses).then(|| self.path())
+    }
+}
+
 /// What drover does with a request, decided from method and path alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// Routed by the `model` field of the JSON body. `native` is true for Ollama's /api calls.
-    Routed {
-        api: Api,
-        native: bool,
-    },
+    /// Routed by the `model` field of the JSON body.
+    Routed(Call),
     Tags,
     Ps,
     Models,
@@ -73,16 +167,10 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
     let is_get = method == Method::GET || method == Method::HEAD;
     let post = |e: Endpoint| if method == Method::POST { e } else { Endpoint::MethodNotAllowed(api) };
     let get = |e: Endpoint| if is_get { e } else { Endpoint::MethodNotAllowed(api) };
+    if let Some(call) = Call::of_path(path) {
+        return post(Endpoint::Routed(call));
+    }
     match path {
-        "/api/generate" | "/api/chat" | "/api/embed" | "/api/embeddings" | "/api/show" => {
-            post(Endpoint::Routed { api, native: true })
-        }
-        "/v1/chat/completions"
-        | "/v1/completions"
-        | "/v1/embeddings"
-        | "/v1/messages"
-        | "/v1/messages/count_tokens"
-        | "/v1/responses" => post(Endpoint::Routed { api, native: false }),
         "/api/tags" => get(Endpoint::Tags),
         "/api/ps" => get(Endpoint::Ps),
         "/v1/models" => get(Endpoint::Models),
@@ -231,18 +319,20 @@ mod tests {
 
     #[test]
     fn classifies_paths() {
-        assert_eq!(classify(&Method::POST, "/api/chat"), Endpoint::Routed { api: Api::Ollama, native: true });
-        assert_eq!(
-            classify(&Method::POST, "/v1/chat/completions"),
-            Endpoint::Routed { api: Api::OpenAi, native: false }
-        );
+        // Each routed call: its endpoint, and the API and nativeness the stages read of it.
+        let routed = |path| match classify(&Method::POST, path) {
+            Endpoint::Routed(call) => (call, call.api(), call.native(), call.path() == path),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(routed("/api/chat"), (Call::Chat, Api::Ollama, true, true));
+        assert_eq!(routed("/v1/chat/completions"), (Call::ChatCompletions, Api::OpenAi, false, true));
         assert_eq!(classify(&Method::GET, "/api/chat"), Endpoint::MethodNotAllowed(Api::Ollama));
-        assert_eq!(classify(&Method::POST, "/v1/messages"), Endpoint::Routed { api: Api::Anthropic, native: false });
-        assert_eq!(classify(&Method::POST, "/v1/responses"), Endpoint::Routed { api: Api::Responses, native: false });
-        assert_eq!(
-            classify(&Method::POST, "/v1/messages/count_tokens"),
-            Endpoint::Routed { api: Api::Anthropic, native: false }
-        );
+        assert_eq!(routed("/v1/messages"), (Call::Messages, Api::Anthropic, false, true));
+        assert_eq!(routed("/v1/responses"), (Call::Responses, Api::Responses, false, true));
+        assert_eq!(routed("/v1/messages/count_tokens"), (Call::CountTokens, Api::Anthropic, false, true));
+        for call in Call::ALL {
+            assert_eq!(routed(call.path()).0, call, "every call is classified by its own path");
+        }
         assert_eq!(classify(&Method::GET, "/v1/messages"), Endpoint::MethodNotAllowed(Api::Anthropic));
         assert_eq!(classify(&Method::HEAD, "/"), Endpoint::Root);
         assert_eq!(classify(&Method::GET, "/v1/models/qwen3:14b"), Endpoint::Model("qwen3:14b".into()));

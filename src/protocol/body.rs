@@ -88,10 +88,11 @@ impl From<BodyError> for ApiError {
 #[derive(Debug, Clone)]
 pub struct RoutableBody {
     bytes: Bytes,
-    /// The model as the client wrote it.
+    /// The model as the client wrote it: what answers name (protocol/echo.rs) and errors quote.
     pub model: String,
-    /// The model as Ollama resolves it ("m" is "m:latest"): the key of routes, queues,
-    /// affinity, a key's allowed models and metric labels.
+    /// The model as Ollama resolves it ("m" is "m:latest"): the one truth of what was asked,
+    /// the key of routes, queues, affinity, a key's allowed models and metric labels. What
+    /// a server is sent is the route's `actual_model`, written over `model`'s span.
     pub name: String,
     /// Byte range of the `model` value (the JSON string, quotes included).
     span: Range<usize>,

@@ -9,6 +9,8 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::api::Call;
+
 /// A streamed answer drover can continue on another server, by the client's endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -23,15 +25,15 @@ pub enum Format {
 }
 
 impl Format {
-    /// The resumable format of a client's endpoint; `None` for the rest.
-    pub fn of_path(path: &str) -> Option<Format> {
-        match path {
-            "/api/chat" => Some(Format::OllamaChat),
-            "/api/generate" => Some(Format::OllamaGenerate),
-            "/v1/chat/completions" => Some(Format::OpenAiChat),
-            "/v1/completions" => Some(Format::OpenAiCompletion),
-            "/v1/messages" => Some(Format::Messages),
-            "/v1/responses" => Some(Format::Responses),
+    /// The resumable format of a client's call; `None` for the rest.
+    pub fn of_call(call: Call) -> Option<Format> {
+        match call {
+            Call::Chat => Some(Format::OllamaChat),
+            Call::Generate => Some(Format::OllamaGenerate),
+            Call::ChatCompletions => Some(Format::OpenAiChat),
+            Call::Completions => Some(Format::OpenAiCompletion),
+            Call::Messages => Some(Format::Messages),
+            Call::Responses => Some(Format::Responses),
             _ => None,
         }
     }

@@ -22,6 +22,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::api::Call;
+
 /// Which Ollama endpoint is translated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -34,13 +36,13 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The Ollama paths that can be translated.
-    pub fn of_path(path: &str) -> Option<Endpoint> {
-        match path {
-            "/api/chat" => Some(Endpoint::Chat),
-            "/api/generate" => Some(Endpoint::Generate),
-            "/api/embed" => Some(Endpoint::Embed),
-            "/api/embeddings" => Some(Endpoint::Embeddings),
+    /// The Ollama calls that can be translated.
+    pub fn of_call(call: Call) -> Option<Endpoint> {
+        match call {
+            Call::Chat => Some(Endpoint::Chat),
+            Call::Generate => Some(Endpoint::Generate),
+            Call::Embed => Some(Endpoint::Embed),
+            Call::Embeddings => Some(Endpoint::Embeddings),
             _ => None,
         }
     }

@@ -100,7 +100,7 @@ impl Admission {
         endpoint: &Endpoint,
     ) -> Result<(), ApiError> {
         use Endpoint::*;
-        let model_call = matches!(endpoint, Routed { .. });
+        let model_call = matches!(endpoint, Routed(_));
         let guarded = model_call
             || matches!(endpoint, Tags | Ps | Models | Model(_) | Version | Status | LbStats | Management | Blob(_));
         if !guarded {

@@ -52,7 +52,7 @@ impl Routing {
         for actual in routed.fleet.actual_models(&routed.body.name) {
             let key = ResponseCache::key(
                 &tenant,
-                session.req_header().uri.path(),
+                routed.call.path(),
                 &answer_name(routed, &actual),
                 &routed.body.rewritten(&actual),
             );
@@ -103,7 +103,7 @@ impl Routing {
 impl Relay {
     /// `logging` of a request that ended without an error: a whole successful answer of a
     /// cache miss is kept, under the key of the route that gave it.
-    pub(super) async fn keep_answer(&self, session: &Session, ctx: &mut RequestCtx) {
+    pub(super) async fn keep_answer(&self, ctx: &mut RequestCtx) {
         let tenant = cache_tenant(&self.cache, ctx);
         let Some(r) = ctx.routed.as_deref_mut() else { return };
         let Some(fill) = r.cache_fill.take() else { return };
@@ -112,7 +112,7 @@ impl Relay {
             return;
         }
         let name = answer_name(r, &run.route.actual_model);
-        let key = ResponseCache::key(&tenant, session.req_header().uri.path(), &name, &run.payload);
+        let key = ResponseCache::key(&tenant, r.call.path(), &name, &run.payload);
         let entry = crate::state::cache::Entry {
             content_type: r.relay.content_type.clone(),
             server: run.route.server.url.as_str().to_string(),
@@ -126,7 +126,7 @@ impl Relay {
 /// and on Ollama's API, where the answer names the model as asked (protocol/echo.rs), that
 /// name too.
 fn answer_name(r: &Routed, actual: &str) -> String {
-    if r.native && r.body.model != actual {
+    if r.call.native() && r.body.model != actual {
         format!("{actual}\0{}", r.body.model)
     } else {
         actual.to_string()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::fleet::{Fleet, Route, Server};
-use crate::protocol::api::{Api, ApiError};
+use crate::protocol::api::{Api, ApiError, Call};
 use crate::protocol::body::RoutableBody;
 use crate::protocol::usage::{Usage, UsageScan};
 use crate::routing::scheduler::Chosen;
@@ -16,11 +16,14 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub api: Api,
-    /// The model as asked (canonical), whatever it is: the access log's.
+    /// The model as asked (canonical), whatever it is: the access log's copy. The truth of
+    /// a routed request is `Routed::body.name` (what was asked) and its attempt's
+    /// `route.actual_model` (what a server is sent); these two fields only report them.
     pub model: Option<String>,
     /// Whether `model` is one the fleet knows (routed or discovered): only such names become
     /// metric labels, so a client cannot add label values at will.
     pub model_known: bool,
+    /// The name the last server tried knows the model by (the access log's copy).
     pub actual_model: Option<String>,
     pub server: Option<String>,
     pub attempts: u32,
@@ -82,8 +85,8 @@ pub struct Routed {
     pub memory: Option<(crate::state::memory::Turn, Vec<u8>)>,
     /// The conversation it continues (affinity.rs), when affinity applies.
     pub affinity: Option<u64>,
-    /// Ollama's native /api.
-    pub native: bool,
+    /// The call the client made (protocol/api.rs `Call`): its path, API, and what can be done with it.
+    pub call: Call,
     /// Anthropic's /v1/messages or the Responses API's /v1/responses: translated to chat
     /// completions for an openai-kind server that has none.
     pub chat_fallback: Option<&'static str>,
@@ -262,15 +265,15 @@ pub struct Relay {
 }
 
 impl Routed {
-    pub fn new(body: RoutableBody, native: bool, fleet: Arc<Fleet>) -> Routed {
+    pub fn new(body: RoutableBody, call: Call, fleet: Arc<Fleet>) -> Routed {
         Routed {
             cache_fill: None,
             memory: None,
             affinity: None,
             body,
-            native,
-            translatable: None,
-            chat_fallback: None,
+            call,
+            translatable: crate::protocol::translate::Endpoint::of_call(call),
+            chat_fallback: call.chat_fallback(),
             fleet,
             tried: Vec::new(),
             attempt: Attempt::Waiting,

@@ -92,9 +92,9 @@ impl ProxyHttp for Drover {
             return Ok(true);
         }
         match endpoint {
-            Endpoint::Routed { api, native } => {
-                ctx.api = api;
-                Ok(self.routing.route(session, ctx, native).await)
+            Endpoint::Routed(call) => {
+                ctx.api = call.api();
+                Ok(self.routing.route(session, ctx, call).await)
             }
             other => {
                 // Boxed: drover's own endpoints (admin, dashboard, views) would otherwise
@@ -218,7 +218,7 @@ impl ProxyHttp for Drover {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if e.is_none() {
-            self.relay.keep_answer(session, ctx).await;
+            self.relay.keep_answer(ctx).await;
         }
         self.accounting.log(session, ctx);
         // The slot and any memory reservation are given back now, not when Pingora drops the context.

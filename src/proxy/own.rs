@@ -119,7 +119,7 @@ impl OwnAnswers {
             return self.out.error(session, ctx, e).await;
         }
         match endpoint {
-            Endpoint::Routed { .. } => unreachable!("routed calls are proxied"),
+            Endpoint::Routed(_) => unreachable!("routed calls are proxied"),
             Endpoint::Tags => {
                 self.out.json(session, ctx, 200, &visible(ctx, views::tags(&fleet), "models", "name")).await
             }

@@ -112,7 +112,7 @@ impl Relay {
             r.relay.content_type = answer.content_type().to_string();
             r.relay.sized = false;
             r.relay.translate = Some(answer);
-        } else if r.native {
+        } else if r.call.native() {
             // Ollama names the model as it was asked for: the answer is rewritten line by line,
             // so its length changes.
             r.relay.echo = Echo::new(&route.actual_model, &r.body.model);

@@ -14,6 +14,7 @@ use super::respond::Responder;
 use crate::config::Settings;
 use crate::fleet::client::Client;
 use crate::fleet::Fleet;
+use crate::protocol::api::Call;
 use crate::protocol::body::{read_bounded, RoutableBody};
 use crate::protocol::resume::Format;
 use crate::routing::scheduler::{Refused, Scheduler};
@@ -59,7 +60,7 @@ impl Routing {
 
     /// The body stage of a model-routed call: read and parse the body, then wait for a
     /// first route. Returns true when the request was answered here (an error).
-    pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx, native: bool) -> bool {
+    pub(super) async fn route(&self, session: &mut Session, ctx: &mut RequestCtx, call: Call) -> bool {
         let body = match read_bounded(session, self.max_body_bytes, true).await {
             Ok(b) => b,
             Err(e) => {
@@ -71,7 +72,7 @@ impl Routing {
         // The rare paths' futures are boxed, so that this one (inside `request_filter`'s,
         // which Pingora boxes for every request) stays small.
         let req = session.req_header();
-        let (body, turn) = match self.memory.session(req.uri.path(), &req.headers) {
+        let (body, turn) = match self.memory.session(call, &req.headers) {
             Some(id) => {
                 // Sessions are the key's own (state/memory.rs); without keys, one anonymous tenant's.
                 let tenant = ctx.key.as_ref().map_or("", |k| k.tenant());
@@ -92,23 +93,14 @@ impl Routing {
             self.out.error(session, ctx, e).await;
             return true;
         }
-        let path = session.req_header().uri.path();
-        if native && body.unload && (path == "/api/generate" || path == "/api/chat") {
-            Box::pin(self.unload(session, ctx, &body)).await;
+        if call.can_unload() && body.unload {
+            Box::pin(self.unload(session, ctx, call, &body)).await;
             return true;
         }
-        if native && path == "/api/show" && Box::pin(self.show_locally(session, ctx, &body)).await {
+        if call == Call::Show && Box::pin(self.show_locally(session, ctx, &body)).await {
             return true;
         }
-        let mut routed = Routed::new(body, native, self.fleet.load_full());
-        if native {
-            routed.translatable = crate::protocol::translate::Endpoint::of_path(session.req_header().uri.path());
-        }
-        routed.chat_fallback = match session.req_header().uri.path() {
-            "/v1/messages" => Some("/v1/messages"),
-            "/v1/responses" => Some("/v1/responses"),
-            _ => None,
-        };
+        let mut routed = Routed::new(body, call, self.fleet.load_full());
         if let Some(key) = &ctx.key {
             // Its place in the queue's fair order (routing/queue.rs).
             routed.tenant = crate::routing::queue::Tenant {
@@ -117,7 +109,7 @@ impl Routing {
                 batch: key.record.priority == "batch",
             };
         }
-        routed.resume = self.resume.format(&routed.body.name, session.req_header().uri.path());
+        routed.resume = self.resume.format(&routed.body.name, call);
         routed.memory = turn.map(|t| (t, Vec::new()));
         routed.affinity = self.scheduler.conversation(&session.req_header().headers, &routed.body);
         if self.answered_from_cache(session, ctx, &mut routed).await {
@@ -151,10 +143,10 @@ struct Resumption {
 }
 
 impl Resumption {
-    /// The format in which a stream of `model` on `path` is continued elsewhere when its
-    /// server breaks off; `None` where resumption is off or the endpoint cannot be continued.
-    fn format(&self, model: &str, path: &str) -> Option<Format> {
+    /// The format in which a stream of `model` from `call` is continued elsewhere when its
+    /// server breaks off; `None` where resumption is off or the call cannot be continued.
+    fn format(&self, model: &str, call: Call) -> Option<Format> {
         let on = self.per_model.get(model).copied().unwrap_or(self.on);
-        Format::of_path(path).filter(|_| on)
+        Format::of_call(call).filter(|_| on)
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::ctx::RequestCtx;
 use super::route::Routing;
-use crate::protocol::api::ApiError;
+use crate::protocol::api::{ApiError, Call};
 use crate::protocol::body::RoutableBody;
 use crate::protocol::ollama::Kind;
 use crate::routing::scheduler::unknown_model;
@@ -20,9 +20,9 @@ use crate::routing::scheduler::unknown_model;
 const UNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Routing {
-    /// Answers an unload of `body.model` on `path` (/api/generate or /api/chat).
-    pub(super) async fn unload(&self, session: &mut Session, ctx: &mut RequestCtx, body: &RoutableBody) {
-        let path = session.req_header().uri.path().to_string();
+    /// Answers an unload of `body.model` by `call` (/api/generate or /api/chat), sent as the same call.
+    pub(super) async fn unload(&self, session: &mut Session, ctx: &mut RequestCtx, call: Call, body: &RoutableBody) {
+        let path = call.path();
         let fleet = self.fleet.load_full();
         let routes = fleet.serving_routes(&body.name);
         if routes.is_empty() {
@@ -37,10 +37,9 @@ impl Routing {
             .filter(|r| seen.insert((r.server.url.as_str().to_string(), r.actual_model.clone())))
             .collect();
         let calls = targets.iter().map(|r| {
-            let call = json!({ "model": r.actual_model, "keep_alive": 0 });
-            let path = path.as_str();
+            let unload = json!({ "model": r.actual_model, "keep_alive": 0 });
             async move {
-                let result = self.client.post_json(&r.server, path, &call, UNLOAD_TIMEOUT).await;
+                let result = self.client.post_json(&r.server, path, &unload, UNLOAD_TIMEOUT).await;
                 if result.is_ok() {
                     r.server.mark_unloaded(&r.actual_model);
                 }
@@ -60,7 +59,7 @@ impl Routing {
             return self.out.error(session, ctx, e).await;
         }
         let created_at = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
-        let answer: Value = if path == "/api/chat" {
+        let answer: Value = if call == Call::Chat {
             json!({ "model": body.model, "created_at": created_at, "message": { "role": "assistant", "content": "" },
                     "done_reason": "unload", "done": true })
         } else {

@@ -18,7 +18,7 @@ pub(super) async fn take_route(
     retrying: bool,
 ) -> Result<Chosen, Refused> {
     // Only what cannot be translated needs an Ollama server.
-    let needs_ollama = r.native && r.translatable.is_none();
+    let needs_ollama = r.call.native() && r.translatable.is_none();
     let req = scheduler.request(&r.body, needs_ollama, &r.tried, r.affinity);
     scheduler.acquire(&r.fleet, &req, r.tenant, retrying, client_gone(session)).await
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::queue::{Queue, Tenant};
 use super::resources::{Reservation, ResourceCheck};
-use super::select::{select, Request, Selection};
+use super::select::{routes_of, select_from, ModelRoutesRef, Request, Selection};
 use crate::config::{Affinity, AffinityMode, Settings, Strategy};
 use crate::fleet::{Fleet, Route, Server, Slot};
 use crate::protocol::api::ApiError;
@@ -144,12 +144,14 @@ impl Scheduler {
             released.as_mut().enable();
             let my_turn = ticket.as_ref().is_none_or(|t| t.at_head());
             let selection = if my_turn {
-                if let Some(mr) = fleet.named_routes(req.model) {
+                // The model's routes, looked up once for this pick.
+                let found = routes_of(fleet, req.model);
+                if let Some(ModelRoutesRef::Named(mr)) = &found {
                     self.resources.refresh(&mr.routes).await;
                 }
                 let waiting = if self.replicas { 0 } else { self.queue.line_len(req.model) };
                 let req = Request { waiting, ..*req };
-                select(fleet, self.strategy_of(req.model), &req, &self.resources)
+                select_from(found.as_ref(), self.strategy_of(req.model), &req, &self.resources)
             } else {
                 Selection::AllBusy { memory: None }
             };

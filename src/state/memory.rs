@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::MemorySettings;
+use crate::protocol::api::Call;
 use crate::state::shared::Shared;
 use crate::storage::redis::Reply;
 use crate::storage::store::StoreHandle;
@@ -65,9 +66,9 @@ impl Memory {
         Memory { settings, shared, store, pending: Mutex::new(HashMap::new()) }
     }
 
-    /// Whether a request on `path` with these headers takes part.
-    pub fn session<'a>(&self, path: &str, headers: &'a http::HeaderMap) -> Option<&'a str> {
-        if !self.settings.enabled || !matches!(path, "/api/chat" | "/v1/chat/completions") {
+    /// The session a `call` with these headers takes part in, if any.
+    pub fn session<'a>(&self, call: Call, headers: &'a http::HeaderMap) -> Option<&'a str> {
+        if !self.settings.enabled || !call.is_chat() {
             return None;
         }
         headers.get(&self.settings.header).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty())

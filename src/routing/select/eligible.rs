@@ -125,10 +125,11 @@ impl Policy for NoChecks {
     }
 }
 
-/// The routes a model has: its active rows, else (discovery) the servers that list it, rotated.
-pub fn routes_of(fleet: &Fleet, model: &str) -> Option<ModelRoutesRef> {
+/// The routes a model has: its active rows, else (discovery) the servers that list it,
+/// rotated. Looked up once per pick: the caller keeps what this found.
+pub fn routes_of<'a>(fleet: &'a Fleet, model: &str) -> Option<ModelRoutesRef<'a>> {
     match fleet.named_routes(model) {
-        Some(_) => Some(ModelRoutesRef::Named),
+        Some(mr) => Some(ModelRoutesRef::Named(mr)),
         None => {
             let found = fleet.discover(model);
             if found.is_empty() {
@@ -142,16 +143,18 @@ pub fn routes_of(fleet: &Fleet, model: &str) -> Option<ModelRoutesRef> {
     }
 }
 
-/// Where a model's routes come from for one request.
-pub enum ModelRoutesRef {
-    Named,
+/// A model's routes for one pick, and where they come from.
+pub enum ModelRoutesRef<'a> {
+    /// Its own routes in the fleet snapshot.
+    Named(&'a ModelRoutes),
+    /// Every server that lists it, for this pick only.
     Discovered(ModelRoutes),
 }
 
-impl ModelRoutesRef {
-    pub fn get<'a>(&'a self, fleet: &'a Fleet, model: &str) -> &'a ModelRoutes {
+impl ModelRoutesRef<'_> {
+    pub fn routes(&self) -> &ModelRoutes {
         match self {
-            ModelRoutesRef::Named => fleet.named_routes(model).unwrap_or_else(|| &fleet.routes[model]),
+            ModelRoutesRef::Named(mr) => mr,
             ModelRoutesRef::Discovered(mr) => mr,
         }
     }

@@ -41,11 +41,21 @@ pub enum Selection<H> {
 }
 
 pub fn select<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Selection<P::Hold> {
-    match routes_of(fleet, req.model) {
+    select_from(routes_of(fleet, req.model).as_ref(), strategy, req, policy)
+}
+
+/// `select` over the routes `routes_of` found for this pick (`None`: the model is unknown).
+pub fn select_from<P: Policy>(
+    found: Option<&ModelRoutesRef>,
+    strategy: Strategy,
+    req: &Request,
+    policy: &P,
+) -> Selection<P::Hold> {
+    match found {
         None => Selection::UnknownModel,
         Some(found) => {
             let strategy = if matches!(found, ModelRoutesRef::Discovered(_)) { Strategy::Weighted } else { strategy };
-            select_among(found.get(fleet, req.model), strategy, req, policy)
+            select_among(found.routes(), strategy, req, policy)
         }
     }
 }
