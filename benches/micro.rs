@@ -98,7 +98,7 @@ fn tags_merge(c: &mut Criterion) {
 /// One streamed line of each: what a stream pays per line on top of passing it through.
 fn stream_lines(c: &mut Criterion) {
     use drover::protocol::echo::Echo;
-    use drover::protocol::translate::{Answer, Endpoint};
+    use drover::protocol::translate::{Answer, Endpoint, Translating};
     let ndjson = Bytes::from_static(
         b"{\"model\":\"llama3.2:latest\",\"created_at\":\"2026-12-05T04:00:00.123456789Z\",\"message\":{\"role\":\"assistant\",\"content\":\" the\"},\"done\":false}\n",
     );

@@ -266,7 +266,7 @@ async fn a_blob_reaches_every_server_before_the_create_that_names_it() {
     let a = MockOllama::start("a", &["llama3:latest"]).await;
     let b = MockOllama::start("b", &["llama3:latest"]).await;
     let d = Drover::start(&format!("{FAST}servers: [ \"{}\", \"{}\" ]\n", a.url, b.url)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.wait_healthy().await;
     // A model file's worth of bytes, sent in pieces: every server gets all of it.
     let blob: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let digest =

@@ -66,8 +66,36 @@ struct KeyState {
 /// One key as the request path sees it.
 pub struct Key {
     pub record: StoredKey,
+    /// Its place among the keys waiting for a busy model, read from the row once.
+    pub scheduling: Scheduling,
     expires: Option<SystemTime>,
     state: Arc<KeyState>,
+}
+
+/// How a key's requests are ordered when a model is busy (routing/queue.rs): its share by
+/// weight, and whether it waits behind interactive keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduling {
+    /// 1 to 1000: a key of weight 2 is served twice as often as one of weight 1.
+    pub weight: u32,
+    pub class: Class,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Interactive,
+    /// Served only when no interactive request waits for the model.
+    Batch,
+}
+
+impl Scheduling {
+    /// As a row says it: the admin API checks what it writes, but a row edited by hand in
+    /// SQL may hold anything, read as the nearest sound value (weight clamped, class
+    /// interactive unless it says batch).
+    pub fn of_row(weight: i64, priority: &str) -> Scheduling {
+        let class = if priority == "batch" { Class::Batch } else { Class::Interactive };
+        Scheduling { weight: weight.clamp(1, 1000) as u32, class }
+    }
 }
 
 impl Key {
@@ -190,7 +218,8 @@ impl Keyring {
             limit(&state.tokens, record.tokens_per_minute, now);
             kept.insert(record.id, state.clone());
             let expires = record.expires_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-            by_hash.insert(record.key_hash.clone(), Arc::new(Key { record, expires, state }));
+            let scheduling = Scheduling::of_row(record.weight, &record.priority);
+            by_hash.insert(record.key_hash.clone(), Arc::new(Key { record, scheduling, expires, state }));
         }
         // Usage of a deleted key has no row left to go to.
         *states = kept;
@@ -339,5 +368,21 @@ mod tests {
         assert_eq!((e.status, e.retry_after), (429, Some(30)));
         assert_eq!(ring.take_usage(), [(1, KeyUsage { requests: 1, prompt_tokens: 3, completion_tokens: 4 })]);
         assert!(ring.take_usage().is_empty());
+    }
+
+    #[test]
+    fn a_keys_scheduling_is_read_once_from_its_row_as_the_nearest_sound_value() {
+        let read = |w, p| Scheduling::of_row(w, p);
+        assert_eq!(read(5, "batch"), Scheduling { weight: 5, class: Class::Batch });
+        assert_eq!(read(1, "interactive"), Scheduling { weight: 1, class: Class::Interactive });
+        // Rows edited by hand in SQL.
+        assert_eq!(read(0, "BATCH"), Scheduling { weight: 1, class: Class::Interactive });
+        assert_eq!(read(5000, ""), Scheduling { weight: 1000, class: Class::Interactive });
+        let ring = Keyring::default();
+        let mut batch = row(7, "k", &["*"], None);
+        (batch.weight, batch.priority) = (3, "batch".into());
+        ring.replace(vec![batch]);
+        let key = ring.authenticate(Some("k")).unwrap();
+        assert_eq!(key.scheduling, Scheduling { weight: 3, class: Class::Batch });
     }
 }

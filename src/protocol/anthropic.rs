@@ -12,7 +12,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::translate::{feed, FromChat};
+use super::translate::{FromChat, Translator};
 
 /// Anthropic's request body -> OpenAI's chat completion, for the server's model `actual`;
 /// also whether the answer streams.
@@ -128,10 +128,7 @@ fn stop_reason(finish: Option<&str>) -> &'static str {
 
 /// Reads an OpenAI chat answer (whole or SSE) and writes Anthropic's.
 pub struct Answer {
-    stream: bool,
-    ok: bool,
     model: String,
-    pending: BytesMut,
     started: bool,
     /// The content block open now: its index, and whether it is text (else a tool call,
     /// identified by OpenAI's tool-call index).
@@ -144,12 +141,9 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn new(stream: bool, ok: bool, model: &str) -> Answer {
-        Answer {
-            stream: stream && ok,
-            ok,
+    pub fn new(stream: bool, ok: bool, model: &str) -> Translator<Answer> {
+        let answer = Answer {
             model: model.to_string(),
-            pending: BytesMut::new(),
             started: false,
             open: None,
             blocks: 0,
@@ -157,22 +151,8 @@ impl Answer {
             input_tokens: 0,
             output_tokens: 0,
             done: false,
-        }
-    }
-
-    pub fn content_type(&self) -> &'static str {
-        if self.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }
-    }
-
-    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        let mut pending = std::mem::take(&mut self.pending);
-        let out = feed(self, &mut pending, self.stream, self.ok, chunk, end);
-        self.pending = pending;
-        out
+        };
+        Translator::new(answer, stream, ok)
     }
 
     fn event(out: &mut BytesMut, name: &str, data: &Value) {
@@ -194,12 +174,14 @@ impl Answer {
             Self::event(out, "content_block_stop", &json!({ "type": "content_block_stop", "index": index }));
         }
     }
+}
 
-    fn chat_line(&mut self, line: &[u8], out: &mut BytesMut) {
+impl FromChat for Answer {
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
         let line = std::str::from_utf8(line).unwrap_or("").trim();
         let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
         if data == "[DONE]" {
-            self.finish_stream(out);
+            self.end_stream(out);
             return;
         }
         let Ok(chunk) = serde_json::from_str::<Value>(data) else { return };
@@ -247,7 +229,7 @@ impl Answer {
         }
     }
 
-    fn finish_stream(&mut self, out: &mut BytesMut) {
+    fn end_stream(&mut self, out: &mut BytesMut) {
         if self.done {
             return;
         }
@@ -261,7 +243,7 @@ impl Answer {
         Self::event(out, "message_stop", &json!({ "type": "message_stop" }));
     }
 
-    fn chat_whole(&mut self, answer: &Value) -> Value {
+    fn whole(&mut self, answer: &Value) -> Value {
         let choice = &answer["choices"][0];
         let m = &choice["message"];
         let mut content = Vec::new();
@@ -282,20 +264,6 @@ impl Answer {
                        "output_tokens": answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) },
         })
     }
-}
-
-impl FromChat for Answer {
-    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
-        self.chat_line(line, out)
-    }
-
-    fn end_stream(&mut self, out: &mut BytesMut) {
-        self.finish_stream(out)
-    }
-
-    fn whole(&mut self, answer: &Value) -> Value {
-        self.chat_whole(answer)
-    }
 
     fn error(&self, message: String) -> Value {
         json!({ "type": "error", "error": { "type": "api_error", "message": message } })
@@ -305,6 +273,7 @@ impl FromChat for Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::translate::Translating;
 
     #[test]
     fn requests_map_system_blocks_images_tools_and_results() {

@@ -13,7 +13,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::translate::{feed, FromChat};
+use super::translate::{FromChat, Translator};
 
 /// The Responses request body -> a chat completion for the server's model `actual`; also
 /// whether the answer streams.
@@ -115,11 +115,8 @@ fn content(c: &Value) -> Value {
 
 /// Reads a chat answer (whole or SSE) and writes the Responses API's.
 pub struct Answer {
-    stream: bool,
-    ok: bool,
     model: String,
     id: String,
-    pending: BytesMut,
     sequence: u64,
     started: bool,
     text: Option<String>,
@@ -132,17 +129,14 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn new(stream: bool, ok: bool, model: &str) -> Answer {
+    pub fn new(stream: bool, ok: bool, model: &str) -> Translator<Answer> {
         let id = format!(
             "resp_drover{:x}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
         );
-        Answer {
-            stream: stream && ok,
-            ok,
+        let answer = Answer {
             model: model.to_string(),
             id,
-            pending: BytesMut::new(),
             sequence: 0,
             started: false,
             text: None,
@@ -151,22 +145,8 @@ impl Answer {
             input_tokens: 0,
             output_tokens: 0,
             done: false,
-        }
-    }
-
-    pub fn content_type(&self) -> &'static str {
-        if self.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }
-    }
-
-    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        let mut pending = std::mem::take(&mut self.pending);
-        let out = feed(self, &mut pending, self.stream, self.ok, chunk, end);
-        self.pending = pending;
-        out
+        };
+        Translator::new(answer, stream, ok)
     }
 
     fn event(&mut self, out: &mut BytesMut, name: &str, mut data: Value) {
@@ -211,12 +191,14 @@ impl Answer {
             "completed"
         }
     }
+}
 
-    fn chat_line(&mut self, line: &[u8], out: &mut BytesMut) {
+impl FromChat for Answer {
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
         let line = std::str::from_utf8(line).unwrap_or("").trim();
         let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
         if data == "[DONE]" {
-            self.finish_stream(out);
+            self.end_stream(out);
             return;
         }
         let Ok(chunk) = serde_json::from_str::<Value>(data) else { return };
@@ -273,7 +255,7 @@ impl Answer {
         }
     }
 
-    fn finish_stream(&mut self, out: &mut BytesMut) {
+    fn end_stream(&mut self, out: &mut BytesMut) {
         if self.done {
             return;
         }
@@ -301,7 +283,7 @@ impl Answer {
         self.event(out, "response.completed", json!({ "response": r }));
     }
 
-    fn chat_whole(&mut self, answer: &Value) -> Value {
+    fn whole(&mut self, answer: &Value) -> Value {
         let choice = &answer["choices"][0];
         self.finish = choice["finish_reason"].as_str().map(str::to_string);
         self.input_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
@@ -321,20 +303,6 @@ impl Answer {
         }
         self.response(self.status(), output)
     }
-}
-
-impl FromChat for Answer {
-    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
-        self.chat_line(line, out)
-    }
-
-    fn end_stream(&mut self, out: &mut BytesMut) {
-        self.finish_stream(out)
-    }
-
-    fn whole(&mut self, answer: &Value) -> Value {
-        self.chat_whole(answer)
-    }
 
     fn error(&self, message: String) -> Value {
         json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } })
@@ -344,6 +312,7 @@ impl FromChat for Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::translate::Translating;
 
     #[test]
     fn requests_map_instructions_items_tools_and_format() {

@@ -210,8 +210,11 @@ fn options(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(),
 }
 
 /// What a translator of OpenAI's chat answer does with its pieces: this file's for Ollama,
-/// anthropic.rs's and responses.rs's. `feed` is the reading they share.
-pub(crate) trait FromChat {
+/// anthropic.rs's and responses.rs's. The reading they share (whole lines, a whole answer,
+/// the content type) is `Translator`'s.
+pub trait FromChat: Send + Sync + 'static {
+    /// The content type of what the client gets: a stream's, then a whole answer's.
+    const CONTENT_TYPES: [&'static str; 2] = ["text/event-stream", "application/json"];
     /// One line of an SSE stream.
     fn sse_line(&mut self, line: &[u8], out: &mut BytesMut);
     /// The stream ended: what closes it in the client's API.
@@ -222,9 +225,45 @@ pub(crate) trait FromChat {
     fn error(&self, message: String) -> Value;
 }
 
+/// An OpenAI chat answer translated back to the client's API as it passes: the reading
+/// every translator shares, around the one (`T`) that translates the pieces.
+pub struct Translator<T> {
+    inner: T,
+    /// A stream is read line by line; anything else, or an error answer, whole.
+    stream: bool,
+    /// The status the server answered: an error body is translated whole.
+    ok: bool,
+    /// Bytes not yet a whole line (a stream) or the whole answer so far (the rest).
+    pending: BytesMut,
+}
+
+impl<T: FromChat> Translator<T> {
+    pub fn new(inner: T, stream: bool, ok: bool) -> Translator<T> {
+        Translator { inner, stream: stream && ok, ok, pending: BytesMut::new() }
+    }
+}
+
+/// An answer being translated, whichever API it goes back to: the relay's one handle on it.
+pub trait Translating: Send + Sync {
+    /// The content type of what the client gets.
+    fn content_type(&self) -> &'static str;
+    /// The translation of `chunk` (and at `end`, of what was left).
+    fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes;
+}
+
+impl<T: FromChat> Translating for Translator<T> {
+    fn content_type(&self) -> &'static str {
+        T::CONTENT_TYPES[if self.stream { 0 } else { 1 }]
+    }
+
+    fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
+        feed(&mut self.inner, &mut self.pending, self.stream, self.ok, chunk, end)
+    }
+}
+
 /// Feeds `chunk` through `t`: a stream line by line (an unfinished last line waits for the
 /// rest), a whole answer once it has all come (`pending` holds what waits).
-pub(crate) fn feed<T: FromChat>(
+fn feed<T: FromChat>(
     t: &mut T,
     pending: &mut BytesMut,
     stream: bool,
@@ -271,15 +310,10 @@ pub(crate) fn error_message(answer: &Value, raw: &[u8]) -> String {
 /// Reads an OpenAI answer (whole or SSE) and writes Ollama's, as it passes.
 pub struct Answer {
     endpoint: Endpoint,
-    stream: bool,
     /// The model as the client named it.
     model: String,
     started: Instant,
     first_token: Option<Instant>,
-    /// Bytes not yet a whole line (a stream) or the whole answer so far (the rest).
-    pending: BytesMut,
-    /// The status the server answered: an error body is translated whole.
-    ok: bool,
     /// Streamed tool calls, assembled from their pieces.
     tool_calls: Vec<(String, String)>,
     finish: Option<String>,
@@ -291,96 +325,20 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn new(endpoint: Endpoint, stream: bool, ok: bool, model: &str, started: Instant) -> Answer {
-        Answer {
+    pub fn new(endpoint: Endpoint, stream: bool, ok: bool, model: &str, started: Instant) -> Translator<Answer> {
+        let answer = Answer {
             endpoint,
-            stream: stream && ok,
             model: model.to_string(),
             started,
             first_token: None,
-            pending: BytesMut::new(),
-            ok,
             tool_calls: Vec::new(),
             finish: None,
             prompt_tokens: None,
             completion_tokens: None,
             pieces: 0,
             done: false,
-        }
-    }
-
-    /// The content type of what the client gets.
-    pub fn content_type(&self) -> &'static str {
-        if self.stream {
-            "application/x-ndjson"
-        } else {
-            "application/json; charset=utf-8"
-        }
-    }
-
-    /// The translation of `chunk` (and at `end`, of what was left).
-    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        let mut pending = std::mem::take(&mut self.pending);
-        let out = feed(self, &mut pending, self.stream, self.ok, chunk, end);
-        self.pending = pending;
-        out
-    }
-
-    /// One SSE line: `data: {chunk}` becomes an NDJSON line; `data: [DONE]` the final one.
-    fn ollama_line(&mut self, line: &[u8], out: &mut BytesMut) {
-        let line = std::str::from_utf8(line).unwrap_or("").trim();
-        let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
-        if data == "[DONE]" {
-            if !self.done {
-                self.final_line(out);
-            }
-            return;
-        }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else { return };
-        if let Some(e) = chunk.get("error") {
-            let message = e.get("message").and_then(Value::as_str).map_or_else(|| e.to_string(), str::to_string);
-            push_line(out, &json!({ "error": message }));
-            self.done = true;
-            return;
-        }
-        self.usage(&chunk);
-        let Some(choice) = chunk["choices"].get(0) else { return };
-        if let Some(f) = choice["finish_reason"].as_str() {
-            self.finish = Some(f.to_string());
-        }
-        let delta = if self.endpoint == Endpoint::Chat { &choice["delta"] } else { choice };
-        let text = if self.endpoint == Endpoint::Chat { delta["content"].as_str() } else { delta["text"].as_str() };
-        let thinking = delta["reasoning_content"].as_str().or(delta["reasoning"].as_str());
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let i = call["index"].as_u64().unwrap_or(self.tool_calls.len() as u64) as usize;
-            if self.tool_calls.len() <= i {
-                self.tool_calls.resize(i + 1, (String::new(), String::new()));
-            }
-            if let Some(n) = call["function"]["name"].as_str() {
-                self.tool_calls[i].0.push_str(n);
-            }
-            if let Some(a) = call["function"]["arguments"].as_str() {
-                self.tool_calls[i].1.push_str(a);
-            }
-        }
-        let text = text.unwrap_or("");
-        if text.is_empty() && thinking.is_none_or(str::is_empty) {
-            return;
-        }
-        self.first_token.get_or_insert_with(Instant::now);
-        self.pieces += 1;
-        let mut line = self.head();
-        match self.endpoint {
-            Endpoint::Chat => {
-                line["message"] = json!({ "role": "assistant", "content": text });
-                if let Some(t) = thinking.filter(|t| !t.is_empty()) {
-                    line["message"]["thinking"] = t.into();
-                }
-            }
-            _ => line["response"] = text.into(),
-        }
-        line["done"] = false.into();
-        push_line(out, &line);
+        };
+        Translator::new(answer, stream, ok)
     }
 
     fn usage(&mut self, answer: &Value) {
@@ -438,9 +396,76 @@ impl Answer {
         self.stats(&mut line);
         push_line(out, &line);
     }
+}
+
+impl FromChat for Answer {
+    const CONTENT_TYPES: [&'static str; 2] = ["application/x-ndjson", "application/json; charset=utf-8"];
+
+    /// One SSE line: `data: {chunk}` becomes an NDJSON line; `data: [DONE]` the final one.
+    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
+        let line = std::str::from_utf8(line).unwrap_or("").trim();
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else { return };
+        if data == "[DONE]" {
+            if !self.done {
+                self.final_line(out);
+            }
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else { return };
+        if let Some(e) = chunk.get("error") {
+            let message = e.get("message").and_then(Value::as_str).map_or_else(|| e.to_string(), str::to_string);
+            push_line(out, &json!({ "error": message }));
+            self.done = true;
+            return;
+        }
+        self.usage(&chunk);
+        let Some(choice) = chunk["choices"].get(0) else { return };
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.finish = Some(f.to_string());
+        }
+        let delta = if self.endpoint == Endpoint::Chat { &choice["delta"] } else { choice };
+        let text = if self.endpoint == Endpoint::Chat { delta["content"].as_str() } else { delta["text"].as_str() };
+        let thinking = delta["reasoning_content"].as_str().or(delta["reasoning"].as_str());
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let i = call["index"].as_u64().unwrap_or(self.tool_calls.len() as u64) as usize;
+            if self.tool_calls.len() <= i {
+                self.tool_calls.resize(i + 1, (String::new(), String::new()));
+            }
+            if let Some(n) = call["function"]["name"].as_str() {
+                self.tool_calls[i].0.push_str(n);
+            }
+            if let Some(a) = call["function"]["arguments"].as_str() {
+                self.tool_calls[i].1.push_str(a);
+            }
+        }
+        let text = text.unwrap_or("");
+        if text.is_empty() && thinking.is_none_or(str::is_empty) {
+            return;
+        }
+        self.first_token.get_or_insert_with(Instant::now);
+        self.pieces += 1;
+        let mut line = self.head();
+        match self.endpoint {
+            Endpoint::Chat => {
+                line["message"] = json!({ "role": "assistant", "content": text });
+                if let Some(t) = thinking.filter(|t| !t.is_empty()) {
+                    line["message"]["thinking"] = t.into();
+                }
+            }
+            _ => line["response"] = text.into(),
+        }
+        line["done"] = false.into();
+        push_line(out, &line);
+    }
+
+    fn end_stream(&mut self, out: &mut BytesMut) {
+        if !self.done {
+            self.final_line(out);
+        }
+    }
 
     /// A whole OpenAI answer as Ollama's.
-    fn ollama_whole(&mut self, answer: &Value) -> Value {
+    fn whole(&mut self, answer: &Value) -> Value {
         self.usage(answer);
         self.first_token.get_or_insert(self.started);
         let mut out = self.head();
@@ -490,22 +515,6 @@ impl Answer {
                 out
             }
         }
-    }
-}
-
-impl FromChat for Answer {
-    fn sse_line(&mut self, line: &[u8], out: &mut BytesMut) {
-        self.ollama_line(line, out)
-    }
-
-    fn end_stream(&mut self, out: &mut BytesMut) {
-        if !self.done {
-            self.final_line(out);
-        }
-    }
-
-    fn whole(&mut self, answer: &Value) -> Value {
-        self.ollama_whole(answer)
     }
 
     fn error(&self, message: String) -> Value {
@@ -583,7 +592,7 @@ mod tests {
         assert!(translated(Endpoint::Embed, json!({ "input": "a" })).get("stream").is_none());
     }
 
-    fn feed_all(a: &mut Answer, chunks: &[&str]) -> Vec<Value> {
+    fn feed_all(a: &mut impl Translating, chunks: &[&str]) -> Vec<Value> {
         let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
             out.extend_from_slice(&a.feed(Some(&Bytes::copy_from_slice(c.as_bytes())), i == chunks.len() - 1));

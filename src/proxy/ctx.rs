@@ -223,31 +223,6 @@ pub fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translat
     }
 }
 
-/// An answer being translated back as it streams.
-pub enum Translating {
-    Ollama(crate::protocol::translate::Answer),
-    Messages(crate::protocol::anthropic::Answer),
-    Responses(crate::protocol::responses::Answer),
-}
-
-impl Translating {
-    pub fn content_type(&self) -> &'static str {
-        match self {
-            Translating::Ollama(a) => a.content_type(),
-            Translating::Messages(a) => a.content_type(),
-            Translating::Responses(a) => a.content_type(),
-        }
-    }
-
-    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        match self {
-            Translating::Ollama(a) => a.feed(chunk, end),
-            Translating::Messages(a) => a.feed(chunk, end),
-            Translating::Responses(a) => a.feed(chunk, end),
-        }
-    }
-}
-
 /// What the relay learns about the answer as it streams back.
 pub struct Relay {
     pub content_type: String,
@@ -259,7 +234,7 @@ pub struct Relay {
     /// Ollama's API under another name than the client's: the answer's model put back.
     pub echo: Option<crate::protocol::echo::Echo>,
     /// An openai-kind server's answer, translated back to the client's API.
-    pub translate: Option<Translating>,
+    pub translate: Option<Box<dyn crate::protocol::translate::Translating>>,
     /// A stream passed on record by record, continued elsewhere if its server breaks off.
     pub stream: Option<crate::protocol::resume::Stream>,
 }

@@ -1,21 +1,25 @@
-//! The Pingora `ProxyHttp`: each hook is one stage of a request, implemented in the file named after it.
+//! The Pingora `ProxyHttp`: each hook hands the request to one stage, a struct holding only
+//! what that stage uses (drover.rs), implemented in the file named after it.
 //!
-//! - `request_filter`: drover's CORS and who may call (admit.rs); drover's own endpoints
-//!   (own.rs); for a model-routed call the body stage (route.rs): read and parse the body,
-//!   keeping its tail in Pingora's retry buffer, a session's history first (memory.rs), an
-//!   answer from the response cache (cache.rs), else a first route (wait.rs).
+//! - `request_filter`: the request id, CORS and who may call (admit.rs, `Admission`);
+//!   drover's own endpoints (own.rs, `OwnAnswers`, with blobs.rs); for a model-routed call
+//!   the body stage (route.rs, `Routing`): read and parse the body, keeping its tail in
+//!   Pingora's retry buffer, a session's history first (memory.rs), an unload for every
+//!   server (unload.rs), /api/show of an openai-kind model (show.rs), an answer from the
+//!   response cache (cache.rs), else a first route (wait.rs).
 //! - `upstream_peer`, `upstream_request_filter`, `request_body_filter`, `fail_to_connect`,
 //!   `error_while_proxy`, `upstream_response_filter`: one attempt on one server, and whether
-//!   a failure is retried elsewhere (upstream.rs).
+//!   a failure is retried elsewhere (upstream.rs, `Upstream`).
 //! - `response_filter`, `response_body_filter`, `fail_to_proxy`: the answer on its way back,
-//!   and errors in the client's format (relay.rs).
-//! - `logging`: the answer kept for the cache (cache.rs); metrics and the access-log line (account.rs).
+//!   and errors in the client's format (relay.rs, `Relay`).
+//! - `logging`: the answer kept for the cache (cache.rs); metrics and the access-log line
+//!   (account.rs, `Accounting`).
 //!
-//! `Drover` and the parts it is built from are in drover.rs; a request's state in ctx.rs;
-//! every answer drover writes itself goes through respond.rs.
+//! `Drover`, one part per stage, is in drover.rs; a request's state in ctx.rs; every answer
+//! drover writes itself goes through respond.rs (`Responder`).
 //!
-//! Owns: the per-request context, the per-address limiter, the recent errors for the dashboard.
-//! May import: every folder but serve (it sits on top).
+//! Owns: the per-request context, the per-address limiter and the request-id counter (admit.rs).
+//! May import: every folder but serve, accept and probe (it sits on top).
 
 mod account;
 mod admit;
@@ -64,7 +68,7 @@ impl ProxyHttp for Drover {
     }
 
     /// Pingora's response compression (gzip, zstd, brotli by Accept-Encoding), turned off per
-    /// answer for streams and small bodies (relay.rs, local.rs).
+    /// answer for streams and small bodies (`Responder::worth_compressing`).
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         modules.add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(
             self.out.compression_level,

@@ -6,13 +6,13 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::ctx::{Attempt, RequestCtx, Translating, Translation};
+use super::ctx::{Attempt, RequestCtx, Translation};
 use super::respond::Responder;
 use crate::fleet::Origin;
 use crate::placement::replicas::Replicas;
 use crate::protocol::api::{is_stream, stream_error_tail, ApiError};
 use crate::protocol::echo::Echo;
-use crate::protocol::translate::Answer;
+use crate::protocol::translate::{Answer, Translating};
 use crate::protocol::usage::UsageScan;
 use crate::protocol::{anthropic, responses};
 use crate::state::cache::ResponseCache;
@@ -92,16 +92,13 @@ impl Relay {
         resp.insert_header("x-drover-model", route.actual_model.as_str())?;
         if let Some(translation) = translated {
             // An openai-kind server's answer, translated back to the client's API.
-            let answer = match translation {
+            let ok = status < 400;
+            let answer: Box<dyn Translating> = match translation {
                 Translation::Ollama(endpoint, stream) => {
-                    Translating::Ollama(Answer::new(endpoint, stream, status < 400, &r.body.model, ctx.started))
+                    Box::new(Answer::new(endpoint, stream, ok, &r.body.model, ctx.started))
                 }
-                Translation::Messages(stream) => {
-                    Translating::Messages(anthropic::Answer::new(stream, status < 400, &route.actual_model))
-                }
-                Translation::Responses(stream) => {
-                    Translating::Responses(responses::Answer::new(stream, status < 400, &route.actual_model))
-                }
+                Translation::Messages(stream) => Box::new(anthropic::Answer::new(stream, ok, &route.actual_model)),
+                Translation::Responses(stream) => Box::new(responses::Answer::new(stream, ok, &route.actual_model)),
             };
             resp.insert_header(http::header::CONTENT_TYPE, answer.content_type())?;
             resp.remove_header(&http::header::CONTENT_LENGTH);

@@ -105,8 +105,8 @@ impl Routing {
             // Its place in the queue's fair order (routing/queue.rs).
             routed.tenant = crate::routing::queue::Tenant {
                 key: key.record.id,
-                weight: key.record.weight.clamp(1, 1000) as u32,
-                batch: key.record.priority == "batch",
+                weight: key.scheduling.weight,
+                batch: key.scheduling.class == crate::edge::keys::Class::Batch,
             };
         }
         routed.resume = self.resume.format(&routed.body.name, call);

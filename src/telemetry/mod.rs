@@ -3,7 +3,7 @@
 //!
 //! Owns: the default Prometheus registry's request metrics, the access-log writer thread.
 //! May import: nothing else of drover's (every other folder may count here). The fleet's
-//! scrape-time gauges live beside the fleet (fleet/gauges.rs); the dashboard with the admin.
+//! scrape-time gauges live beside the fleet (fleet/gauges.rs); the dashboard in ops/.
 
 pub mod accesslog;
 pub mod metrics;

@@ -172,6 +172,26 @@ impl Drover {
         panic!("drover did not answer within 15s: {}", self.log());
     }
 
+    /// Waits until /health says every server is up (their first health checks passed): a
+    /// test that needs the whole fleet waits for it, not for a fixed time a loaded machine
+    /// may not keep.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = reqwest::Client::new();
+        loop {
+            let health = client.get(format!("{}/health", self.url)).header("host", "localhost").send().await;
+            let body = match health {
+                Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            if body["status"] == "ok" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the fleet did not become healthy within 10s: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A graceful upgrade: starts `drover serve -u` with the same config, waits until it is
     /// ready for the listening sockets, and sends SIGQUIT to this process, which hands them
     /// over and drains. Returns the new process.
