@@ -409,38 +409,96 @@ mod tests {
         assert_eq!(s.idle_loaded_bytes(true), 210);
     }
 
-    #[test]
-    fn max_fails_within_fail_timeout_start_a_cooldown() {
-        let s = Arc::new(Server {
-            fail_policy: FailPolicy {
-                max_fails: 3,
-                fail_timeout: Duration::from_millis(200),
-                cooldown: Duration::from_secs(60),
-            },
-            ..Arc::try_unwrap(server(1)).ok().unwrap()
-        });
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn with_policy(max_fails: u32, fail_timeout: Duration, cooldown: Duration) -> Arc<Server> {
+        let policy = FailPolicy { max_fails, fail_timeout, cooldown };
+        Arc::new(Server { fail_policy: policy, ..Arc::try_unwrap(server(1)).ok().unwrap() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_fails_within_fail_timeout_start_a_cooldown() {
+        let s = with_policy(3, ms(200), Duration::from_secs(60));
         assert!(!s.record_failure("a") && !s.record_failure("b"));
         assert!(s.cooling_down().is_none(), "two failures of three do not take it out");
         s.record_success();
         assert!(!s.record_failure("a") && !s.record_failure("b"), "a success started the count again");
-        std::thread::sleep(Duration::from_millis(250));
+        tokio::time::advance(ms(250)).await;
         assert!(!s.record_failure("c"), "the window expired: counting starts again");
         assert!(!s.record_failure("d"));
         assert!(s.record_failure("e"), "the third within the window does");
-        assert!(s.cooling_down().is_some());
+        assert_eq!(s.cooling_down(), Some(Duration::from_secs(60)));
         assert!(!s.record_failure("f"), "already cooling down: no new transition");
         assert_eq!(s.error_count(), 8);
-        assert!(s.since_last_failure() < Duration::from_millis(100));
+        tokio::time::advance(ms(70)).await;
+        assert_eq!(s.since_last_failure(), ms(70), "what panic mode compares");
     }
 
-    #[test]
-    fn cooldown_expires() {
+    /// The window is `fail_timeout` long, its end included: a failure exactly then still
+    /// counts with the first, one a millisecond later starts a new count.
+    #[tokio::test(start_paused = true)]
+    async fn the_fail_timeout_window_ends_exactly_at_fail_timeout() {
+        let at_the_end = with_policy(2, Duration::from_secs(10), Duration::from_secs(60));
+        assert!(!at_the_end.record_failure("a"));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(at_the_end.record_failure("b"), "10 s after the first: the second of two in the window");
+
+        let just_after = with_policy(2, Duration::from_secs(10), Duration::from_secs(60));
+        assert!(!just_after.record_failure("a"));
+        tokio::time::advance(Duration::from_secs(10) + ms(1)).await;
+        assert!(!just_after.record_failure("b"), "a millisecond later: the first of a new window");
+        assert!(just_after.record_failure("c"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cooldown_ends_exactly_when_it_is_over() {
         let s = server(1);
         assert!(s.record_failure("boom"));
-        assert!(s.cooling_down().is_some());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(s.cooling_down().is_none());
+        assert_eq!(s.cooling_down(), Some(ms(30)));
+        tokio::time::advance(ms(29)).await;
+        assert_eq!(s.cooling_down(), Some(ms(1)), "a millisecond left");
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(s.cooling_down(), None, "over at 30 ms");
         assert_eq!(s.error_count(), 1);
         assert_eq!(s.last_error().as_deref(), Some("boom"));
+        assert!(s.record_failure("again"), "a failure after the cooldown starts another");
+    }
+
+    /// Another drover's cooldown (shared state) only ever lengthens this one's; a passed
+    /// health check ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_cooldown_only_lengthens_and_a_passed_check_ends_it() {
+        let s = server(1);
+        assert!(s.record_failure("boom"));
+        s.cool_down_for(ms(10));
+        assert_eq!(s.cooling_down(), Some(ms(30)), "a shorter one does not cut it short");
+        tokio::time::advance(ms(5)).await;
+        s.cool_down_for(Duration::from_secs(2));
+        assert_eq!(s.cooling_down(), Some(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2) - ms(1)).await;
+        assert_eq!(s.cooling_down(), Some(ms(1)));
+        s.end_cooldown();
+        assert_eq!(s.cooling_down(), None);
+    }
+
+    /// Retry-After: the server rests exactly that long, and a shorter one asked meanwhile
+    /// does not cut the rest short. A rest is no failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_rest_lasts_exactly_its_retry_after() {
+        let s = server(1);
+        assert_eq!(s.resting(), None);
+        s.rest_for(Duration::from_secs(5));
+        assert_eq!(s.resting(), Some(Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        s.rest_for(Duration::from_secs(1));
+        assert_eq!(s.resting(), Some(Duration::from_secs(3)), "the longer rest holds");
+        tokio::time::advance(Duration::from_secs(3) - ms(1)).await;
+        assert_eq!(s.resting(), Some(ms(1)));
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(s.resting(), None, "over 5 s after the first Retry-After");
+        assert_eq!((s.rest_count(), s.error_count()), (2, 0));
+        assert!(s.cooling_down().is_none());
     }
 }

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::lb::Backend;
 use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
 use tokio::sync::Notify;
+// tokio's clock: the real one, unless a test pauses it to step cooldowns and rests exactly.
+use tokio::time::Instant;
 
 use super::backends::Health;
 use crate::protocol::load::Reported;

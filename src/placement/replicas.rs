@@ -24,13 +24,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
+// tokio's clock: the real one, unless a test pauses it to step the timers exactly.
+use tokio::time::Instant;
 
 use crate::config::Replicas as Settings;
 use crate::fleet::client::Client;
@@ -104,30 +106,7 @@ impl Replicas {
 
     /// One pass: scale up the models whose requests have waited long enough, let go of idle copies.
     pub async fn tick(self: &Arc<Self>) {
-        let now = Instant::now();
-        let waits = self.queue.waits();
-        let due: Vec<String> = {
-            let mut st = self.state.lock().unwrap();
-            // A slow first byte says the model waits only while such answers keep coming.
-            st.slow.retain(|_, (_, last)| now.duration_since(*last) < SLOW_LASTS);
-            let slow: Vec<(String, Instant)> = st.slow.iter().map(|(m, (since, _))| (m.clone(), *since)).collect();
-            let queued = |m: &str| waits.iter().any(|(w, oldest)| w == m && *oldest >= self.settings.scale_up_wait);
-            st.pressed.retain(|m, _| queued(m) || slow.iter().any(|(s, _)| s == m));
-            for (model, oldest) in &waits {
-                if *oldest >= self.settings.scale_up_wait {
-                    st.pressed.entry(model.clone()).or_insert(now);
-                }
-            }
-            for (model, since) in slow {
-                st.pressed.entry(model).or_insert(since);
-            }
-            st.pressed
-                .iter()
-                .filter(|(_, since)| now.duration_since(**since) >= self.settings.scale_up_for)
-                .map(|(m, _)| m.clone())
-                .collect()
-        };
-        for model in due {
+        for model in self.due(Instant::now()) {
             self.scale_up(&model, Why::Waiting).await;
         }
         if self.settings.min_replicas > 1 {
@@ -136,6 +115,31 @@ impl Replicas {
             }
         }
         self.scale_down().await;
+    }
+
+    /// The models whose requests have waited past scale_up_wait (in the queue, or for a
+    /// warm server's first byte) continuously for scale_up_for, at `now`.
+    fn due(&self, now: Instant) -> Vec<String> {
+        let waits = self.queue.waits();
+        let mut st = self.state.lock().unwrap();
+        // A slow first byte says the model waits only while such answers keep coming.
+        st.slow.retain(|_, (_, last)| now.duration_since(*last) < SLOW_LASTS);
+        let slow: Vec<(String, Instant)> = st.slow.iter().map(|(m, (since, _))| (m.clone(), *since)).collect();
+        let queued = |m: &str| waits.iter().any(|(w, oldest)| w == m && *oldest >= self.settings.scale_up_wait);
+        st.pressed.retain(|m, _| queued(m) || slow.iter().any(|(s, _)| s == m));
+        for (model, oldest) in &waits {
+            if *oldest >= self.settings.scale_up_wait {
+                st.pressed.entry(model.clone()).or_insert(now);
+            }
+        }
+        for (model, since) in slow {
+            st.pressed.entry(model).or_insert(since);
+        }
+        st.pressed
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= self.settings.scale_up_for)
+            .map(|(m, _)| m.clone())
+            .collect()
     }
 
     /// Models in use (a request through drover within scale_down_idle, or one in flight)
@@ -270,39 +274,8 @@ impl Replicas {
     /// Unloads the copies drover placed that served nothing for scale_down_idle while no
     /// request of their model waits, keeping at least min_replicas copies.
     async fn scale_down(self: &Arc<Self>) {
-        let fleet = self.fleet.load_full();
         let idle = self.settings.scale_down_idle;
-        let victims: Vec<(Arc<Server>, String, String)> = {
-            let mut st = self.state.lock().unwrap();
-            // A copy whose server left the fleet, or that is no longer loaded (Ollama's own
-            // keep_alive let it go, or someone unloaded it), is no longer drover's to watch.
-            st.placed.retain(|p| fleet.by_url.get(&p.server).is_some_and(|s| s.inventory().warm_for(&p.actual, None)));
-            let mut copies: HashMap<String, usize> = HashMap::new();
-            let mut out = Vec::new();
-            for p in &st.placed {
-                if st.pressed.contains_key(&p.model) || self.queue.line_len(&p.model) > 0 {
-                    continue;
-                }
-                let Some(server) = fleet.by_url.get(&p.server) else { continue };
-                let (in_flight, last_used) = server.model_activity(&p.actual);
-                let quiet = last_used.map_or(p.at, |t| t.max(p.at)).elapsed();
-                if in_flight > 0 || quiet < idle {
-                    continue;
-                }
-                let have =
-                    *copies.entry(p.model.clone()).or_insert_with(|| Self::routes_and_copies(&fleet, &p.model).1);
-                if have <= self.settings.min_replicas {
-                    continue;
-                }
-                copies.insert(p.model.clone(), have - 1);
-                out.push((server.clone(), p.model.clone(), p.actual.clone()));
-            }
-            let gone: Vec<(String, String)> =
-                out.iter().map(|(s, m, _)| (s.url.as_str().to_string(), m.clone())).collect();
-            st.placed.retain(|p| !gone.contains(&(p.server.clone(), p.model.clone())));
-            out
-        };
-        for (server, model, actual) in victims {
+        for (server, model, actual) in self.let_go(&self.fleet.load_full(), Instant::now()) {
             let url = server.url.as_str().to_string();
             log::info!("replicas: {model} on {url} served nothing for {idle:?}; unloading it");
             let result = self.client.unload_model(&server, &actual, self.timeout).await;
@@ -315,6 +288,38 @@ impl Replicas {
                 }
             }
         }
+    }
+
+    /// The copies to unload at `now`: placed by drover, quiet for scale_down_idle while no
+    /// request of their model waits, beyond min_replicas copies. They are no longer watched.
+    fn let_go(&self, fleet: &Fleet, now: Instant) -> Vec<(Arc<Server>, String, String)> {
+        let idle = self.settings.scale_down_idle;
+        let mut st = self.state.lock().unwrap();
+        // A copy whose server left the fleet, or that is no longer loaded (Ollama's own
+        // keep_alive let it go, or someone unloaded it), is no longer drover's to watch.
+        st.placed.retain(|p| fleet.by_url.get(&p.server).is_some_and(|s| s.inventory().warm_for(&p.actual, None)));
+        let mut copies: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for p in &st.placed {
+            if st.pressed.contains_key(&p.model) || self.queue.line_len(&p.model) > 0 {
+                continue;
+            }
+            let Some(server) = fleet.by_url.get(&p.server) else { continue };
+            let (in_flight, last_used) = server.model_activity(&p.actual);
+            let quiet = now.saturating_duration_since(last_used.map_or(p.at, |t| t.max(p.at)));
+            if in_flight > 0 || quiet < idle {
+                continue;
+            }
+            let have = *copies.entry(p.model.clone()).or_insert_with(|| Self::routes_and_copies(fleet, &p.model).1);
+            if have <= self.settings.min_replicas {
+                continue;
+            }
+            copies.insert(p.model.clone(), have - 1);
+            out.push((server.clone(), p.model.clone(), p.actual.clone()));
+        }
+        let gone: Vec<(String, String)> = out.iter().map(|(s, m, _)| (s.url.as_str().to_string(), m.clone())).collect();
+        st.placed.retain(|p| !gone.contains(&(p.server.clone(), p.model.clone())));
+        out
     }
 
     fn note(&self, st: &mut State, model: &str, server: &str, change: &str, error: Option<String>) {
@@ -373,5 +378,125 @@ impl BackgroundService for ReplicasService {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+    use crate::fleet::backends::Health;
+    use crate::routing::queue::Tenant;
+    use tokio::sync::Notify;
+    use tokio::time::advance;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Model m (m:7b) on servers a and b, loaded on both. A copy is due once requests have
+    /// waited past 2 s for 3 s; a placed one is let go after 60 s without a request.
+    fn keeper() -> Arc<Replicas> {
+        let yaml = "load_balancer:\n  \
+                      replicas: { enabled: true, scale_up_wait: 2s, scale_up_for: 3s, scale_down_idle: 60s }\n\
+                    routes:\n\
+                    - { virtual_model_name: m, server_url: 'http://a:1', actual_model_name: 'm:7b' }\n\
+                    - { virtual_model_name: m, server_url: 'http://b:1', actual_model_name: 'm:7b' }\n";
+        let settings = crate::config::Settings::parse(yaml, None, &Env::default()).unwrap();
+        let fleet = Fleet::build(&settings, &[], &[], &Health::new(), None);
+        for s in &fleet.servers {
+            s.mark_loaded("m:7b", None);
+        }
+        let lb = &settings.load_balancer;
+        Replicas::new(
+            lb.replicas.clone(),
+            Arc::new(ArcSwap::from_pointee(fleet)),
+            Arc::new(Queue::new(lb.queue_size, lb.queue_timeout)),
+            ResourceCheck::new(settings.resources.clone(), Duration::from_secs(1)),
+            Arc::new(Client::default()),
+            Duration::from_secs(1),
+        )
+    }
+
+    /// A copy of m that drover placed on `server` now.
+    fn place(r: &Replicas, server: &str) {
+        let p = Placed { model: "m".into(), actual: "m:7b".into(), server: server.into(), at: Instant::now() };
+        r.state.lock().unwrap().placed.push(p);
+    }
+
+    fn due(r: &Replicas) -> Vec<String> {
+        r.due(Instant::now())
+    }
+
+    fn let_go(r: &Replicas) -> Vec<String> {
+        let gone = r.let_go(&r.fleet.load(), Instant::now());
+        gone.iter().map(|(s, m, actual)| format!("{m} ({actual}) on {}", s.url.as_str())).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_is_due_once_requests_waited_past_scale_up_wait_for_scale_up_for() {
+        let r = keeper();
+        let waiting = r.queue.enter("m", Tenant::default(), &Arc::new(Notify::new())).unwrap();
+        advance(Duration::from_secs(2) - ms(1)).await;
+        assert!(due(&r).is_empty(), "waited a millisecond short of scale_up_wait");
+        advance(ms(1)).await;
+        assert!(due(&r).is_empty(), "waiting past scale_up_wait from now on");
+        advance(Duration::from_secs(3) - ms(1)).await;
+        assert!(due(&r).is_empty(), "a millisecond short of scale_up_for");
+        advance(ms(1)).await;
+        assert_eq!(due(&r), ["m"]);
+        drop(waiting);
+        assert!(due(&r).is_empty(), "nobody waits any more");
+    }
+
+    /// A streamed answer from a warm server whose first byte came scale_up_wait or more
+    /// after its request presses as a queued request does, while such answers keep coming
+    /// (each lasts SLOW_LASTS); a quicker one clears it.
+    #[tokio::test(start_paused = true)]
+    async fn slow_first_bytes_press_only_while_they_keep_coming() {
+        let r = keeper();
+        for _ in 0..4 {
+            r.observe_first_byte("m", Duration::from_secs(2));
+            assert!(due(&r).is_empty());
+            advance(ms(750)).await;
+        }
+        // 3 s after the first slow answer, 750 ms after the last.
+        assert_eq!(due(&r), ["m"]);
+        advance(SLOW_LASTS - ms(750) - ms(1)).await;
+        assert_eq!(due(&r), ["m"], "the last slow answer still counts");
+        advance(ms(1)).await;
+        assert!(due(&r).is_empty(), "SLOW_LASTS after the last one: no longer waiting");
+
+        r.observe_first_byte("m", Duration::from_secs(2));
+        r.observe_first_byte("m", Duration::from_secs(2) - ms(1));
+        advance(Duration::from_secs(3)).await;
+        assert!(due(&r).is_empty(), "a quick first byte cleared it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_placed_copy_is_let_go_after_scale_down_idle_without_a_request() {
+        let r = keeper();
+        place(&r, "http://b:1");
+        advance(Duration::from_secs(30)).await;
+        // A request there ends: quiet from now on.
+        drop(r.fleet.load().by_url["http://b:1"].try_acquire("m:7b").unwrap());
+        advance(Duration::from_secs(60) - ms(1)).await;
+        assert!(let_go(&r).is_empty(), "quiet a millisecond short of scale_down_idle");
+        advance(ms(1)).await;
+        assert_eq!(let_go(&r), ["m (m:7b) on http://b:1"]);
+        assert!(r.state.lock().unwrap().placed.is_empty(), "no longer drover's to watch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_copy_stays_while_its_model_waits_and_as_the_last_one() {
+        let r = keeper();
+        place(&r, "http://b:1");
+        advance(Duration::from_secs(60)).await;
+        let waiting = r.queue.enter("m", Tenant::default(), &Arc::new(Notify::new())).unwrap();
+        assert!(let_go(&r).is_empty(), "a request of its model waits");
+        drop(waiting);
+        r.fleet.load().by_url["http://a:1"].mark_unloaded("m:7b");
+        assert!(let_go(&r).is_empty(), "the only copy left: min_replicas is 1");
+        assert_eq!(r.state.lock().unwrap().placed.len(), 1, "still watched");
     }
 }

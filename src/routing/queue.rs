@@ -3,9 +3,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+// tokio's clock: the real one, unless a test pauses it to step the waits exactly.
+use tokio::time::Instant;
 
 use crate::telemetry::metrics;
 
@@ -149,22 +151,28 @@ mod tests {
         Tenant { key, weight, batch }
     }
 
-    #[test]
-    fn lines_are_per_model_and_bounded() {
+    #[tokio::test(start_paused = true)]
+    async fn lines_are_per_model_and_bounded() {
         let q = Queue::new(3, Duration::from_secs(1));
         let released = Arc::new(Notify::new());
         let a1 = q.enter("a", Tenant::default(), &released).unwrap();
+        tokio::time::advance(Duration::from_millis(100)).await;
         let a2 = q.enter("a", Tenant::default(), &released).unwrap();
+        tokio::time::advance(Duration::from_millis(200)).await;
         let b1 = q.enter("b", Tenant::default(), &released).unwrap();
         assert!(q.enter("c", Tenant::default(), &released).is_none(), "bounded fleet-wide");
         assert!(a1.at_head() && !a2.at_head() && b1.at_head(), "one line per model, first come first served");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let waits = |q: &Queue| {
+            let mut waits: Vec<(String, u128)> = q.waits().into_iter().map(|(m, d)| (m, d.as_millis())).collect();
+            waits.sort();
+            waits
+        };
+        assert_eq!(waits(&q), [("a".to_string(), 350), ("b".to_string(), 50)], "each line's oldest");
         drop(a1);
         assert!(a2.at_head());
         assert_eq!((q.len(), q.line_len("a"), q.has_line("c")), (2, 1, false));
-        let mut waits = q.waits();
-        waits.sort_by(|x, y| x.0.cmp(&y.0));
-        assert_eq!(waits.iter().map(|(m, _)| (m.as_str(), q.line_len(m))).collect::<Vec<_>>(), [("a", 1), ("b", 1)]);
-        assert!(waits[0].1 >= waits[1].1, "a2 came before b1: the oldest in a waited longer");
+        assert_eq!(waits(&q), [("a".to_string(), 250), ("b".to_string(), 50)], "a2 is a's oldest now");
         drop((a2, b1));
         assert!(q.is_empty() && !q.has_line("a"));
     }

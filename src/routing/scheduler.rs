@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the real one, unless a test pauses it to step the queue's wait exactly.
+use tokio::time::Instant;
 
 use super::queue::{Queue, Tenant};
 use super::resources::{Reservation, ResourceCheck};
@@ -223,4 +226,68 @@ pub fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
     };
     let shown = model.strip_suffix(":latest").unwrap_or(model);
     ApiError::new(404, "model_not_found", format!("model {shown:?} not found on any server; {known}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+    use crate::fleet::backends::Health;
+    use std::future::pending;
+
+    const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// One server taking one request at a time for model m, and a queue that waits 2 s.
+    fn one_slot() -> (Fleet, Scheduler) {
+        let yaml = "load_balancer: { max_concurrency: 1, queue_timeout: 2s }\n\
+                    routes: [ { virtual_model_name: m, server_url: 'http://a:1' } ]\n";
+        let settings = Settings::parse(yaml, None, &Env::default()).unwrap();
+        let fleet = Fleet::build(&settings, &[], &[], &Health::new(), None);
+        let lb = &settings.load_balancer;
+        let queue = Arc::new(Queue::new(lb.queue_size, lb.queue_timeout));
+        let scheduler =
+            Scheduler::new(&settings, ResourceCheck::new(settings.resources.clone(), Duration::from_secs(1)), queue);
+        (fleet, scheduler)
+    }
+
+    async fn take(s: &Scheduler, fleet: &Fleet, client_gone: impl Future<Output = ()>) -> Result<Chosen, Refused> {
+        s.acquire(fleet, &Request::plain("m", true), Tenant::default(), false, client_gone).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_exactly_queue_timeout_for_a_busy_model() {
+        let (fleet, s) = one_slot();
+        let Ok(_busy) = take(&s, &fleet, pending()).await else { panic!("the slot is free") };
+        let started = Instant::now();
+        let Err(Refused::Error(e)) = take(&s, &fleet, pending()).await else { panic!("no slot frees") };
+        assert_eq!(started.elapsed(), QUEUE_TIMEOUT, "given up at the timeout, not a tick later");
+        assert_eq!((e.status, e.code, e.retry_after), (503, "queue_timeout", Some(2)));
+        assert!(s.queue.is_empty(), "its place is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_just_before_the_timeout_is_taken_at_once() {
+        let (fleet, s) = one_slot();
+        let Ok(busy) = take(&s, &fleet, pending()).await else { panic!("the slot is free") };
+        let started = Instant::now();
+        let freed = async {
+            tokio::time::sleep(QUEUE_TIMEOUT - Duration::from_millis(1)).await;
+            drop(busy);
+        };
+        let (waited, ()) = tokio::join!(take(&s, &fleet, pending()), freed);
+        assert!(waited.is_ok(), "served");
+        assert_eq!(started.elapsed(), QUEUE_TIMEOUT - Duration::from_millis(1), "woken by the release");
+        assert!(s.queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_hangs_up_leaves_the_queue_then() {
+        let (fleet, s) = one_slot();
+        let Ok(_busy) = take(&s, &fleet, pending()).await else { panic!("the slot is free") };
+        let started = Instant::now();
+        let hang_up = tokio::time::sleep(Duration::from_millis(700));
+        assert!(matches!(take(&s, &fleet, hang_up).await, Err(Refused::ClientGone)));
+        assert_eq!(started.elapsed(), Duration::from_millis(700));
+        assert!(s.queue.is_empty());
+    }
 }

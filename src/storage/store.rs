@@ -837,7 +837,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_uniqueness_violation_is_a_conflict_and_an_unreachable_store_is_unavailable() {
+    async fn a_uniqueness_violation_is_a_conflict() {
         let dir = std::env::temp_dir().join(format!("drover-store-conflict-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::connect(&format!("sqlite://{}/t.db", dir.display()), 1).await.unwrap();
@@ -850,6 +850,11 @@ mod tests {
         assert!(matches!(store.get_key(12345).await, Ok(None)));
         store.close().await;
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// On a paused clock: the pool's 3 s acquire timeout passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_store_is_unavailable() {
         let away = Store::connect("postgres://u:p@127.0.0.1:1/db", 1).await.err().unwrap();
         assert!(matches!(away, StoreError::Unavailable(_)), "{away:?}");
         assert!(away.to_string().contains("u:***@"), "password hidden: {away}");
