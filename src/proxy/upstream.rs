@@ -117,8 +117,8 @@ impl Drover {
 
     /// The end of a request that cannot be translated for the server it must go to: a 400
     /// that says why, never a retry elsewhere (every such server would refuse it the same way).
-    fn untranslatable(&self, r: &mut Routed, why: String) -> Box<Error> {
-        r.refusal = Some(ApiError::new(400, "cannot_translate", why));
+    fn untranslatable(&self, r: &mut Routed, why: translate::TranslateError) -> Box<Error> {
+        r.refusal = Some(why.into());
         let mut e = Error::explain(ErrorType::HTTPStatus(400), "request cannot be translated");
         e.set_retry(false);
         e
