@@ -419,6 +419,7 @@ impl Drover {
         let Some(so_far) = stream.broken() else { return false };
         let asked = r.asked.get_or_insert_with(|| r.body.bytes().clone());
         let continuation = resume::request(format, asked, so_far)
+            .map_err(|e| e.to_string())
             .and_then(|b| RoutableBody::parse(b).map_err(|e| ApiError::from(e).message));
         match continuation {
             Ok(body) => {
