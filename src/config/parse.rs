@@ -516,7 +516,7 @@ impl Validator {
     }
 
     fn url(&mut self, key: &str, text: &str) -> Option<ServerUrl> {
-        ServerUrl::parse(text).map_err(|e| self.error(key, e)).ok()
+        ServerUrl::parse(text).map_err(|e| self.error(key, e.to_string())).ok()
     }
 
     /// One `servers:` entry: a server by URL, or (`dns:`) the template of the servers a name
