@@ -378,7 +378,7 @@ impl Validator {
         let redis_url = env.redis_url.clone().or(state.redis_url);
         if let Some(u) = &redis_url {
             if let Err(e) = crate::storage::redis::Redis::from_url(u, Duration::from_secs(1)) {
-                self.error("state.redis_url", e);
+                self.error("state.redis_url", e.to_string());
             }
         }
         (redis_url, self.duration("state.redis_timeout", state.redis_timeout, "50ms"))
