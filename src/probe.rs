@@ -70,16 +70,25 @@ pub enum DeviceMode {
     Gpu,
 }
 
+/// Why GPUs are not reported: the note each reading carries.
+#[derive(Debug, thiserror::Error)]
+enum NoGpus {
+    #[error("GPU reporting disabled (--device cpu)")]
+    Disabled,
+    #[error("no NVIDIA driver (NVML: {0}); reporting CPU memory only")]
+    NoDriver(#[source] nvml_wrapper::error::NvmlError),
+}
+
 pub struct Probe {
     system: Mutex<sysinfo::System>,
-    nvml: Result<Nvml, String>,
+    nvml: Result<Nvml, NoGpus>,
 }
 
 impl Probe {
     pub fn new(mode: DeviceMode) -> Probe {
         let nvml = match mode {
-            DeviceMode::Cpu => Err("GPU reporting disabled (--device cpu)".to_string()),
-            _ => Nvml::init().map_err(|e| format!("no NVIDIA driver (NVML: {e}); reporting CPU memory only")),
+            DeviceMode::Cpu => Err(NoGpus::Disabled),
+            _ => Nvml::init().map_err(NoGpus::NoDriver),
         };
         if let Err(why) = &nvml {
             if mode == DeviceMode::Gpu {
@@ -102,7 +111,7 @@ impl Probe {
                 Ok(g) => (g, None),
                 Err(e) => (Vec::new(), Some(format!("NVML failed to read the GPUs: {e}"))),
             },
-            Err(why) => (Vec::new(), Some(why.clone())),
+            Err(why) => (Vec::new(), Some(why.to_string())),
         };
         Resources {
             device: if gpus.is_empty() { "CPU" } else { "GPU" }.to_string(),

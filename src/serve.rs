@@ -107,7 +107,7 @@ pub fn run(args: ServeArgs) -> i32 {
         Ok((rows, keys, marker)) => (rows, keys, marker, StoreState::Ok),
         Err(e) => {
             log::warn!("{e}; serving without the stored routes and keys until it answers");
-            (Vec::new(), Vec::new(), NEVER_LOADED, StoreState::Unreachable(e))
+            (Vec::new(), Vec::new(), NEVER_LOADED, StoreState::Unreachable(e.to_string()))
         }
     };
     let settings = Arc::new(settings);
@@ -256,16 +256,32 @@ pub fn run(args: ServeArgs) -> i32 {
     server.run_forever()
 }
 
+/// Why the TLS listener cannot start.
+#[derive(Debug, thiserror::Error)]
+enum TlsError {
+    #[error("no certificate in {cert} or no private key in {key}")]
+    Missing { cert: String, key: String },
+    #[error("cannot load {cert} / {key}: {source}")]
+    Load {
+        cert: String,
+        key: String,
+        #[source]
+        source: pingora::BError,
+    },
+    #[error("{0}")]
+    Settings(#[source] pingora::BError),
+}
+
 /// The TLS listener's settings, after checking that the certificate and key load (Pingora
 /// would panic on a bad file when the listener starts).
-fn tls_settings(tls: &crate::config::Tls) -> Result<pingora::listeners::tls::TlsSettings, String> {
+fn tls_settings(tls: &crate::config::Tls) -> Result<pingora::listeners::tls::TlsSettings, TlsError> {
     let (cert, key) = (tls.cert.display().to_string(), tls.key.display().to_string());
     match pingora::tls::load_certs_and_key_files(&cert, &key) {
         Ok(Some(_)) => {}
-        Ok(None) => return Err(format!("no certificate in {cert} or no private key in {key}")),
-        Err(e) => return Err(format!("cannot load {cert} / {key}: {e}")),
+        Ok(None) => return Err(TlsError::Missing { cert, key }),
+        Err(source) => return Err(TlsError::Load { cert, key, source }),
     }
-    let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(|e| e.to_string())?;
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(TlsError::Settings)?;
     settings.enable_h2();
     Ok(settings)
 }
@@ -289,16 +305,29 @@ fn resolve_at_start(discovery: &Discovery) -> Vec<crate::config::ServerSpec> {
 /// poll that reaches it loads the routes and keys.
 const NEVER_LOADED: i64 = i64::MIN;
 
+/// Why the store could not be read at start (drover serves without it until it answers).
+#[derive(Debug, thiserror::Error)]
+enum StoreLoadError {
+    #[error("cannot start a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Open(#[source] StoreError),
+    #[error("database {url}: {source}")]
+    Read {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
 /// Opens the store once at start: creates and migrates it, and reads the routes, keys and marker.
 /// The connection made here is closed; the reloader opens its own on its own runtime.
-fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, Vec<StoredKey>, i64), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+fn load_store(settings: &Settings) -> Result<(Vec<StoredRoute>, Vec<StoredKey>, i64), StoreLoadError> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreLoadError::Runtime)?;
     runtime.block_on(async {
-        let store = Store::open(&settings.database_url, 1).await.map_err(|e| e.to_string())?;
-        let what = |e: StoreError| format!("database {}: {e}", store.url);
+        let store = Store::open(&settings.database_url, 1).await.map_err(StoreLoadError::Open)?;
+        let what = |source: StoreError| StoreLoadError::Read { url: store.url.clone(), source };
         let marker = store.marker().await.map_err(what)?;
         let rows = store.list().await.map_err(what)?;
         let keys = store.list_keys().await.map_err(what)?;

@@ -103,7 +103,7 @@ impl Admin {
         let url = match m.get("server_url").map(|v| v.as_str().map(ServerUrl::parse)) {
             Some(Some(Ok(u))) => Some(u),
             Some(Some(Err(e))) => {
-                bad.insert("server_url".into(), json!(e));
+                bad.insert("server_url".into(), json!(e.to_string()));
                 None
             }
             Some(None) => {
@@ -469,7 +469,7 @@ pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteField
         None => Err(format!("{v}: must be a string")),
     };
     let url = |v: &Value| match v.as_str() {
-        Some(s) => ServerUrl::parse(s).map(|u| u.as_str().to_string()),
+        Some(s) => ServerUrl::parse(s).map(|u| u.as_str().to_string()).map_err(|e| e.to_string()),
         None => Err(format!("{v}: must be a string URL")),
     };
     let at_least_one = |v: &Value, what: &str| match v.as_i64() {

@@ -43,7 +43,7 @@ impl Admin {
                 let mut row = json!({ "server": server.url.as_str(), "actual_model": actual, "loaded": result.is_ok(),
                                       "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0 });
                 if let Err(e) = result {
-                    row["error"] = json!(e);
+                    row["error"] = json!(e.to_string());
                 }
                 row
             }

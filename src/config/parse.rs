@@ -378,7 +378,7 @@ impl Validator {
         let redis_url = env.redis_url.clone().or(state.redis_url);
         if let Some(u) = &redis_url {
             if let Err(e) = crate::storage::redis::Redis::from_url(u, Duration::from_secs(1)) {
-                self.error("state.redis_url", e);
+                self.error("state.redis_url", e.to_string());
             }
         }
         (redis_url, self.duration("state.redis_timeout", state.redis_timeout, "50ms"))
@@ -516,7 +516,7 @@ impl Validator {
     }
 
     fn url(&mut self, key: &str, text: &str) -> Option<ServerUrl> {
-        ServerUrl::parse(text).map_err(|e| self.error(key, e)).ok()
+        ServerUrl::parse(text).map_err(|e| self.error(key, e.to_string())).ok()
     }
 
     /// One `servers:` entry: a server by URL, or (`dns:`) the template of the servers a name

@@ -68,9 +68,9 @@ impl RouteInput {
             check("max_concurrency", rules::at_least_one(n));
         }
         let server_url = self.server_url.as_deref().map(ServerUrl::parse).transpose();
-        check("server_url", server_url.clone().map(drop));
+        check("server_url", server_url.clone().map(drop).map_err(|e| e.to_string()));
         let probe_url = self.probe_url.as_deref().filter(|p| !p.is_empty()).map(ServerUrl::parse).transpose();
-        check("probe_url", probe_url.clone().map(drop));
+        check("probe_url", probe_url.clone().map(drop).map_err(|e| e.to_string()));
         match (server_url, probe_url, device) {
             (Ok(Some(server_url)), Ok(probe_url), Ok(device)) if bad.is_empty() => Ok(RouteSpec {
                 virtual_model_name,

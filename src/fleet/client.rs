@@ -17,16 +17,74 @@ const STALE_RETRIES: u32 = 4;
 /// Responses larger than this are not inventories: refuse them rather than buffer them.
 const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
 
+/// A call to a server that failed, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The system's resolver found no address (a probe's URL).
+    #[error("cannot resolve {0}")]
+    NoAddress(String),
+    #[error("connect: {0}")]
+    Connect(#[source] pingora::BError),
+    /// The request's header could not be built.
+    #[error("{0}")]
+    Header(#[source] pingora::BError),
+    /// The exchange broke off: writing the request or reading the answer.
+    #[error("{method} {path}: {source}")]
+    Exchange {
+        method: &'static str,
+        path: String,
+        #[source]
+        source: pingora::BError,
+    },
+    #[error("{method} {path}: answer larger than {MAX_JSON_BYTES} bytes")]
+    TooLarge { method: &'static str, path: String },
+    /// Not a 2xx, with the server's own `error`, if it gave one.
+    #[error("{method} {path}: HTTP {status}{}", .said.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Status { method: &'static str, path: String, status: u16, said: Option<String> },
+    #[error("{method} {path}: not JSON ({source})")]
+    NotJson {
+        method: &'static str,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("GET {0}: not text")]
+    NotText(String),
+    #[error("progress line is not JSON ({0})")]
+    ProgressNotJson(#[source] serde_json::Error),
+    /// An `{"error": ...}` progress line, in the server's own words.
+    #[error("{0}")]
+    Said(String),
+    #[error("{method} {path}: no answer within {timeout:?}")]
+    Timeout { method: &'static str, path: String, timeout: Duration },
+}
+
+impl CallError {
+    /// The HTTP status a server answered with, when that is why the call failed.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
 /// Why a GET failed: before any answer (a stale pooled connection looks like this), or otherwise.
 enum Failure {
-    BeforeAnswer(String),
-    Other(String),
+    BeforeAnswer(CallError),
+    Other(CallError),
 }
 
 impl Failure {
-    fn into_message(self) -> String {
+    fn into_error(self) -> CallError {
         match self {
-            Failure::BeforeAnswer(m) | Failure::Other(m) => m,
+            Failure::BeforeAnswer(e) | Failure::Other(e) => e,
         }
     }
 }
@@ -58,19 +116,19 @@ struct Call<'a> {
 
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
-    pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, String> {
+    pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, CallError> {
         self.get(server, path, timeout, false).await
     }
 
     /// GETs `path` on `server` as text (a Prometheus `/metrics`), all within `timeout`.
-    pub async fn get_text(&self, server: &Server, path: &str, timeout: Duration) -> Result<String, String> {
+    pub async fn get_text(&self, server: &Server, path: &str, timeout: Duration) -> Result<String, CallError> {
         match self.get(server, path, timeout, true).await? {
             Value::String(s) => Ok(s),
-            _ => Err(format!("GET {path}: not text")),
+            _ => Err(CallError::NotText(path.to_string())),
         }
     }
 
-    async fn get(&self, server: &Server, path: &str, timeout: Duration, text: bool) -> Result<Value, String> {
+    async fn get(&self, server: &Server, path: &str, timeout: Duration, text: bool) -> Result<Value, CallError> {
         let headers = &server.credentials.headers;
         let call = Call { method: "GET", url: &server.url, headers, path, body: None, timeout, lines: None, text };
         self.call_server(server, call).await
@@ -84,7 +142,7 @@ impl Client {
         model: &str,
         keep_alive: Value,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), CallError> {
         let body = serde_json::json!({ "model": model, "prompt": "", "keep_alive": keep_alive, "stream": false });
         self.post_json(server, "/api/generate", &body, timeout).await?;
         server.mark_loaded(model, None);
@@ -92,7 +150,7 @@ impl Client {
     }
 
     /// Unloads `model` from an Ollama server (`keep_alive: 0`, as `ollama stop` asks).
-    pub async fn unload_model(&self, server: &Server, model: &str, timeout: Duration) -> Result<(), String> {
+    pub async fn unload_model(&self, server: &Server, model: &str, timeout: Duration) -> Result<(), CallError> {
         let body = serde_json::json!({ "model": model, "keep_alive": 0 });
         self.post_json(server, "/api/generate", &body, timeout).await?;
         server.mark_unloaded(model);
@@ -106,7 +164,7 @@ impl Client {
         path: &str,
         body: &Value,
         timeout: Duration,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CallError> {
         let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
         let call = Call {
             method: "POST",
@@ -133,7 +191,7 @@ impl Client {
         body: &Value,
         idle: Duration,
         lines: &tokio::sync::mpsc::UnboundedSender<Value>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CallError> {
         let body = Some(bytes::Bytes::from(serde_json::to_vec(body).expect("json values serialise")));
         let call = Call {
             method,
@@ -145,40 +203,40 @@ impl Client {
             lines: Some(lines),
             text: false,
         };
-        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+        let addr = server.resolve().await.map_err(|e| unresolved(server, e))?;
         self.send(&call, addr).await.map(|_| ())
     }
 
     /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
-    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, String> {
+    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, CallError> {
         let call = Call { method: "GET", url, headers: &[], path, body: None, timeout, lines: None, text: false };
         let run = async {
             let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
                 .await
                 .ok()
                 .and_then(|mut a| a.next())
-                .ok_or_else(|| format!("cannot resolve {}", url.host))?;
+                .ok_or_else(|| CallError::NoAddress(url.host.clone()))?;
             self.send(&call, addr).await
         };
         within(&call, run).await
     }
 
-    async fn call_server(&self, server: &Server, call: Call<'_>) -> Result<Value, String> {
+    async fn call_server(&self, server: &Server, call: Call<'_>) -> Result<Value, CallError> {
         let run = async {
-            let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+            let addr = server.resolve().await.map_err(|e| unresolved(server, e))?;
             self.send(&call, addr).await
         };
         within(&call, run).await
     }
 
     /// One exchange, retried on a stale pooled connection.
-    async fn send(&self, call: &Call<'_>, addr: std::net::SocketAddr) -> Result<Value, String> {
+    async fn send(&self, call: &Call<'_>, addr: std::net::SocketAddr) -> Result<Value, CallError> {
         let url = call.url;
         let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
         peer.options.connection_timeout = Some(call.timeout);
         let mut stale = 0;
         loop {
-            let (up, reused) = self.connector.get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
+            let (up, reused) = self.connector.get_http_session(&peer).await.map_err(CallError::Connect)?;
             match self.exchange(up, &peer, call).await {
                 // A pooled connection the server closed while idle (Go's servers do): that
                 // says nothing about the server's health; ask again on another connection.
@@ -186,7 +244,7 @@ impl Client {
                     log::debug!("stale pooled connection to {}: {e}", url.as_str());
                     stale += 1;
                 }
-                result => return result.map_err(Failure::into_message),
+                result => return result.map_err(Failure::into_error),
             }
         }
     }
@@ -199,20 +257,20 @@ impl Client {
     ) -> Result<Value, Failure> {
         let Call { method, url, headers, path, timeout, .. } = *call;
         let body = call.body.clone();
-        let before = |e: pingora::BError| Failure::BeforeAnswer(format!("{method} {path}: {e}"));
+        let broke = |source| CallError::Exchange { method, path: path.to_string(), source };
+        let before = |e: pingora::BError| Failure::BeforeAnswer(broke(e));
+        let header = |e| Failure::Other(CallError::Header(e));
         up.set_read_timeout(Some(timeout));
         up.set_write_timeout(Some(timeout));
         let full = format!("{}{path}", url.base_path);
-        let mut req =
-            RequestHeader::build(method, full.as_bytes(), Some(4)).map_err(|e| Failure::Other(e.to_string()))?;
-        req.insert_header(http::header::HOST, url.authority()).map_err(|e| Failure::Other(e.to_string()))?;
+        let mut req = RequestHeader::build(method, full.as_bytes(), Some(4)).map_err(header)?;
+        req.insert_header(http::header::HOST, url.authority()).map_err(header)?;
         for (name, value) in headers {
-            req.insert_header(name.clone(), value.clone()).map_err(|e| Failure::Other(e.to_string()))?;
+            req.insert_header(name.clone(), value.clone()).map_err(header)?;
         }
         if let Some(b) = &body {
-            req.insert_header(http::header::CONTENT_TYPE, "application/json")
-                .map_err(|e| Failure::Other(e.to_string()))?;
-            req.insert_header(http::header::CONTENT_LENGTH, b.len()).map_err(|e| Failure::Other(e.to_string()))?;
+            req.insert_header(http::header::CONTENT_TYPE, "application/json").map_err(header)?;
+            req.insert_header(http::header::CONTENT_LENGTH, b.len()).map_err(header)?;
         }
         up.write_request_header(Box::new(req)).await.map_err(before)?;
         if let Some(b) = body {
@@ -220,15 +278,13 @@ impl Client {
         }
         up.finish_request_body().await.map_err(before)?;
         up.read_response_header().await.map_err(|e| match e.etype() {
-            pingora::ErrorType::ReadTimedout => Failure::Other(format!("{method} {path}: {e}")),
+            pingora::ErrorType::ReadTimedout => Failure::Other(broke(e)),
             _ => before(e),
         })?;
         let status = up.response_header().map_or(0, |h| h.status.as_u16());
         let lines = call.lines.filter(|_| (200..300).contains(&status));
         let mut answer = Vec::new();
-        while let Some(chunk) =
-            up.read_response_body().await.map_err(|e| Failure::Other(format!("{method} {path}: {e}")))?
-        {
+        while let Some(chunk) = up.read_response_body().await.map_err(|e| Failure::Other(broke(e)))? {
             if let Some(tx) = lines {
                 answer.extend_from_slice(&chunk);
                 while let Some(end) = memchr::memchr(b'\n', &answer) {
@@ -238,7 +294,7 @@ impl Client {
                 continue;
             }
             if answer.len() + chunk.len() > MAX_JSON_BYTES {
-                return Err(Failure::Other(format!("{method} {path}: answer larger than {MAX_JSON_BYTES} bytes")));
+                return Err(Failure::Other(CallError::TooLarge { method, path: path.to_string() }));
             }
             answer.extend_from_slice(&chunk);
         }
@@ -248,10 +304,8 @@ impl Client {
         if !(200..300).contains(&status) {
             let said = serde_json::from_slice::<Value>(&answer)
                 .ok()
-                .and_then(|v| v.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)))
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            return Err(Failure::Other(format!("{method} {path}: HTTP {status}{said}")));
+                .and_then(|v| v.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)));
+            return Err(Failure::Other(CallError::Status { method, path: path.to_string(), status, said }));
         }
         if let Some(tx) = lines {
             forward_line(&answer, tx).map_err(Failure::Other)?;
@@ -263,7 +317,8 @@ impl Client {
         if answer.iter().all(u8::is_ascii_whitespace) && call.body.is_some() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&answer).map_err(|e| Failure::Other(format!("{method} {path}: not JSON ({e})")))
+        serde_json::from_slice(&answer)
+            .map_err(|source| Failure::Other(CallError::NotJson { method, path: path.to_string(), source }))
     }
 }
 
@@ -280,18 +335,18 @@ impl Client {
         length: Option<u64>,
         mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
         idle: Duration,
-    ) -> Result<(u16, Option<String>), String> {
-        let addr = server.resolve().await.map_err(|e| format!("cannot resolve {}: {e}", server.url.host))?;
+    ) -> Result<(u16, Option<String>), CallError> {
+        let addr = server.resolve().await.map_err(|e| unresolved(server, e))?;
         let url = &server.url;
         let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, url.tls, url.host.clone());
         peer.options.connection_timeout = Some(idle);
         // A connector of its own, so a fresh connection: a body that cannot be sent again must
         // not meet a pooled one the server closed while idle.
-        let (mut up, _) = Connector::new(None).get_http_session(&peer).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut up, _) = Connector::new(None).get_http_session(&peer).await.map_err(CallError::Connect)?;
         up.set_read_timeout(Some(idle));
         up.set_write_timeout(Some(idle));
         let full = format!("{}{path}", url.base_path);
-        let fail = |e: pingora::BError| format!("{method} {path}: {e}");
+        let fail = |source| CallError::Exchange { method, path: path.to_string(), source };
         let mut req = RequestHeader::build(method, full.as_bytes(), Some(4)).map_err(fail)?;
         req.insert_header(http::header::HOST, url.authority()).map_err(fail)?;
         for (name, value) in &server.credentials.headers {
@@ -327,13 +382,13 @@ impl Client {
 
 /// One NDJSON line to `tx`; an `{"error": ...}` line is the call's error, in the server's own
 /// words. Blank lines pass.
-fn forward_line(line: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Value>) -> Result<(), String> {
+fn forward_line(line: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Value>) -> Result<(), CallError> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let v: Value = serde_json::from_slice(line).map_err(|e| format!("progress line is not JSON ({e})"))?;
+    let v: Value = serde_json::from_slice(line).map_err(CallError::ProgressNotJson)?;
     if let Some(e) = v.get("error") {
-        return Err(e.as_str().map_or_else(|| e.to_string(), str::to_string));
+        return Err(CallError::Said(e.as_str().map_or_else(|| e.to_string(), str::to_string)));
     }
     let _ = tx.send(v);
     Ok(())
@@ -342,9 +397,13 @@ fn forward_line(line: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Value>) -> 
 /// Runs `run` within the call's timeout.
 async fn within(
     call: &Call<'_>,
-    run: impl std::future::Future<Output = Result<Value, String>>,
-) -> Result<Value, String> {
-    tokio::time::timeout(call.timeout, run)
-        .await
-        .unwrap_or_else(|_| Err(format!("{} {}: no answer within {:?}", call.method, call.path, call.timeout)))
+    run: impl std::future::Future<Output = Result<Value, CallError>>,
+) -> Result<Value, CallError> {
+    tokio::time::timeout(call.timeout, run).await.unwrap_or_else(|_| {
+        Err(CallError::Timeout { method: call.method, path: call.path.to_string(), timeout: call.timeout })
+    })
+}
+
+fn unresolved(server: &Server, source: std::io::Error) -> CallError {
+    CallError::Resolve { host: server.url.host.clone(), source }
 }

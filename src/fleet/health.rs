@@ -17,7 +17,7 @@ use pingora::{Error, ErrorType};
 use serde_json::Value;
 
 use crate::config::LoadBalancing;
-use crate::fleet::client::Client;
+use crate::fleet::client::{CallError, Client};
 use crate::fleet::server::LoadSource;
 use crate::fleet::{Fleet, Server};
 use crate::protocol::load;
@@ -125,7 +125,7 @@ impl HealthCheck for ServerCheck {
         // A server already gone from the fleet passes: it is about to leave the view.
         let Some(server) = self.server(target) else { return Ok(()) };
         let result = match server.refresh_address().await {
-            Err(e) => Err(format!("cannot resolve {}: {e}", server.url.host)),
+            Err(source) => Err(CallError::Resolve { host: server.url.host.clone(), source }),
             Ok(_) => match server.kind {
                 Kind::Ollama => self.client.get_json(&server, "/api/version", self.timeout).await,
                 Kind::OpenAi => self.client.get_json(&server, "/v1/models", self.timeout).await,
@@ -142,6 +142,7 @@ impl HealthCheck for ServerCheck {
                 Ok(())
             }
             Err(why) => {
+                let why = why.to_string();
                 server.note_error(&why);
                 server.clear_reported();
                 Error::e_explain(ErrorType::ConnectError, why)

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::fleet::client::Client;
+use crate::fleet::client::{CallError, Client};
 use crate::fleet::{Fleet, Server};
 use crate::protocol::api::ApiError;
 use crate::protocol::ollama::{canonical_model, Kind, ServerUrl};
@@ -180,7 +180,7 @@ pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<P
     let bad = |m: String| ApiError::new(400, "invalid_request", m);
     let Request { body: mut m, model, names, stream } = read(op, body)?;
     let key = if op == Op::Copy { "source" } else { "model" };
-    let scope = scope(m.remove("servers"), query, fleet).map_err(bad)?;
+    let scope = scope(m.remove("servers"), query, fleet).map_err(|e| bad(e.to_string()))?;
     let wanted = canonical_model(&model);
     let holds = |s: &Server, name: &str| s.inventory().names.contains(&canonical_model(name));
     let usable = |s: &Server| s.kind == Kind::Ollama && s.healthy();
@@ -272,23 +272,38 @@ fn modelfile_bases(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why the servers a request names cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum ScopeError {
+    #[error("servers: {0} must be a non-empty list of server URLs")]
+    NotAList(Value),
+    #[error("fleet={0}: only fleet=all, without servers, is understood")]
+    Fleet(String),
+    #[error("unknown query parameter {0:?} (servers, fleet=all)")]
+    UnknownParameter(String),
+    #[error("servers: {0:?} is an openai-kind server, which cannot manage models")]
+    OpenAi(String),
+    #[error("servers: {0:?} is not a server of the fleet")]
+    NotInFleet(String),
+}
+
 /// The servers a request names (`servers` field or query), or `fleet=all`.
-fn scope(field: Option<Value>, query: Option<&str>, fleet: &Fleet) -> Result<Scope, String> {
+fn scope(field: Option<Value>, query: Option<&str>, fleet: &Fleet) -> Result<Scope, ScopeError> {
     let mut urls: Option<Vec<String>> = None;
     if let Some(v) = field {
         match v {
             Value::Array(list) if !list.is_empty() && list.iter().all(Value::is_string) => {
                 urls = Some(list.iter().filter_map(Value::as_str).map(str::to_string).collect());
             }
-            v => return Err(format!("servers: {v} must be a non-empty list of server URLs")),
+            v => return Err(ScopeError::NotAList(v)),
         }
     }
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match (k.as_ref(), v.as_ref()) {
             ("fleet", "all") if urls.is_none() => return Ok(Scope::All),
-            ("fleet", other) => return Err(format!("fleet={other}: only fleet=all, without servers, is understood")),
+            ("fleet", other) => return Err(ScopeError::Fleet(other.to_string())),
             ("servers", list) => urls = Some(list.split(',').map(|s| s.trim().to_string()).collect()),
-            (other, _) => return Err(format!("unknown query parameter {other:?} (servers, fleet=all)")),
+            (other, _) => return Err(ScopeError::UnknownParameter(other.to_string())),
         }
     }
     let Some(urls) = urls else { return Ok(Scope::Default) };
@@ -297,8 +312,8 @@ fn scope(field: Option<Value>, query: Option<&str>, fleet: &Fleet) -> Result<Sco
         let found = ServerUrl::parse(&u).ok().and_then(|p| fleet.by_url.get(p.as_str()).cloned());
         match found {
             Some(s) if s.kind == Kind::Ollama => servers.push(s),
-            Some(_) => return Err(format!("servers: {u:?} is an openai-kind server, which cannot manage models")),
-            None => return Err(format!("servers: {u:?} is not a server of the fleet")),
+            Some(_) => return Err(ScopeError::OpenAi(u)),
+            None => return Err(ScopeError::NotInFleet(u)),
         }
     }
     Ok(Scope::Servers(servers))
@@ -309,7 +324,7 @@ pub enum Progress {
     /// A progress line from a server, `server` already added.
     Line(Value),
     /// A server finished: `Ok` or why not.
-    Done { server: String, result: Result<(), String> },
+    Done { server: String, result: Result<(), CallError> },
 }
 
 /// Starts every target at once; progress arrives on the receiver, each server's `Done`
@@ -420,16 +435,16 @@ pub struct Outcome {
 
 impl Outcome {
     /// Records a server's end. A delete that finds no such model there is `absent`, not a failure.
-    pub fn record(&mut self, op: Op, server: String, result: Result<(), String>) {
+    pub fn record(&mut self, op: Op, server: String, result: Result<(), CallError>) {
         let row = match result {
             Ok(()) => json!({ "server": server, "status": "success" }),
-            Err(e) if op == Op::Delete && e.contains("HTTP 404") => {
+            Err(e) if op == Op::Delete && e.status() == Some(404) => {
                 self.absent += 1;
                 json!({ "server": server, "status": "absent" })
             }
             Err(e) => {
                 self.failed.push(format!("{server}: {e}"));
-                json!({ "server": server, "status": "failed", "error": e })
+                json!({ "server": server, "status": "failed", "error": e.to_string() })
             }
         };
         self.results.push(row);
@@ -488,14 +503,17 @@ mod tests {
         let plan =
             Plan { op: Op::Delete, model: "m".into(), names: vec!["m".into()], targets: Vec::new(), stream: false };
         let mut o = Outcome::default();
-        o.record(Op::Delete, "http://a".into(), Err("DELETE /api/delete: HTTP 404: model 'm' not found".into()));
+        let said = Some("model 'm' not found".to_string());
+        let absent = CallError::Status { method: "DELETE", path: "/api/delete".into(), status: 404, said };
+        assert_eq!(absent.to_string(), "DELETE /api/delete: HTTP 404: model 'm' not found");
+        o.record(Op::Delete, "http://a".into(), Err(absent));
         assert_eq!(o.summary(&plan).0, 404);
         o.record(Op::Delete, "http://b".into(), Ok(()));
         assert_eq!(o.summary(&plan).0, 200);
-        o.record(Op::Delete, "http://c".into(), Err("connect: refused".into()));
+        o.record(Op::Delete, "http://c".into(), Err(CallError::NoAddress("c".into())));
         let (code, body) = o.summary(&plan);
         assert_eq!(code, 502);
-        assert_eq!(body["error"], "delete failed on 1 of 3 servers: http://c: connect: refused");
+        assert_eq!(body["error"], "delete failed on 1 of 3 servers: http://c: cannot resolve c");
         assert_eq!(body["servers"][0]["status"], "absent");
     }
 }

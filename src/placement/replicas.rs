@@ -265,7 +265,7 @@ impl Replicas {
                 }
                 Err(e) => {
                     log::warn!("replicas: loading {model} on {server} failed: {e}");
-                    me.note(&mut st, &model, &server, "failed", Some(e));
+                    me.note(&mut st, &model, &server, "failed", Some(e.to_string()));
                 }
             }
         });
@@ -284,7 +284,7 @@ impl Replicas {
                 Ok(()) => self.note(&mut st, &model, &url, "down", None),
                 Err(e) => {
                     log::warn!("replicas: unloading {model} on {url} failed: {e}");
-                    self.note(&mut st, &model, &url, "failed", Some(e));
+                    self.note(&mut st, &model, &url, "failed", Some(e.to_string()));
                 }
             }
         }

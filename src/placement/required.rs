@@ -111,7 +111,7 @@ impl Keeper {
                                 Err(e) => {
                                     log::warn!("required model {} on {}: pull failed: {e}", key.1, key.0);
                                     entry.status = "failed".into();
-                                    entry.error = Some(e);
+                                    entry.error = Some(e.to_string());
                                     entry.failed_at = Some(Instant::now());
                                 }
                             }

@@ -12,13 +12,12 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::translate::{FromChat, Translator};
+use super::translate::{FromChat, TranslateError, Translator};
 
 /// Anthropic's request body -> OpenAI's chat completion, for the server's model `actual`;
 /// also whether the answer streams.
-pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), String> {
-    let req: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
+pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), TranslateError> {
+    let req: Map<String, Value> = serde_json::from_slice(body).map_err(TranslateError::NotJson)?;
     let mut messages = Vec::new();
     match req.get("system") {
         Some(Value::String(s)) if !s.is_empty() => messages.push(json!({ "role": "system", "content": s })),
@@ -80,7 +79,7 @@ pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), String> {
                     messages.push(msg);
                 }
             }
-            _ => return Err("every message's content must be a string or a list of blocks".into()),
+            _ => return Err(TranslateError::Content),
         }
     }
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);

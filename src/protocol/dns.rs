@@ -15,15 +15,32 @@ const CLASS_IN: u16 = 1;
 /// pods fits without falling back to TCP.
 pub const UDP_PAYLOAD: u16 = 4096;
 
+/// A name that cannot be asked for, or an answer that cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DnsError {
+    #[error("{0:?} is not a DNS name")]
+    NotAName(String),
+    #[error("answer too short")]
+    TooShort,
+    #[error("answer to another query")]
+    OtherQuery,
+    #[error("not an answer")]
+    NotAnAnswer,
+    #[error("name runs past the end")]
+    NamePastEnd,
+    #[error("bad label")]
+    BadLabel,
+}
+
 /// A query for `name`'s records of type `qtype` (recursion desired, EDNS0 advertised).
-pub fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, String> {
+pub fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DnsError> {
     let mut out = Vec::with_capacity(64 + name.len());
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&[0x01, 0x00]); // RD
     out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]); // one question, one additional (OPT)
     for label in name.trim_end_matches('.').split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err(format!("{name:?} is not a DNS name"));
+            return Err(DnsError::NotAName(name.to_string()));
         }
         out.push(label.len() as u8);
         out.extend_from_slice(label.as_bytes());
@@ -54,17 +71,16 @@ pub enum Answer {
 
 /// Reads the answer to query `id`: every A and AAAA record in its answer section (those of
 /// a CNAME's target included, as recursive resolvers send them).
-pub fn answer(id: u16, msg: &[u8]) -> Result<Answer, String> {
-    let short = || "answer too short".to_string();
-    let u16_at = |i: usize| -> Result<u16, String> {
-        Ok(u16::from_be_bytes([*msg.get(i).ok_or_else(short)?, *msg.get(i + 1).ok_or_else(short)?]))
+pub fn answer(id: u16, msg: &[u8]) -> Result<Answer, DnsError> {
+    let u16_at = |i: usize| -> Result<u16, DnsError> {
+        Ok(u16::from_be_bytes([*msg.get(i).ok_or(DnsError::TooShort)?, *msg.get(i + 1).ok_or(DnsError::TooShort)?]))
     };
     if u16_at(0)? != id {
-        return Err("answer to another query".into());
+        return Err(DnsError::OtherQuery);
     }
     let flags = u16_at(2)?;
     if flags & 0x8000 == 0 {
-        return Err("not an answer".into());
+        return Err(DnsError::NotAnAnswer);
     }
     if flags & 0x0200 != 0 {
         return Ok(Answer::Truncated);
@@ -83,7 +99,7 @@ pub fn answer(id: u16, msg: &[u8]) -> Result<Answer, String> {
     for _ in 0..answers {
         at = skip_name(msg, at)?;
         let (rtype, rdlength) = (u16_at(at)?, u16_at(at + 8)? as usize);
-        let data = msg.get(at + 10..at + 10 + rdlength).ok_or_else(short)?;
+        let data = msg.get(at + 10..at + 10 + rdlength).ok_or(DnsError::TooShort)?;
         match (rtype, rdlength) {
             (A, 4) => found.push(IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3]))),
             (AAAA, 16) => {
@@ -98,14 +114,14 @@ pub fn answer(id: u16, msg: &[u8]) -> Result<Answer, String> {
 }
 
 /// The offset just past a (possibly compressed) name starting at `at`.
-fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, String> {
+fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, DnsError> {
     loop {
-        let len = *msg.get(at).ok_or("name runs past the end")? as usize;
+        let len = *msg.get(at).ok_or(DnsError::NamePastEnd)? as usize;
         match len {
             0 => return Ok(at + 1),
             l if l & 0xc0 == 0xc0 => return Ok(at + 2),
             l if l & 0xc0 == 0 => at += 1 + l,
-            _ => return Err("bad label".into()),
+            _ => return Err(DnsError::BadLabel),
         }
     }
 }

@@ -50,21 +50,39 @@ pub struct ServerUrl {
     authority: String,
 }
 
+/// Why a text is not a server URL.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServerUrlError {
+    #[error("{text:?}: not a URL ({source})")]
+    NotAUrl {
+        text: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("{text:?}: scheme {scheme:?} is not http or https")]
+    Scheme { text: String, scheme: String },
+    #[error("{0:?}: has no host")]
+    NoHost(String),
+    #[error("{0:?}: must not have a query or fragment")]
+    QueryOrFragment(String),
+}
+
 impl ServerUrl {
-    pub fn parse(text: &str) -> Result<ServerUrl, String> {
-        let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?}: not a URL ({e})"))?;
+    pub fn parse(text: &str) -> Result<ServerUrl, ServerUrlError> {
+        let url = url::Url::parse(text.trim())
+            .map_err(|source| ServerUrlError::NotAUrl { text: text.to_string(), source })?;
         let tls = match url.scheme() {
             "http" => false,
             "https" => true,
-            other => return Err(format!("{text:?}: scheme {other:?} is not http or https")),
+            other => return Err(ServerUrlError::Scheme { text: text.to_string(), scheme: other.to_string() }),
         };
         let host = match url.host() {
             Some(url::Host::Ipv6(a)) => a.to_string(),
             Some(h) => h.to_string(),
-            None => return Err(format!("{text:?}: has no host")),
+            None => return Err(ServerUrlError::NoHost(text.to_string())),
         };
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{text:?}: must not have a query or fragment"));
+            return Err(ServerUrlError::QueryOrFragment(text.to_string()));
         }
         let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
         let base_path = url.path().trim_end_matches('/').to_string();
@@ -269,7 +287,13 @@ mod tests {
         assert_eq!(b.as_str(), "https://gpu.example/ollama");
         assert_eq!((b.port, b.tls, b.base_path.as_str()), (443, true, "/ollama"));
         assert_eq!(b.authority(), "gpu.example");
-        assert!(ServerUrl::parse("ftp://x").unwrap_err().contains("ftp"));
+        assert_eq!(
+            ServerUrl::parse("ftp://x").unwrap_err().to_string(),
+            r#""ftp://x": scheme "ftp" is not http or https"#
+        );
+        let e = ServerUrl::parse("not a url").unwrap_err();
+        assert_eq!(e.to_string(), r#""not a url": not a URL (relative URL without a base)"#);
+        assert!(std::error::Error::source(&e).is_some());
         assert!(ServerUrl::parse("not a url").is_err());
     }
 

@@ -13,13 +13,12 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::translate::{FromChat, Translator};
+use super::translate::{FromChat, TranslateError, Translator};
 
 /// The Responses request body -> a chat completion for the server's model `actual`; also
 /// whether the answer streams.
-pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), String> {
-    let req: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
+pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), TranslateError> {
+    let req: Map<String, Value> = serde_json::from_slice(body).map_err(TranslateError::NotJson)?;
     let mut messages = Vec::new();
     if let Some(i) = req.get("instructions").and_then(Value::as_str).filter(|i| !i.is_empty()) {
         messages.push(json!({ "role": "system", "content": i }));
@@ -42,13 +41,11 @@ pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), String> {
                         };
                         messages.push(json!({ "role": role, "content": content(&item["content"]) }));
                     }
-                    Some(other) => {
-                        return Err(format!("input items of type {other:?} cannot be sent as chat completions"))
-                    }
+                    Some(other) => return Err(TranslateError::InputItem(other.to_string())),
                 }
             }
         }
-        _ => return Err("input must be a string or a list of items".into()),
+        _ => return Err(TranslateError::Input),
     }
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let mut out = json!({ "model": actual, "messages": messages, "stream": stream });

@@ -519,18 +519,33 @@ fn payloads(buf: &[u8], sse: bool) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Why a broken stream's request cannot be made into a continuation.
+#[derive(Debug, thiserror::Error)]
+pub enum ContinuationError {
+    #[error("the request is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the request has no messages")]
+    NoMessages,
+    #[error("the request has no input to continue")]
+    NoInput,
+    #[error("the request has no prompt to continue")]
+    NoPrompt,
+    #[error("{0}")]
+    Serialize(#[source] serde_json::Error),
+}
+
 /// The request that asks a server to continue an answer: the client's request with the text
 /// so far as the assistant's message to be continued (chat APIs), or appended to the prompt
 /// (completion APIs). With no text yet, the request as it was.
-pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, String> {
+pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, ContinuationError> {
     if so_far.text.is_empty() {
         return Ok(body.clone());
     }
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let mut v: Value = serde_json::from_slice(body).map_err(ContinuationError::NotJson)?;
     let text = so_far.text.as_str();
     match format {
         Format::OllamaChat | Format::OpenAiChat | Format::Messages => {
-            let messages = v["messages"].as_array_mut().ok_or("the request has no messages")?;
+            let messages = v["messages"].as_array_mut().ok_or(ContinuationError::NoMessages)?;
             match messages.last_mut() {
                 // The client's own prefill, continued further.
                 Some(last) if last["role"] == "assistant" && last["content"].is_string() => {
@@ -548,15 +563,15 @@ pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, St
                     items.push(message);
                     v["input"] = Value::Array(items);
                 }
-                _ => return Err("the request has no input to continue".into()),
+                _ => return Err(ContinuationError::NoInput),
             }
         }
         Format::OllamaGenerate | Format::OpenAiCompletion => {
-            let prompt = v["prompt"].as_str().ok_or("the request has no prompt to continue")?;
+            let prompt = v["prompt"].as_str().ok_or(ContinuationError::NoPrompt)?;
             v["prompt"] = json!(format!("{prompt}{text}"));
         }
     }
-    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| e.to_string())
+    serde_json::to_vec(&v).map(Bytes::from).map_err(ContinuationError::Serialize)
 }
 
 /// The fields vLLM needs to continue a final assistant message rather than answer it.

@@ -22,7 +22,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::api::Call;
+use super::api::{ApiError, Call};
 
 /// Which Ollama endpoint is translated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,11 +64,42 @@ pub struct Translated {
     pub stream: bool,
 }
 
+/// Why a request cannot be translated for an OpenAI-compatible server: Ollama's here,
+/// Anthropic's (anthropic.rs) and the Responses API's (responses.rs) alike.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("the body is not a JSON object: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// A field of /api/generate that chat completions' /v1/completions has no room for.
+    #[error("{0:?} on /api/generate cannot be sent to an OpenAI-compatible server; use /api/chat")]
+    GenerateField(&'static str),
+    #[error("every message must be an object")]
+    MessageNotObject,
+    /// Ollama's `format`, neither "json" nor a schema.
+    #[error("format {0}: expected \"json\" or a JSON schema")]
+    Format(Value),
+    /// An Anthropic message whose content is neither text nor blocks.
+    #[error("every message's content must be a string or a list of blocks")]
+    Content,
+    /// A Responses input item chat completions have no message for.
+    #[error("input items of type {0:?} cannot be sent as chat completions")]
+    InputItem(String),
+    #[error("input must be a string or a list of items")]
+    Input,
+}
+
+/// The client's answer: a 400 that says why, in its API's format. Every server such a
+/// request could go to would refuse it the same way, so it is never retried elsewhere.
+impl From<TranslateError> for ApiError {
+    fn from(e: TranslateError) -> ApiError {
+        ApiError::new(400, "cannot_translate", e.to_string())
+    }
+}
+
 /// Ollama's request body -> OpenAI's, for the server's own model name `actual`. The error
 /// says what cannot be translated (a 400 for the client).
-pub fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translated, String> {
-    let req: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
+pub fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translated, TranslateError> {
+    let req: Map<String, Value> = serde_json::from_slice(body).map_err(TranslateError::NotJson)?;
     let mut out = Map::new();
     out.insert("model".into(), actual.into());
     // Ollama streams unless told not to; embeddings never stream.
@@ -77,7 +108,7 @@ pub fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translat
     match endpoint {
         Endpoint::Chat => {
             let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
-            let messages: Result<Vec<Value>, String> = messages.iter().map(chat_message).collect();
+            let messages: Result<Vec<Value>, TranslateError> = messages.iter().map(chat_message).collect();
             out.insert("messages".into(), Value::Array(messages?));
             if let Some(tools) = req.get("tools").filter(|t| !t.is_null()) {
                 out.insert("tools".into(), tools.clone());
@@ -86,9 +117,7 @@ pub fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translat
         Endpoint::Generate => {
             for unsupported in ["images", "suffix", "template", "context"] {
                 if req.get(unsupported).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("")) {
-                    return Err(format!(
-                        "{unsupported:?} on /api/generate cannot be sent to an OpenAI-compatible server; use /api/chat"
-                    ));
+                    return Err(TranslateError::GenerateField(unsupported));
                 }
             }
             let prompt = req.get("prompt").and_then(Value::as_str).unwrap_or("");
@@ -121,8 +150,8 @@ pub fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translat
 }
 
 /// One Ollama chat message as OpenAI's.
-fn chat_message(m: &Value) -> Result<Value, String> {
-    let Some(obj) = m.as_object() else { return Err("every message must be an object".into()) };
+fn chat_message(m: &Value) -> Result<Value, TranslateError> {
+    let Some(obj) = m.as_object() else { return Err(TranslateError::MessageNotObject) };
     let role = obj.get("role").and_then(Value::as_str).unwrap_or("user");
     let text = obj.get("content").and_then(Value::as_str).unwrap_or("");
     let images: Vec<&str> =
@@ -172,7 +201,7 @@ fn image_type(b64: &str) -> &'static str {
 }
 
 /// Ollama's `options` and `format` as OpenAI's top-level fields.
-fn options(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), String> {
+fn options(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), TranslateError> {
     let opts = req.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
     for same in [
         "temperature",
@@ -204,7 +233,7 @@ fn options(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(),
                 json!({ "type": "json_schema", "json_schema": { "name": "response", "schema": schema, "strict": true } }),
             );
         }
-        Some(other) => return Err(format!("format {other}: expected \"json\" or a JSON schema")),
+        Some(other) => return Err(TranslateError::Format(other.clone())),
     }
     Ok(())
 }
@@ -586,10 +615,31 @@ mod tests {
         let g = translated(Endpoint::Generate, json!({ "prompt": "hi", "system": "be brief", "stream": false }));
         assert_eq!((g["prompt"].as_str(), g["stream"].as_bool()), (Some("be brief\n\nhi"), Some(false)));
         let e = request(Endpoint::Generate, &body(json!({ "prompt": "x", "images": ["abc"] })), "smol").unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("\"images\"") && e.contains("/api/chat"), "{e}");
         assert_eq!(translated(Endpoint::Embed, json!({ "input": ["a", "b"] }))["input"], json!(["a", "b"]));
         assert_eq!(translated(Endpoint::Embeddings, json!({ "prompt": "a" }))["input"], "a");
         assert!(translated(Endpoint::Embed, json!({ "input": "a" })).get("stream").is_none());
+    }
+
+    #[test]
+    fn untranslatable_requests_say_why_with_their_cause() {
+        use std::error::Error;
+        let e = request(Endpoint::Chat, b"[1]", "smol").unwrap_err();
+        let cause = serde_json::from_slice::<Map<String, Value>>(b"[1]").unwrap_err().to_string();
+        assert_eq!(e.to_string(), format!("the body is not a JSON object: {cause}"));
+        assert_eq!(e.source().map(ToString::to_string), Some(cause));
+        let e = request(Endpoint::Chat, &body(json!({ "messages": [1] })), "smol").unwrap_err();
+        assert_eq!(e.to_string(), "every message must be an object");
+        let e = request(Endpoint::Chat, &body(json!({ "messages": [], "format": 7 })), "smol").unwrap_err();
+        assert_eq!(e.to_string(), "format 7: expected \"json\" or a JSON schema");
+        let e = request(Endpoint::Generate, &body(json!({ "suffix": "x" })), "smol").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"suffix\" on /api/generate cannot be sent to an OpenAI-compatible server; use /api/chat"
+        );
+        let api = ApiError::from(e);
+        assert_eq!((api.status, api.code), (400, "cannot_translate"));
     }
 
     fn feed_all(a: &mut impl Translating, chunks: &[&str]) -> Vec<Value> {

@@ -68,6 +68,7 @@ impl OwnAnswers {
             let method = if upload { "POST" } else { "HEAD" };
             calls.push(tokio::spawn(async move {
                 let result = client.send_stream(method, &server, &path, length.filter(|_| upload), rx, idle).await;
+                let result = result.map_err(|e| e.to_string());
                 (server.url.as_str().to_string(), result)
             }));
         }

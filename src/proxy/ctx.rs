@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::fleet::{Fleet, Route, Server};
 use crate::protocol::api::{Api, ApiError, Call};
 use crate::protocol::body::RoutableBody;
+use crate::protocol::translate::TranslateError;
 use crate::protocol::usage::{Usage, UsageScan};
 use crate::routing::scheduler::Chosen;
 
@@ -215,7 +216,7 @@ impl Translation {
 }
 
 /// Anthropic's or the Responses API's request as a chat completion for `actual`.
-pub fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translation), String> {
+pub fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translation), TranslateError> {
     if path == "/v1/messages" {
         crate::protocol::anthropic::request(body, actual).map(|(b, stream)| (b, Translation::Messages(stream)))
     } else {

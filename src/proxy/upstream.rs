@@ -145,8 +145,8 @@ impl Upstream {
 
     /// The end of a request that cannot be translated for the server it must go to: a 400
     /// that says why, never a retry elsewhere (every such server would refuse it the same way).
-    fn untranslatable(&self, r: &mut Routed, why: String) -> Box<Error> {
-        r.refusal = Some(ApiError::new(400, "cannot_translate", why));
+    fn untranslatable(&self, r: &mut Routed, why: translate::TranslateError) -> Box<Error> {
+        r.refusal = Some(why.into());
         let mut e = Error::explain(ErrorType::HTTPStatus(400), "request cannot be translated");
         e.set_retry(false);
         e
@@ -447,6 +447,7 @@ impl Upstream {
         let Some(so_far) = stream.broken() else { return false };
         let asked = r.asked.get_or_insert_with(|| r.body.bytes().clone());
         let continuation = resume::request(format, asked, so_far)
+            .map_err(|e| e.to_string())
             .and_then(|b| RoutableBody::parse(b).map_err(|e| ApiError::from(e).message));
         match continuation {
             Ok(body) => {

@@ -198,7 +198,9 @@ impl ResourceCheck {
         if let Ok(ps) = ps {
             server.set_loaded(crate::protocol::ollama::models_of(&ps));
         }
-        let result = result.and_then(|v| serde_json::from_value::<Resources>(v).map_err(|e| e.to_string()));
+        let result = result
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::from_value::<Resources>(v).map_err(|e| e.to_string()));
         let mut c = probe.cached.lock().unwrap();
         c.misses += 1;
         c.fetched = Some(Instant::now());

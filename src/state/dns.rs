@@ -25,11 +25,47 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::reload::Reloader;
 use crate::config::{DnsServer, ServerSpec, Settings};
-use crate::protocol::dns::{self, Answer};
+use crate::protocol::dns::{self, Answer, DnsError};
 
 /// How one lookup ended: the addresses (none: the name is gone), or a failure that says
 /// nothing about them.
-type Lookup = Result<Vec<IpAddr>, String>;
+type Lookup = Result<Vec<IpAddr>, LookupError>;
+
+/// A lookup that failed: it says nothing about the name's addresses.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The system's resolver failed.
+    #[error("{0}")]
+    System(#[source] std::io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The name cannot be asked for.
+    #[error("{0}")]
+    Name(#[from] DnsError),
+    /// The nameserver named by `load_balancer.dns_resolver` failed.
+    #[error("{nameserver}: {source}")]
+    Nameserver {
+        nameserver: SocketAddr,
+        #[source]
+        source: ExchangeError,
+    },
+}
+
+/// What went wrong asking a nameserver directly.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Answer(#[from] DnsError),
+    /// The server failed (SERVFAIL, REFUSED ...), in `Answer::Failed`'s words.
+    #[error("{0}")]
+    Failed(String),
+    #[error("truncated over TCP")]
+    Truncated,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// Finds a name's addresses.
 pub struct Resolver {
@@ -71,8 +107,8 @@ impl Resolver {
 async fn system(host: &str, port: u16, timeout: Duration) -> Lookup {
     match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
         Ok(Ok(addrs)) => Ok(addrs.map(|a| a.ip()).collect()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => Err(LookupError::System(e)),
+        Err(_) => Err(LookupError::Timeout(timeout)),
     }
 }
 
@@ -84,12 +120,12 @@ async fn ask(nameserver: SocketAddr, host: &str, qtype: u16, timeout: Duration) 
     let query = dns::query(id, host, qtype)?;
     let exchange = async {
         let local: SocketAddr = if nameserver.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let socket = tokio::net::UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
-        socket.connect(nameserver).await.map_err(|e| e.to_string())?;
-        socket.send(&query).await.map_err(|e| e.to_string())?;
+        let socket = tokio::net::UdpSocket::bind(local).await?;
+        socket.connect(nameserver).await?;
+        socket.send(&query).await?;
         let mut buf = vec![0u8; dns::UDP_PAYLOAD as usize];
         loop {
-            let n = socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
+            let n = socket.recv(&mut buf).await?;
             // A stray datagram (another query's late answer) is not ours: wait for ours.
             match dns::answer(id, &buf[..n]) {
                 Ok(Answer::Truncated) => return over_tcp(nameserver, &query, id).await,
@@ -98,25 +134,26 @@ async fn ask(nameserver: SocketAddr, host: &str, qtype: u16, timeout: Duration) 
             }
         }
     };
+    let failed = |source| Err(LookupError::Nameserver { nameserver, source });
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(Answer::Addresses(ips))) => Ok(ips),
         Ok(Ok(Answer::NoSuchName)) => Ok(Vec::new()),
-        Ok(Ok(Answer::Failed(why))) => Err(format!("{nameserver}: {why}")),
-        Ok(Ok(Answer::Truncated)) => Err(format!("{nameserver}: truncated over TCP")),
-        Ok(Err(e)) => Err(format!("{nameserver}: {e}")),
-        Err(_) => Err(format!("{nameserver}: no answer within {timeout:?}")),
+        Ok(Ok(Answer::Failed(why))) => failed(ExchangeError::Failed(why)),
+        Ok(Ok(Answer::Truncated)) => failed(ExchangeError::Truncated),
+        Ok(Err(e)) => failed(e),
+        Err(_) => failed(ExchangeError::Timeout(timeout)),
     }
 }
 
-async fn over_tcp(nameserver: SocketAddr, query: &[u8], id: u16) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect(nameserver).await.map_err(|e| e.to_string())?;
+async fn over_tcp(nameserver: SocketAddr, query: &[u8], id: u16) -> Result<Answer, ExchangeError> {
+    let mut stream = tokio::net::TcpStream::connect(nameserver).await?;
     let mut framed = (query.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(query);
-    stream.write_all(&framed).await.map_err(|e| e.to_string())?;
-    let len = stream.read_u16().await.map_err(|e| e.to_string())? as usize;
+    stream.write_all(&framed).await?;
+    let len = stream.read_u16().await? as usize;
     let mut msg = vec![0u8; len];
-    stream.read_exact(&mut msg).await.map_err(|e| e.to_string())?;
-    dns::answer(id, &msg)
+    stream.read_exact(&mut msg).await?;
+    Ok(dns::answer(id, &msg)?)
 }
 
 /// The `dns:` entries and the addresses last found for each.
@@ -242,7 +279,9 @@ mod tests {
             Vec::<IpAddr>::new()
         );
         let failing = nameserver(vec![], 2).await;
-        assert!(Resolver::new(Some(failing), Duration::from_secs(2)).addresses("x.y", 1).await.is_err());
+        let e = Resolver::new(Some(failing), Duration::from_secs(2)).addresses("x.y", 1).await.unwrap_err();
+        assert_eq!(e.to_string(), format!("{failing}: response code 2"));
+        assert!(std::error::Error::source(&e).is_some(), "the nameserver's failure is the cause");
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use crate::edge::keys::Key;
 use crate::fleet::Fleet;
-use crate::storage::redis::{Redis, Reply};
+use crate::storage::redis::{Redis, RedisUrlError, Reply};
 
 /// Judges KEYS[i] as a bucket of ARGV[3i-1] per minute taking ARGV[3i] tokens (0: admit while
 /// above zero, take nothing) and up to ARGV[3i+1] more as a lease when ARGV[1] is "admit", or
@@ -144,7 +144,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(url: Option<&str>, timeout: Duration) -> Result<Shared, String> {
+    pub fn new(url: Option<&str>, timeout: Duration) -> Result<Shared, RedisUrlError> {
         let redis = url.map(|u| Redis::from_url(u, timeout)).transpose()?;
         Ok(Shared {
             up: AtomicBool::new(redis.is_some()),
@@ -188,13 +188,13 @@ impl Shared {
         })
     }
 
-    fn down(&self, why: String) {
+    fn down(&self, why: impl std::fmt::Display) {
         if self.up.swap(false, Ordering::Relaxed) {
             log::warn!(
                 "shared state: Redis unreachable ({why}); limits and cooldowns are per process until it answers"
             );
         }
-        *self.last_error.lock().unwrap() = Some(why);
+        *self.last_error.lock().unwrap() = Some(why.to_string());
     }
 
     /// Runs the bucket script; `None` when Redis is not in use (the caller decides locally).

@@ -36,6 +36,56 @@ impl Reply {
     }
 }
 
+/// A `redis://` URL drover cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error("{url:?}: {source}")]
+    NotAUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("{0:?}: expected redis://host:port[/db]")]
+    Scheme(String),
+    #[error("{0:?}: no host")]
+    NoHost(String),
+    #[error("{url:?}: the database must be a number")]
+    Database {
+        url: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+/// A call that failed, with the server's address (its connection is dropped, not reused).
+#[derive(Debug, thiserror::Error)]
+#[error("redis {addr}: {failure}")]
+pub struct RedisError {
+    pub addr: String,
+    #[source]
+    pub failure: RedisFailure,
+}
+
+/// What went wrong on the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFailure {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("malformed reply")]
+    Malformed,
+    #[error("malformed reply {0:?}")]
+    MalformedLine(String),
+    #[error("reply of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// An error reply to the connection's AUTH or SELECT.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 pub struct Redis {
     addr: String,
     auth: Option<(Option<String>, String)>,
@@ -51,17 +101,17 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    pub fn from_url(url: &str, timeout: Duration) -> Result<Redis, String> {
-        let u = url::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    pub fn from_url(url: &str, timeout: Duration) -> Result<Redis, RedisUrlError> {
+        let u = url::Url::parse(url).map_err(|source| RedisUrlError::NotAUrl { url: url.to_string(), source })?;
         if u.scheme() != "redis" {
-            return Err(format!("{url:?}: expected redis://host:port[/db]"));
+            return Err(RedisUrlError::Scheme(url.to_string()));
         }
-        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("{url:?}: no host"))?;
+        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| RedisUrlError::NoHost(url.to_string()))?;
         let addr = format!("{host}:{}", u.port().unwrap_or(6379));
         let auth = u.password().map(|p| ((!u.username().is_empty()).then(|| u.username().to_string()), p.to_string()));
         let db = match u.path().trim_start_matches('/') {
             "" => 0,
-            d => d.parse().map_err(|_| format!("{url:?}: the database must be a number"))?,
+            d => d.parse().map_err(|source| RedisUrlError::Database { url: url.to_string(), source })?,
         };
         Ok(Redis { addr, auth, db, timeout, idle: Mutex::new(Vec::new()) })
     }
@@ -72,13 +122,13 @@ impl Redis {
     }
 
     /// One command.
-    pub async fn query(&self, args: &[&[u8]]) -> Result<Reply, String> {
+    pub async fn query(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let mut replies = self.pipeline(&[args.to_vec()]).await?;
         Ok(replies.remove(0))
     }
 
     /// Several commands in one round trip; one reply each, in order.
-    pub async fn pipeline(&self, commands: &[Vec<&[u8]>]) -> Result<Vec<Reply>, String> {
+    pub async fn pipeline(&self, commands: &[Vec<&[u8]>]) -> Result<Vec<Reply>, RedisError> {
         let mut out = Vec::new();
         for c in commands {
             encode(&mut out, c);
@@ -89,10 +139,10 @@ impl Redis {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            conn.get_mut().write_all(&out).await.map_err(|e| format!("redis {}: {e}", self.addr))?;
+            conn.get_mut().write_all(&out).await?;
             let mut replies = Vec::with_capacity(commands.len());
             for _ in commands {
-                replies.push(read_reply(&mut conn).await.map_err(|e| format!("redis {}: {e}", self.addr))?);
+                replies.push(read_reply(&mut conn).await?);
             }
             let mut idle = self.idle.lock().unwrap();
             if idle.len() < POOL {
@@ -102,7 +152,8 @@ impl Redis {
         };
         let result = tokio::time::timeout(self.timeout, run)
             .await
-            .unwrap_or_else(|_| Err(format!("redis {}: no answer within {:?}", self.addr, self.timeout)));
+            .unwrap_or(Err(RedisFailure::Timeout(self.timeout)))
+            .map_err(|failure| RedisError { addr: self.addr.clone(), failure });
         if result.is_err() {
             // The others were opened before the failure too (a restarted Redis closed them all).
             self.idle.lock().unwrap().clear();
@@ -110,8 +161,8 @@ impl Redis {
         result
     }
 
-    async fn connect(&self) -> Result<BufReader<TcpStream>, String> {
-        let stream = TcpStream::connect(&self.addr).await.map_err(|e| format!("redis {}: {e}", self.addr))?;
+    async fn connect(&self) -> Result<BufReader<TcpStream>, RedisFailure> {
+        let stream = TcpStream::connect(&self.addr).await?;
         let _ = stream.set_nodelay(true);
         let mut conn = BufReader::new(stream);
         let mut hello: Vec<Vec<u8>> = Vec::new();
@@ -125,9 +176,9 @@ impl Redis {
             hello.push(cmd(&[b"SELECT", self.db.to_string().as_bytes()]));
         }
         for c in hello {
-            conn.get_mut().write_all(&c).await.map_err(|e| format!("redis {}: {e}", self.addr))?;
-            if let Reply::Error(e) = read_reply(&mut conn).await.map_err(|e| format!("redis {}: {e}", self.addr))? {
-                return Err(format!("redis {}: {e}", self.addr));
+            conn.get_mut().write_all(&c).await?;
+            if let Reply::Error(e) = read_reply(&mut conn).await? {
+                return Err(RedisFailure::Refused(e));
             }
         }
         Ok(conn)
@@ -150,24 +201,24 @@ fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
-async fn read_line(conn: &mut BufReader<TcpStream>) -> Result<String, String> {
+async fn read_line(conn: &mut BufReader<TcpStream>) -> Result<String, RedisFailure> {
     let mut line = Vec::new();
-    let n = conn.read_until(b'\n', &mut line).await.map_err(|e| e.to_string())?;
+    let n = conn.read_until(b'\n', &mut line).await?;
     if n == 0 {
-        return Err("connection closed".into());
+        return Err(RedisFailure::Closed);
     }
     if !line.ends_with(b"\r\n") {
-        return Err("malformed reply".into());
+        return Err(RedisFailure::Malformed);
     }
     line.truncate(line.len() - 2);
-    String::from_utf8(line).map_err(|_| "malformed reply".into())
+    String::from_utf8(line).map_err(|_| RedisFailure::Malformed)
 }
 
-fn read_reply(conn: &mut BufReader<TcpStream>) -> futures::future::BoxFuture<'_, Result<Reply, String>> {
+fn read_reply(conn: &mut BufReader<TcpStream>) -> futures::future::BoxFuture<'_, Result<Reply, RedisFailure>> {
     Box::pin(async move {
         let line = read_line(conn).await?;
         let (kind, rest) = line.split_at(1.min(line.len()));
-        let number = || rest.parse::<i64>().map_err(|_| format!("malformed reply {line:?}"));
+        let number = || rest.parse::<i64>().map_err(|_| RedisFailure::MalformedLine(line.clone()));
         Ok(match kind {
             "+" => Reply::Status(rest.to_string()),
             "-" => Reply::Error(rest.to_string()),
@@ -179,10 +230,10 @@ fn read_reply(conn: &mut BufReader<TcpStream>) -> futures::future::BoxFuture<'_,
                 }
                 let n = n as usize;
                 if n > MAX_BULK {
-                    return Err(format!("reply of {n} bytes is over the limit"));
+                    return Err(RedisFailure::TooLarge(n));
                 }
                 let mut buf = vec![0; n + 2];
-                conn.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+                conn.read_exact(&mut buf).await?;
                 buf.truncate(n);
                 Reply::Bulk(Some(buf))
             }
@@ -197,7 +248,7 @@ fn read_reply(conn: &mut BufReader<TcpStream>) -> futures::future::BoxFuture<'_,
                 }
                 Reply::Array(Some(items))
             }
-            _ => return Err(format!("malformed reply {line:?}")),
+            _ => return Err(RedisFailure::MalformedLine(line.clone())),
         })
     })
 }
@@ -212,8 +263,11 @@ mod tests {
         assert_eq!((r.addr.as_str(), r.db), ("10.0.0.5:6380", 2));
         assert_eq!(r.auth, Some((None, "pw".to_string())));
         assert_eq!(Redis::from_url("redis://localhost", Duration::from_secs(1)).unwrap().addr, "localhost:6379");
-        assert!(Redis::from_url("http://x", Duration::from_secs(1)).is_err());
-        assert!(Redis::from_url("redis://x/db", Duration::from_secs(1)).is_err());
+        let e = Redis::from_url("http://x", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.to_string(), r#""http://x": expected redis://host:port[/db]"#);
+        let e = Redis::from_url("redis://x/db", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.to_string(), r#""redis://x/db": the database must be a number"#);
+        assert!(std::error::Error::source(&e).is_some(), "the number's parse error is the cause");
         assert!(!format!("{r:?}").contains("pw"));
     }
 
