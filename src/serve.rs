@@ -54,19 +54,12 @@ fn config_path(named: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 /// Runs the balancer; returns the process exit code.
+///
+/// The composition root, one seam after another: the settings, Pingora's server, the
+/// store's first read, the fleet, the shared parts, the balancer, its listeners, the
+/// background services. Every shared part is built once here and handed to those that use it.
 pub fn run(args: ServeArgs) -> i32 {
-    let path = config_path(args.config);
-    let settings = match Settings::load(path.as_deref(), &Env::from_process()) {
-        Ok(s) => s,
-        Err(errors) => {
-            let source = path.as_ref().map_or("defaults".into(), |p| p.display().to_string());
-            eprintln!("drover: configuration errors in {source}:");
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
-            return 1;
-        }
-    };
+    let Some(settings) = load_settings(args.config) else { return 1 };
     if args.test {
         println!(
             "drover: configuration OK ({}): {} servers, {} routes, listening on {}",
@@ -77,78 +70,10 @@ pub fn run(args: ServeArgs) -> i32 {
         );
         return 0;
     }
-
-    let conf = ServerConf {
-        threads: settings.threads,
-        grace_period_seconds: Some(settings.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(5),
-        upgrade_sock: settings.upgrade_sock.clone(),
-        pid_file: settings.pid_file.clone(),
-        daemon: args.daemon,
-        // The proxy's pool of idle upstream connections.
-        upstream_keepalive_pool_size: settings.http_client.keepalive_pool,
-        // Pingora's own cap on attempts per request: drover's retries (load_balancer.max_retry_count)
-        // plus the first attempt and the stale pooled connections replaced without counting.
-        max_retries: settings.load_balancer.max_retry_count as usize + 1 + crate::proxy::STALE_RETRIES as usize,
-        ..ServerConf::default()
-    };
-    let opt = Opt { upgrade: args.upgrade, daemon: args.daemon, nocapture: false, test: false, conf: None };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
-
-    if Backend::of(&settings.database_url).is_none() {
-        eprintln!("drover: database.url: unsupported scheme (sqlite:, postgres:, mysql: or mariadb:)");
-        return 1;
-    }
-    // A database that is not there yet does not stop the start (compose and Kubernetes start
-    // things in any order): drover serves its config's routes and discovery, /health says
-    // degraded, and the reloader loads the stored routes and keys when the database answers.
-    let (rows, keys, marker, store_state) = match load_store(&settings) {
-        Ok((rows, keys, marker)) => (rows, keys, marker, StoreState::Ok),
-        Err(e) => {
-            log::warn!("{e}; serving without the stored routes and keys until it answers");
-            (Vec::new(), Vec::new(), NEVER_LOADED, StoreState::Unreachable(e.to_string()))
-        }
-    };
+    let mut server = pingora_server(&settings, args.upgrade, args.daemon);
+    let Some(stored) = first_read(&settings) else { return 1 };
     let settings = Arc::new(settings);
-    // Every shared part, built once here and handed to those that use it: the proxy, the
-    // admin API, the metrics and the background services. First, the servers found by DNS
-    // name, resolved once before the first fleet is built.
-    let discovery = Arc::new(Discovery::new(&settings));
-    let discovered = resolve_at_start(&discovery);
-    let health = Health::new();
-    let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(&settings, &rows, &discovered, &health, None)));
-    log::info!(
-        "drover {} listening on {} with {} servers and {} virtual models",
-        env!("CARGO_PKG_VERSION"),
-        settings.listen,
-        fleet.load().servers.len(),
-        fleet.load().routes.len()
-    );
-    let keyring = Arc::new(Keyring::default());
-    keyring.replace(keys);
-    if settings.require_keys && keyring.is_empty() {
-        log::warn!("auth.require_keys is on and no API key exists yet: every model call gets 401 until one is made (POST /admin/keys)");
-    }
-    let store = Arc::new(StoreHandle::new(&settings.database_url, settings.database_pool_size));
-    let tally = Arc::new(Tally::default());
-    let sources = (marker, rows, discovered);
-    let reloader = Arc::new(Reloader::new(
-        settings.clone(),
-        store.clone(),
-        fleet.clone(),
-        keyring.clone(),
-        tally.clone(),
-        sources,
-    ));
-    reloader.starts(store_state);
-    let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
-    crate::telemetry::metrics::init();
-    let readings = resources.clone();
-    FleetCollector::register(fleet.clone(), Box::new(move || readings.free_memory()));
-    let mut prometheus = pingora_prometheus::prometheus_http_service();
-    prometheus.add_tcp(&settings.metrics_listen.to_string());
-    server.add_service(prometheus);
+    let fleet = FleetStart::build(&settings, &stored.rows);
     let shared = match Shared::new(settings.redis_url.as_deref(), settings.redis_timeout) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -159,61 +84,239 @@ pub fn run(args: ServeArgs) -> i32 {
     if let Some(u) = &settings.redis_url {
         log::info!("shared state in Redis at {}", crate::storage::store::redact_url(u));
     }
-    let client = Arc::new(Client::default());
-    let lb = &settings.load_balancer;
-    let queue = Arc::new(Queue::new(lb.queue_size, lb.queue_timeout));
-    let replicas = Replicas::new(
-        lb.replicas.clone(),
-        fleet.clone(),
-        queue.clone(),
-        resources.clone(),
-        client.clone(),
-        settings.http_client.read_timeout,
-    );
-    let access_log = Arc::new(AccessLog::new(&settings.access_log));
-    let keeper = Arc::new(Keeper::new(&settings, fleet.clone(), client.clone()));
+    let parts = Parts::build(&settings, stored, &fleet, shared);
+    crate::telemetry::metrics::init();
+    let readings = parts.resources.clone();
+    FleetCollector::register(fleet.fleet.clone(), Box::new(move || readings.free_memory()));
+    let mut prometheus = pingora_prometheus::prometheus_http_service();
+    prometheus.add_tcp(&settings.metrics_listen.to_string());
+    server.add_service(prometheus);
+    let drover = balancer(&parts);
+    match proxy_service(&server, &settings, drover) {
+        Ok(proxy) => {
+            server.add_service(proxy);
+        }
+        Err(e) => {
+            eprintln!("drover: server.tls: {e}");
+            return 1;
+        }
+    }
+    background_services(&mut server, parts, fleet);
+    server.run_forever()
+}
+
+/// The settings from the config file (or the defaults) and the environment; every error
+/// printed, with its key, when there are any.
+fn load_settings(named: Option<PathBuf>) -> Option<Settings> {
+    let path = config_path(named);
+    match Settings::load(path.as_deref(), &Env::from_process()) {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            let source = path.as_ref().map_or("defaults".into(), |p| p.display().to_string());
+            eprintln!("drover: configuration errors in {source}:");
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            None
+        }
+    }
+}
+
+/// Pingora's server, bootstrapped (daemonised, or given the listening sockets of the
+/// process it upgrades).
+fn pingora_server(settings: &Settings, upgrade: bool, daemon: bool) -> Server {
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        pid_file: settings.pid_file.clone(),
+        daemon,
+        // The proxy's pool of idle upstream connections.
+        upstream_keepalive_pool_size: settings.http_client.keepalive_pool,
+        // Pingora's own cap on attempts per request: drover's retries (load_balancer.max_retry_count)
+        // plus the first attempt and the stale pooled connections replaced without counting.
+        max_retries: settings.load_balancer.max_retry_count as usize + 1 + crate::proxy::STALE_RETRIES as usize,
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade, daemon, nocapture: false, test: false, conf: None };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    server
+}
+
+/// What the store held at start.
+struct Stored {
+    rows: Vec<StoredRoute>,
+    keys: Vec<StoredKey>,
+    marker: i64,
+    state: StoreState,
+}
+
+/// The store's first read. A database that is not there yet does not stop the start
+/// (compose and Kubernetes start things in any order): drover serves its config's routes
+/// and discovery, /health says degraded, and the reloader loads the stored routes and keys
+/// when the database answers. `None` only for a URL no backend takes.
+fn first_read(settings: &Settings) -> Option<Stored> {
+    if Backend::of(&settings.database_url).is_none() {
+        eprintln!("drover: database.url: unsupported scheme (sqlite:, postgres:, mysql: or mariadb:)");
+        return None;
+    }
+    Some(match load_store(settings) {
+        Ok((rows, keys, marker)) => Stored { rows, keys, marker, state: StoreState::Ok },
+        Err(e) => {
+            log::warn!("{e}; serving without the stored routes and keys until it answers");
+            let state = StoreState::Unreachable(e.to_string());
+            Stored { rows: Vec::new(), keys: Vec::new(), marker: NEVER_LOADED, state }
+        }
+    })
+}
+
+/// The first fleet: the servers found by DNS name, resolved once, the config's and the
+/// stored routes, and the health registry every later snapshot carries on.
+struct FleetStart {
+    discovery: Arc<Discovery>,
+    discovered: Vec<crate::config::ServerSpec>,
+    health: Arc<Health>,
+    fleet: Arc<ArcSwap<Fleet>>,
+}
+
+impl FleetStart {
+    fn build(settings: &Settings, rows: &[StoredRoute]) -> FleetStart {
+        let discovery = Arc::new(Discovery::new(settings));
+        let discovered = resolve_at_start(&discovery);
+        let health = Health::new();
+        let fleet = Arc::new(ArcSwap::from_pointee(Fleet::build(settings, rows, &discovered, &health, None)));
+        log::info!(
+            "drover {} listening on {} with {} servers and {} virtual models",
+            env!("CARGO_PKG_VERSION"),
+            settings.listen,
+            fleet.load().servers.len(),
+            fleet.load().routes.len()
+        );
+        FleetStart { discovery, discovered, health, fleet }
+    }
+}
+
+/// The parts shared by the balancer, the admin API and the background services.
+struct Parts {
+    settings: Arc<Settings>,
+    fleet: Arc<ArcSwap<Fleet>>,
+    keyring: Arc<Keyring>,
+    store: Arc<StoreHandle>,
+    tally: Arc<Tally>,
+    reloader: Arc<Reloader>,
+    resources: Arc<ResourceCheck>,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    queue: Arc<Queue>,
+    replicas: Arc<Replicas>,
+    keeper: Arc<Keeper>,
+    access_log: Arc<AccessLog>,
+}
+
+impl Parts {
+    fn build(settings: &Arc<Settings>, stored: Stored, start: &FleetStart, shared: Arc<Shared>) -> Parts {
+        let fleet = start.fleet.clone();
+        let keyring = Arc::new(Keyring::default());
+        keyring.replace(stored.keys);
+        if settings.require_keys && keyring.is_empty() {
+            log::warn!("auth.require_keys is on and no API key exists yet: every model call gets 401 until one is made (POST /admin/keys)");
+        }
+        let store = Arc::new(StoreHandle::new(&settings.database_url, settings.database_pool_size));
+        let tally = Arc::new(Tally::default());
+        let sources = (stored.marker, stored.rows, start.discovered.clone());
+        let reloader = Arc::new(Reloader::new(
+            settings.clone(),
+            store.clone(),
+            fleet.clone(),
+            keyring.clone(),
+            tally.clone(),
+            sources,
+        ));
+        reloader.starts(stored.state);
+        let resources = ResourceCheck::new(settings.resources.clone(), settings.load_balancer.health_check_timeout);
+        let client = Arc::new(Client::default());
+        let lb = &settings.load_balancer;
+        let queue = Arc::new(Queue::new(lb.queue_size, lb.queue_timeout));
+        let replicas = Replicas::new(
+            lb.replicas.clone(),
+            fleet.clone(),
+            queue.clone(),
+            resources.clone(),
+            client.clone(),
+            settings.http_client.read_timeout,
+        );
+        Parts {
+            settings: settings.clone(),
+            keeper: Arc::new(Keeper::new(settings, fleet.clone(), client.clone())),
+            access_log: Arc::new(AccessLog::new(&settings.access_log)),
+            fleet,
+            keyring,
+            store,
+            tally,
+            reloader,
+            resources,
+            shared,
+            client,
+            queue,
+            replicas,
+        }
+    }
+}
+
+/// The balancer, one part per stage of a request, each given only what it uses.
+fn balancer(p: &Parts) -> Drover {
+    let settings = &p.settings;
     let admin = Arc::new(Admin::new(AdminParts {
         settings: settings.clone(),
-        store: store.clone(),
-        reloader: reloader.clone(),
-        keyring: keyring.clone(),
-        client: client.clone(),
-        keeper: keeper.clone(),
-        resources: resources.clone(),
-        fleet: fleet.clone(),
+        store: p.store.clone(),
+        reloader: p.reloader.clone(),
+        keyring: p.keyring.clone(),
+        client: p.client.clone(),
+        keeper: p.keeper.clone(),
+        resources: p.resources.clone(),
+        fleet: p.fleet.clone(),
     }));
-    // The balancer, one part per stage of a request, each given only what it uses.
-    let guard = Arc::new(AdminGuard::new(&settings));
-    let scheduler = Arc::new(Scheduler::new(&settings, resources.clone(), queue.clone()));
-    let cache = Arc::new(ResponseCache::new(settings.cache.clone(), shared.clone()));
-    let memory = Arc::new(Memory::new(settings.memory.clone(), shared.clone(), store));
+    let guard = Arc::new(AdminGuard::new(settings));
+    let scheduler = Arc::new(Scheduler::new(settings, p.resources.clone(), p.queue.clone()));
+    let cache = Arc::new(ResponseCache::new(settings.cache.clone(), p.shared.clone()));
+    let memory = Arc::new(Memory::new(settings.memory.clone(), p.shared.clone(), p.store.clone()));
     let recent_errors = Arc::new(RecentErrors::default());
-    let drover = Drover::new(
-        Admission::new(&settings, keyring, guard.clone(), shared.clone()),
-        Routing::new(&settings, fleet.clone(), scheduler.clone(), memory.clone(), cache.clone(), client.clone()),
-        Upstream::new(&settings, scheduler, shared.clone()),
-        Relay::new(&settings, tally, replicas.clone(), memory, cache),
-        Accounting::new(access_log.clone(), recent_errors.clone(), shared.clone()),
+    Drover::new(
+        Admission::new(settings, p.keyring.clone(), guard.clone(), p.shared.clone()),
+        Routing::new(settings, p.fleet.clone(), scheduler.clone(), memory.clone(), cache.clone(), p.client.clone()),
+        Upstream::new(settings, scheduler, p.shared.clone()),
+        Relay::new(settings, p.tally.clone(), p.replicas.clone(), memory, cache),
+        Accounting::new(p.access_log.clone(), recent_errors.clone(), p.shared.clone()),
         OwnAnswers::new(
-            &settings,
+            settings,
             OwnParts {
-                fleet: fleet.clone(),
+                fleet: p.fleet.clone(),
                 guard,
                 admin,
-                keeper: keeper.clone(),
-                client,
-                reloader: reloader.clone(),
-                resources,
-                replicas: replicas.clone(),
-                queue,
-                shared: shared.clone(),
+                keeper: p.keeper.clone(),
+                client: p.client.clone(),
+                reloader: p.reloader.clone(),
+                resources: p.resources.clone(),
+                replicas: p.replicas.clone(),
+                queue: p.queue.clone(),
+                shared: p.shared.clone(),
                 recent_errors,
             },
         ),
-        Responder::new(&settings),
-    );
-    // Pingora's proxy app, behind the wrapper that lets a connection accepted just before a
-    // graceful stop (upgrade or SIGTERM) have its first request answered.
+        Responder::new(settings),
+    )
+}
+
+/// The balancer's listening service: Pingora's proxy app, behind the wrapper that lets a
+/// connection accepted just before a graceful stop (upgrade or SIGTERM) have its first
+/// request answered, on the plain listener and the TLS one when configured.
+fn proxy_service(
+    server: &Server,
+    settings: &Settings,
+    drover: Drover,
+) -> Result<Service<FirstRequest<pingora::proxy::HttpProxy<Drover>>>, TlsError> {
     let linger = Duration::from_secs(1).min(Duration::from_secs(settings.grace_period_seconds));
     let app =
         FirstRequest::new(pingora::proxy::http_proxy(&server.configuration, drover), linger, settings.header_timeout);
@@ -223,19 +326,20 @@ pub fn run(args: ServeArgs) -> i32 {
     let listener = ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));
     proxy.add_listener(listener);
     if let Some(tls) = &settings.tls {
-        match tls_settings(tls) {
-            Ok(t) => proxy.add_tls_with_settings(&tls.listen.to_string(), None, t),
-            Err(e) => {
-                eprintln!("drover: server.tls: {e}");
-                return 1;
-            }
-        }
+        proxy.add_tls_with_settings(&tls.listen.to_string(), None, tls_settings(tls)?);
         log::info!("TLS on {} ({}), HTTP/2 by ALPN", tls.listen, tls.cert.display());
     }
-    server.add_service(proxy);
-    if !discovery.is_empty() {
+    Ok(proxy)
+}
+
+/// What runs beside the proxy: DNS discovery, the store follower, required models, replicas,
+/// the Redis follower, health checks, and the exit once a stop has drained.
+fn background_services(server: &mut Server, parts: Parts, start: FleetStart) {
+    let Parts { settings, fleet, reloader, keeper, replicas, shared, access_log, .. } = parts;
+    let lb = &settings.load_balancer;
+    if !start.discovery.is_empty() {
         let following =
-            DnsService { discovery, reloader: reloader.clone(), interval: settings.load_balancer.dns_interval };
+            DnsService { discovery: start.discovery, reloader: reloader.clone(), interval: lb.dns_interval };
         server.add_service(background_service("dns discovery", following));
     }
     server.add_service(background_service("routes reload", ReloaderService(reloader)));
@@ -247,13 +351,11 @@ pub fn run(args: ServeArgs) -> i32 {
     server.add_service(background_service("shared state", following));
     // Active health checks: drover's check, run over the fleet's health registry by
     // pingora-load-balancing's own service.
-    let lb = &settings.load_balancer;
-    let checks = health.service(ServerCheck::new(fleet, lb), lb.health_check_interval);
+    let checks = start.health.service(ServerCheck::new(fleet, lb), lb.health_check_interval);
     server.add_service(background_service("health checks", checks));
     // Exits once a graceful stop has begun and nothing is left in flight (stop.rs).
     let grace = Duration::from_secs(settings.grace_period_seconds);
     server.add_service(background_service("stop when idle", Stopper { access_log, grace }));
-    server.run_forever()
 }
 
 /// Why the TLS listener cannot start.
