@@ -35,7 +35,7 @@ use crate::stop::Busy;
 const SILENT_FOR_AT_MOST: Duration = Duration::from_secs(60);
 
 /// `app` (Pingora's HTTP proxy app), its new connections held until they have spoken.
-pub struct FirstRequest<A> {
+pub(crate) struct FirstRequest<A> {
     app: Arc<A>,
     linger: Duration,
     /// The longest a request header may take to arrive, first byte to last.
@@ -43,7 +43,7 @@ pub struct FirstRequest<A> {
 }
 
 impl<A> FirstRequest<A> {
-    pub fn new(app: A, linger: Duration, header_timeout: Duration) -> Self {
+    pub(crate) fn new(app: A, linger: Duration, header_timeout: Duration) -> Self {
         FirstRequest { app: Arc::new(app), linger, header_timeout }
     }
 }
@@ -107,7 +107,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
 /// no timer: nothing is registered or woken per request. A body is never timed here (the per-read timeout and the size
 /// limits apply). drover's listeners speak HTTP/2 only by TLS's ALPN, where this is not used.
 #[derive(Debug)]
-pub struct HeaderDeadline {
+pub(crate) struct HeaderDeadline {
     inner: Stream,
     limit: Duration,
     phase: Phase,
@@ -130,7 +130,7 @@ enum Phase {
 }
 
 impl HeaderDeadline {
-    pub fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
+    pub(crate) fn new(inner: Stream, limit: Duration) -> HeaderDeadline {
         HeaderDeadline { inner, limit, phase: Phase::Idle, deadline: None, begun: false, last: [0; 2] }
     }
 

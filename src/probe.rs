@@ -18,37 +18,37 @@ use serde::{Deserialize, Serialize};
 
 /// One GPU's memory, in bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Gpu {
-    pub index: u32,
-    pub name: String,
-    pub total_bytes: u64,
-    pub free_bytes: u64,
-    pub used_bytes: u64,
+pub(crate) struct Gpu {
+    pub(crate) index: u32,
+    pub(crate) name: String,
+    pub(crate) total_bytes: u64,
+    pub(crate) free_bytes: u64,
+    pub(crate) used_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Memory {
-    pub total_bytes: u64,
-    pub available_bytes: u64,
+pub(crate) struct Memory {
+    pub(crate) total_bytes: u64,
+    pub(crate) available_bytes: u64,
 }
 
 /// The answer of GET /resources.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Resources {
+pub(crate) struct Resources {
     /// "GPU" when NVIDIA GPUs are visible (and not disabled with --device cpu), else "CPU".
-    pub device: String,
-    pub memory: Memory,
-    pub gpus: Vec<Gpu>,
+    pub(crate) device: String,
+    pub(crate) memory: Memory,
+    pub(crate) gpus: Vec<Gpu>,
     /// When the reading was taken (RFC 3339).
-    pub at: String,
+    pub(crate) at: String,
     /// Why GPUs are not reported, when they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 impl Resources {
     /// Free and total bytes of the memory a route of the given device loads into.
-    pub fn free_and_total(&self, gpu: bool) -> (u64, u64) {
+    pub(crate) fn free_and_total(&self, gpu: bool) -> (u64, u64) {
         if gpu && !self.gpus.is_empty() {
             let free = self.gpus.iter().map(|g| g.free_bytes).sum();
             let total = self.gpus.iter().map(|g| g.total_bytes).sum();
@@ -79,13 +79,13 @@ enum NoGpus {
     NoDriver(#[source] nvml_wrapper::error::NvmlError),
 }
 
-pub struct Probe {
+pub(crate) struct Probe {
     system: Mutex<sysinfo::System>,
     nvml: Result<Nvml, NoGpus>,
 }
 
 impl Probe {
-    pub fn new(mode: DeviceMode) -> Probe {
+    pub(crate) fn new(mode: DeviceMode) -> Probe {
         let nvml = match mode {
             DeviceMode::Cpu => Err(NoGpus::Disabled),
             _ => Nvml::init().map_err(NoGpus::NoDriver),
@@ -100,7 +100,7 @@ impl Probe {
         Probe { system: Mutex::new(sysinfo::System::new()), nvml }
     }
 
-    pub fn read(&self) -> Resources {
+    pub(crate) fn read(&self) -> Resources {
         let memory = {
             let mut sys = self.system.lock().unwrap();
             sys.refresh_memory();

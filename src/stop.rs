@@ -40,10 +40,10 @@ const LOOK_EVERY: Duration = Duration::from_millis(10);
 
 /// One thing the process must finish before it may exit; counted while it lives.
 #[derive(Debug)]
-pub struct Busy(());
+pub(crate) struct Busy(());
 
 impl Busy {
-    pub fn hold() -> Busy {
+    pub(crate) fn hold() -> Busy {
         BUSY.fetch_add(1, Ordering::AcqRel);
         Busy(())
     }
@@ -56,12 +56,12 @@ impl Drop for Busy {
 }
 
 /// How many things are still running.
-pub fn busy() -> usize {
+pub(crate) fn busy() -> usize {
     BUSY.load(Ordering::Acquire)
 }
 
 /// Whether streams still open should end now (the grace period's last moment).
-pub fn ending() -> bool {
+pub(crate) fn ending() -> bool {
     ENDING.load(Ordering::Relaxed)
 }
 
@@ -69,10 +69,10 @@ pub fn ending() -> bool {
 const FLUSH_FOR_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Exits the process once a graceful stop has begun and nothing is busy.
-pub struct Stopper {
-    pub access_log: Arc<AccessLog>,
+pub(crate) struct Stopper {
+    pub(crate) access_log: Arc<AccessLog>,
     /// pingora.grace_period_seconds: when Pingora drops what is left.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::storage::store::StoreError;
 
 /// An admin answer: status and JSON body.
-pub type Reply = (u16, Value);
+pub(crate) type Reply = (u16, Value);
 
 pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
     (status, json!({ "error": message.into() }))

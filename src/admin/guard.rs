@@ -9,18 +9,18 @@ use super::fields::{error, Reply};
 use crate::config::Settings;
 
 /// The admin API's guard: its token and the host names a browser may reach it under.
-pub struct AdminGuard {
+pub(crate) struct AdminGuard {
     token: Option<String>,
     allowed_hosts: Vec<String>,
 }
 
 impl AdminGuard {
-    pub fn new(settings: &Settings) -> AdminGuard {
+    pub(crate) fn new(settings: &Settings) -> AdminGuard {
         AdminGuard { token: settings.admin_token.clone(), allowed_hosts: settings.admin_allowed_hosts.clone() }
     }
 
     /// Who may call: the configured bearer token, or with none configured, loopback clients.
-    pub fn authorize(&self, client: Option<IpAddr>, authorization: Option<&str>) -> Result<(), Reply> {
+    pub(crate) fn authorize(&self, client: Option<IpAddr>, authorization: Option<&str>) -> Result<(), Reply> {
         match &self.token {
             Some(token) => {
                 let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
@@ -44,7 +44,7 @@ impl AdminGuard {
     /// request's Host must be a loopback name, an IP address (a page cannot rebind those), or
     /// one of admin.allowed_hosts. With or without one, a browser's Origin must name such a
     /// host, or (with a token) the Host itself. `None` when the request may go on.
-    pub fn browser_refused(&self, host: Option<&str>, origin: Option<&str>) -> Option<Reply> {
+    pub(crate) fn browser_refused(&self, host: Option<&str>, origin: Option<&str>) -> Option<Reply> {
         if self.token.is_none() && !self.host_allowed(host) {
             let shown: String = host.unwrap_or("").chars().take(100).collect();
             return Some(error(
@@ -66,7 +66,7 @@ impl AdminGuard {
 
     /// Whether a request's Host (an authority, port and all) names this machine in a way a
     /// web page cannot rebind: an IP address, a loopback name, or one of admin.allowed_hosts.
-    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+    pub(crate) fn host_allowed(&self, host: Option<&str>) -> bool {
         host.map(host_of).is_some_and(|h| h.parse::<IpAddr>().is_ok() || self.local_or_listed(h))
     }
 

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use http::Method;
 use serde_json::{json, Map, Value};
 
-pub use fields::Reply;
+pub(crate) use fields::Reply;
 use fields::{check_fields, error, invalid, nullable, parse_body, store_failed};
 
 use crate::config::{rules, RouteInput, RouteSpec, Settings, Strategy};
@@ -36,7 +36,7 @@ use crate::state::reload::Reloader;
 use crate::storage::store::{RouteFields, StoreError, StoreHandle, StoredRoute};
 
 /// The admin API over the shared parts serve.rs built.
-pub struct Admin {
+pub(crate) struct Admin {
     settings: Arc<Settings>,
     /// Routes and keys are written here; `reloader` then applies them at once.
     store: Arc<StoreHandle>,
@@ -52,24 +52,24 @@ pub struct Admin {
 }
 
 /// What the admin API works with, each part built once by serve.rs.
-pub struct AdminParts {
-    pub settings: Arc<Settings>,
-    pub store: Arc<StoreHandle>,
-    pub reloader: Arc<Reloader>,
-    pub keyring: Arc<Keyring>,
-    pub client: Arc<Client>,
-    pub keeper: Arc<Keeper>,
-    pub resources: Arc<ResourceCheck>,
-    pub fleet: Arc<ArcSwap<Fleet>>,
+pub(crate) struct AdminParts {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) store: Arc<StoreHandle>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) client: Arc<Client>,
+    pub(crate) keeper: Arc<Keeper>,
+    pub(crate) resources: Arc<ResourceCheck>,
+    pub(crate) fleet: Arc<ArcSwap<Fleet>>,
 }
 
 impl Admin {
-    pub fn new(parts: AdminParts) -> Admin {
+    pub(crate) fn new(parts: AdminParts) -> Admin {
         let AdminParts { settings, store, reloader, keyring, client, keeper, resources, fleet } = parts;
         Admin { settings, store, reloader, keyring, client, keeper, resources, fleet }
     }
 
-    pub async fn handle(&self, method: &Method, path: &str, body: Option<&[u8]>) -> Reply {
+    pub(crate) async fn handle(&self, method: &Method, path: &str, body: Option<&[u8]>) -> Reply {
         let rest = path.trim_start_matches("/admin/");
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         match (method, parts.as_slice()) {
@@ -288,7 +288,7 @@ impl Admin {
 
     /// Which routes a request for `model` would use now and why every other is skipped:
     /// `select::explain`, the request path's own selection as a dry run (resource check included).
-    pub fn check(&self, model: &str) -> Value {
+    pub(crate) fn check(&self, model: &str) -> Value {
         let fleet = self.fleet.load_full();
         let strategy = self.strategy_of(model);
         let req = Request { panic_mode: self.settings.load_balancer.panic_mode, ..Request::plain(model, false) };
@@ -326,7 +326,7 @@ impl Admin {
     }
 
     /// Per virtual model: tiers, weights, and the share of traffic each route gets now.
-    pub fn overview(&self) -> Value {
+    pub(crate) fn overview(&self) -> Value {
         let fleet = self.fleet.load_full();
         let models: Vec<Value> = fleet
             .routes
@@ -461,7 +461,7 @@ fn whole(route: RouteInput) -> Result<(), Reply> {
         .map_err(|bad| invalid(bad.into_iter().map(|(k, why)| (k.to_string(), json!(why))).collect()))
 }
 
-pub fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteFields, Reply> {
+pub(crate) fn parse_fields(m: &Map<String, Value>, creating: bool) -> Result<RouteFields, Reply> {
     let mut f = RouteFields::default();
     let required: &[&str] = if creating { &["virtual_model_name", "server_url"] } else { &[] };
     let name = |v: &Value| match v.as_str() {

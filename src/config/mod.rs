@@ -15,4 +15,4 @@ mod route;
 pub mod rules;
 
 pub use model::*;
-pub use route::RouteInput;
+pub(crate) use route::RouteInput;

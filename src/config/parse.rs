@@ -17,7 +17,7 @@ use crate::protocol::ollama::{canonical_model, Kind, ServerUrl};
 
 impl Settings {
     /// Loads `path` (or defaults when `path` is None), then applies `env`.
-    pub fn load(path: Option<&Path>, env: &Env) -> Result<Settings, ConfigErrors> {
+    pub(crate) fn load(path: Option<&Path>, env: &Env) -> Result<Settings, ConfigErrors> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
                 ConfigErrors(vec![ConfigError {

@@ -11,37 +11,37 @@ use crate::protocol::ollama::ServerUrl;
 /// request, before validation. `RouteInput::validate` is the one validator for all three.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteInput {
+pub(crate) struct RouteInput {
     #[serde(default)]
-    pub virtual_model_name: Option<String>,
+    pub(crate) virtual_model_name: Option<String>,
     #[serde(default)]
-    pub server_url: Option<String>,
+    pub(crate) server_url: Option<String>,
     #[serde(default)]
-    pub actual_model_name: Option<String>,
+    pub(crate) actual_model_name: Option<String>,
     #[serde(default)]
-    pub weight: Option<i64>,
+    pub(crate) weight: Option<i64>,
     #[serde(default)]
-    pub priority: Option<i64>,
+    pub(crate) priority: Option<i64>,
     #[serde(default, rename = "type")]
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     #[serde(default)]
-    pub performance: Option<f64>,
+    pub(crate) performance: Option<f64>,
     #[serde(default)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     #[serde(default)]
-    pub is_active: Option<bool>,
+    pub(crate) is_active: Option<bool>,
     #[serde(default)]
-    pub skip_resource_check: Option<bool>,
+    pub(crate) skip_resource_check: Option<bool>,
     #[serde(default)]
-    pub probe_url: Option<String>,
+    pub(crate) probe_url: Option<String>,
     #[serde(default)]
-    pub max_concurrency: Option<i64>,
+    pub(crate) max_concurrency: Option<i64>,
 }
 
 impl RouteInput {
     /// The validated route, with defaults for what is not given; or every bad field, named
     /// as in the table and the admin API, with why.
-    pub fn validate(self) -> Result<RouteSpec, Vec<(&'static str, String)>> {
+    pub(crate) fn validate(self) -> Result<RouteSpec, Vec<(&'static str, String)>> {
         let mut bad: Vec<(&'static str, String)> = Vec::new();
         let mut check = |field: &'static str, result: Result<(), String>| {
             if let Err(e) = result {

@@ -2,7 +2,7 @@
 
 use crate::protocol::ollama::Device;
 
-pub fn name(s: &str) -> Result<(), String> {
+pub(crate) fn name(s: &str) -> Result<(), String> {
     if s.trim().is_empty() || s.chars().count() > 100 {
         Err(format!("{s:?}: must be 1 to 100 characters"))
     } else {
@@ -10,7 +10,7 @@ pub fn name(s: &str) -> Result<(), String> {
     }
 }
 
-pub fn at_least_one(n: i64) -> Result<(), String> {
+pub(crate) fn at_least_one(n: i64) -> Result<(), String> {
     if (1..=u32::MAX as i64).contains(&n) {
         Ok(())
     } else {
@@ -18,7 +18,7 @@ pub fn at_least_one(n: i64) -> Result<(), String> {
     }
 }
 
-pub fn device(s: &str) -> Result<Device, String> {
+pub(crate) fn device(s: &str) -> Result<Device, String> {
     match s {
         "GPU" | "gpu" => Ok(Device::Gpu),
         "CPU" | "cpu" => Ok(Device::Cpu),
@@ -26,7 +26,7 @@ pub fn device(s: &str) -> Result<Device, String> {
     }
 }
 
-pub fn performance(gb: f64) -> Result<(), String> {
+pub(crate) fn performance(gb: f64) -> Result<(), String> {
     if gb >= 0.0 && gb.is_finite() {
         Ok(())
     } else {

@@ -23,15 +23,15 @@ fn ollama_defaults() -> Vec<String> {
 }
 
 /// Methods a preflight may ask for.
-pub const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS";
+pub(crate) const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS";
 /// Headers a page may read from an answer.
-pub const EXPOSE_HEADERS: &str = "x-request-id, x-drover-server, x-drover-attempts, retry-after";
+pub(crate) const EXPOSE_HEADERS: &str = "x-request-id, x-drover-server, x-drover-attempts, retry-after";
 /// How long a browser may cache a preflight answer, in seconds.
-pub const MAX_AGE: &str = "86400";
+pub(crate) const MAX_AGE: &str = "86400";
 
 /// What to do with a request, given its Origin header.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// No Origin: not a cross-origin browser request.
     NotCors,
     /// Allowed: echo this origin in Access-Control-Allow-Origin.
@@ -40,19 +40,19 @@ pub enum Verdict {
     Deny(String),
 }
 
-pub struct Cors {
+pub(crate) struct Cors {
     patterns: Vec<String>,
 }
 
 impl Cors {
     /// Ollama's defaults plus `extra` patterns.
-    pub fn new(extra: &[String]) -> Cors {
+    pub(crate) fn new(extra: &[String]) -> Cors {
         let mut patterns = ollama_defaults();
         patterns.extend(extra.iter().map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()));
         Cors { patterns }
     }
 
-    pub fn judge(&self, origin: Option<&str>, host: Option<&str>) -> Verdict {
+    pub(crate) fn judge(&self, origin: Option<&str>, host: Option<&str>) -> Verdict {
         let Some(origin) = origin else { return Verdict::NotCors };
         let lower = origin.to_ascii_lowercase();
         let same_origin = host

@@ -21,12 +21,12 @@ use crate::protocol::usage::Usage;
 use crate::storage::store::{KeyUsage, StoredKey};
 
 /// What every key starts with (so that secret scanners and people recognise one).
-pub const KEY_PREFIX: &str = "drv_";
+pub(crate) const KEY_PREFIX: &str = "drv_";
 /// Characters of a key kept in the store to tell keys apart in lists.
 const SHOWN: usize = 10;
 
 /// A new random key, and the hash and prefix to store for it.
-pub fn generate() -> (String, String, String) {
+pub(crate) fn generate() -> (String, String, String) {
     let key = format!("{KEY_PREFIX}{}", Alphanumeric.sample_string(&mut rand::rngs::OsRng, 40));
     let hash = hash(&key);
     let prefix = key[..SHOWN].to_string();
@@ -34,7 +34,7 @@ pub fn generate() -> (String, String, String) {
 }
 
 /// The stored form of a key: SHA-256, lowercase hex.
-pub fn hash(key: &str) -> String {
+pub(crate) fn hash(key: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
     let mut out = String::with_capacity(64);
@@ -47,7 +47,7 @@ pub fn hash(key: &str) -> String {
 
 /// The key a request presents: `Authorization: Bearer <key>` (ollama, openai clients) or
 /// `x-api-key: <key>` (Anthropic clients).
-pub fn presented<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -> Option<&'a str> {
+pub(crate) fn presented<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -> Option<&'a str> {
     let bearer = authorization.and_then(|h| {
         let (scheme, rest) = h.trim().split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
@@ -64,10 +64,10 @@ struct KeyState {
 }
 
 /// One key as the request path sees it.
-pub struct Key {
-    pub record: StoredKey,
+pub(crate) struct Key {
+    pub(crate) record: StoredKey,
     /// Its place among the keys waiting for a busy model, read from the row once.
-    pub scheduling: Scheduling,
+    pub(crate) scheduling: Scheduling,
     expires: Option<SystemTime>,
     state: Arc<KeyState>,
 }
@@ -75,14 +75,14 @@ pub struct Key {
 /// How a key's requests are ordered when a model is busy (routing/queue.rs): its share by
 /// weight, and whether it waits behind interactive keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scheduling {
+pub(crate) struct Scheduling {
     /// 1 to 1000: a key of weight 2 is served twice as often as one of weight 1.
-    pub weight: u32,
-    pub class: Class,
+    pub(crate) weight: u32,
+    pub(crate) class: Class,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     Interactive,
     /// Served only when no interactive request waits for the model.
     Batch,
@@ -92,7 +92,7 @@ impl Scheduling {
     /// As a row says it: the admin API checks what it writes, but a row edited by hand in
     /// SQL may hold anything, read as the nearest sound value (weight clamped, class
     /// interactive unless it says batch).
-    pub fn of_row(weight: i64, priority: &str) -> Scheduling {
+    pub(crate) fn of_row(weight: i64, priority: &str) -> Scheduling {
         let class = if priority == "batch" { Class::Batch } else { Class::Interactive };
         Scheduling { weight: weight.clamp(1, 1000) as u32, class }
     }
@@ -101,18 +101,18 @@ impl Scheduling {
 impl Key {
     /// Whose data (sessions, cached answers) the key's requests see: its hash, which no other
     /// key ever has (an id can be given again after a key is deleted, on some databases).
-    pub fn tenant(&self) -> &str {
+    pub(crate) fn tenant(&self) -> &str {
         &self.record.key_hash
     }
 
     /// Whether the key is limited to some models (not `["*"]`): such a key sees only its
     /// models, and not what belongs to the whole fleet.
-    pub fn restricted(&self) -> bool {
+    pub(crate) fn restricted(&self) -> bool {
         !self.record.models.iter().any(|m| m == "*")
     }
 
     /// Whether the key may use this virtual model.
-    pub fn allows(&self, model: &str) -> bool {
+    pub(crate) fn allows(&self, model: &str) -> bool {
         if self.record.models.iter().any(|m| m == "*" || m == model) {
             return true;
         }
@@ -122,7 +122,7 @@ impl Key {
     }
 
     /// The 403 for a model the key may not use.
-    pub fn refuse_model(&self, model: &str) -> ApiError {
+    pub(crate) fn refuse_model(&self, model: &str) -> ApiError {
         ApiError::new(
             403,
             "model_not_allowed",
@@ -135,13 +135,13 @@ impl Key {
     }
 
     /// Admits one request under the key's limits, or the 429 to answer.
-    pub fn admit(&self, now: Instant) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, now: Instant) -> Result<(), ApiError> {
         self.admit_local(now).map_err(|(i, wait)| self.refusal(i, wait))
     }
 
     /// The key's limits in the order `admit_local`, the shared buckets (state/shared.rs) and `refusal` number
     /// them: tokens per minute (admitted while above zero), then requests per minute.
-    pub fn limits(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn limits(&self) -> Vec<(&'static str, u64)> {
         let mut v = Vec::new();
         if let Some(n) = self.record.tokens_per_minute {
             v.push(("tok", n.max(1) as u64));
@@ -154,7 +154,7 @@ impl Key {
 
     /// Admits one request under the key's own buckets in this process, or says which limit
     /// (see `limits`) refused it and for how long.
-    pub fn admit_local(&self, now: Instant) -> Result<(), (usize, Duration)> {
+    pub(crate) fn admit_local(&self, now: Instant) -> Result<(), (usize, Duration)> {
         let mut i = 0;
         if let Some(b) = self.state.tokens.lock().unwrap().as_mut() {
             b.check(now).map_err(|wait| (i, wait))?;
@@ -167,7 +167,7 @@ impl Key {
     }
 
     /// The 429 for limit `i` (see `limits`), retry after `wait`.
-    pub fn refusal(&self, i: usize, wait: Duration) -> ApiError {
+    pub(crate) fn refusal(&self, i: usize, wait: Duration) -> ApiError {
         let name = &self.record.name;
         let message = match self.limits().get(i) {
             Some(("tok", n)) => format!("API key {name:?} used its {n} tokens per minute"),
@@ -177,7 +177,7 @@ impl Key {
         ApiError::new(429, "rate_limit_exceeded", message).retry_after(retry_after_seconds(wait))
     }
     /// Counts a finished request and the tokens its answer reported.
-    pub fn record(&self, usage: &Usage, now: Instant) {
+    pub(crate) fn record(&self, usage: &Usage, now: Instant) {
         let prompt = usage.prompt_tokens.unwrap_or(0);
         let completion = usage.completion_tokens.unwrap_or(0);
         *self.state.pending.lock().unwrap() +=
@@ -190,16 +190,11 @@ impl Key {
         crate::telemetry::metrics::KEY_TOKENS.with_label_values(&[name, "prompt"]).inc_by(prompt);
         crate::telemetry::metrics::KEY_TOKENS.with_label_values(&[name, "completion"]).inc_by(completion);
     }
-
-    /// The usage not yet stored.
-    pub fn pending(&self) -> KeyUsage {
-        *self.state.pending.lock().unwrap()
-    }
 }
 
 /// Every key, by hash.
 #[derive(Default)]
-pub struct Keyring {
+pub(crate) struct Keyring {
     by_hash: ArcSwap<HashMap<String, Arc<Key>>>,
     /// Live state by key id, kept across reloads.
     states: Mutex<HashMap<i64, Arc<KeyState>>>,
@@ -207,7 +202,7 @@ pub struct Keyring {
 
 impl Keyring {
     /// Replaces the keys with the table as read from the store.
-    pub fn replace(&self, rows: Vec<StoredKey>) {
+    pub(crate) fn replace(&self, rows: Vec<StoredKey>) {
         let now = Instant::now();
         let mut states = self.states.lock().unwrap();
         let mut kept = HashMap::with_capacity(rows.len());
@@ -226,16 +221,16 @@ impl Keyring {
         self.by_hash.store(Arc::new(by_hash));
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_hash.load().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The key a request presented, if it is one that may call now; else the 401.
-    pub fn authenticate(&self, presented: Option<&str>) -> Result<Arc<Key>, ApiError> {
+    pub(crate) fn authenticate(&self, presented: Option<&str>) -> Result<Arc<Key>, ApiError> {
         let Some(presented) = presented else {
             return Err(ApiError::new(
                 401,
@@ -255,7 +250,7 @@ impl Keyring {
     }
 
     /// The usage of every key since the last call, for the store; `restore` puts it back.
-    pub fn take_usage(&self) -> Vec<(i64, KeyUsage)> {
+    pub(crate) fn take_usage(&self) -> Vec<(i64, KeyUsage)> {
         let states = self.states.lock().unwrap();
         states
             .iter()
@@ -266,7 +261,7 @@ impl Keyring {
             .collect()
     }
 
-    pub fn restore(&self, usage: Vec<(i64, KeyUsage)>) {
+    pub(crate) fn restore(&self, usage: Vec<(i64, KeyUsage)>) {
         let states = self.states.lock().unwrap();
         for (id, u) in usage {
             if let Some(s) = states.get(&id) {
@@ -276,7 +271,7 @@ impl Keyring {
     }
 
     /// Usage not yet stored for one key (added to the stored figures in admin answers).
-    pub fn pending(&self, id: i64) -> KeyUsage {
+    pub(crate) fn pending(&self, id: i64) -> KeyUsage {
         self.states.lock().unwrap().get(&id).map(|s| *s.pending.lock().unwrap()).unwrap_or_default()
     }
 }

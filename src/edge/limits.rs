@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 /// One token bucket.
 #[derive(Debug)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     per_minute: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    pub fn new(per_minute: u64, now: Instant) -> Bucket {
+    pub(crate) fn new(per_minute: u64, now: Instant) -> Bucket {
         Bucket { per_minute: per_minute as f64, tokens: per_minute as f64, at: now }
     }
 
@@ -36,7 +36,7 @@ impl Bucket {
     }
 
     /// Takes `n` tokens, or says how long until they are there.
-    pub fn take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
         if self.tokens >= n {
             self.tokens -= n;
@@ -47,7 +47,7 @@ impl Bucket {
     }
 
     /// Admits while the bucket is above zero, taking nothing (see `debit`).
-    pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&mut self, now: Instant) -> Result<(), Duration> {
         self.refill(now);
         if self.tokens > 0.0 {
             Ok(())
@@ -57,13 +57,13 @@ impl Bucket {
     }
 
     /// Takes `n` tokens whatever is left: the bucket may go below zero.
-    pub fn debit(&mut self, n: f64, now: Instant) {
+    pub(crate) fn debit(&mut self, n: f64, now: Instant) {
         self.refill(now);
         self.tokens -= n;
     }
 
     /// Changes the limit, keeping the tokens there are (capped at the new limit).
-    pub fn set_limit(&mut self, per_minute: u64, now: Instant) {
+    pub(crate) fn set_limit(&mut self, per_minute: u64, now: Instant) {
         self.refill(now);
         self.per_minute = per_minute as f64;
         self.tokens = self.tokens.min(self.per_minute);
@@ -81,13 +81,13 @@ impl Bucket {
 }
 
 /// Seconds for a Retry-After header: whole seconds, at least 1.
-pub fn retry_after_seconds(wait: Duration) -> u64 {
+pub(crate) fn retry_after_seconds(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// The client a per-address limit counts: an IPv4 address, or an IPv6 address's /64 (one
 /// host is given a whole /64 and can rotate through it at will).
-pub fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -109,7 +109,7 @@ struct Shard {
 }
 
 /// Requests per minute per client address.
-pub struct ClientLimiter {
+pub(crate) struct ClientLimiter {
     per_minute: u64,
     shards: Vec<Mutex<Shard>>,
     /// The most addresses a shard tracks (limits.max_tracked_clients / SHARDS): a flood of
@@ -119,13 +119,13 @@ pub struct ClientLimiter {
 }
 
 impl ClientLimiter {
-    pub fn new(per_minute: u64, max_tracked: usize) -> ClientLimiter {
+    pub(crate) fn new(per_minute: u64, max_tracked: usize) -> ClientLimiter {
         let now = Instant::now();
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard { buckets: HashMap::new(), pruned_at: now })).collect();
         ClientLimiter { per_minute, shards, per_shard: (max_tracked / SHARDS).max(1) }
     }
 
-    pub fn per_minute(&self) -> u64 {
+    pub(crate) fn per_minute(&self) -> u64 {
         self.per_minute
     }
 
@@ -138,7 +138,7 @@ impl ClientLimiter {
     }
 
     /// Admits one request from `ip`, or says how long until it would be.
-    pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let ip = client_of(ip);
         let mut shard = self.shard(&ip).lock().unwrap();
         // The table holds only clients seen within the last minute or two.
@@ -163,7 +163,8 @@ impl ClientLimiter {
     }
 
     /// Client addresses currently tracked.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap().buckets.len()).sum()
     }
 }

@@ -37,7 +37,7 @@ impl Health {
     /// selection never uses the crate's weights: the weight is a key derived from the URL,
     /// so that two servers behind one address (base paths on one gateway) stay two
     /// backends. The URL itself travels in `ext` for the check.
-    pub fn backend(url: &ServerUrl) -> Backend {
+    pub(crate) fn backend(url: &ServerUrl) -> Backend {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         url.as_str().hash(&mut h);
         let ip = url.host.parse::<IpAddr>().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -50,7 +50,7 @@ impl Health {
     /// Makes `members` the view's membership: new servers start healthy (as the crate's
     /// backends do), removed ones stop being checked. Runs before the fleet that names
     /// them is published, so no request sees a server the view does not know.
-    pub fn set_members(&self, members: BTreeSet<Backend>) {
+    pub(crate) fn set_members(&self, members: BTreeSet<Backend>) {
         *self.members.lock().unwrap() = members;
         // Discovery is the set just stored and the crate's update does no other await: it
         // completes at its first poll, so the fleet's build (called from async code too) never
@@ -64,17 +64,21 @@ impl Health {
     }
 
     /// Healthy by the checks and not disabled by hand.
-    pub fn ready(&self, backend: &Backend) -> bool {
+    pub(crate) fn ready(&self, backend: &Backend) -> bool {
         self.view.ready(backend)
     }
 
     /// Takes a server out of (or back into) selection by hand, whatever its checks say.
-    pub fn set_enabled(&self, backend: &Backend, enabled: bool) {
+    pub(crate) fn set_enabled(&self, backend: &Backend, enabled: bool) {
         self.view.set_enable(backend, enabled)
     }
 
     /// The crate's health service running `check` over this registry every interval.
-    pub fn service(&self, check: impl HealthCheck + Send + Sync + 'static, interval: Duration) -> HealthCheckService {
+    pub(crate) fn service(
+        &self,
+        check: impl HealthCheck + Send + Sync + 'static,
+        interval: Duration,
+    ) -> HealthCheckService {
         self.registry.set_health_check(Box::new(check));
         let mut service = HealthCheckService::new(self.registry.clone());
         service.health_check_frequency = Some(interval);

@@ -19,7 +19,7 @@ const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
 
 /// A call to a server that failed, and why.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     #[error("cannot resolve {host}: {source}")]
     Resolve {
         host: String,
@@ -67,7 +67,7 @@ pub enum CallError {
 
 impl CallError {
     /// The HTTP status a server answered with, when that is why the call failed.
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self {
             CallError::Status { status, .. } => Some(*status),
             _ => None,
@@ -89,7 +89,7 @@ impl Failure {
     }
 }
 
-pub struct Client {
+pub(crate) struct Client {
     connector: Connector,
 }
 
@@ -116,12 +116,12 @@ struct Call<'a> {
 
 impl Client {
     /// GETs `path` on `server` and parses the answer as JSON, all within `timeout`.
-    pub async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, CallError> {
+    pub(crate) async fn get_json(&self, server: &Server, path: &str, timeout: Duration) -> Result<Value, CallError> {
         self.get(server, path, timeout, false).await
     }
 
     /// GETs `path` on `server` as text (a Prometheus `/metrics`), all within `timeout`.
-    pub async fn get_text(&self, server: &Server, path: &str, timeout: Duration) -> Result<String, CallError> {
+    pub(crate) async fn get_text(&self, server: &Server, path: &str, timeout: Duration) -> Result<String, CallError> {
         match self.get(server, path, timeout, true).await? {
             Value::String(s) => Ok(s),
             _ => Err(CallError::NotText(path.to_string())),
@@ -136,7 +136,7 @@ impl Client {
 
     /// Loads `model` on an Ollama server and keeps it for `keep_alive`: a generate with no
     /// prompt, as `ollama run` does before the first question. It then counts as loaded there.
-    pub async fn load_model(
+    pub(crate) async fn load_model(
         &self,
         server: &Server,
         model: &str,
@@ -150,7 +150,7 @@ impl Client {
     }
 
     /// Unloads `model` from an Ollama server (`keep_alive: 0`, as `ollama stop` asks).
-    pub async fn unload_model(&self, server: &Server, model: &str, timeout: Duration) -> Result<(), CallError> {
+    pub(crate) async fn unload_model(&self, server: &Server, model: &str, timeout: Duration) -> Result<(), CallError> {
         let body = serde_json::json!({ "model": model, "keep_alive": 0 });
         self.post_json(server, "/api/generate", &body, timeout).await?;
         server.mark_unloaded(model);
@@ -158,7 +158,7 @@ impl Client {
     }
 
     /// POSTs `body` as JSON to `path` on `server` and parses the answer, all within `timeout`.
-    pub async fn post_json(
+    pub(crate) async fn post_json(
         &self,
         server: &Server,
         path: &str,
@@ -183,7 +183,7 @@ impl Client {
     /// successful NDJSON answer to `lines` as it arrives; `idle` bounds each read, not the
     /// whole call (a pull of a large model takes as long as it takes). An `{"error": ...}`
     /// line ends the call with that error; an empty answer (copy, delete) is a success.
-    pub async fn stream_json(
+    pub(crate) async fn stream_json(
         &self,
         method: &'static str,
         server: &Server,
@@ -208,7 +208,7 @@ impl Client {
     }
 
     /// GETs `path` at `url` (resolving its host) and parses the answer as JSON, all within `timeout`.
-    pub async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, CallError> {
+    pub(crate) async fn get_json_at(&self, url: &ServerUrl, path: &str, timeout: Duration) -> Result<Value, CallError> {
         let call = Call { method: "GET", url, headers: &[], path, body: None, timeout, lines: None, text: false };
         let run = async {
             let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
@@ -327,7 +327,7 @@ impl Client {
     /// (a blob upload, streamed as it comes: nothing is held whole); `HEAD` with no body.
     /// Returns the status and the server's `error`, if it gave one. `idle` bounds each write
     /// and the wait for the answer.
-    pub async fn send_stream(
+    pub(crate) async fn send_stream(
         &self,
         method: &'static str,
         server: &Server,

@@ -12,10 +12,10 @@ use prometheus::{IntGaugeVec, Opts};
 use super::Fleet;
 
 /// Free memory per server as the probes last reported it: (server, RAM bytes, VRAM bytes).
-pub type FreeMemory = Box<dyn Fn() -> Vec<(String, u64, Option<u64>)> + Send + Sync>;
+pub(crate) type FreeMemory = Box<dyn Fn() -> Vec<(String, u64, Option<u64>)> + Send + Sync>;
 
 /// Server up, requests in flight and free memory, read from the current snapshot when scraped.
-pub struct FleetCollector {
+pub(crate) struct FleetCollector {
     fleet: Arc<ArcSwap<Fleet>>,
     free_memory: FreeMemory,
     descs: Vec<Desc>,
@@ -53,7 +53,7 @@ impl FleetCollector {
     }
 
     /// Registers the collector in the default registry (once per process).
-    pub fn register(fleet: Arc<ArcSwap<Fleet>>, free_memory: FreeMemory) {
+    pub(crate) fn register(fleet: Arc<ArcSwap<Fleet>>, free_memory: FreeMemory) {
         let (up, in_flight, free) = Self::gauges();
         let (requests, kv) = Self::reported();
         let descs = [up.desc(), in_flight.desc(), free.desc(), requests.desc(), kv.desc()]

@@ -27,7 +27,7 @@ use crate::protocol::ollama::{contexts_of, models_of, names_of, Inventory, Kind,
 const ASK_LOAD_AGAIN: u32 = 30;
 
 /// drover's check of one server, by kind, with the inventory refresh in the same pass.
-pub struct ServerCheck {
+pub(crate) struct ServerCheck {
     fleet: Arc<ArcSwap<Fleet>>,
     client: Client,
     timeout: Duration,
@@ -36,7 +36,7 @@ pub struct ServerCheck {
 }
 
 impl ServerCheck {
-    pub fn new(fleet: Arc<ArcSwap<Fleet>>, lb: &LoadBalancing) -> ServerCheck {
+    pub(crate) fn new(fleet: Arc<ArcSwap<Fleet>>, lb: &LoadBalancing) -> ServerCheck {
         ServerCheck {
             fleet,
             client: Client::default(),

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-pub use server::{FailPolicy, IdleModel, Server, ServerState, Slot};
+pub(crate) use server::{FailPolicy, Server, Slot};
 
 use crate::config::{RouteInput, RouteSpec, ServerSpec, Settings};
 use crate::protocol::ollama::{canonical, canonical_model, Device, Kind, ServerUrl};
@@ -33,7 +33,7 @@ use pingora::lb::Backend;
 
 /// Where a route came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// `routes:` in the config file: read-only for the admin API.
     Config,
     /// A row of the `ollama_servers` table.
@@ -45,29 +45,28 @@ pub enum Origin {
 /// One way to serve a virtual model: a server and the name it knows the model by.
 pub struct Route {
     /// Row id for stored routes; position in `routes:` for config routes.
-    pub id: Option<i64>,
-    pub virtual_model: String,
-    pub actual_model: String,
-    pub server: Arc<Server>,
-    pub weight: u32,
-    pub priority: u32,
-    pub device: Device,
-    pub performance: f64,
-    pub description: String,
-    pub is_active: bool,
-    pub skip_resource_check: bool,
-    pub origin: Origin,
+    pub(crate) id: Option<i64>,
+    pub(crate) virtual_model: String,
+    pub(crate) actual_model: String,
+    pub(crate) server: Arc<Server>,
+    pub(crate) weight: u32,
+    pub(crate) priority: u32,
+    pub(crate) device: Device,
+    pub(crate) performance: f64,
+    pub(crate) is_active: bool,
+    pub(crate) skip_resource_check: bool,
+    pub(crate) origin: Origin,
 }
 
 /// The routes of one virtual model, with the smooth weighted round-robin state over them.
-pub struct ModelRoutes {
-    pub routes: Vec<Arc<Route>>,
+pub(crate) struct ModelRoutes {
+    pub(crate) routes: Vec<Arc<Route>>,
     /// nginx's smooth weighted round robin: one running weight per route, same order.
-    pub current: Mutex<Vec<i64>>,
+    pub(crate) current: Mutex<Vec<i64>>,
 }
 
 impl ModelRoutes {
-    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+    pub(crate) fn new(routes: Vec<Arc<Route>>) -> Self {
         let n = routes.len();
         ModelRoutes { routes, current: Mutex::new(vec![0; n]) }
     }
@@ -76,15 +75,15 @@ impl ModelRoutes {
 /// One immutable view of the fleet: servers by URL and routes by virtual model.
 pub struct Fleet {
     pub servers: Vec<Arc<Server>>,
-    pub by_url: HashMap<String, Arc<Server>>,
+    pub(crate) by_url: HashMap<String, Arc<Server>>,
     /// By virtual model name as Ollama resolves it (`canonical`: "m" is "m:latest").
-    pub routes: BTreeMap<String, ModelRoutes>,
+    pub(crate) routes: BTreeMap<String, ModelRoutes>,
     /// Round-robin counter for discovered models (equal weights).
-    pub discovery_turn: AtomicUsize,
+    pub(crate) discovery_turn: AtomicUsize,
     /// Notified when a slot on any server is released: queued requests wait on it.
-    pub released: Arc<Notify>,
+    pub(crate) released: Arc<Notify>,
     /// Health of every server (pingora-load-balancing), shared by successive snapshots.
-    pub health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
 }
 
 impl Fleet {
@@ -212,19 +211,19 @@ impl Fleet {
     }
 
     /// Once this fleet is published: the servers it no longer names leave the health view.
-    pub fn retire_departed(&self) {
+    pub(crate) fn retire_departed(&self) {
         self.health.set_members(self.servers.iter().map(|s| s.backend.clone()).collect());
     }
 
     /// The model's own routes (by its name as Ollama resolves it: "m" is "m:latest"), when at
     /// least one of them is active; otherwise it is served by discovery.
-    pub fn named_routes(&self, model: &str) -> Option<&ModelRoutes> {
+    pub(crate) fn named_routes(&self, model: &str) -> Option<&ModelRoutes> {
         self.routes.get(canonical(model).as_ref()).filter(|mr| mr.routes.iter().any(|r| r.is_active))
     }
 
     /// Every route that serves a model now: its active routes, else (discovery) every server
     /// that lists it. Empty when nothing serves it.
-    pub fn serving_routes(&self, model: &str) -> Vec<Arc<Route>> {
+    pub(crate) fn serving_routes(&self, model: &str) -> Vec<Arc<Route>> {
         match self.named_routes(model) {
             Some(mr) => mr.routes.iter().filter(|r| r.is_active).cloned().collect(),
             None => self.discover(model),
@@ -232,7 +231,7 @@ impl Fleet {
     }
 
     /// The names the servers know a model by (distinct, in route order).
-    pub fn actual_models(&self, model: &str) -> Vec<String> {
+    pub(crate) fn actual_models(&self, model: &str) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for r in self.serving_routes(model) {
             if !names.contains(&r.actual_model) {
@@ -243,7 +242,7 @@ impl Fleet {
     }
 
     /// Routes a model has when no route names it: every server that lists it.
-    pub fn discover(&self, model: &str) -> Vec<Arc<Route>> {
+    pub(crate) fn discover(&self, model: &str) -> Vec<Arc<Route>> {
         let wanted = canonical_model(model);
         self.servers
             .iter()
@@ -263,7 +262,6 @@ impl Fleet {
                     priority: 1,
                     device: Device::Gpu,
                     performance: 0.0,
-                    description: String::new(),
                     is_active: true,
                     skip_resource_check: true,
                     origin: Origin::Discovered,
@@ -273,7 +271,7 @@ impl Fleet {
     }
 
     /// Every model name a client can ask for: virtual names and what servers list.
-    pub fn model_names(&self) -> Vec<String> {
+    pub(crate) fn model_names(&self) -> Vec<String> {
         let mut names: HashSet<String> = self
             .routes
             .iter()
@@ -299,7 +297,6 @@ fn route_of(spec: RouteSpec, origin: Origin, id: i64, server: Arc<Server>) -> Ro
         priority: spec.priority,
         device: spec.device,
         performance: spec.performance,
-        description: spec.description,
         is_active: spec.is_active,
         skip_resource_check: spec.skip_resource_check,
         origin,

@@ -27,14 +27,14 @@ struct ModelUse {
 }
 
 /// A loaded model no request through drover is using.
-pub struct IdleModel {
-    pub name: String,
-    pub bytes: u64,
-    pub last_used: Option<Instant>,
+pub(crate) struct IdleModel {
+    pub(crate) name: String,
+    pub(crate) bytes: u64,
+    pub(crate) last_used: Option<Instant>,
 }
 
 /// Live state of one server, shared across snapshots.
-pub struct ServerState {
+pub(crate) struct ServerState {
     /// Milliseconds since `epoch` until which the server is skipped after failed requests.
     cooldown_until_ms: AtomicU64,
     /// Milliseconds since `epoch` until which the server rests: it answered 429 (or 503)
@@ -115,20 +115,20 @@ impl Default for ServerState {
 
 /// One reading of the load a server reported, as the views show it.
 #[derive(Debug, Clone)]
-pub struct Reading {
-    pub reported: Reported,
+pub(crate) struct Reading {
+    pub(crate) reported: Reported,
     /// The endpoint it came from (`/slots`, `/metrics`).
-    pub source: &'static str,
-    pub at: Instant,
+    pub(crate) source: &'static str,
+    pub(crate) at: Instant,
     /// drover's own requests in flight there at that moment.
-    pub own: usize,
+    pub(crate) own: usize,
 }
 
 /// Where a server's load is read from, found by asking: llama.cpp's /slots, else /metrics
 /// (vLLM, llama.cpp with --metrics); `None` when neither answered (asked again now and then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum LoadSource {
+pub(crate) enum LoadSource {
     Unknown = 0,
     Slots = 1,
     Metrics = 2,
@@ -136,7 +136,7 @@ pub enum LoadSource {
 }
 
 impl LoadSource {
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             LoadSource::Slots => "/slots",
             LoadSource::Metrics => "/metrics",
@@ -157,10 +157,10 @@ struct FailWindow {
 
 /// When failed requests take a server out: `max_fails` within `fail_timeout` cool it down for `cooldown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailPolicy {
-    pub max_fails: u32,
-    pub fail_timeout: Duration,
-    pub cooldown: Duration,
+pub(crate) struct FailPolicy {
+    pub(crate) max_fails: u32,
+    pub(crate) fail_timeout: Duration,
+    pub(crate) cooldown: Duration,
 }
 
 impl Default for FailPolicy {
@@ -171,17 +171,17 @@ impl Default for FailPolicy {
 
 /// One upstream server: identity, kind and limits, plus its live state.
 pub struct Server {
-    pub url: ServerUrl,
-    pub kind: Kind,
-    pub probe_url: Option<ServerUrl>,
-    pub max_concurrency: usize,
-    pub fail_policy: FailPolicy,
+    pub(crate) url: ServerUrl,
+    pub(crate) kind: Kind,
+    pub(crate) probe_url: Option<ServerUrl>,
+    pub(crate) max_concurrency: usize,
+    pub(crate) fail_policy: FailPolicy,
     /// Its API key or headers (servers: api_key, headers, forward_client_auth).
-    pub credentials: crate::config::Credentials,
+    pub(crate) credentials: crate::config::Credentials,
     /// This server in the health view (pingora-load-balancing), which decides `healthy()`.
-    pub backend: Backend,
+    pub(crate) backend: Backend,
     pub(super) health: Arc<Health>,
-    pub state: Arc<ServerState>,
+    pub(crate) state: Arc<ServerState>,
     /// Shared by the whole fleet: notified whenever any slot is released.
     pub(super) released: Arc<Notify>,
 }
@@ -190,51 +190,51 @@ impl Server {
     /// Up by the health checks (rise/fall), and not taken out by hand. A server starts up,
     /// as Pingora's backends do: a dead one is found by the first check or the first
     /// request, whose retry goes elsewhere.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.health.ready(&self.backend)
     }
 
     /// Whether `path` (/v1/messages, /v1/responses) must be translated for this server: it
     /// answered 404 for it.
-    pub fn lacks(&self, path: &str) -> bool {
+    pub(crate) fn lacks(&self, path: &str) -> bool {
         self.state.lacks.load(Ordering::Relaxed) & lack_bit(path) != 0
     }
 
-    pub fn set_lacks(&self, path: &str) {
+    pub(crate) fn set_lacks(&self, path: &str) {
         if self.state.lacks.fetch_or(lack_bit(path), Ordering::Relaxed) & lack_bit(path) == 0 {
             log::info!("{} has no {path}: requests to it go as chat completions", self.url.as_str());
         }
     }
 
     /// Takes the server out of selection by hand (drain), or puts it back.
-    pub fn set_enabled(&self, enabled: bool) {
+    pub(crate) fn set_enabled(&self, enabled: bool) {
         self.state.drained.store(!enabled, Ordering::Relaxed);
         self.health.set_enabled(&self.backend, enabled)
     }
 
     /// Taken out by hand (admin API: POST /admin/drain).
-    pub fn drained(&self) -> bool {
+    pub(crate) fn drained(&self) -> bool {
         self.state.drained.load(Ordering::Relaxed)
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn request_count(&self) -> u64 {
+    pub(crate) fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    pub fn error_count(&self) -> u64 {
+    pub(crate) fn error_count(&self) -> u64 {
         self.state.errors.load(Ordering::Relaxed)
     }
 
-    pub fn inventory(&self) -> Arc<Inventory> {
+    pub(crate) fn inventory(&self) -> Arc<Inventory> {
         self.state.inventory.load_full()
     }
 
     /// Replaces what is loaded here with a fresh /api/ps list, keeping the rest of the inventory.
-    pub fn set_loaded(&self, loaded: Vec<Value>) {
+    pub(crate) fn set_loaded(&self, loaded: Vec<Value>) {
         let mut updated = (*self.inventory()).clone();
         updated.loaded_names = names_of(&loaded);
         updated.loaded_ctx = crate::protocol::ollama::contexts_of(&loaded);
@@ -244,7 +244,7 @@ impl Server {
 
     /// Records that `model` is loaded here (it just answered), with the context size it was
     /// asked for when known, until the next /api/ps says otherwise.
-    pub fn mark_loaded(&self, model: &str, num_ctx: Option<u32>) {
+    pub(crate) fn mark_loaded(&self, model: &str, num_ctx: Option<u32>) {
         // Called on every answer: nothing is allocated unless something changes.
         let name = canonical(model);
         let current = self.inventory();
@@ -286,7 +286,7 @@ impl Server {
     }
 
     /// The model was unloaded through drover: out of the merged /api/ps at once.
-    pub fn mark_unloaded(&self, model: &str) {
+    pub(crate) fn mark_unloaded(&self, model: &str) {
         let name = canonical_model(model);
         let mut updated = (*self.inventory()).clone();
         updated.loaded_names.remove(&name);
@@ -301,7 +301,7 @@ impl Server {
         self.state.inventory.store(Arc::new(inv));
     }
 
-    pub fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self) -> Option<String> {
         self.state.last_error.lock().unwrap().clone()
     }
 
@@ -310,7 +310,7 @@ impl Server {
     }
 
     /// Remaining cooldown, if the server is cooling down.
-    pub fn cooling_down(&self) -> Option<Duration> {
+    pub(crate) fn cooling_down(&self) -> Option<Duration> {
         let until = self.state.cooldown_until_ms.load(Ordering::Relaxed);
         let now = self.now_ms();
         (until > now).then(|| Duration::from_millis(until - now))
@@ -318,7 +318,7 @@ impl Server {
 
     /// A request failed on this server: count it; the `max_fails`-th failure within
     /// `fail_timeout` skips the server for `cooldown`. Returns true when it starts cooling down.
-    pub fn record_failure(&self, reason: &str) -> bool {
+    pub(crate) fn record_failure(&self, reason: &str) -> bool {
         let p = self.fail_policy;
         self.state.errors.fetch_add(1, Ordering::Relaxed);
         *self.state.last_error.lock().unwrap() = Some(reason.to_string());
@@ -339,44 +339,44 @@ impl Server {
     }
 
     /// A request succeeded here: failures counted so far are forgotten (as nginx does).
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         if self.state.failing.swap(false, Ordering::Relaxed) {
             self.state.fails.lock().unwrap().count = 0;
         }
     }
 
     /// How long ago the last failed request was (panic mode tries the oldest failure first).
-    pub fn since_last_failure(&self) -> Duration {
+    pub(crate) fn since_last_failure(&self) -> Duration {
         let w = *self.state.fails.lock().unwrap();
         w.last.map_or_else(|| self.state.epoch.elapsed(), |t| t.elapsed())
     }
 
     /// Records why the last check or request failed.
-    pub fn note_error(&self, why: &str) {
+    pub(crate) fn note_error(&self, why: &str) {
         *self.state.last_error.lock().unwrap() = Some(why.to_string());
     }
 
     /// Cools the server down for `d` from now (another drover saw it fail), unless it
     /// already cools down for longer.
-    pub fn cool_down_for(&self, d: Duration) {
+    pub(crate) fn cool_down_for(&self, d: Duration) {
         let until = self.now_ms() + d.as_millis() as u64;
         self.state.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     /// Ends a cooldown early: the health checks saw the server come back.
-    pub fn end_cooldown(&self) {
+    pub(crate) fn end_cooldown(&self) {
         self.state.cooldown_until_ms.store(0, Ordering::Relaxed);
     }
 
     /// The server asked to be left alone for `d` (Retry-After): skipped until then.
-    pub fn rest_for(&self, d: Duration) {
+    pub(crate) fn rest_for(&self, d: Duration) {
         self.state.rests.fetch_add(1, Ordering::Relaxed);
         let until = self.now_ms() + d.as_millis() as u64;
         self.state.resting_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     /// Remaining rest, if the server asked for one.
-    pub fn resting(&self) -> Option<Duration> {
+    pub(crate) fn resting(&self) -> Option<Duration> {
         let until = self.state.resting_until_ms.load(Ordering::Relaxed);
         if until == 0 {
             return None;
@@ -386,13 +386,13 @@ impl Server {
     }
 
     /// Times the server asked to rest (429 or 503 with Retry-After).
-    pub fn rest_count(&self) -> u64 {
+    pub(crate) fn rest_count(&self) -> u64 {
         self.state.rests.load(Ordering::Relaxed)
     }
 
     /// The server refused drover's credentials for it: down until a health check passes.
     /// Returns true the first time (so it is logged once).
-    pub fn refuse_credentials(&self, why: &str) -> bool {
+    pub(crate) fn refuse_credentials(&self, why: &str) -> bool {
         let mut refused = self.state.refused.lock().unwrap();
         let first = refused.is_none();
         *refused = Some(why.to_string());
@@ -401,7 +401,7 @@ impl Server {
     }
 
     /// Why the server is down although its health checks pass, if it is.
-    pub fn refused(&self) -> Option<String> {
+    pub(crate) fn refused(&self) -> Option<String> {
         if !self.refusing() {
             return None;
         }
@@ -409,12 +409,12 @@ impl Server {
     }
 
     /// Whether the server refused drover's credentials (see `refused`).
-    pub fn refusing(&self) -> bool {
+    pub(crate) fn refusing(&self) -> bool {
         self.state.refusing.load(Ordering::Relaxed)
     }
 
     /// A health check passed: refused credentials are tried again.
-    pub fn check_passed(&self) {
+    pub(crate) fn check_passed(&self) {
         if !self.refusing() {
             return;
         }
@@ -427,7 +427,7 @@ impl Server {
     }
 
     /// The server's state as the views show it.
-    pub fn condition(&self) -> &'static str {
+    pub(crate) fn condition(&self) -> &'static str {
         if self.drained() {
             "drained"
         } else if !self.healthy() || self.refusing() {
@@ -444,7 +444,7 @@ impl Server {
     }
 
     /// Takes one concurrency slot for `model` if the server is under its limit.
-    pub fn try_acquire(self: &Arc<Self>, model: &str) -> Option<Slot> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, model: &str) -> Option<Slot> {
         let limit = self.max_concurrency;
         self.state
             .in_flight
@@ -458,7 +458,7 @@ impl Server {
 
     /// Models loaded here that no request through drover is using, least recently used
     /// first: Ollama unloads such models to make room. `gpu` picks VRAM (size_vram) or RAM (size).
-    pub fn idle_models(&self, gpu: bool) -> Vec<IdleModel> {
+    pub(crate) fn idle_models(&self, gpu: bool) -> Vec<IdleModel> {
         let active = self.state.active_models.lock().unwrap();
         let mut idle: Vec<IdleModel> = self
             .inventory()
@@ -476,19 +476,20 @@ impl Server {
     }
 
     /// Requests through drover on `model` here now, and when the last one ended.
-    pub fn model_activity(&self, model: &str) -> (usize, Option<Instant>) {
+    pub(crate) fn model_activity(&self, model: &str) -> (usize, Option<Instant>) {
         let used = self.state.active_models.lock().unwrap().get(&canonical_model(model)).copied().unwrap_or_default();
         (used.in_flight, used.last_used)
     }
 
     /// Bytes held by idle models (see `idle_models`).
-    pub fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn idle_loaded_bytes(&self, gpu: bool) -> u64 {
         self.idle_models(gpu).iter().map(|m| m.bytes).sum()
     }
 
     /// Drops models from what drover believes is loaded here: the server is about to unload
     /// them to fit a load drover just admitted, so they are no longer warm.
-    pub fn forget_loaded(&self, models: &[String]) {
+    pub(crate) fn forget_loaded(&self, models: &[String]) {
         let mut updated = (*self.inventory()).clone();
         updated.loaded.retain(|m| {
             let name = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str).map(canonical_model);
@@ -503,7 +504,7 @@ impl Server {
     /// At its concurrency limit, or full by what it reported: a waiting queue or a full KV
     /// cache at the last reading (until a request of drover's there ends), or its slots
     /// taken by drover's requests and those it reported beyond them.
-    pub fn at_capacity(&self) -> bool {
+    pub(crate) fn at_capacity(&self) -> bool {
         let in_flight = self.in_flight();
         if in_flight >= self.max_concurrency {
             return true;
@@ -513,14 +514,14 @@ impl Server {
     }
 
     /// The server said at its last reading that it takes no more now (see `at_capacity`).
-    pub fn reported_full(&self) -> bool {
+    pub(crate) fn reported_full(&self) -> bool {
         self.state.full_mark.load(Ordering::Relaxed) == self.state.released.load(Ordering::Relaxed)
     }
 
     /// Requests on the server as drover reckons them: its own in flight, plus those the
     /// server reported beyond drover's at its last reading (other drovers', other clients',
     /// its own queue).
-    pub fn load_estimate(&self) -> usize {
+    pub(crate) fn load_estimate(&self) -> usize {
         self.in_flight() + self.state.others.load(Ordering::Relaxed)
     }
 
@@ -528,7 +529,7 @@ impl Server {
     /// `asked_with`: drover's own in flight when the reading was asked for. drover's share of
     /// it is the larger of that and its in flight now, so a request of drover's that ended
     /// while the answer was on its way is not taken for someone else's.
-    pub fn set_reported(&self, reported: Reported, source: &'static str, asked_with: usize) {
+    pub(crate) fn set_reported(&self, reported: Reported, source: &'static str, asked_with: usize) {
         let own = self.in_flight().max(asked_with);
         let reported_total = (reported.running + reported.waiting) as usize;
         self.state.others.store(reported_total.saturating_sub(own), Ordering::Relaxed);
@@ -543,7 +544,7 @@ impl Server {
     }
 
     /// The server no longer reports its load (its check failed, or the endpoint went away).
-    pub fn clear_reported(&self) {
+    pub(crate) fn clear_reported(&self) {
         self.state.others.store(0, Ordering::Relaxed);
         self.state.slots.store(0, Ordering::Relaxed);
         self.state.full_mark.store(u64::MAX, Ordering::Relaxed);
@@ -551,12 +552,12 @@ impl Server {
     }
 
     /// The last reading of its reported load, if it reports one.
-    pub fn reported(&self) -> Option<Reading> {
+    pub(crate) fn reported(&self) -> Option<Reading> {
         self.state.reading.lock().unwrap().clone()
     }
 
     /// Where its load is read from (the health pass finds it, then keeps to it).
-    pub fn load_source(&self) -> LoadSource {
+    pub(crate) fn load_source(&self) -> LoadSource {
         match self.state.load_source.load(Ordering::Relaxed) {
             1 => LoadSource::Slots,
             2 => LoadSource::Metrics,
@@ -565,18 +566,18 @@ impl Server {
         }
     }
 
-    pub fn set_load_source(&self, source: LoadSource) {
+    pub(crate) fn set_load_source(&self, source: LoadSource) {
         self.state.load_source.store(source as u8, Ordering::Relaxed);
         self.state.load_misses.store(0, Ordering::Relaxed);
     }
 
     /// Counts a health pass that did not read the load; returns the count so far.
-    pub fn missed_load(&self) -> u32 {
+    pub(crate) fn missed_load(&self) -> u32 {
         self.state.load_misses.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The address to connect to, resolving the host name when it is not cached.
-    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) async fn resolve(&self) -> std::io::Result<SocketAddr> {
         if let Some(addr) = *self.state.resolved.lock().unwrap() {
             return Ok(addr);
         }
@@ -584,7 +585,7 @@ impl Server {
     }
 
     /// Resolves the host name again (called by the health loop, so DNS changes are followed).
-    pub async fn refresh_address(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) async fn refresh_address(&self) -> std::io::Result<SocketAddr> {
         let addr = tokio::net::lookup_host((self.url.host.as_str(), self.url.port))
             .await?
             .next()
@@ -594,7 +595,7 @@ impl Server {
     }
 
     /// A Pingora peer for this server with the given timeouts.
-    pub fn peer(&self, addr: SocketAddr, connect: Duration, read: Duration) -> HttpPeer {
+    pub(crate) fn peer(&self, addr: SocketAddr, connect: Duration, read: Duration) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect * 2);
@@ -612,14 +613,10 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
     /// Gives the slot back without waking queued requests: for a slot held only for an
     /// instant during selection, whose release frees nothing a waiter could use. (Waking
     /// them would also wake the selecting request itself, which would spin.)
-    pub fn give_back_quietly(mut self) {
+    pub(crate) fn give_back_quietly(mut self) {
         self.release();
         std::mem::forget(self);
     }

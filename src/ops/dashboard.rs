@@ -14,25 +14,25 @@ use serde_json::{json, Value};
 
 use crate::fleet::Fleet;
 
-pub const PAGE: &str = include_str!("dashboard.html");
-pub const SCRIPT: &str = include_str!("dashboard.js");
-pub const COOKIE: &str = "drover_admin";
+pub(crate) const PAGE: &str = include_str!("dashboard.html");
+pub(crate) const SCRIPT: &str = include_str!("dashboard.js");
+pub(crate) const COOKIE: &str = "drover_admin";
 
 /// Everything the page shows, as of now. Counters are totals; the page turns them into
 /// rates between two polls.
-pub struct Snapshot<'a> {
-    pub fleet: &'a Fleet,
-    pub queued: usize,
+pub(crate) struct Snapshot<'a> {
+    pub(crate) fleet: &'a Fleet,
+    pub(crate) queued: usize,
     /// (server, free RAM, free VRAM) from the probes.
-    pub free_memory: Vec<(String, u64, Option<u64>)>,
-    pub errors: Vec<Value>,
-    pub required: Value,
-    pub uptime_seconds: u64,
+    pub(crate) free_memory: Vec<(String, u64, Option<u64>)>,
+    pub(crate) errors: Vec<Value>,
+    pub(crate) required: Value,
+    pub(crate) uptime_seconds: u64,
     /// The replica keeper's view (placement/replicas.rs).
-    pub replicas: Value,
+    pub(crate) replicas: Value,
 }
 
-pub fn data(s: Snapshot) -> Value {
+pub(crate) fn data(s: Snapshot) -> Value {
     let fleet = s.fleet;
     let free: BTreeMap<&str, (u64, Option<u64>)> =
         s.free_memory.iter().map(|(u, ram, vram)| (u.as_str(), (*ram, *vram))).collect();
@@ -91,7 +91,7 @@ pub fn data(s: Snapshot) -> Value {
 }
 
 /// The token in a `Cookie` header, if it carries drover's.
-pub fn cookie_token(cookie: Option<&str>) -> Option<&str> {
+pub(crate) fn cookie_token(cookie: Option<&str>) -> Option<&str> {
     cookie?.split(';').map(str::trim).find_map(|c| c.strip_prefix(COOKIE)?.strip_prefix('='))
 }
 

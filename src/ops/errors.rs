@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// The last errors clients were answered with, newest last.
 #[derive(Default)]
-pub struct RecentErrors {
+pub(crate) struct RecentErrors {
     list: Mutex<VecDeque<Value>>,
 }
 
@@ -16,7 +16,7 @@ pub struct RecentErrors {
 const KEEP: usize = 30;
 
 impl RecentErrors {
-    pub fn push(&self, entry: Value) {
+    pub(crate) fn push(&self, entry: Value) {
         let mut list = self.list.lock().unwrap();
         if list.len() == KEEP {
             list.pop_front();
@@ -24,7 +24,7 @@ impl RecentErrors {
         list.push_back(entry);
     }
 
-    pub fn snapshot(&self) -> Vec<Value> {
+    pub(crate) fn snapshot(&self) -> Vec<Value> {
         self.list.lock().unwrap().iter().cloned().collect()
     }
 }

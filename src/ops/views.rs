@@ -74,12 +74,12 @@ pub fn tags(fleet: &Fleet) -> Value {
 }
 
 /// GET /api/ps: every model loaded somewhere, and virtual names whose model is loaded.
-pub fn ps(fleet: &Fleet) -> Value {
+pub(crate) fn ps(fleet: &Fleet) -> Value {
     json!({ "models": merged(fleet, |i| &i.loaded, true) })
 }
 
 /// GET /v1/models in OpenAI's format.
-pub fn models(fleet: &Fleet) -> Value {
+pub(crate) fn models(fleet: &Fleet) -> Value {
     let data: Vec<Value> = merged(fleet, |i| &i.tags, false)
         .iter()
         .filter_map(|m| m.get("name").and_then(Value::as_str))
@@ -89,7 +89,7 @@ pub fn models(fleet: &Fleet) -> Value {
 }
 
 /// GET /v1/models/{model}, or None when no server has it.
-pub fn model(fleet: &Fleet, name: &str) -> Option<Value> {
+pub(crate) fn model(fleet: &Fleet, name: &str) -> Option<Value> {
     let wanted = canonical_model(name);
     let known: HashSet<String> = fleet.model_names().iter().map(|n| canonical_model(n)).collect();
     known.contains(&wanted).then(|| openai_model(name))
@@ -100,7 +100,7 @@ fn openai_model(name: &str) -> Value {
 }
 
 /// GET /api/version: the oldest version among healthy Ollama servers, which every client can rely on.
-pub fn version(fleet: &Fleet) -> Value {
+pub(crate) fn version(fleet: &Fleet) -> Value {
     let oldest = healthy(fleet)
         .filter(|s| s.kind == Kind::Ollama)
         .filter_map(|s| s.inventory().version.clone())
@@ -130,7 +130,7 @@ fn server_state(s: &Server) -> Value {
 /// or Redis is configured and not answering; down when no server is up. `required` is the
 /// required models' report (an empty list when none are set), `shared` Redis's report
 /// (none without Redis).
-pub fn health(fleet: &Fleet, store: &StoreState, required: Value, shared: Option<Value>) -> (u16, Value) {
+pub(crate) fn health(fleet: &Fleet, store: &StoreState, required: Value, shared: Option<Value>) -> (u16, Value) {
     let up = healthy(fleet).count();
     let status = if up == 0 {
         "down"
@@ -161,7 +161,7 @@ pub fn health(fleet: &Fleet, store: &StoreState, required: Value, shared: Option
 }
 
 /// GET /status: what this drover is and runs on.
-pub fn status(fleet: &Fleet, uptime: Duration, config: Option<&str>, database: &str) -> Value {
+pub(crate) fn status(fleet: &Fleet, uptime: Duration, config: Option<&str>, database: &str) -> Value {
     let routes: usize = fleet.routes.values().map(|mr| mr.routes.len()).sum();
     let stored = fleet.routes.values().flat_map(|mr| &mr.routes).filter(|r| r.origin == Origin::Store).count();
     json!({
@@ -183,7 +183,7 @@ pub fn status(fleet: &Fleet, uptime: Duration, config: Option<&str>, database: &
 /// The load a server last reported about itself (null when it reports none): requests
 /// running and waiting there, its KV cache in use and parallel slots where it says, where
 /// it was read and how long ago, and whether it counts as full.
-pub fn reported_load(s: &Server) -> Value {
+pub(crate) fn reported_load(s: &Server) -> Value {
     let Some(r) = s.reported() else { return Value::Null };
     json!({
         "running": r.reported.running,
@@ -199,7 +199,7 @@ pub fn reported_load(s: &Server) -> Value {
 
 /// GET /lb-stats: per-server counters and loaded models, the queue, and the replica
 /// keeper's view (placement/replicas.rs).
-pub fn lb_stats(fleet: &Fleet, queued: usize, replicas: Value) -> Value {
+pub(crate) fn lb_stats(fleet: &Fleet, queued: usize, replicas: Value) -> Value {
     let servers: Vec<Value> = fleet
         .servers
         .iter()

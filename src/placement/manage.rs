@@ -40,7 +40,7 @@ pub enum Op {
 
 impl Op {
     /// The operation of an Ollama path (`/api/pull`) or an admin one (`pull`).
-    pub fn named(name: &str) -> Option<Op> {
+    pub(crate) fn named(name: &str) -> Option<Op> {
         Some(match name.trim_start_matches("/api/") {
             "pull" => Op::Pull,
             "push" => Op::Push,
@@ -51,7 +51,7 @@ impl Op {
         })
     }
 
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Op::Pull => "/api/pull",
             Op::Push => "/api/push",
@@ -71,12 +71,12 @@ impl Op {
     }
 
     /// Delete removes what cannot be brought back without a pull: it needs the admin token.
-    pub fn destructive(self) -> bool {
+    pub(crate) fn destructive(self) -> bool {
         self == Op::Delete
     }
 
     /// The HTTP method Ollama expects.
-    pub fn method(self) -> &'static str {
+    pub(crate) fn method(self) -> &'static str {
         if self == Op::Delete {
             "DELETE"
         } else {
@@ -86,21 +86,21 @@ impl Op {
 }
 
 /// One server's part: where, and the body it gets (the model under the name it knows).
-pub struct Target {
-    pub server: Arc<Server>,
-    pub body: Value,
+pub(crate) struct Target {
+    pub(crate) server: Arc<Server>,
+    pub(crate) body: Value,
 }
 
 /// A management request, checked and resolved to its servers.
-pub struct Plan {
-    pub op: Op,
+pub(crate) struct Plan {
+    pub(crate) op: Op,
     /// The model as the client named it (for copy: the source).
-    pub model: String,
+    pub(crate) model: String,
     /// Every model the request names, each to be allowed to the caller's key: the model (for
     /// copy the source and the destination; for create the one it is made from too).
-    pub names: Vec<String>,
-    pub targets: Vec<Target>,
-    pub stream: bool,
+    pub(crate) names: Vec<String>,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) stream: bool,
 }
 
 /// Which servers, beyond the default.
@@ -113,10 +113,10 @@ enum Scope {
 /// A management body as drover reads it: the object, the model it is about (for copy: the
 /// source), every model it names, and whether its progress streams.
 pub struct Request {
-    pub body: Map<String, Value>,
+    pub(crate) body: Map<String, Value>,
     pub model: String,
     pub names: Vec<String>,
-    pub stream: bool,
+    pub(crate) stream: bool,
 }
 
 /// Reads a management body (as Ollama's handlers would: `model`, else the legacy `name`);
@@ -176,7 +176,7 @@ pub fn read(op: Op, body: &[u8]) -> Result<Request, ApiError> {
 
 /// Checks a management request (the body as Ollama takes it, plus drover's `servers`) and
 /// finds its servers. A 400 names the bad field; a 404 says why no server qualifies.
-pub fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<Plan, ApiError> {
+pub(crate) fn plan(op: Op, body: &[u8], query: Option<&str>, fleet: &Fleet) -> Result<Plan, ApiError> {
     let bad = |m: String| ApiError::new(400, "invalid_request", m);
     let Request { body: mut m, model, names, stream } = read(op, body)?;
     let key = if op == Op::Copy { "source" } else { "model" };
@@ -320,7 +320,7 @@ fn scope(field: Option<Value>, query: Option<&str>, fleet: &Fleet) -> Result<Sco
 }
 
 /// What a running plan reports, in order per server.
-pub enum Progress {
+pub(crate) enum Progress {
     /// A progress line from a server, `server` already added.
     Line(Value),
     /// A server finished: `Ok` or why not.
@@ -330,7 +330,7 @@ pub enum Progress {
 /// Starts every target at once; progress arrives on the receiver, each server's `Done`
 /// last for that server. Servers where the change succeeded have their inventory updated
 /// at once (so routing sees a pulled model before the next health pass).
-pub fn run(plan: &Plan, client: &Arc<Client>, idle: Duration) -> tokio::sync::mpsc::UnboundedReceiver<Progress> {
+pub(crate) fn run(plan: &Plan, client: &Arc<Client>, idle: Duration) -> tokio::sync::mpsc::UnboundedReceiver<Progress> {
     let (out, rx) = tokio::sync::mpsc::unbounded_channel();
     for t in &plan.targets {
         let (client, server, body, out, op) = (client.clone(), t.server.clone(), t.body.clone(), out.clone(), plan.op);
@@ -371,7 +371,7 @@ fn forward(out: &tokio::sync::mpsc::UnboundedSender<Progress>, url: &str, mut li
 /// succeeded). `server` names the server whose progress moved the line; status texts carry
 /// no server.
 #[derive(Default)]
-pub struct Merge {
+pub(crate) struct Merge {
     /// Per digest, per server: (total, completed).
     layers: HashMap<String, HashMap<String, (u64, u64)>>,
     said: HashSet<String>,
@@ -379,7 +379,7 @@ pub struct Merge {
 
 impl Merge {
     /// The line to send for a server's line, if any.
-    pub fn line(&mut self, line: Value) -> Option<Value> {
+    pub(crate) fn line(&mut self, line: Value) -> Option<Value> {
         let status = line.get("status").and_then(Value::as_str).unwrap_or("").to_string();
         let server = line.get("server").and_then(Value::as_str).unwrap_or("").to_string();
         if line.get("error").is_some() {
@@ -427,7 +427,7 @@ fn apply(op: Op, server: &Server, body: &Value) {
 
 /// Per-server outcomes, gathered as `Done`s arrive.
 #[derive(Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     results: Vec<Value>,
     failed: Vec<String>,
     absent: usize,
@@ -435,7 +435,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// Records a server's end. A delete that finds no such model there is `absent`, not a failure.
-    pub fn record(&mut self, op: Op, server: String, result: Result<(), CallError>) {
+    pub(crate) fn record(&mut self, op: Op, server: String, result: Result<(), CallError>) {
         let row = match result {
             Ok(()) => json!({ "server": server, "status": "success" }),
             Err(e) if op == Op::Delete && e.status() == Some(404) => {
@@ -451,7 +451,7 @@ impl Outcome {
     }
 
     /// The final line of a stream, or the whole answer: status and body.
-    pub fn summary(&self, plan: &Plan) -> (u16, Value) {
+    pub(crate) fn summary(&self, plan: &Plan) -> (u16, Value) {
         let n = self.results.len();
         if !self.failed.is_empty() {
             let msg = format!(
@@ -474,7 +474,7 @@ impl Outcome {
 
 /// Runs a plan to its end, for callers that want the summary only (the admin API,
 /// `"stream": false`, required models): status and body.
-pub async fn run_to_end(plan: &Plan, client: &Arc<Client>, idle: Duration) -> (u16, Value) {
+pub(crate) async fn run_to_end(plan: &Plan, client: &Arc<Client>, idle: Duration) -> (u16, Value) {
     let mut rx = run(plan, client, idle);
     let mut outcome = Outcome::default();
     while let Some(p) = rx.recv().await {

@@ -73,7 +73,7 @@ struct State {
 }
 
 /// The replica keeper: reads the queue, places and lets go copies of models.
-pub struct Replicas {
+pub(crate) struct Replicas {
     settings: Settings,
     fleet: Arc<ArcSwap<Fleet>>,
     queue: Arc<Queue>,
@@ -85,7 +85,7 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    pub fn new(
+    pub(crate) fn new(
         settings: Settings,
         fleet: Arc<ArcSwap<Fleet>>,
         queue: Arc<Queue>,
@@ -96,7 +96,7 @@ impl Replicas {
         Arc::new(Replicas { settings, fleet, queue, resources, client, timeout, state: Mutex::default() })
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.settings.enabled
     }
 
@@ -105,7 +105,7 @@ impl Replicas {
     }
 
     /// One pass: scale up the models whose requests have waited long enough, let go of idle copies.
-    pub async fn tick(self: &Arc<Self>) {
+    pub(crate) async fn tick(self: &Arc<Self>) {
         for model in self.due(Instant::now()) {
             self.scale_up(&model, Why::Waiting).await;
         }
@@ -178,7 +178,7 @@ impl Replicas {
 
     /// The first byte of a streamed answer for `model` (the virtual name) from a server that
     /// had it loaded came `waited` after the request (the proxy calls this; only when enabled).
-    pub fn observe_first_byte(&self, model: &str, waited: Duration) {
+    pub(crate) fn observe_first_byte(&self, model: &str, waited: Duration) {
         let mut st = self.state.lock().unwrap();
         if waited >= self.settings.scale_up_wait {
             let now = Instant::now();
@@ -333,7 +333,7 @@ impl Replicas {
 
     /// For /lb-stats and the dashboard: the settings, copies placed, loads under way, the
     /// last changes.
-    pub fn view(&self) -> Value {
+    pub(crate) fn view(&self) -> Value {
         let st = self.state.lock().unwrap();
         let placed: Vec<Value> = st
             .placed
@@ -367,7 +367,7 @@ fn warm_on(r: &Route) -> bool {
 }
 
 /// The replica keeper as a Pingora background service (added only when enabled).
-pub struct ReplicasService(pub Arc<Replicas>);
+pub(crate) struct ReplicasService(pub Arc<Replicas>);
 
 #[async_trait]
 impl BackgroundService for ReplicasService {

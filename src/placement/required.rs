@@ -30,7 +30,7 @@ struct Pull {
 
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 
-pub struct Keeper {
+pub(crate) struct Keeper {
     /// (server URL, model) for every required model in the config.
     wanted: Vec<(String, String)>,
     pulls: Mutex<BTreeMap<(String, String), Pull>>,
@@ -41,7 +41,7 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    pub fn new(
+    pub(crate) fn new(
         settings: &crate::config::Settings,
         fleet: Arc<arc_swap::ArcSwap<Fleet>>,
         client: Arc<Client>,
@@ -62,7 +62,7 @@ impl Keeper {
     }
 
     /// One pass: a pull started for each required model a healthy Ollama server lacks.
-    pub fn check(self: &Arc<Self>) {
+    pub(crate) fn check(self: &Arc<Self>) {
         let fleet = self.fleet.load_full();
         for (url, model) in &self.wanted {
             let Some(server) = fleet.by_url.get(url.as_str()) else { continue };
@@ -123,7 +123,7 @@ impl Keeper {
     }
 
     /// Every required model with where it stands: present, pulling (with bytes done), failed.
-    pub fn report(&self) -> Value {
+    pub(crate) fn report(&self) -> Value {
         let pulls = self.pulls.lock().unwrap();
         let rows: Vec<Value> = self
             .wanted
@@ -151,19 +151,13 @@ impl Keeper {
         json!(rows)
     }
 
-    /// For /health: how many required models are not yet everywhere they should be.
-    pub fn missing(&self) -> usize {
-        let pulls = self.pulls.lock().unwrap();
-        self.wanted.iter().filter(|k| pulls.get(k).is_none_or(|p| p.status != "present" || p.running)).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.wanted.is_empty()
     }
 }
 
 /// The background pass, every health-check interval.
-pub struct KeeperService(pub Arc<Keeper>);
+pub(crate) struct KeeperService(pub Arc<Keeper>);
 
 #[async_trait]
 impl BackgroundService for KeeperService {

@@ -16,7 +16,7 @@ use super::translate::{FromChat, TranslateError, Translator};
 
 /// Anthropic's request body -> OpenAI's chat completion, for the server's model `actual`;
 /// also whether the answer streams.
-pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), TranslateError> {
+pub(crate) fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), TranslateError> {
     let req: Map<String, Value> = serde_json::from_slice(body).map_err(TranslateError::NotJson)?;
     let mut messages = Vec::new();
     match req.get("system") {
@@ -126,7 +126,7 @@ fn stop_reason(finish: Option<&str>) -> &'static str {
 }
 
 /// Reads an OpenAI chat answer (whole or SSE) and writes Anthropic's.
-pub struct Answer {
+pub(crate) struct Answer {
     model: String,
     started: bool,
     /// The content block open now: its index, and whether it is text (else a tool call,
@@ -140,7 +140,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn new(stream: bool, ok: bool, model: &str) -> Translator<Answer> {
+    pub(crate) fn new(stream: bool, ok: bool, model: &str) -> Translator<Answer> {
         let answer = Answer {
             model: model.to_string(),
             started: false,

@@ -7,7 +7,7 @@ use serde_json::json;
 
 /// The client API a path belongs to; errors are written in its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
+pub(crate) enum Api {
     /// Ollama's native API under /api (and drover's own endpoints).
     Ollama,
     /// The OpenAI-compatible API under /v1.
@@ -20,7 +20,7 @@ pub enum Api {
 
 impl Api {
     /// The API a path belongs to, before anything else is known about the request.
-    pub fn of_path(path: &str) -> Api {
+    pub(crate) fn of_path(path: &str) -> Api {
         match path {
             "/v1/messages" | "/v1/messages/count_tokens" => Api::Anthropic,
             "/v1/responses" => Api::Responses,
@@ -31,7 +31,7 @@ impl Api {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DashboardPart {
+pub(crate) enum DashboardPart {
     Page,
     Script,
     Data,
@@ -40,7 +40,7 @@ pub enum DashboardPart {
 /// A model-routed call, told apart once by `classify`: the later stages read what they need
 /// of it here (translate.rs and resume.rs map it to their own terms), never the path again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Call {
+pub(crate) enum Call {
     /// Ollama's /api/generate.
     Generate,
     /// Ollama's /api/chat.
@@ -81,12 +81,12 @@ impl Call {
     ];
 
     /// The routed call on `path`, if it is one.
-    pub fn of_path(path: &str) -> Option<Call> {
+    pub(crate) fn of_path(path: &str) -> Option<Call> {
         Call::ALL.into_iter().find(|c| c.path() == path)
     }
 
     /// The path the client called (and an Ollama-compatible server is called on).
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Call::Generate => "/api/generate",
             Call::Chat => "/api/chat",
@@ -103,7 +103,7 @@ impl Call {
     }
 
     /// The API the call speaks: its errors are written in that API's format.
-    pub fn api(self) -> Api {
+    pub(crate) fn api(self) -> Api {
         match self {
             Call::Generate | Call::Chat | Call::Embed | Call::Embeddings | Call::Show => Api::Ollama,
             Call::ChatCompletions | Call::Completions | Call::OpenAiEmbeddings => Api::OpenAi,
@@ -113,30 +113,30 @@ impl Call {
     }
 
     /// Ollama's native /api.
-    pub fn native(self) -> bool {
+    pub(crate) fn native(self) -> bool {
         matches!(self, Call::Generate | Call::Chat | Call::Embed | Call::Embeddings | Call::Show)
     }
 
     /// A call whose body may be Ollama's unload (`keep_alive: 0`, nothing to answer).
-    pub fn can_unload(self) -> bool {
+    pub(crate) fn can_unload(self) -> bool {
         matches!(self, Call::Generate | Call::Chat)
     }
 
     /// A chat with a messages list: where a session's earlier messages go (state/memory.rs).
-    pub fn is_chat(self) -> bool {
+    pub(crate) fn is_chat(self) -> bool {
         matches!(self, Call::Chat | Call::ChatCompletions)
     }
 
     /// Anthropic's Messages or the Responses API: translated to chat completions for an
     /// openai-kind server that has neither (its path, the one the server may lack).
-    pub fn chat_fallback(self) -> Option<&'static str> {
+    pub(crate) fn chat_fallback(self) -> Option<&'static str> {
         matches!(self, Call::Messages | Call::Responses).then(|| self.path())
     }
 }
 
 /// What drover does with a request, decided from method and path alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// Routed by the `model` field of the JSON body.
     Routed(Call),
     Tags,
@@ -162,7 +162,7 @@ pub enum Endpoint {
     MethodNotAllowed(Api),
 }
 
-pub fn classify(method: &Method, path: &str) -> Endpoint {
+pub(crate) fn classify(method: &Method, path: &str) -> Endpoint {
     let api = Api::of_path(path);
     let is_get = method == Method::GET || method == Method::HEAD;
     let post = |e: Endpoint| if method == Method::POST { e } else { Endpoint::MethodNotAllowed(api) };
@@ -200,26 +200,26 @@ pub fn classify(method: &Method, path: &str) -> Endpoint {
 /// An error a client sees, with a message that says what to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
-    pub status: u16,
+    pub(crate) status: u16,
     /// Short machine-readable code, used as OpenAI's `code`.
-    pub code: &'static str,
-    pub message: String,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
     /// Seconds for a Retry-After header.
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
 
-    pub fn retry_after(mut self, seconds: u64) -> Self {
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
     }
 
     /// The JSON body in the client's format.
-    pub fn body(&self, api: Api) -> Bytes {
+    pub(crate) fn body(&self, api: Api) -> Bytes {
         let value = match api {
             Api::Ollama => json!({ "error": self.message }),
             Api::Anthropic => json!({ "type": "error", "error": {
@@ -236,7 +236,7 @@ impl ApiError {
         Bytes::from(serde_json::to_vec(&value).expect("json values serialise"))
     }
 
-    pub fn header(&self, body_len: usize) -> ResponseHeader {
+    pub(crate) fn header(&self, body_len: usize) -> ResponseHeader {
         let mut h = ResponseHeader::build(self.status, Some(4)).expect("valid status");
         h.insert_header(http::header::CONTENT_TYPE, "application/json").expect("static header");
         h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).expect("number header");
@@ -275,13 +275,13 @@ fn anthropic_type(status: u16) -> &'static str {
 }
 
 /// Whether an answer of this Content-Type streams: NDJSON (Ollama's) or server-sent events.
-pub fn is_stream(content_type: &str) -> bool {
+pub(crate) fn is_stream(content_type: &str) -> bool {
     let starts = |p: &str| content_type.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p));
     starts("application/x-ndjson") || starts("text/event-stream")
 }
 
 /// The last words of a stream that broke after bytes reached the client, in the stream's format.
-pub fn stream_error_tail(api: Api, content_type: &str, message: &str) -> Option<Bytes> {
+pub(crate) fn stream_error_tail(api: Api, content_type: &str, message: &str) -> Option<Bytes> {
     let ct = content_type.to_ascii_lowercase();
     let line = if ct.starts_with("text/event-stream") {
         match api {

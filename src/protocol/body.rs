@@ -93,16 +93,16 @@ pub struct RoutableBody {
     /// The model as Ollama resolves it ("m" is "m:latest"): the one truth of what was asked,
     /// the key of routes, queues, affinity, a key's allowed models and metric labels. What
     /// a server is sent is the route's `actual_model`, written over `model`'s span.
-    pub name: String,
+    pub(crate) name: String,
     /// Byte range of the `model` value (the JSON string, quotes included).
     span: Range<usize>,
     /// `options.num_ctx`: Ollama reloads a model loaded with another context size.
     pub num_ctx: Option<u32>,
     /// Temperature 0 or a fixed seed (Ollama's options or OpenAI's top level): the response
     /// cache may answer it.
-    pub deterministic: bool,
+    pub(crate) deterministic: bool,
     /// `keep_alive: 0` with no prompt and no messages: Ollama's unload (what `ollama stop` sends).
-    pub unload: bool,
+    pub(crate) unload: bool,
 }
 
 /// Whether a `keep_alive` value (a number of seconds, or a duration such as "0", "0s", "0m")
@@ -217,16 +217,12 @@ impl RoutableBody {
         any.then(|| h.finish())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
     /// The body as the client sent it.
-    pub fn bytes(&self) -> &Bytes {
+    pub(crate) fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 
@@ -402,7 +398,7 @@ fn folded(c: char) -> Option<u8> {
 
 /// Whether a server decoding with Go's rules reads the (decoded) key `key` as the field
 /// `field` (lowercase ASCII): "MODEL", "Model" and "mode\u006c" all name "model".
-pub fn names_field(key: &str, field: &str) -> bool {
+pub(crate) fn names_field(key: &str, field: &str) -> bool {
     let mut want = field.bytes();
     key.chars().all(|c| folded(c).is_some_and(|a| want.next() == Some(a))) && want.next().is_none()
 }
@@ -595,7 +591,7 @@ impl BodyError {
 /// Checks that a body's top-level `fields` (lowercase) each appear at most once, spelled
 /// exactly so, the way the routed scan does; for bodies drover reads whole with serde_json
 /// (model management), before they are read. Not-JSON bodies pass: their reader refuses them.
-pub fn unambiguous(body: &[u8], fields: &'static [&'static str]) -> Result<(), BodyError> {
+pub(crate) fn unambiguous(body: &[u8], fields: &'static [&'static str]) -> Result<(), BodyError> {
     struct Keys(&'static [&'static str]);
     impl<'de> Visitor<'de> for Keys {
         type Value = ();
@@ -620,16 +616,16 @@ pub fn unambiguous(body: &[u8], fields: &'static [&'static str]) -> Result<(), B
 
 /// The longest model name a request may name (Ollama's own names are shorter: host,
 /// namespace, model and tag of at most 350, 80, 80 and 80 bytes).
-pub const MAX_MODEL_BYTES: usize = 600;
+pub(crate) const MAX_MODEL_BYTES: usize = 600;
 
 /// How deep a body may nest arrays and objects, the top-level object included: serde_json's
 /// own recursion limit (it refuses a 128th level), which stops a hostile body from
 /// exhausting the stack; deeper bodies are refused (400) and never forwarded.
-pub const MAX_DEPTH: usize = 127;
+pub(crate) const MAX_DEPTH: usize = 127;
 
 /// The size of Pingora's retry buffer: the proxy loop replays a body only when this buffer
 /// holds it whole. See `read_bounded`.
-pub const TAIL_LIMIT: usize = 64 * 1024;
+pub(crate) const TAIL_LIMIT: usize = 64 * 1024;
 
 /// Reads the whole request body, refusing more than `limit` bytes.
 ///
@@ -638,7 +634,11 @@ pub const TAIL_LIMIT: usize = 64 * 1024;
 /// calls `request_body_filter` at the start of every attempt, and drover hands it the whole
 /// rewritten body there. A chunked body (length unknown in advance) has to fit the buffer
 /// whole; a larger one gets 411.
-pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: bool) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_bounded(
+    session: &mut ServerSession,
+    limit: usize,
+    keep_tail: bool,
+) -> Result<Bytes, BodyError> {
     let headers = &session.req_header().headers;
     let declared = if headers.contains_key(http::header::TRANSFER_ENCODING) {
         None
@@ -696,7 +696,7 @@ pub async fn read_bounded(session: &mut ServerSession, limit: usize, keep_tail: 
 }
 
 /// Whether the client waits for `100 Continue` before sending its body.
-pub fn expects_continue(session: &ServerSession) -> bool {
+pub(crate) fn expects_continue(session: &ServerSession) -> bool {
     session
         .req_header()
         .headers
@@ -706,7 +706,7 @@ pub fn expects_continue(session: &ServerSession) -> bool {
 
 /// Reads and discards what is left of a refused body, so that the client, still sending,
 /// reads the refusal instead of a reset connection. Bounded in bytes and time.
-pub async fn drain(session: &mut ServerSession, max_bytes: usize, within: std::time::Duration) {
+pub(crate) async fn drain(session: &mut ServerSession, max_bytes: usize, within: std::time::Duration) {
     if session.is_body_done() || (expects_continue(session) && session.body_bytes_read() == 0) {
         // Done, or the client was never told to send it.
         return;

@@ -6,18 +6,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const A: u16 = 1;
-pub const AAAA: u16 = 28;
+pub(crate) const A: u16 = 1;
+pub(crate) const AAAA: u16 = 28;
 const OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 
 /// The UDP payload size drover says it accepts (EDNS0): a headless Service of a few hundred
 /// pods fits without falling back to TCP.
-pub const UDP_PAYLOAD: u16 = 4096;
+pub(crate) const UDP_PAYLOAD: u16 = 4096;
 
 /// A name that cannot be asked for, or an answer that cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     #[error("{0:?} is not a DNS name")]
     NotAName(String),
     #[error("answer too short")]
@@ -33,7 +33,7 @@ pub enum DnsError {
 }
 
 /// A query for `name`'s records of type `qtype` (recursion desired, EDNS0 advertised).
-pub fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DnsError> {
+pub(crate) fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DnsError> {
     let mut out = Vec::with_capacity(64 + name.len());
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&[0x01, 0x00]); // RD
@@ -58,7 +58,7 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DnsError> {
 
 /// What an answer says.
 #[derive(Debug, PartialEq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// The name's addresses (none: the name exists without records of that type).
     Addresses(Vec<IpAddr>),
     /// NXDOMAIN: no such name (a headless Service with no endpoints may answer this).
@@ -71,7 +71,7 @@ pub enum Answer {
 
 /// Reads the answer to query `id`: every A and AAAA record in its answer section (those of
 /// a CNAME's target included, as recursive resolvers send them).
-pub fn answer(id: u16, msg: &[u8]) -> Result<Answer, DnsError> {
+pub(crate) fn answer(id: u16, msg: &[u8]) -> Result<Answer, DnsError> {
     let u16_at = |i: usize| -> Result<u16, DnsError> {
         Ok(u16::from_be_bytes([*msg.get(i).ok_or(DnsError::TooShort)?, *msg.get(i + 1).ok_or(DnsError::TooShort)?]))
     };

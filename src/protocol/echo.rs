@@ -44,7 +44,7 @@ impl Echo {
     /// For a whole JSON answer of `length` bytes: the length the rewritten answer will have
     /// (the longer of the two), so that the Content-Length can stay and the answer need not
     /// be sent chunked. One JSON value names its model once, at the top.
-    pub fn keep_length(&mut self, length: usize) -> usize {
+    pub(crate) fn keep_length(&mut self, length: usize) -> usize {
         let rewritten = (length + self.to.len()).saturating_sub(self.from.len());
         let promised = length.max(rewritten);
         self.pad_to = Some(promised);

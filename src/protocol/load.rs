@@ -7,27 +7,27 @@ use serde_json::Value;
 
 /// What a server said of its own load at one reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Reported {
+pub(crate) struct Reported {
     /// Requests it is working on.
-    pub running: u32,
+    pub(crate) running: u32,
     /// Requests it holds in its own queue.
-    pub waiting: u32,
+    pub(crate) waiting: u32,
     /// Its KV cache in use, 0 to 1, where it says.
-    pub kv_cache: Option<f64>,
+    pub(crate) kv_cache: Option<f64>,
     /// Its parallel slots, where it says (llama.cpp's /slots).
-    pub slots: Option<u32>,
+    pub(crate) slots: Option<u32>,
 }
 
 impl Reported {
     /// A server with requests queued, or its KV cache full, takes no more now.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.waiting > 0 || self.kv_cache.is_some_and(|k| k >= 0.99) || self.slots.is_some_and(|s| self.running >= s)
     }
 }
 
 /// llama.cpp's `GET /slots`: one object per slot, busy when `is_processing` (or, in older
 /// servers, `state` 1).
-pub fn from_slots(v: &Value) -> Option<Reported> {
+pub(crate) fn from_slots(v: &Value) -> Option<Reported> {
     let slots = v.as_array()?;
     let busy = slots
         .iter()
@@ -41,7 +41,7 @@ pub fn from_slots(v: &Value) -> Option<Reported> {
 /// (`llamacpp:requests_processing`, `llamacpp:requests_deferred`,
 /// `llamacpp:kv_cache_usage_ratio`); series of one name are summed (vLLM labels them by
 /// model). `None` when it names none of them.
-pub fn from_metrics(text: &str) -> Option<Reported> {
+pub(crate) fn from_metrics(text: &str) -> Option<Reported> {
     let mut r = Reported::default();
     let mut seen = false;
     let mut kv: Option<f64> = None;

@@ -7,13 +7,13 @@ use serde_json::Value;
 
 /// What API a server speaks: a full Ollama, or only the OpenAI-compatible /v1 (llama.cpp, vLLM...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Ollama,
     OpenAi,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Ollama => "ollama",
             Kind::OpenAi => "openai",
@@ -23,13 +23,13 @@ impl Kind {
 
 /// Which memory a route's model lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
+pub(crate) enum Device {
     Cpu,
     Gpu,
 }
 
 impl Device {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Device::Cpu => "CPU",
             Device::Gpu => "GPU",
@@ -39,20 +39,20 @@ impl Device {
 
 /// A server's base URL, normalised so that the same server always has the same identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerUrl {
+pub(crate) struct ServerUrl {
     text: String,
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Path prefix without a trailing slash ("" for most servers).
-    pub base_path: String,
+    pub(crate) base_path: String,
     /// The Host header value to send (made once: it goes with every request).
     authority: String,
 }
 
 /// Why a text is not a server URL.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ServerUrlError {
+pub(crate) enum ServerUrlError {
     #[error("{text:?}: not a URL ({source})")]
     NotAUrl {
         text: String,
@@ -68,7 +68,7 @@ pub enum ServerUrlError {
 }
 
 impl ServerUrl {
-    pub fn parse(text: &str) -> Result<ServerUrl, ServerUrlError> {
+    pub(crate) fn parse(text: &str) -> Result<ServerUrl, ServerUrlError> {
         let url = url::Url::parse(text.trim())
             .map_err(|source| ServerUrlError::NotAUrl { text: text.to_string(), source })?;
         let tls = match url.scheme() {
@@ -93,12 +93,12 @@ impl ServerUrl {
         Ok(ServerUrl { text, tls, host, port, base_path, authority })
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
     /// The Host header value to send.
-    pub fn authority(&self) -> &str {
+    pub(crate) fn authority(&self) -> &str {
         &self.authority
     }
 }
@@ -128,7 +128,7 @@ pub struct Inventory {
 /// model, "llama3:latest". The default registry host and the `library` namespace are left
 /// out, a missing tag is `latest`; any other host or namespace is kept ("hf.co/u/m:Q4",
 /// "myreg:5000/team/m:latest"). Borrowed when the name is already in that form.
-pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
     // The common case, asked on every request: a plain "model" or "model:tag" (nothing to
     // trim, no digest, no namespace or host).
     if name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@') {
@@ -180,7 +180,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// `canonical`, owned.
-pub fn canonical_model(name: &str) -> String {
+pub(crate) fn canonical_model(name: &str) -> String {
     canonical(name).into_owned()
 }
 
@@ -189,7 +189,7 @@ pub fn canonical_model(name: &str) -> String {
 /// its tag, a digest stable per name (SHA-256 of it: clients key caches by digest), and the
 /// details the name tells (parameter size "7b", quantization "Q4_K_M", family).
 /// `created` is the Unix time the server gave, if any.
-pub fn synthetic_tag(name: &str, created: Option<i64>) -> Value {
+pub(crate) fn synthetic_tag(name: &str, created: Option<i64>) -> Value {
     use sha2::Digest;
     let name = canonical(name);
     let digest: String = sha2::Sha256::digest(name.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
@@ -225,12 +225,12 @@ pub fn synthetic_tag(name: &str, created: Option<i64>) -> Value {
 }
 
 /// The `models` array of an /api/tags or /api/ps answer.
-pub fn models_of(answer: &Value) -> Vec<Value> {
+pub(crate) fn models_of(answer: &Value) -> Vec<Value> {
     answer.get("models").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 /// Canonical name -> `context_length` of the /api/ps entries that report one.
-pub fn contexts_of(models: &[Value]) -> std::collections::HashMap<String, u32> {
+pub(crate) fn contexts_of(models: &[Value]) -> std::collections::HashMap<String, u32> {
     models
         .iter()
         .filter_map(|m| {
@@ -244,7 +244,7 @@ pub fn contexts_of(models: &[Value]) -> std::collections::HashMap<String, u32> {
 impl Inventory {
     /// The name this server knows a model by (as its /api/tags or /v1/models lists it), for
     /// a model's canonical name.
-    pub fn own_name(&self, canonical_name: &str) -> Option<&str> {
+    pub(crate) fn own_name(&self, canonical_name: &str) -> Option<&str> {
         self.tags.iter().find_map(|m| {
             let listed = m.get("name").or_else(|| m.get("model")).and_then(Value::as_str)?;
             let own = m.get("own").and_then(Value::as_str).unwrap_or(listed);
@@ -255,7 +255,7 @@ impl Inventory {
     /// Whether `model` is loaded here in a way a request with `num_ctx` can use without a
     /// reload: loaded, and (when both are known) with that context size. A request without
     /// num_ctx gets the server's default, which drover does not know: any load counts.
-    pub fn warm_for(&self, model: &str, num_ctx: Option<u32>) -> bool {
+    pub(crate) fn warm_for(&self, model: &str, num_ctx: Option<u32>) -> bool {
         let name = canonical_model(model);
         self.loaded_names.contains(&name)
             && match (num_ctx, self.loaded_ctx.get(&name)) {
@@ -265,7 +265,7 @@ impl Inventory {
     }
 }
 
-pub fn names_of(models: &[Value]) -> std::collections::HashSet<String> {
+pub(crate) fn names_of(models: &[Value]) -> std::collections::HashSet<String> {
     models
         .iter()
         .filter_map(|m| m.get("name").or_else(|| m.get("model")).and_then(Value::as_str))

@@ -17,7 +17,7 @@ use super::translate::{FromChat, TranslateError, Translator};
 
 /// The Responses request body -> a chat completion for the server's model `actual`; also
 /// whether the answer streams.
-pub fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), TranslateError> {
+pub(crate) fn request(body: &[u8], actual: &str) -> Result<(Bytes, bool), TranslateError> {
     let req: Map<String, Value> = serde_json::from_slice(body).map_err(TranslateError::NotJson)?;
     let mut messages = Vec::new();
     if let Some(i) = req.get("instructions").and_then(Value::as_str).filter(|i| !i.is_empty()) {
@@ -111,7 +111,7 @@ fn content(c: &Value) -> Value {
 }
 
 /// Reads a chat answer (whole or SSE) and writes the Responses API's.
-pub struct Answer {
+pub(crate) struct Answer {
     model: String,
     id: String,
     sequence: u64,
@@ -126,7 +126,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn new(stream: bool, ok: bool, model: &str) -> Translator<Answer> {
+    pub(crate) fn new(stream: bool, ok: bool, model: &str) -> Translator<Answer> {
         let id = format!(
             "resp_drover{:x}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()

@@ -13,7 +13,7 @@ use super::api::Call;
 
 /// A streamed answer drover can continue on another server, by the client's endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     OllamaChat,
     OllamaGenerate,
     OpenAiChat,
@@ -26,7 +26,7 @@ pub enum Format {
 
 impl Format {
     /// The resumable format of a client's call; `None` for the rest.
-    pub fn of_call(call: Call) -> Option<Format> {
+    pub(crate) fn of_call(call: Call) -> Option<Format> {
         match call {
             Call::Chat => Some(Format::OllamaChat),
             Call::Generate => Some(Format::OllamaGenerate),
@@ -51,11 +51,11 @@ const FOLD_AT: usize = 16 << 10;
 
 /// What the client has received of an answer.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SoFar {
+pub(crate) struct SoFar {
     /// The answer's text (thinking and tool calls left out).
-    pub text: String,
+    pub(crate) text: String,
     /// Records that carried generated text or thinking: one token each, as servers stream them.
-    pub tokens: u64,
+    pub(crate) tokens: u64,
     /// The stream's id (OpenAI's chunks, the Responses API's response), kept by the continuation.
     id: Option<String>,
     /// Anthropic's last content block.
@@ -182,7 +182,7 @@ impl SoFar {
 }
 
 /// A streamed answer on its way to the client, record by record.
-pub struct Stream {
+pub(crate) struct Stream {
     format: Format,
     /// An unfinished record, held back until its end arrives.
     pending: Vec<u8>,
@@ -221,13 +221,13 @@ struct Splice {
 }
 
 impl Stream {
-    pub fn new(format: Format) -> Stream {
+    pub(crate) fn new(format: Format) -> Stream {
         Stream { format, pending: Vec::new(), sent: Vec::new(), so_far: SoFar::default(), splice: None, aligned: true }
     }
 
     /// The chunk as the client must get it: whole records only (`None` while a record is
     /// unfinished), fitted to the earlier part when this is a continuation.
-    pub fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Option<Bytes> {
+    pub(crate) fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Option<Bytes> {
         let data: &[u8] = chunk.map_or(&[], |c| c);
         if self.pending.is_empty() && self.splice.is_none() && !data.is_empty() && (end || self.ends_record(data)) {
             // The common case: a chunk of whole records, passed as it is.
@@ -275,7 +275,7 @@ impl Stream {
 
     /// The server broke off: what the client has (the unfinished record it never got is
     /// dropped), or `None` when the stream cannot be continued cleanly.
-    pub fn broken(&mut self) -> Option<&SoFar> {
+    pub(crate) fn broken(&mut self) -> Option<&SoFar> {
         self.pending.clear();
         if !self.aligned {
             return None;
@@ -285,7 +285,7 @@ impl Stream {
     }
 
     /// What follows comes from another server continuing the answer.
-    pub fn continue_elsewhere(&mut self) {
+    pub(crate) fn continue_elsewhere(&mut self) {
         if self.so_far.records == 0 {
             // Nothing reached the client but the header: the continuation is the whole answer.
             self.splice = None;
@@ -521,7 +521,7 @@ fn payloads(buf: &[u8], sse: bool) -> impl Iterator<Item = &[u8]> {
 
 /// Why a broken stream's request cannot be made into a continuation.
 #[derive(Debug, thiserror::Error)]
-pub enum ContinuationError {
+pub(crate) enum ContinuationError {
     #[error("the request is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
     #[error("the request has no messages")]
@@ -537,7 +537,7 @@ pub enum ContinuationError {
 /// The request that asks a server to continue an answer: the client's request with the text
 /// so far as the assistant's message to be continued (chat APIs), or appended to the prompt
 /// (completion APIs). With no text yet, the request as it was.
-pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, ContinuationError> {
+pub(crate) fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, ContinuationError> {
     if so_far.text.is_empty() {
         return Ok(body.clone());
     }
@@ -575,7 +575,7 @@ pub fn request(format: Format, body: &Bytes, so_far: &SoFar) -> Result<Bytes, Co
 }
 
 /// The fields vLLM needs to continue a final assistant message rather than answer it.
-pub fn for_vllm(body: &Bytes) -> Option<Bytes> {
+pub(crate) fn for_vllm(body: &Bytes) -> Option<Bytes> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let last_is_assistant = v["messages"].as_array()?.last().is_some_and(|m| m["role"] == "assistant");
     if !last_is_assistant {

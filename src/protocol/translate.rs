@@ -37,7 +37,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// The Ollama calls that can be translated.
-    pub fn of_call(call: Call) -> Option<Endpoint> {
+    pub(crate) fn of_call(call: Call) -> Option<Endpoint> {
         match call {
             Call::Chat => Some(Endpoint::Chat),
             Call::Generate => Some(Endpoint::Generate),
@@ -48,7 +48,7 @@ impl Endpoint {
     }
 
     /// The OpenAI path the request goes to.
-    pub fn openai_path(self) -> &'static str {
+    pub(crate) fn openai_path(self) -> &'static str {
         match self {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Generate => "/v1/completions",
@@ -59,15 +59,15 @@ impl Endpoint {
 
 /// A translated request: the OpenAI body, and whether the answer streams.
 #[derive(Debug)]
-pub struct Translated {
-    pub body: Bytes,
-    pub stream: bool,
+pub(crate) struct Translated {
+    pub(crate) body: Bytes,
+    pub(crate) stream: bool,
 }
 
 /// Why a request cannot be translated for an OpenAI-compatible server: Ollama's here,
 /// Anthropic's (anthropic.rs) and the Responses API's (responses.rs) alike.
 #[derive(Debug, thiserror::Error)]
-pub enum TranslateError {
+pub(crate) enum TranslateError {
     #[error("the body is not a JSON object: {0}")]
     NotJson(#[source] serde_json::Error),
     /// A field of /api/generate that chat completions' /v1/completions has no room for.
@@ -98,7 +98,7 @@ impl From<TranslateError> for ApiError {
 
 /// Ollama's request body -> OpenAI's, for the server's own model name `actual`. The error
 /// says what cannot be translated (a 400 for the client).
-pub fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translated, TranslateError> {
+pub(crate) fn request(endpoint: Endpoint, body: &[u8], actual: &str) -> Result<Translated, TranslateError> {
     let req: Map<String, Value> = serde_json::from_slice(body).map_err(TranslateError::NotJson)?;
     let mut out = Map::new();
     out.insert("model".into(), actual.into());
@@ -267,7 +267,7 @@ pub struct Translator<T> {
 }
 
 impl<T: FromChat> Translator<T> {
-    pub fn new(inner: T, stream: bool, ok: bool) -> Translator<T> {
+    pub(crate) fn new(inner: T, stream: bool, ok: bool) -> Translator<T> {
         Translator { inner, stream: stream && ok, ok, pending: BytesMut::new() }
     }
 }

@@ -20,8 +20,8 @@ pub struct Usage {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     /// Seconds Ollama spent loading the model for this request.
-    pub load_seconds: Option<f64>,
-    pub total_seconds: Option<f64>,
+    pub(crate) load_seconds: Option<f64>,
+    pub(crate) total_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +41,7 @@ pub struct UsageScan {
     records: u64,
     /// The last `TAIL_KEPT` bytes of a whole answer too large to hold: its counts come last.
     tail: Vec<u8>,
-    pub usage: Usage,
+    pub(crate) usage: Usage,
 }
 
 impl UsageScan {
@@ -104,7 +104,7 @@ impl UsageScan {
     /// said it used, and where its counts never came (a stream without usage, one cut off
     /// by a client that hung up or a server that broke off): a token a stream record that
     /// passed, and `prompt_estimate` for the prompt.
-    pub fn settle(self, prompt_estimate: u64) -> Usage {
+    pub(crate) fn settle(self, prompt_estimate: u64) -> Usage {
         let (mut usage, records) = self.finish_counting();
         if usage.completion_tokens.is_none() && records > 0 {
             usage.completion_tokens = Some(records);

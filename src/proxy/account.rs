@@ -10,7 +10,7 @@ use crate::state::shared::Shared;
 use crate::telemetry::accesslog::{AccessLog, Line};
 
 /// The accounting stage: where a finished request is written down.
-pub struct Accounting {
+pub(crate) struct Accounting {
     access_log: Arc<AccessLog>,
     /// The last errors clients got, for the dashboard.
     recent_errors: Arc<RecentErrors>,
@@ -19,7 +19,7 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    pub fn new(access_log: Arc<AccessLog>, recent_errors: Arc<RecentErrors>, shared: Arc<Shared>) -> Accounting {
+    pub(crate) fn new(access_log: Arc<AccessLog>, recent_errors: Arc<RecentErrors>, shared: Arc<Shared>) -> Accounting {
         Accounting { access_log, recent_errors, shared }
     }
 

@@ -24,7 +24,7 @@ use crate::protocol::api::{ApiError, Endpoint};
 use crate::state::shared::{BucketUse, Shared};
 
 /// The admission stage: what it takes to judge who may call.
-pub struct Admission {
+pub(crate) struct Admission {
     cors: Cors,
     keys: Arc<Keyring>,
     require_keys: bool,
@@ -43,7 +43,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(settings: &Settings, keys: Arc<Keyring>, guard: Arc<AdminGuard>, shared: Arc<Shared>) -> Admission {
+    pub(crate) fn new(
+        settings: &Settings,
+        keys: Arc<Keyring>,
+        guard: Arc<AdminGuard>,
+        shared: Arc<Shared>,
+    ) -> Admission {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Admission {
             cors: Cors::new(&settings.cors_origins),

@@ -13,40 +13,40 @@ use crate::protocol::usage::{Usage, UsageScan};
 use crate::routing::scheduler::Chosen;
 
 /// A request's context (Pingora's `CTX`), created for each request and logged when it ends.
-pub struct RequestCtx {
-    pub request_id: String,
-    pub started: Instant,
-    pub api: Api,
+pub(crate) struct RequestCtx {
+    pub(crate) request_id: String,
+    pub(crate) started: Instant,
+    pub(crate) api: Api,
     /// The model as asked (canonical), whatever it is: the access log's copy. The truth of
     /// a routed request is `Routed::body.name` (what was asked) and its attempt's
     /// `route.actual_model` (what a server is sent); these two fields only report them.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     /// Whether `model` is one the fleet knows (routed or discovered): only such names become
     /// metric labels, so a client cannot add label values at will.
-    pub model_known: bool,
+    pub(crate) model_known: bool,
     /// The name the last server tried knows the model by (the access log's copy).
-    pub actual_model: Option<String>,
-    pub server: Option<String>,
-    pub attempts: u32,
-    pub status: u16,
-    pub ttfb: Option<Duration>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub error: Option<String>,
+    pub(crate) actual_model: Option<String>,
+    pub(crate) server: Option<String>,
+    pub(crate) attempts: u32,
+    pub(crate) status: u16,
+    pub(crate) ttfb: Option<Duration>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) error: Option<String>,
     /// The API key the request presented, when keys are required.
-    pub key: Option<Arc<crate::edge::keys::Key>>,
+    pub(crate) key: Option<Arc<crate::edge::keys::Key>>,
     /// The allowed Origin of a cross-origin browser request, echoed in every answer.
-    pub cors_origin: Option<String>,
+    pub(crate) cors_origin: Option<String>,
     /// What the answer said it used (tokens, load time).
-    pub usage: Usage,
+    pub(crate) usage: Usage,
     /// Set for model-routed requests once the body is read and parsed.
-    pub routed: Option<Box<Routed>>,
+    pub(crate) routed: Option<Box<Routed>>,
     /// Counted until the request ends: a graceful stop exits when none is left.
     _busy: crate::stop::Busy,
 }
 
 impl RequestCtx {
-    pub fn new() -> RequestCtx {
+    pub(crate) fn new() -> RequestCtx {
         RequestCtx {
             request_id: String::new(),
             started: Instant::now(),
@@ -77,57 +77,57 @@ impl Default for RequestCtx {
 }
 
 /// The state of a model-routed request across its attempts.
-pub struct Routed {
-    pub body: RoutableBody,
+pub(crate) struct Routed {
+    pub(crate) body: RoutableBody,
     /// The answer as it passes, to keep in the response cache (cache.rs), when it may be;
     /// `None` again once it outgrows cache.max_entry_bytes.
-    pub cache_fill: Option<Vec<u8>>,
+    pub(crate) cache_fill: Option<Vec<u8>>,
     /// The session turn to store once the answer is in (memory.rs), and the answer so far.
-    pub memory: Option<(crate::state::memory::Turn, Vec<u8>)>,
+    pub(crate) memory: Option<(crate::state::memory::Turn, Vec<u8>)>,
     /// The conversation it continues (affinity.rs), when affinity applies.
-    pub affinity: Option<u64>,
+    pub(crate) affinity: Option<u64>,
     /// The call the client made (protocol/api.rs `Call`): its path, API, and what can be done with it.
-    pub call: Call,
+    pub(crate) call: Call,
     /// Anthropic's /v1/messages or the Responses API's /v1/responses: translated to chat
     /// completions for an openai-kind server that has none.
-    pub chat_fallback: Option<&'static str>,
+    pub(crate) chat_fallback: Option<&'static str>,
     /// An Ollama endpoint an openai-kind server can answer through translation (chat,
     /// generate, embed, embeddings); the rest of /api needs an Ollama server.
-    pub translatable: Option<crate::protocol::translate::Endpoint>,
+    pub(crate) translatable: Option<crate::protocol::translate::Endpoint>,
     /// The fleet snapshot the request started with, used to its end.
-    pub fleet: Arc<Fleet>,
+    pub(crate) fleet: Arc<Fleet>,
     /// Servers already tried.
-    pub tried: Vec<Arc<Server>>,
+    pub(crate) tried: Vec<Arc<Server>>,
     /// Where the request stands between its attempts.
-    pub attempt: Attempt,
+    pub(crate) attempt: Attempt,
     /// Stale pooled connections replaced so far (load_balancer retries do not count them).
-    pub stale_retries: u32,
+    pub(crate) stale_retries: u32,
     /// "server: what went wrong", for the error when no server is left.
-    pub last_failure: Option<String>,
+    pub(crate) last_failure: Option<String>,
     /// The error the client gets when the proxy gives up (written by `fail_to_proxy`).
-    pub refusal: Option<ApiError>,
+    pub(crate) refusal: Option<ApiError>,
     /// The client went away while the request waited or was being answered.
-    pub client_gone: bool,
+    pub(crate) client_gone: bool,
     /// Reading the answer as it passes.
-    pub relay: Relay,
+    pub(crate) relay: Relay,
     /// The answer's stream can be continued on another server if its server breaks off
     /// (load_balancer.resume), in this format.
-    pub resume: Option<crate::protocol::resume::Format>,
+    pub(crate) resume: Option<crate::protocol::resume::Format>,
     /// The client's own request, kept once the body asks for a continuation instead (so
     /// set while the answer is being continued).
-    pub asked: Option<Bytes>,
+    pub(crate) asked: Option<Bytes>,
     /// Whose request it is, for the queue's fair order.
-    pub tenant: crate::routing::queue::Tenant,
+    pub(crate) tenant: crate::routing::queue::Tenant,
     /// Servers that asked to rest (429, or 503 with Retry-After): the shortest rest asked,
     /// and whether every one said 429.
-    pub rested: Option<(std::time::Duration, bool)>,
+    pub(crate) rested: Option<(std::time::Duration, bool)>,
 }
 
 /// Where a routed request stands between its attempts, in the order Pingora's hooks move it:
 /// `Waiting` -> `Ready` (the body stage took a first route) -> `Running` (`upstream_peer`)
 /// -> `Failed` (a failure before any byte reached the client) -> `Running` again on the next
 /// route, or the end. A hook that finds another state than its own has nothing to act on.
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// No route taken yet.
     Waiting,
     /// A route is taken, with its slot, for an attempt not yet started.
@@ -140,28 +140,28 @@ pub enum Attempt {
 }
 
 /// One attempt on one route.
-pub struct Running {
-    pub route: Arc<Route>,
+pub(crate) struct Running {
+    pub(crate) route: Arc<Route>,
     /// Its slot and reservation; `None` once the attempt failed.
-    pub held: Option<Chosen>,
+    pub(crate) held: Option<Chosen>,
     /// The body as this route's server must see it (model rewritten).
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
     /// Set by `upstream_peer`, cleared when `request_body_filter` sends the payload: once per attempt.
-    pub armed: bool,
+    pub(crate) armed: bool,
     /// The upstream socket, corked until the body is written (see `upstream::cork`).
-    pub corked: Option<std::os::unix::io::RawFd>,
+    pub(crate) corked: Option<std::os::unix::io::RawFd>,
     /// The attempt met a pooled connection the server had closed: the next one goes to the
     /// same route on a fresh connection, not counted as an attempt.
-    pub resend: bool,
+    pub(crate) resend: bool,
     /// The request translated for an openai-kind server.
-    pub translated: Option<Translation>,
+    pub(crate) translated: Option<Translation>,
     /// Its server's answer header arrived.
-    pub answered: bool,
+    pub(crate) answered: bool,
 }
 
 impl Attempt {
     /// The route of the attempt under way, or of the last one.
-    pub fn route(&self) -> Option<&Arc<Route>> {
+    pub(crate) fn route(&self) -> Option<&Arc<Route>> {
         match self {
             Attempt::Running(run) | Attempt::Failed { last: run, .. } => Some(&run.route),
             Attempt::Waiting | Attempt::Ready(_) => None,
@@ -169,7 +169,7 @@ impl Attempt {
     }
 
     /// The attempt under way, if one is.
-    pub fn running(&mut self) -> Option<&mut Running> {
+    pub(crate) fn running(&mut self) -> Option<&mut Running> {
         match self {
             Attempt::Running(run) => Some(run),
             _ => None,
@@ -178,7 +178,7 @@ impl Attempt {
 
     /// The attempt under way failed: its slot goes back now, the server free for others
     /// while the request moves on.
-    pub fn fail(&mut self) {
+    pub(crate) fn fail(&mut self) {
         *self = match std::mem::replace(self, Attempt::Waiting) {
             Attempt::Running(mut last) => {
                 last.held = None;
@@ -189,14 +189,14 @@ impl Attempt {
     }
 
     /// Whether the next attempt's route is taken already (after a 5xx).
-    pub fn has_next(&self) -> bool {
+    pub(crate) fn has_next(&self) -> bool {
         matches!(self, Attempt::Failed { next: Some(_), .. })
     }
 }
 
 /// How a request was translated for an openai-kind server, and whether its answer streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Translation {
+pub(crate) enum Translation {
     /// Ollama's chat, generate, embed or embeddings (protocol/translate.rs).
     Ollama(crate::protocol::translate::Endpoint, bool),
     /// Anthropic's Messages as chat completions (protocol/anthropic.rs).
@@ -207,7 +207,7 @@ pub enum Translation {
 
 impl Translation {
     /// The OpenAI path the translated request goes to.
-    pub fn openai_path(self) -> &'static str {
+    pub(crate) fn openai_path(self) -> &'static str {
         match self {
             Translation::Ollama(endpoint, _) => endpoint.openai_path(),
             Translation::Messages(_) | Translation::Responses(_) => "/v1/chat/completions",
@@ -216,7 +216,7 @@ impl Translation {
 }
 
 /// Anthropic's or the Responses API's request as a chat completion for `actual`.
-pub fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translation), TranslateError> {
+pub(crate) fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translation), TranslateError> {
     if path == "/v1/messages" {
         crate::protocol::anthropic::request(body, actual).map(|(b, stream)| (b, Translation::Messages(stream)))
     } else {
@@ -225,23 +225,23 @@ pub fn as_chat(path: &str, body: &[u8], actual: &str) -> Result<(Bytes, Translat
 }
 
 /// What the relay learns about the answer as it streams back.
-pub struct Relay {
-    pub content_type: String,
+pub(crate) struct Relay {
+    pub(crate) content_type: String,
     /// The answer had a Content-Length (a broken body cannot be given an error tail).
-    pub sized: bool,
+    pub(crate) sized: bool,
     /// Whether the last byte sent ended a line (an error tail starts on a line of its own).
-    pub ends_line: bool,
-    pub scan: Option<UsageScan>,
+    pub(crate) ends_line: bool,
+    pub(crate) scan: Option<UsageScan>,
     /// Ollama's API under another name than the client's: the answer's model put back.
-    pub echo: Option<crate::protocol::echo::Echo>,
+    pub(crate) echo: Option<crate::protocol::echo::Echo>,
     /// An openai-kind server's answer, translated back to the client's API.
-    pub translate: Option<Box<dyn crate::protocol::translate::Translating>>,
+    pub(crate) translate: Option<Box<dyn crate::protocol::translate::Translating>>,
     /// A stream passed on record by record, continued elsewhere if its server breaks off.
-    pub stream: Option<crate::protocol::resume::Stream>,
+    pub(crate) stream: Option<crate::protocol::resume::Stream>,
 }
 
 impl Routed {
-    pub fn new(body: RoutableBody, call: Call, fleet: Arc<Fleet>) -> Routed {
+    pub(crate) fn new(body: RoutableBody, call: Call, fleet: Arc<Fleet>) -> Routed {
         Routed {
             cache_fill: None,
             memory: None,

@@ -11,7 +11,7 @@ use super::upstream::Upstream;
 
 /// The balancer: one per process, shared by every request. The hooks (mod.rs) hand each
 /// stage the request; a stage reaches only its own parts.
-pub struct Drover {
+pub(crate) struct Drover {
     /// request_filter: the request id, CORS, API keys and limits (admit.rs).
     pub(super) admission: Admission,
     /// request_filter: the body stage, the response cache, a first route (route.rs).
@@ -29,7 +29,7 @@ pub struct Drover {
 }
 
 impl Drover {
-    pub fn new(
+    pub(crate) fn new(
         admission: Admission,
         routing: Routing,
         upstream: Upstream,

@@ -46,16 +46,16 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-pub use account::Accounting;
-pub use admit::Admission;
-pub use ctx::RequestCtx;
-pub use drover::Drover;
-pub use own::{OwnAnswers, OwnParts};
-pub use relay::Relay;
-pub use respond::Responder;
-pub use route::Routing;
-pub use upstream::Upstream;
-pub use upstream::STALE_RETRIES;
+pub(crate) use account::Accounting;
+pub(crate) use admit::Admission;
+pub(crate) use ctx::RequestCtx;
+pub(crate) use drover::Drover;
+pub(crate) use own::{OwnAnswers, OwnParts};
+pub(crate) use relay::Relay;
+pub(crate) use respond::Responder;
+pub(crate) use route::Routing;
+pub(crate) use upstream::Upstream;
+pub(crate) use upstream::STALE_RETRIES;
 
 use crate::protocol::api::{classify, Api, Endpoint};
 

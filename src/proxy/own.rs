@@ -33,7 +33,7 @@ use crate::state::reload::Reloader;
 use crate::state::shared::Shared;
 
 /// What drover answers itself reads from: the fleet and every part an operator asks about.
-pub struct OwnAnswers {
+pub(crate) struct OwnAnswers {
     pub(super) fleet: Arc<ArcSwap<Fleet>>,
     /// The admin API's token and its DNS-rebinding guard.
     guard: Arc<AdminGuard>,
@@ -60,22 +60,22 @@ pub struct OwnAnswers {
 }
 
 /// The parts drover's own answers read, each built once by serve.rs.
-pub struct OwnParts {
-    pub fleet: Arc<ArcSwap<Fleet>>,
-    pub guard: Arc<AdminGuard>,
-    pub admin: Arc<Admin>,
-    pub keeper: Arc<Keeper>,
-    pub client: Arc<Client>,
-    pub reloader: Arc<Reloader>,
-    pub resources: Arc<ResourceCheck>,
-    pub replicas: Arc<Replicas>,
-    pub queue: Arc<Queue>,
-    pub shared: Arc<Shared>,
-    pub recent_errors: Arc<RecentErrors>,
+pub(crate) struct OwnParts {
+    pub(crate) fleet: Arc<ArcSwap<Fleet>>,
+    pub(crate) guard: Arc<AdminGuard>,
+    pub(crate) admin: Arc<Admin>,
+    pub(crate) keeper: Arc<Keeper>,
+    pub(crate) client: Arc<Client>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) resources: Arc<ResourceCheck>,
+    pub(crate) replicas: Arc<Replicas>,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) recent_errors: Arc<RecentErrors>,
 }
 
 impl OwnAnswers {
-    pub fn new(settings: &Settings, parts: OwnParts) -> OwnAnswers {
+    pub(crate) fn new(settings: &Settings, parts: OwnParts) -> OwnAnswers {
         let OwnParts {
             fleet,
             guard,

@@ -20,7 +20,7 @@ use crate::state::memory::Memory;
 use crate::state::reload::Tally;
 
 /// The relay stage: what an answer on its way back is counted in, kept in, and told to.
-pub struct Relay {
+pub(crate) struct Relay {
     /// Requests served per stored route, written back by the reloader.
     tally: Arc<Tally>,
     /// Copies of models that follow demand: told how long a stream waited for its first byte.
@@ -33,7 +33,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
+    pub(crate) fn new(
         settings: &crate::config::Settings,
         tally: Arc<Tally>,
         replicas: Arc<Replicas>,

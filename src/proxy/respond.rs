@@ -24,13 +24,13 @@ const DRAIN_BYTES: usize = 256 * 1024 * 1024;
 /// Writes drover's own answers and decides which answers are compressed: the one setting
 /// every stage that answers shares.
 #[derive(Clone, Copy)]
-pub struct Responder {
+pub(crate) struct Responder {
     pub(super) compression_level: u32,
     compression_min_bytes: usize,
 }
 
 impl Responder {
-    pub fn new(settings: &crate::config::Settings) -> Responder {
+    pub(crate) fn new(settings: &crate::config::Settings) -> Responder {
         Responder {
             compression_level: settings.compression_level,
             compression_min_bytes: settings.compression_min_bytes,

@@ -22,7 +22,7 @@ use crate::state::cache::ResponseCache;
 use crate::state::memory::Memory;
 
 /// The body stage and a first route: what it reads, answers from, and asks.
-pub struct Routing {
+pub(crate) struct Routing {
     pub(super) fleet: Arc<ArcSwap<Fleet>>,
     pub(super) scheduler: Arc<Scheduler>,
     /// Conversation memory (state/memory.rs): a session's earlier messages.
@@ -37,7 +37,7 @@ pub struct Routing {
 }
 
 impl Routing {
-    pub fn new(
+    pub(crate) fn new(
         settings: &Settings,
         fleet: Arc<ArcSwap<Fleet>>,
         scheduler: Arc<Scheduler>,

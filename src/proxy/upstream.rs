@@ -31,11 +31,11 @@ use crate::state::shared::Shared;
 use crate::telemetry::metrics::{self, RetryReason};
 
 /// Stale pooled connections replaced on one request before the failure counts.
-pub const STALE_RETRIES: u32 = 2;
+pub(crate) const STALE_RETRIES: u32 = 2;
 
 /// The upstream stage: how long a server is given, how often a request is tried, and where
 /// the next route comes from.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The next route after a failure (wait.rs).
     scheduler: Arc<Scheduler>,
     /// Cooldowns told to the other drovers (state/shared.rs).
@@ -48,7 +48,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings, scheduler: Arc<Scheduler>, shared: Arc<Shared>) -> Upstream {
+    pub(crate) fn new(settings: &Settings, scheduler: Arc<Scheduler>, shared: Arc<Shared>) -> Upstream {
         let lb = &settings.load_balancer;
         Upstream {
             scheduler,

@@ -24,7 +24,7 @@ pub(super) async fn take_route(
 }
 
 /// Resolves when the client has gone away (it never sends more once the body is read).
-pub async fn client_gone(session: &mut ServerSession) {
+pub(crate) async fn client_gone(session: &mut ServerSession) {
     loop {
         match session.read_body_or_idle(true).await {
             Err(_) => return,

@@ -18,7 +18,7 @@ use std::hash::{Hash, Hasher};
 use crate::fleet::ModelRoutes;
 
 /// The key of a session header's value, per model (one session may use several models).
-pub fn header_key(model: &str, value: &[u8]) -> u64 {
+pub(crate) fn header_key(model: &str, value: &[u8]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     model.hash(&mut h);
     value.hash(&mut h);
@@ -27,7 +27,7 @@ pub fn header_key(model: &str, value: &[u8]) -> u64 {
 
 /// `in_tier` (indices into `mr.routes`) in the order a request with `key` tries them: by
 /// rendezvous score, with servers at or over their load bound moved behind the others.
-pub fn order(mr: &ModelRoutes, in_tier: &[usize], key: u64, load_factor: f64) -> Vec<usize> {
+pub(crate) fn order(mr: &ModelRoutes, in_tier: &[usize], key: u64, load_factor: f64) -> Vec<usize> {
     let total_weight: f64 = in_tier.iter().map(|&i| mr.routes[i].weight as f64).sum::<f64>().max(1.0);
     // Load as each server reckons it: drover's own in flight and what it reported beyond them.
     let in_flight: usize = in_tier.iter().map(|&i| mr.routes[i].server.load_estimate()).sum();

@@ -14,10 +14,10 @@ use crate::telemetry::metrics;
 /// Who a request is for, as the queue orders it: its API key (0 without keys), the key's
 /// weight, and whether it is batch work (served after every interactive request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tenant {
-    pub key: i64,
-    pub weight: u32,
-    pub batch: bool,
+pub(crate) struct Tenant {
+    pub(crate) key: i64,
+    pub(crate) weight: u32,
+    pub(crate) batch: bool,
 }
 
 impl Default for Tenant {
@@ -36,11 +36,11 @@ const COST: u64 = 1_000_000;
 /// weight's share of freed slots while others wait, and takes all of them when nobody else
 /// does. A waiter takes a slot only at the head of its line; a newcomer joins the line
 /// rather than overtaking it.
-pub struct Queue {
+pub(crate) struct Queue {
     lines: Mutex<HashMap<String, Line>>,
     waiting: AtomicUsize,
-    pub size: usize,
-    pub timeout: Duration,
+    pub(crate) size: usize,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Default)]
@@ -57,7 +57,7 @@ struct Line {
 }
 
 /// A place in the queue, left when dropped.
-pub struct Ticket<'a> {
+pub(crate) struct Ticket<'a> {
     queue: &'a Queue,
     model: String,
     place: (bool, u64, u64),
@@ -88,26 +88,27 @@ impl Drop for Ticket<'_> {
 }
 
 impl Ticket<'_> {
-    pub fn at_head(&self) -> bool {
+    pub(crate) fn at_head(&self) -> bool {
         self.queue.lines.lock().unwrap().get(&self.model).and_then(|l| l.order.first()) == Some(&self.place)
     }
 }
 
 impl Queue {
-    pub fn new(size: usize, timeout: Duration) -> Queue {
+    pub(crate) fn new(size: usize, timeout: Duration) -> Queue {
         Queue { lines: Mutex::new(HashMap::new()), waiting: AtomicUsize::new(0), size, timeout }
     }
 
     /// Requests waiting now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn enter(&self, model: &str, tenant: Tenant, released: &Arc<Notify>) -> Option<Ticket<'_>> {
+    pub(crate) fn enter(&self, model: &str, tenant: Tenant, released: &Arc<Notify>) -> Option<Ticket<'_>> {
         self.waiting.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).ok()?;
         let entered = Instant::now();
         let place = {
@@ -126,16 +127,16 @@ impl Queue {
         Some(Ticket { queue: self, model: model.to_string(), place, released: released.clone(), entered })
     }
 
-    pub fn has_line(&self, model: &str) -> bool {
+    pub(crate) fn has_line(&self, model: &str) -> bool {
         self.lines.lock().unwrap().contains_key(model)
     }
 
-    pub fn line_len(&self, model: &str) -> usize {
+    pub(crate) fn line_len(&self, model: &str) -> usize {
         self.lines.lock().unwrap().get(model).map_or(0, |l| l.order.len())
     }
 
     /// Each model with requests waiting, and how long its oldest has waited.
-    pub fn waits(&self) -> Vec<(String, Duration)> {
+    pub(crate) fn waits(&self) -> Vec<(String, Duration)> {
         let lines = self.lines.lock().unwrap();
         // One `now` for every line, so the waits compare as the entries do.
         let now = Instant::now();

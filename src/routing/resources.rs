@@ -78,7 +78,7 @@ struct Held {
     follow: bool,
 }
 
-pub struct ResourceCheck {
+pub(crate) struct ResourceCheck {
     settings: Settings,
     probe_timeout: Duration,
     client: Client,
@@ -99,7 +99,7 @@ enum Purpose {
 }
 
 /// A cold load's memory, held until dropped (when the request ends).
-pub struct Reservation {
+pub(crate) struct Reservation {
     check: Arc<ResourceCheck>,
     id: u64,
 }
@@ -118,7 +118,7 @@ impl Drop for Reservation {
 }
 
 impl ResourceCheck {
-    pub fn new(settings: Settings, probe_timeout: Duration) -> Arc<ResourceCheck> {
+    pub(crate) fn new(settings: Settings, probe_timeout: Duration) -> Arc<ResourceCheck> {
         Arc::new(ResourceCheck {
             settings,
             probe_timeout,
@@ -166,7 +166,7 @@ impl ResourceCheck {
     }
 
     /// Brings the readings the routes need up to date, all probes at once, one probe per server.
-    pub async fn refresh(&self, routes: &[Arc<Route>]) {
+    pub(crate) async fn refresh(&self, routes: &[Arc<Route>]) {
         let mut wanted: Vec<(Arc<Probe>, Arc<Server>)> = Vec::new();
         for r in routes.iter().filter(|r| r.is_active && self.needs_reading(r)) {
             if let Some(p) = self.probe(r) {
@@ -242,12 +242,12 @@ impl ResourceCheck {
     }
 
     /// Checks `route` against its server's latest reading and, for a cold load, reserves the memory.
-    pub fn admit(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
+    pub(crate) fn admit(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
         self.judge(route, Purpose::Request)
     }
 
     /// As `admit`, for a preload (placement/replicas.rs): requests do not follow it (`Held::follow`).
-    pub fn admit_preload(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
+    pub(crate) fn admit_preload(self: &Arc<Self>, route: &Route) -> Result<Option<Reservation>, Skip> {
         self.judge(route, Purpose::Preload)
     }
 
@@ -361,7 +361,7 @@ impl ResourceCheck {
     }
 
     /// Per server with a reading: free RAM, and free VRAM when it has GPUs.
-    pub fn free_memory(&self) -> Vec<(String, u64, Option<u64>)> {
+    pub(crate) fn free_memory(&self) -> Vec<(String, u64, Option<u64>)> {
         let probes = self.probes.lock().unwrap();
         probes
             .iter()
@@ -375,7 +375,7 @@ impl ResourceCheck {
     }
 
     /// GET /admin/resource-cache/stats.
-    pub fn stats(&self) -> Value {
+    pub(crate) fn stats(&self) -> Value {
         let probes = self.probes.lock().unwrap();
         let mut out: Vec<Value> = probes
             .iter()
@@ -400,7 +400,7 @@ impl ResourceCheck {
     }
 
     /// POST /admin/resource-cache/clear: forget every reading; returns how many.
-    pub fn clear(&self) -> usize {
+    pub(crate) fn clear(&self) -> usize {
         let mut probes = self.probes.lock().unwrap();
         let n = probes.len();
         probes.clear();

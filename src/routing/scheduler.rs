@@ -20,15 +20,15 @@ use crate::protocol::api::ApiError;
 use crate::protocol::body::RoutableBody;
 
 /// A route picked for an attempt, with its concurrency slot and (for a cold load) the
-/// memory reserved on its server; both are given back when this is dropped.
-pub struct Chosen {
-    pub route: Arc<Route>,
-    pub slot: Slot,
-    pub reservation: Option<Reservation>,
+/// memory reserved on its server: held, never read, both given back when this is dropped.
+pub(crate) struct Chosen {
+    pub(crate) route: Arc<Route>,
+    _slot: Slot,
+    _reservation: Option<Reservation>,
 }
 
 /// Why no route was taken.
-pub enum Refused {
+pub(crate) enum Refused {
     /// Nothing can serve the request; the client gets this error.
     Error(ApiError),
     /// The client hung up while waiting.
@@ -37,7 +37,7 @@ pub enum Refused {
 
 /// Turns selections into slots: refreshes probe readings, applies the strategy, and keeps
 /// the queue of requests waiting for a busy model.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     resources: Arc<ResourceCheck>,
     queue: Arc<Queue>,
     strategy: Strategy,
@@ -53,7 +53,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// The scheduler over `queue` (shared with the replica keeper, which reads its waits).
-    pub fn new(settings: &Settings, resources: Arc<ResourceCheck>, queue: Arc<Queue>) -> Scheduler {
+    pub(crate) fn new(settings: &Settings, resources: Arc<ResourceCheck>, queue: Arc<Queue>) -> Scheduler {
         let lb = &settings.load_balancer;
         Scheduler {
             resources,
@@ -68,19 +68,15 @@ impl Scheduler {
         }
     }
 
-    pub fn queue_len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// The strategy for a virtual model.
-    pub fn strategy_of(&self, model: &str) -> Strategy {
+    pub(crate) fn strategy_of(&self, model: &str) -> Strategy {
         // Keys are canonical (config/parse.rs), as is every request's model.
         self.model_strategies.get(model).copied().unwrap_or(self.strategy)
     }
 
     /// A routed request as selection sees it: its body, the API it came in on, the servers
     /// it tried already and the conversation it continues.
-    pub fn request<'a>(
+    pub(crate) fn request<'a>(
         &self,
         body: &'a RoutableBody,
         native_api: bool,
@@ -100,7 +96,7 @@ impl Scheduler {
 
     /// The conversation a request belongs to (affinity.rs): its session header, else, in
     /// prefix mode, the hash of its opening; `None` with affinity off.
-    pub fn conversation(&self, headers: &http::HeaderMap, body: &RoutableBody) -> Option<u64> {
+    pub(crate) fn conversation(&self, headers: &http::HeaderMap, body: &RoutableBody) -> Option<u64> {
         match self.affinity.mode {
             AffinityMode::Off => None,
             mode => match headers.get(&self.affinity.header) {
@@ -113,7 +109,7 @@ impl Scheduler {
 
     /// Takes a slot on the best eligible route, waiting in the queue (in fair order across
     /// tenants) while all are busy; gives up when `client_gone` resolves.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         fleet: &Fleet,
         req: &Request<'_>,
@@ -159,7 +155,9 @@ impl Scheduler {
                 Selection::AllBusy { memory: None }
             };
             match selection {
-                Selection::Chosen(route, slot, reservation) => return Ok(Chosen { route, slot, reservation }),
+                Selection::Chosen(route, slot, reservation) => {
+                    return Ok(Chosen { route, _slot: slot, _reservation: reservation })
+                }
                 Selection::UnknownModel => return Err(Refused::Error(unknown_model(fleet, req.model))),
                 Selection::Unavailable(why) => {
                     let what = if retrying { "no other server can serve" } else { "no server can serve" };
@@ -205,7 +203,7 @@ impl Scheduler {
 
 /// The 429 a client gets when every server of its model asked to be left alone (429 or 503
 /// with Retry-After), with the soonest a server takes requests again.
-pub fn rate_limited(model: &str, left: Duration) -> ApiError {
+pub(crate) fn rate_limited(model: &str, left: Duration) -> ApiError {
     let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
     ApiError::new(
         429,
@@ -216,7 +214,7 @@ pub fn rate_limited(model: &str, left: Duration) -> ApiError {
 }
 
 /// A 404 that lists the models a client can ask for.
-pub fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
+pub(crate) fn unknown_model(fleet: &Fleet, model: &str) -> ApiError {
     let names = fleet.model_names();
     let known = if names.is_empty() {
         "no models are available yet (no server reported any)".to_string()

@@ -25,22 +25,22 @@ use crate::storage::redis::Reply;
 
 /// A cached answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub content_type: String,
+pub(crate) struct Entry {
+    pub(crate) content_type: String,
     /// Which server gave it (X-Drover-Server on a replay).
-    pub server: String,
-    pub body: Bytes,
+    pub(crate) server: String,
+    pub(crate) body: Bytes,
 }
 
 impl Entry {
     /// Streamed answers (NDJSON, SSE) replay as streams.
-    pub fn streamed(&self) -> bool {
+    pub(crate) fn streamed(&self) -> bool {
         let ct = self.content_type.to_ascii_lowercase();
         ct.starts_with("application/x-ndjson") || ct.starts_with("text/event-stream")
     }
 
     /// The body in the pieces a replay writes: one per line (NDJSON) or event (SSE).
-    pub fn pieces(&self) -> Vec<Bytes> {
+    pub(crate) fn pieces(&self) -> Vec<Bytes> {
         if !self.streamed() {
             return vec![self.body.clone()];
         }
@@ -81,7 +81,7 @@ impl Entry {
 
 /// What a client's Cache-Control asks of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Directive {
+pub(crate) enum Directive {
     Use,
     /// `no-cache`: fetch a fresh answer (and keep it).
     Refresh,
@@ -90,7 +90,7 @@ pub enum Directive {
 }
 
 impl Directive {
-    pub fn of(cache_control: Option<&str>) -> Directive {
+    pub(crate) fn of(cache_control: Option<&str>) -> Directive {
         let Some(v) = cache_control else { return Directive::Use };
         let v = v.to_ascii_lowercase();
         if v.contains("no-store") {
@@ -127,21 +127,21 @@ impl Memory {
     }
 }
 
-pub struct ResponseCache {
-    pub settings: CacheSettings,
+pub(crate) struct ResponseCache {
+    pub(crate) settings: CacheSettings,
     memory: Mutex<Memory>,
     shared: Arc<Shared>,
 }
 
 impl ResponseCache {
-    pub fn new(settings: CacheSettings, shared: Arc<Shared>) -> ResponseCache {
+    pub(crate) fn new(settings: CacheSettings, shared: Arc<Shared>) -> ResponseCache {
         ResponseCache { settings, memory: Mutex::new(Memory::default()), shared }
     }
 
     /// The key of a request as one server receives it.
     /// The key of an answer: whose (`tenant`: the API key's `tenant`, empty when shared or with no
     /// keys), where, for which model and body.
-    pub fn key(tenant: &str, path: &str, actual_model: &str, payload: &[u8]) -> String {
+    pub(crate) fn key(tenant: &str, path: &str, actual_model: &str, payload: &[u8]) -> String {
         let mut h = Sha256::new();
         for part in [tenant.as_bytes(), b"\0", path.as_bytes(), b"\0", actual_model.as_bytes(), b"\0", payload] {
             h.update(part);
@@ -149,7 +149,7 @@ impl ResponseCache {
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    pub async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+    pub(crate) async fn get(&self, key: &str) -> Option<Arc<Entry>> {
         if let Some(e) = self.get_memory(key) {
             return Some(e);
         }
@@ -187,7 +187,7 @@ impl ResponseCache {
     }
 
     /// Keeps an answer (in memory, and in Redis when shared state is on).
-    pub async fn put(&self, key: &str, entry: Entry) {
+    pub(crate) async fn put(&self, key: &str, entry: Entry) {
         if entry.body.len() > self.settings.max_entry_bytes {
             return;
         }

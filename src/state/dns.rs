@@ -33,7 +33,7 @@ type Lookup = Result<Vec<IpAddr>, LookupError>;
 
 /// A lookup that failed: it says nothing about the name's addresses.
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// The system's resolver failed.
     #[error("{0}")]
     System(#[source] std::io::Error),
@@ -53,7 +53,7 @@ pub enum LookupError {
 
 /// What went wrong asking a nameserver directly.
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -68,18 +68,18 @@ pub enum ExchangeError {
 }
 
 /// Finds a name's addresses.
-pub struct Resolver {
+pub(crate) struct Resolver {
     nameserver: Option<SocketAddr>,
     timeout: Duration,
 }
 
 impl Resolver {
-    pub fn new(nameserver: Option<SocketAddr>, timeout: Duration) -> Resolver {
+    pub(crate) fn new(nameserver: Option<SocketAddr>, timeout: Duration) -> Resolver {
         Resolver { nameserver, timeout }
     }
 
     /// The name's addresses, sorted and without repeats.
-    pub async fn addresses(&self, host: &str, port: u16) -> Lookup {
+    pub(crate) async fn addresses(&self, host: &str, port: u16) -> Lookup {
         let mut ips = match self.nameserver {
             None => system(host, port, self.timeout).await?,
             Some(ns) => {
@@ -157,14 +157,14 @@ async fn over_tcp(nameserver: SocketAddr, query: &[u8], id: u16) -> Result<Answe
 }
 
 /// The `dns:` entries and the addresses last found for each.
-pub struct Discovery {
+pub(crate) struct Discovery {
     entries: Vec<DnsServer>,
     resolver: Resolver,
     found: Mutex<Vec<Vec<IpAddr>>>,
 }
 
 impl Discovery {
-    pub fn new(settings: &Settings) -> Discovery {
+    pub(crate) fn new(settings: &Settings) -> Discovery {
         let lb = &settings.load_balancer;
         Discovery {
             entries: settings.dns_servers.clone(),
@@ -173,12 +173,12 @@ impl Discovery {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Resolves every name once; true when some name's addresses changed.
-    pub async fn refresh(&self) -> bool {
+    pub(crate) async fn refresh(&self) -> bool {
         let lookups =
             futures::future::join_all(self.entries.iter().map(|e| self.resolver.addresses(&e.host, e.port))).await;
         let mut found = self.found.lock().unwrap();
@@ -200,7 +200,7 @@ impl Discovery {
     }
 
     /// One server per address found, with its entry's settings.
-    pub fn servers(&self) -> Vec<ServerSpec> {
+    pub(crate) fn servers(&self) -> Vec<ServerSpec> {
         let found = self.found.lock().unwrap();
         self.entries.iter().zip(found.iter()).flat_map(|(entry, ips)| ips.iter().map(|ip| entry.at(*ip))).collect()
     }
@@ -214,10 +214,10 @@ fn shown(ips: &[IpAddr]) -> String {
 }
 
 /// Resolves the names every `dns_interval` and rebuilds the fleet when the addresses change.
-pub struct DnsService {
-    pub discovery: Arc<Discovery>,
-    pub reloader: Arc<Reloader>,
-    pub interval: Duration,
+pub(crate) struct DnsService {
+    pub(crate) discovery: Arc<Discovery>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) interval: Duration,
 }
 
 #[async_trait]

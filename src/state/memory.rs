@@ -25,8 +25,8 @@ use crate::state::shared::Shared;
 use crate::storage::redis::Reply;
 use crate::storage::store::StoreHandle;
 
-pub struct Memory {
-    pub settings: MemorySettings,
+pub(crate) struct Memory {
+    pub(crate) settings: MemorySettings,
     shared: Arc<Shared>,
     /// The SQL store, where sessions live without Redis.
     store: Arc<StoreHandle>,
@@ -39,7 +39,7 @@ pub struct Memory {
 const PENDING_WAIT: Duration = Duration::from_secs(2);
 
 /// One request's part in its session: what to store once the answer is in.
-pub struct Turn {
+pub(crate) struct Turn {
     key: String,
     messages: Vec<Value>,
 }
@@ -62,12 +62,12 @@ fn session_key(tenant: &str, session: &str) -> String {
 }
 
 impl Memory {
-    pub fn new(settings: MemorySettings, shared: Arc<Shared>, store: Arc<StoreHandle>) -> Memory {
+    pub(crate) fn new(settings: MemorySettings, shared: Arc<Shared>, store: Arc<StoreHandle>) -> Memory {
         Memory { settings, shared, store, pending: Mutex::new(HashMap::new()) }
     }
 
     /// The session a `call` with these headers takes part in, if any.
-    pub fn session<'a>(&self, call: Call, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    pub(crate) fn session<'a>(&self, call: Call, headers: &'a http::HeaderMap) -> Option<&'a str> {
         if !self.settings.enabled || !call.is_chat() {
             return None;
         }
@@ -79,7 +79,7 @@ impl Memory {
     /// `tenant` is whose session it is (the API key's `tenant`; empty without keys): a session id
     /// names a session within its tenant only, so one key can neither read nor extend
     /// another's by sending its id.
-    pub async fn recall(&self, tenant: &str, session: &str, body: &[u8]) -> Option<(Vec<u8>, Turn)> {
+    pub(crate) async fn recall(&self, tenant: &str, session: &str, body: &[u8]) -> Option<(Vec<u8>, Turn)> {
         let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
         let sent = match object.get_mut("messages") {
             Some(Value::Array(m)) => std::mem::take(m),
@@ -109,7 +109,7 @@ impl Memory {
 
     /// Stores the turn with the answer's text, in the background; the session's next turn
     /// waits for it. Called as the answer's last bytes go to the client.
-    pub fn remember_soon(self: &Arc<Self>, turn: Turn, answer: String) {
+    pub(crate) fn remember_soon(self: &Arc<Self>, turn: Turn, answer: String) {
         let (done, stored) = watch::channel(false);
         self.pending.lock().unwrap().insert(turn.key.clone(), stored);
         let memory = self.clone();
@@ -193,7 +193,7 @@ fn bounded(mut messages: Vec<Value>, max_messages: usize, max_bytes: usize) -> V
 
 /// The assistant's text in an answer: one JSON object, NDJSON lines, or SSE events, in the
 /// Ollama or OpenAI shape.
-pub fn answer_text(body: &[u8]) -> String {
+pub(crate) fn answer_text(body: &[u8]) -> String {
     let piece = |v: &Value| -> Option<String> {
         let s = v["message"]["content"]
             .as_str()

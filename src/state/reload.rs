@@ -23,12 +23,12 @@ use crate::storage::store::{Store, StoreError, StoreHandle, StoreState, StoredRo
 
 /// Requests served per stored route, not yet written to `count`.
 #[derive(Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     pending: Mutex<HashMap<i64, u64>>,
 }
 
 impl Tally {
-    pub fn add(&self, route_id: i64) {
+    pub(crate) fn add(&self, route_id: i64) {
         *self.pending.lock().unwrap().entry(route_id).or_default() += 1;
     }
 
@@ -45,7 +45,7 @@ impl Tally {
     }
 }
 
-pub struct Reloader {
+pub(crate) struct Reloader {
     settings: Arc<Settings>,
     fleet: Arc<ArcSwap<Fleet>>,
     tally: Arc<Tally>,
@@ -66,7 +66,7 @@ pub struct Reloader {
 impl Reloader {
     /// `seen` is the marker the starting fleet was built from, `stored` and `discovered` the
     /// routes and servers it was built with.
-    pub fn new(
+    pub(crate) fn new(
         settings: Arc<Settings>,
         store: Arc<StoreHandle>,
         fleet: Arc<ArcSwap<Fleet>>,
@@ -90,16 +90,16 @@ impl Reloader {
 
     /// The store's state found at start, before the first poll (unreachable: /health is
     /// degraded from the first request).
-    pub fn starts(&self, state: StoreState) {
+    pub(crate) fn starts(&self, state: StoreState) {
         *self.state.lock().unwrap() = state;
     }
 
-    pub fn state(&self) -> StoreState {
+    pub(crate) fn state(&self) -> StoreState {
         self.state.lock().unwrap().clone()
     }
 
     /// Reads the routes and keys and swaps in a new fleet and keyring; returns the number of stored routes.
-    pub async fn reload(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn reload(&self) -> Result<usize, StoreError> {
         let store = self.store.get().await?;
         let _one_at_a_time = self.reloading.lock().await;
         // The marker is read first: a change made while the tables are read moves it again.
@@ -115,7 +115,7 @@ impl Reloader {
 
     /// The servers DNS now finds: the fleet is rebuilt with them (and the stored routes last
     /// read), as a reload rebuilds it.
-    pub async fn rediscovered(&self, servers: Vec<ServerSpec>) {
+    pub(crate) async fn rediscovered(&self, servers: Vec<ServerSpec>) {
         let _one_at_a_time = self.reloading.lock().await;
         *self.discovered.lock().unwrap() = Arc::new(servers);
         self.rebuild();
@@ -133,7 +133,7 @@ impl Reloader {
     }
 
     /// One poll: reload if the marker moved, then write pending counts.
-    pub async fn poll(&self) {
+    pub(crate) async fn poll(&self) {
         let result = self.poll_once().await;
         self.set_state(match result {
             Ok(()) => StoreState::Ok,

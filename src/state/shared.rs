@@ -99,21 +99,21 @@ struct Lease {
 
 /// One bucket of a request: its Redis key, its limit, and the tokens it takes (0: admit
 /// while above zero).
-pub struct BucketUse {
-    pub key: String,
-    pub per_minute: u64,
-    pub take: u64,
+pub(crate) struct BucketUse {
+    pub(crate) key: String,
+    pub(crate) per_minute: u64,
+    pub(crate) take: u64,
 }
 
 impl BucketUse {
     /// A client address's request bucket (limits.client_requests_per_minute).
-    pub fn client(ip: std::net::IpAddr, per_minute: u64) -> BucketUse {
+    pub(crate) fn client(ip: std::net::IpAddr, per_minute: u64) -> BucketUse {
         let client = crate::edge::limits::client_of(ip);
         BucketUse { key: format!("drover:rl:client:{client}"), per_minute, take: 1 }
     }
 
     /// An API key's buckets, in the order of `Key::limits` (which its refusal numbers).
-    pub fn of_key(key: &Key) -> Vec<BucketUse> {
+    pub(crate) fn of_key(key: &Key) -> Vec<BucketUse> {
         key.limits()
             .into_iter()
             .map(|(kind, per_minute)| BucketUse {
@@ -126,13 +126,13 @@ impl BucketUse {
 
     /// The Redis name of an API key's token bucket and its limit, which answers' tokens are
     /// debited from; `None` for a key without tokens_per_minute.
-    pub fn key_tokens(key: &Key) -> Option<(String, u64)> {
+    pub(crate) fn key_tokens(key: &Key) -> Option<(String, u64)> {
         let n = key.record.tokens_per_minute?;
         Some((format!("drover:rl:key:{}:tok", key.record.id), n.max(1) as u64))
     }
 }
 
-pub struct Shared {
+pub(crate) struct Shared {
     redis: Option<Redis>,
     leases: Mutex<std::collections::HashMap<String, Lease>>,
     /// Tokens to take from shared buckets (answers' token counts), written every `FLUSH`.
@@ -144,7 +144,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(url: Option<&str>, timeout: Duration) -> Result<Shared, RedisUrlError> {
+    pub(crate) fn new(url: Option<&str>, timeout: Duration) -> Result<Shared, RedisUrlError> {
         let redis = url.map(|u| Redis::from_url(u, timeout)).transpose()?;
         Ok(Shared {
             up: AtomicBool::new(redis.is_some()),
@@ -157,7 +157,8 @@ impl Shared {
     }
 
     /// No shared state: every drover on its own.
-    pub fn none() -> Shared {
+    #[cfg(test)]
+    pub(crate) fn none() -> Shared {
         Shared {
             redis: None,
             up: AtomicBool::new(false),
@@ -168,17 +169,17 @@ impl Shared {
         }
     }
 
-    pub fn configured(&self) -> bool {
+    pub(crate) fn configured(&self) -> bool {
         self.redis.is_some()
     }
 
     /// Redis configured and answering: limits and cooldowns go through it.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// For /health: absent without Redis.
-    pub fn report(&self) -> Option<Value> {
+    pub(crate) fn report(&self) -> Option<Value> {
         let redis = self.redis.as_ref()?;
         Some(if self.active() {
             json!({ "state": "ok", "redis": redis.address() })
@@ -241,7 +242,7 @@ impl Shared {
     }
 
     /// One command, when Redis is in use; `None` otherwise or when it fails (marked down).
-    pub async fn query(&self, args: &[&[u8]]) -> Option<Reply> {
+    pub(crate) async fn query(&self, args: &[&[u8]]) -> Option<Reply> {
         let redis = self.redis.as_ref().filter(|_| self.active())?;
         match redis.query(args).await {
             Ok(Reply::Error(e)) => {
@@ -258,7 +259,7 @@ impl Shared {
 
     /// Judges a request's buckets fleet-wide: `Some(Ok)` all taken, `Some(Err((i, wait)))`
     /// refused by bucket `i`, `None` when Redis is not in use (judge locally).
-    pub async fn admit(&self, buckets: &[BucketUse]) -> Option<Result<(), (usize, Duration)>> {
+    pub(crate) async fn admit(&self, buckets: &[BucketUse]) -> Option<Result<(), (usize, Duration)>> {
         if buckets.is_empty() || !self.active() {
             return None;
         }
@@ -321,7 +322,7 @@ impl Shared {
 
     /// Takes `n` tokens from a bucket at the next flush (within `FLUSH`), whatever is left
     /// then: a key's tokens, after its answer. Off the request path, one call per bucket.
-    pub fn debit_soon(&self, key: &str, per_minute: u64, n: u64) {
+    pub(crate) fn debit_soon(&self, key: &str, per_minute: u64, n: u64) {
         let mut debits = self.debits.lock().unwrap();
         let d = debits.entry(key.to_string()).or_insert((per_minute, 0));
         *d = (per_minute, d.1 + n);
@@ -341,7 +342,7 @@ impl Shared {
     }
 
     /// Tells the other drovers that `server` cools down for `d`.
-    pub async fn cooldown(&self, server: &str, d: Duration) {
+    pub(crate) async fn cooldown(&self, server: &str, d: Duration) {
         let Some(redis) = self.redis.as_ref().filter(|_| self.active()) else { return };
         let key = format!("drover:cooldown:{server}");
         let ms = d.as_millis().max(1).to_string();
@@ -394,9 +395,9 @@ fn lease_size(b: &BucketUse) -> u64 {
 }
 
 /// Follows cooldowns while Redis is up, pings it while it is down.
-pub struct SharedService {
-    pub shared: Arc<Shared>,
-    pub fleet: Arc<arc_swap::ArcSwap<Fleet>>,
+pub(crate) struct SharedService {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) fleet: Arc<arc_swap::ArcSwap<Fleet>>,
 }
 
 #[async_trait]

@@ -18,7 +18,7 @@ const POOL: usize = 16;
 const MAX_BULK: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
+pub(crate) enum Reply {
     Status(String),
     Int(i64),
     Bulk(Option<Vec<u8>>),
@@ -28,7 +28,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    pub fn int(&self) -> Option<i64> {
+    pub(crate) fn int(&self) -> Option<i64> {
         match self {
             Reply::Int(i) => Some(*i),
             _ => None,
@@ -38,7 +38,7 @@ impl Reply {
 
 /// A `redis://` URL drover cannot use.
 #[derive(Debug, thiserror::Error)]
-pub enum RedisUrlError {
+pub(crate) enum RedisUrlError {
     #[error("{url:?}: {source}")]
     NotAUrl {
         url: String,
@@ -60,15 +60,15 @@ pub enum RedisUrlError {
 /// A call that failed, with the server's address (its connection is dropped, not reused).
 #[derive(Debug, thiserror::Error)]
 #[error("redis {addr}: {failure}")]
-pub struct RedisError {
-    pub addr: String,
+pub(crate) struct RedisError {
+    pub(crate) addr: String,
     #[source]
-    pub failure: RedisFailure,
+    pub(crate) failure: RedisFailure,
 }
 
 /// What went wrong on the connection.
 #[derive(Debug, thiserror::Error)]
-pub enum RedisFailure {
+pub(crate) enum RedisFailure {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("connection closed")]
@@ -86,7 +86,7 @@ pub enum RedisFailure {
     Timeout(Duration),
 }
 
-pub struct Redis {
+pub(crate) struct Redis {
     addr: String,
     auth: Option<(Option<String>, String)>,
     db: u32,
@@ -101,7 +101,7 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    pub fn from_url(url: &str, timeout: Duration) -> Result<Redis, RedisUrlError> {
+    pub(crate) fn from_url(url: &str, timeout: Duration) -> Result<Redis, RedisUrlError> {
         let u = url::Url::parse(url).map_err(|source| RedisUrlError::NotAUrl { url: url.to_string(), source })?;
         if u.scheme() != "redis" {
             return Err(RedisUrlError::Scheme(url.to_string()));
@@ -117,18 +117,18 @@ impl Redis {
     }
 
     /// The address, for messages (no credentials).
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.addr
     }
 
     /// One command.
-    pub async fn query(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+    pub(crate) async fn query(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let mut replies = self.pipeline(&[args.to_vec()]).await?;
         Ok(replies.remove(0))
     }
 
     /// Several commands in one round trip; one reply each, in order.
-    pub async fn pipeline(&self, commands: &[Vec<&[u8]>]) -> Result<Vec<Reply>, RedisError> {
+    pub(crate) async fn pipeline(&self, commands: &[Vec<&[u8]>]) -> Result<Vec<Reply>, RedisError> {
         let mut out = Vec::new();
         for c in commands {
             encode(&mut out, c);

@@ -12,7 +12,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
 /// A database URL fit for logs and errors: the password replaced by `***`.
-pub fn redact_url(text: &str) -> String {
+pub(crate) fn redact_url(text: &str) -> String {
     match url::Url::parse(text) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
@@ -24,14 +24,14 @@ pub fn redact_url(text: &str) -> String {
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
     MySql,
 }
 
 impl Backend {
-    pub fn of(url: &str) -> Option<Backend> {
+    pub(crate) fn of(url: &str) -> Option<Backend> {
         let scheme = url.split(':').next()?;
         match scheme {
             "sqlite" => Some(Backend::Sqlite),
@@ -41,7 +41,7 @@ impl Backend {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -101,62 +101,62 @@ impl Backend {
 /// One row of `ollama_servers`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoredRoute {
-    pub id: i64,
-    pub virtual_model_name: String,
-    pub server_url: String,
-    pub actual_model_name: String,
-    pub weight: i64,
-    pub priority: i64,
+    pub(crate) id: i64,
+    pub(crate) virtual_model_name: String,
+    pub(crate) server_url: String,
+    pub(crate) actual_model_name: String,
+    pub(crate) weight: i64,
+    pub(crate) priority: i64,
     #[serde(rename = "type")]
-    pub device: String,
-    pub performance: f64,
-    pub description: Option<String>,
-    pub is_active: bool,
-    pub created_at: String,
-    pub updated_at: String,
-    pub count: i64,
-    pub skip_resource_check: bool,
-    pub probe_url: Option<String>,
-    pub max_concurrency: Option<i64>,
+    pub(crate) device: String,
+    pub(crate) performance: f64,
+    pub(crate) description: Option<String>,
+    pub(crate) is_active: bool,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
+    pub(crate) count: i64,
+    pub(crate) skip_resource_check: bool,
+    pub(crate) probe_url: Option<String>,
+    pub(crate) max_concurrency: Option<i64>,
 }
 
 /// One row of `drover_api_keys`: never the key itself, only its hash and first characters.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StoredKey {
-    pub id: i64,
-    pub name: String,
+pub(crate) struct StoredKey {
+    pub(crate) id: i64,
+    pub(crate) name: String,
     #[serde(skip)]
-    pub key_hash: String,
+    pub(crate) key_hash: String,
     /// The key's first characters, to recognise it in lists.
-    pub key_prefix: String,
+    pub(crate) key_prefix: String,
     /// Virtual model names the key may use; `["*"]` for all.
-    pub models: Vec<String>,
-    pub requests_per_minute: Option<i64>,
-    pub tokens_per_minute: Option<i64>,
+    pub(crate) models: Vec<String>,
+    pub(crate) requests_per_minute: Option<i64>,
+    pub(crate) tokens_per_minute: Option<i64>,
     /// RFC 3339; none for a key that does not expire.
-    pub expires_at: Option<String>,
-    pub is_active: bool,
-    pub created_at: String,
-    pub request_count: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
+    pub(crate) expires_at: Option<String>,
+    pub(crate) is_active: bool,
+    pub(crate) created_at: String,
+    pub(crate) request_count: i64,
+    pub(crate) prompt_tokens: i64,
+    pub(crate) completion_tokens: i64,
     /// Its share of freed slots while requests wait, against other keys' (routing/queue.rs).
-    pub weight: i64,
+    pub(crate) weight: i64,
     /// "interactive" (served first while requests wait) or "batch".
-    pub priority: String,
+    pub(crate) priority: String,
 }
 
 /// The writable fields of a key; `None` leaves a field as it is (or at its default on insert).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct KeyFields {
-    pub name: Option<String>,
-    pub models: Option<Vec<String>>,
-    pub requests_per_minute: Option<Option<i64>>,
-    pub tokens_per_minute: Option<Option<i64>>,
-    pub expires_at: Option<Option<String>>,
-    pub is_active: Option<bool>,
-    pub weight: Option<i64>,
-    pub priority: Option<String>,
+pub(crate) struct KeyFields {
+    pub(crate) name: Option<String>,
+    pub(crate) models: Option<Vec<String>>,
+    pub(crate) requests_per_minute: Option<Option<i64>>,
+    pub(crate) tokens_per_minute: Option<Option<i64>>,
+    pub(crate) expires_at: Option<Option<String>>,
+    pub(crate) is_active: Option<bool>,
+    pub(crate) weight: Option<i64>,
+    pub(crate) priority: Option<String>,
 }
 
 impl KeyFields {
@@ -192,10 +192,10 @@ impl KeyFields {
 
 /// Requests and tokens served under one key, not yet added to its row.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct KeyUsage {
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+pub(crate) struct KeyUsage {
+    pub(crate) requests: u64,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
 }
 
 impl std::ops::AddAssign for KeyUsage {
@@ -208,19 +208,19 @@ impl std::ops::AddAssign for KeyUsage {
 
 /// The writable fields of a route; `None` leaves a field as it is (or at its default on insert).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteFields {
-    pub virtual_model_name: Option<String>,
-    pub server_url: Option<String>,
-    pub actual_model_name: Option<String>,
-    pub weight: Option<i64>,
-    pub priority: Option<i64>,
-    pub device: Option<String>,
-    pub performance: Option<f64>,
-    pub description: Option<Option<String>>,
-    pub is_active: Option<bool>,
-    pub skip_resource_check: Option<bool>,
-    pub probe_url: Option<Option<String>>,
-    pub max_concurrency: Option<Option<i64>>,
+pub(crate) struct RouteFields {
+    pub(crate) virtual_model_name: Option<String>,
+    pub(crate) server_url: Option<String>,
+    pub(crate) actual_model_name: Option<String>,
+    pub(crate) weight: Option<i64>,
+    pub(crate) priority: Option<i64>,
+    pub(crate) device: Option<String>,
+    pub(crate) performance: Option<f64>,
+    pub(crate) description: Option<Option<String>>,
+    pub(crate) is_active: Option<bool>,
+    pub(crate) skip_resource_check: Option<bool>,
+    pub(crate) probe_url: Option<Option<String>>,
+    pub(crate) max_concurrency: Option<Option<i64>>,
 }
 
 /// A value to bind, so one dynamic UPDATE can carry any mix of columns.
@@ -289,7 +289,7 @@ fn bind(q: Query<'_>, v: Value) -> Query<'_> {
 /// What went wrong with the store, as its callers must tell apart (the admin API answers
 /// 409, 404 and 503 for them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// The write would break a uniqueness rule of the schema (a key name, say).
     Conflict(String),
     /// No row with that id.
@@ -300,7 +300,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             StoreError::Conflict(m) | StoreError::NotFound(m) | StoreError::Unavailable(m) => m,
         }
@@ -328,50 +328,45 @@ impl From<sqlx::Error> for StoreError {
 /// The store as the parts that use it share it: connected (and migrated) on first use, and
 /// again after a failed first connection, so drover starts and serves while its database is
 /// away and joins it when it comes.
-pub struct StoreHandle {
+pub(crate) struct StoreHandle {
     url: String,
     pool_size: u32,
     store: tokio::sync::OnceCell<Store>,
 }
 
 impl StoreHandle {
-    pub fn new(url: &str, pool_size: u32) -> StoreHandle {
+    pub(crate) fn new(url: &str, pool_size: u32) -> StoreHandle {
         StoreHandle { url: url.to_string(), pool_size, store: tokio::sync::OnceCell::new() }
     }
 
     /// The store, connecting when it is not yet.
-    pub async fn get(&self) -> Result<&Store, StoreError> {
+    pub(crate) async fn get(&self) -> Result<&Store, StoreError> {
         self.store.get_or_try_init(|| Store::open(&self.url, self.pool_size)).await
     }
 
     /// The store when it is connected, without trying to connect.
-    pub fn connected(&self) -> Option<&Store> {
+    pub(crate) fn connected(&self) -> Option<&Store> {
         self.store.get()
-    }
-
-    /// The URL with its password hidden, for messages.
-    pub fn shown_url(&self) -> String {
-        redact_url(&self.url)
     }
 }
 
 /// What /health says about the store.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StoreState {
+pub(crate) enum StoreState {
     Ok,
     Unreachable(String),
 }
 
-pub struct Store {
+pub(crate) struct Store {
     pool: AnyPool,
-    pub backend: Backend,
+    pub(crate) backend: Backend,
     /// The URL with its password hidden, for messages.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 impl Store {
     /// Connects (creating an SQLite file when missing); errors name the URL, password hidden.
-    pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+    pub(crate) async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let shown = redact_url(url);
         let backend = Backend::of(url)
@@ -393,7 +388,7 @@ impl Store {
 
     /// Connects and applies the migrations not yet applied: what every part that uses the
     /// store needs, whether the database was there at start or came later.
-    pub async fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+    pub(crate) async fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
         let store = Store::connect(url, pool_size).await?;
         store.migrate().await?;
         Ok(store)
@@ -404,7 +399,7 @@ impl Store {
     /// lock, MySQL's `GET_LOCK`, SQLite's write transaction), held by one connection: given
     /// back to the pool once released, closed after a failure (which releases it; so does a
     /// process that dies mid-way).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e| self.migration_failed(e);
         let mut conn = self.pool.acquire().await.map_err(fail)?;
         let (lock, unlock) = match self.backend {
@@ -469,7 +464,7 @@ impl Store {
     }
 
     /// The change marker: a number that moves whenever a routing column changes.
-    pub async fn marker(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn marker(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT version FROM drover_changes WHERE id = 1")
             .fetch_one(&self.pool)
             .await
@@ -488,7 +483,7 @@ impl Store {
         )
     }
 
-    pub async fn list(&self) -> Result<Vec<StoredRoute>, StoreError> {
+    pub(crate) async fn list(&self) -> Result<Vec<StoredRoute>, StoreError> {
         let rows = sqlx::query(&format!("{} ORDER BY id", self.select()))
             .fetch_all(&self.pool)
             .await
@@ -496,7 +491,7 @@ impl Store {
         rows.iter().map(row_to_route).collect()
     }
 
-    pub async fn get(&self, id: i64) -> Result<Option<StoredRoute>, StoreError> {
+    pub(crate) async fn get(&self, id: i64) -> Result<Option<StoredRoute>, StoreError> {
         let sql = format!("{} WHERE id = ?", self.select());
         let row =
             sqlx::query(&self.backend.sql(&sql)).bind(id).fetch_optional(&self.pool).await.map_err(StoreError::from)?;
@@ -504,7 +499,7 @@ impl Store {
     }
 
     /// Inserts a route (fields already validated) and returns it as stored.
-    pub async fn insert(&self, fields: &RouteFields) -> Result<StoredRoute, StoreError> {
+    pub(crate) async fn insert(&self, fields: &RouteFields) -> Result<StoredRoute, StoreError> {
         let id = self.insert_row("ollama_servers", fields.columns()).await?;
         self.get(id).await?.ok_or_else(|| StoreError::NotFound(format!("route {id} vanished after insert")))
     }
@@ -535,14 +530,14 @@ impl Store {
     }
 
     /// Changes the given fields of a route; None when no route has that id.
-    pub async fn update(&self, id: i64, fields: &RouteFields) -> Result<Option<StoredRoute>, StoreError> {
+    pub(crate) async fn update(&self, id: i64, fields: &RouteFields) -> Result<Option<StoredRoute>, StoreError> {
         self.update_row("ollama_servers", fields.columns(), Some("updated_at = CURRENT_TIMESTAMP"), id).await?;
         // Read back rather than trust rows_affected: MySQL counts changed rows, not matched
         // ones, so an update that changes nothing would look like an absent id.
         self.get(id).await
     }
 
-    pub async fn delete(&self, id: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn delete(&self, id: i64) -> Result<bool, StoreError> {
         self.delete_row("ollama_servers", id).await
     }
 
@@ -580,7 +575,7 @@ impl Store {
     }
 
     /// Adds served-request counts to `count`, all in one transaction.
-    pub async fn add_counts(&self, counts: &[(i64, u64)]) -> Result<(), StoreError> {
+    pub(crate) async fn add_counts(&self, counts: &[(i64, u64)]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let sql = self.backend.sql("UPDATE ollama_servers SET count = count + ? WHERE id = ?");
         for &(id, n) in counts {
@@ -598,7 +593,7 @@ impl Store {
         )
     }
 
-    pub async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+    pub(crate) async fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let rows = sqlx::query(&format!("{} ORDER BY id", self.select_keys()))
             .fetch_all(&self.pool)
             .await
@@ -606,7 +601,7 @@ impl Store {
         rows.iter().map(row_to_key).collect()
     }
 
-    pub async fn get_key(&self, id: i64) -> Result<Option<StoredKey>, StoreError> {
+    pub(crate) async fn get_key(&self, id: i64) -> Result<Option<StoredKey>, StoreError> {
         let sql = format!("{} WHERE id = ?", self.select_keys());
         let row =
             sqlx::query(&self.backend.sql(&sql)).bind(id).fetch_optional(&self.pool).await.map_err(StoreError::from)?;
@@ -614,7 +609,12 @@ impl Store {
     }
 
     /// Stores a new key (fields already validated) by its hash and prefix; returns the row.
-    pub async fn insert_key(&self, fields: &KeyFields, hash: &str, prefix: &str) -> Result<StoredKey, StoreError> {
+    pub(crate) async fn insert_key(
+        &self,
+        fields: &KeyFields,
+        hash: &str,
+        prefix: &str,
+    ) -> Result<StoredKey, StoreError> {
         let mut cols = fields.columns();
         cols.push(("key_hash", Value::Text(Some(hash.to_string()))));
         cols.push(("key_prefix", Value::Text(Some(prefix.to_string()))));
@@ -623,17 +623,17 @@ impl Store {
     }
 
     /// Changes the given fields of a key; None when no key has that id.
-    pub async fn update_key(&self, id: i64, fields: &KeyFields) -> Result<Option<StoredKey>, StoreError> {
+    pub(crate) async fn update_key(&self, id: i64, fields: &KeyFields) -> Result<Option<StoredKey>, StoreError> {
         self.update_row("drover_api_keys", fields.columns(), None, id).await?;
         self.get_key(id).await
     }
 
-    pub async fn delete_key(&self, id: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn delete_key(&self, id: i64) -> Result<bool, StoreError> {
         self.delete_row("drover_api_keys", id).await
     }
 
     /// Adds served requests and tokens to each key's row, all in one transaction.
-    pub async fn add_key_usage(&self, usage: &[(i64, KeyUsage)]) -> Result<(), StoreError> {
+    pub(crate) async fn add_key_usage(&self, usage: &[(i64, KeyUsage)]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let sql = self.backend.sql(
             "UPDATE drover_api_keys SET request_count = request_count + ?, prompt_tokens = prompt_tokens + ?, \
@@ -653,7 +653,7 @@ impl Store {
     }
 
     /// A conversation's messages (JSON), unless expired by `now_ms`.
-    pub async fn get_conversation(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn get_conversation(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
         let sql =
             self.backend.sql("SELECT messages FROM drover_conversations WHERE session_key = ? AND expires_at > ?");
         let row =
@@ -668,7 +668,7 @@ impl Store {
     }
 
     /// Replaces a conversation's messages; expired conversations are removed on the way.
-    pub async fn put_conversation(
+    pub(crate) async fn put_conversation(
         &self,
         key: &str,
         messages: &str,
@@ -690,7 +690,7 @@ impl Store {
         tx.commit().await.map_err(StoreError::from)
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
 }

@@ -26,19 +26,19 @@ enum Message {
     Flush(SyncSender<()>),
 }
 
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     target: String,
     sender: OnceLock<Option<SyncSender<Message>>>,
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
 }
 
 impl AccessLog {
     /// `target`: a file path, or "-" for standard output.
-    pub fn new(target: &str) -> AccessLog {
+    pub(crate) fn new(target: &str) -> AccessLog {
         AccessLog { target: target.to_string(), sender: OnceLock::new(), dropped: AtomicU64::new(0) }
     }
 
-    pub fn write(&self, line: String) {
+    pub(crate) fn write(&self, line: String) {
         let Some(tx) = self.sender.get_or_init(|| self.start()) else { return };
         if tx.try_send(Message::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -47,7 +47,7 @@ impl AccessLog {
 
     /// Writes out every line handed over so far, waiting at most `within` (before the
     /// process exits: its writer thread would otherwise die with lines still queued).
-    pub fn flush(&self, within: Duration) {
+    pub(crate) fn flush(&self, within: Duration) {
         let Some(Some(tx)) = self.sender.get() else { return };
         let (done, written) = sync_channel(1);
         // A full channel is being emptied by the writer: the send waits for room.
@@ -126,7 +126,7 @@ impl AccessLog {
 
 /// One access-log line, a JSON object written straight into a string (no intermediate
 /// value tree: the line is built on the request path, once per request).
-pub struct Line(String);
+pub(crate) struct Line(String);
 
 impl Default for Line {
     fn default() -> Self {
@@ -135,7 +135,7 @@ impl Default for Line {
 }
 
 impl Line {
-    pub fn new() -> Line {
+    pub(crate) fn new() -> Line {
         let mut s = String::with_capacity(400);
         s.push('{');
         Line(s)
@@ -151,7 +151,7 @@ impl Line {
     }
 
     /// A string field; `None` is written as null.
-    pub fn str(&mut self, key: &str, value: Option<&str>) -> &mut Line {
+    pub(crate) fn str(&mut self, key: &str, value: Option<&str>) -> &mut Line {
         self.key(key);
         match value {
             Some(v) => escape_into(&mut self.0, v),
@@ -162,7 +162,7 @@ impl Line {
 
     /// A number field; `None` is written as null. (itoa, not `fmt`: the line is written
     /// once per request.)
-    pub fn num(&mut self, key: &str, value: Option<impl itoa::Integer>) -> &mut Line {
+    pub(crate) fn num(&mut self, key: &str, value: Option<impl itoa::Integer>) -> &mut Line {
         self.key(key);
         match value {
             Some(v) => self.0.push_str(itoa::Buffer::new().format(v)),
@@ -172,7 +172,7 @@ impl Line {
     }
 
     /// A duration in milliseconds with microsecond precision; `None` is written as null.
-    pub fn millis(&mut self, key: &str, value: Option<Duration>) -> &mut Line {
+    pub(crate) fn millis(&mut self, key: &str, value: Option<Duration>) -> &mut Line {
         self.key(key);
         match value {
             Some(d) => {
@@ -186,7 +186,7 @@ impl Line {
     }
 
     /// The time now, RFC 3339 in UTC with milliseconds ("2026-12-05T07:10:38.123Z").
-    pub fn now(&mut self, key: &str) -> &mut Line {
+    pub(crate) fn now(&mut self, key: &str) -> &mut Line {
         self.key(key);
         self.0.push('"');
         push_time(&mut self.0, std::time::SystemTime::now());
@@ -195,7 +195,7 @@ impl Line {
     }
 
     /// A client's address ("127.0.0.1:5000", "[::1]:5000"); `None` is written as null.
-    pub fn addr(&mut self, key: &str, value: Option<std::net::SocketAddr>) -> &mut Line {
+    pub(crate) fn addr(&mut self, key: &str, value: Option<std::net::SocketAddr>) -> &mut Line {
         self.key(key);
         match value {
             Some(std::net::SocketAddr::V4(a)) => {
@@ -216,7 +216,7 @@ impl Line {
         self
     }
 
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         self.0.push('}');
         std::mem::take(&mut self.0)
     }

@@ -15,9 +15,9 @@ const LATENCY_BUCKETS: &[f64] =
 
 /// The model label of a request for a model the fleet does not know: every such name counts
 /// under this one value, so label values cannot be added from outside.
-pub const UNKNOWN_MODEL: &str = "(unknown)";
+pub(crate) const UNKNOWN_MODEL: &str = "(unknown)";
 
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_requests_total",
         "Requests answered, by model asked, server and status",
@@ -26,7 +26,7 @@ pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "drover_request_duration_seconds",
         "Time from request to the end of the answer",
@@ -36,7 +36,7 @@ pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static TTFB: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static TTFB: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "drover_time_to_first_byte_seconds",
         "Time from request to the answer's header",
@@ -46,7 +46,7 @@ pub static TTFB: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_upstream_retries_total",
         "Attempts that failed, by reason (mid_stream: after bytes reached the client)",
@@ -55,7 +55,7 @@ pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static RESUMPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static RESUMPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_stream_resumptions_total",
         "Streams whose server broke off: continued on another server, or ended with an error line",
@@ -64,7 +64,7 @@ pub static RESUMPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static REPLICA_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static REPLICA_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_replica_changes_total",
         "Copies of a model placed or let go by load_balancer.replicas: up (loaded on another server while its requests waited), down (unloaded after scale_down_idle), failed (a load that did not succeed)",
@@ -73,7 +73,7 @@ pub static REPLICA_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static UPSTREAM_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_upstream_refusals_total",
         "Answers that sent a request elsewhere without counting as failures: rate_limited (429, or 503 with Retry-After; the server rests) and credentials (401/403 to drover's credentials; the server is down until a health check passes)",
@@ -82,12 +82,12 @@ pub static UPSTREAM_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static KEY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static KEY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("drover_key_requests_total", "Model-routed requests answered, by API key name", &["key"])
         .expect("metric registers once")
 });
 
-pub static KEY_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static KEY_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_key_tokens_total",
         "Tokens the servers reported, by API key name and kind (prompt, completion)",
@@ -96,7 +96,7 @@ pub static KEY_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_rate_limited_total",
         "Requests refused with 429, by limit (key, client)",
@@ -105,7 +105,7 @@ pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_tokens_total",
         "Tokens the servers reported, by kind (prompt, completion)",
@@ -114,7 +114,7 @@ pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static MODEL_LOAD: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static MODEL_LOAD: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "drover_model_load_seconds",
         "Model load time Ollama reported (load_duration)",
@@ -124,22 +124,22 @@ pub static MODEL_LOAD: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static RESOURCE_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static RESOURCE_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("drover_resource_checks_total", "Resource checks, by result", &["result"])
         .expect("metric registers once")
 });
 
-pub static QUEUE_LENGTH: LazyLock<IntGauge> = LazyLock::new(|| {
+pub(crate) static QUEUE_LENGTH: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("drover_queue_length", "Requests waiting for a server").expect("metric registers once")
 });
 
-pub static QUEUE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+pub(crate) static QUEUE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!("drover_queue_wait_seconds", "Time requests spent in the queue", LATENCY_BUCKETS.to_vec())
         .expect("metric registers once")
 });
 
 /// Registers every metric at start, so each is exported (at zero) before its first event.
-pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "drover_cache_requests_total",
         "Deterministic requests and the response cache: hit, miss, or bypass (Cache-Control)",
@@ -148,13 +148,13 @@ pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+pub(crate) static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("drover_cache_bytes", "Bytes held by the in-memory response cache")
         .expect("metric registers once")
 });
 
 /// Per model asked: requests answered and tokens reported (prompt and completion), since start.
-pub fn per_model() -> std::collections::BTreeMap<String, (u64, u64)> {
+pub(crate) fn per_model() -> std::collections::BTreeMap<String, (u64, u64)> {
     use prometheus::core::Collector;
     let mut out: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     let label = |m: &prometheus::proto::Metric| {
@@ -174,7 +174,7 @@ pub fn per_model() -> std::collections::BTreeMap<String, (u64, u64)> {
     out
 }
 
-pub fn init() {
+pub(crate) fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TTFB);
@@ -193,7 +193,7 @@ pub fn init() {
 
 /// Why an attempt failed before any byte reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
+pub(crate) enum RetryReason {
     Connect,
     Timeout,
     Send,
@@ -204,7 +204,7 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RetryReason::Connect => "connect",
             RetryReason::Timeout => "timeout",
@@ -218,14 +218,14 @@ impl RetryReason {
 
 /// Outcome of one resource check.
 #[derive(Debug, Clone, Copy)]
-pub enum CheckResult {
+pub(crate) enum CheckResult {
     Pass,
     NoMemory,
     FailOpen,
     ProbeUnreachable,
 }
 
-pub fn resource_check(result: CheckResult) {
+pub(crate) fn resource_check(result: CheckResult) {
     let label = match result {
         CheckResult::Pass => "pass",
         CheckResult::NoMemory => "no_memory",
@@ -236,7 +236,7 @@ pub fn resource_check(result: CheckResult) {
 }
 
 /// The Prometheus text exposition of every registered metric.
-pub fn render() -> (Vec<u8>, String) {
+pub(crate) fn render() -> (Vec<u8>, String) {
     let encoder = TextEncoder::new();
     let mut out = Vec::new();
     encoder.encode(&prometheus::gather(), &mut out).expect("text encoding of gathered metrics");

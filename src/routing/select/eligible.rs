@@ -47,24 +47,24 @@ impl std::fmt::Display for Skip {
 
 /// What a request needs from a server.
 pub struct Request<'a> {
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     /// True for Ollama's native /api endpoints, which openai-kind servers lack.
-    pub native_api: bool,
+    pub(crate) native_api: bool,
     /// Servers already tried for this request.
-    pub tried: &'a [Arc<Server>],
+    pub(crate) tried: &'a [Arc<Server>],
     /// Requests queued for this model (warm_first loads it elsewhere when its warm servers
     /// cannot take them all). Always 0 with load_balancer.replicas on: copies are then
     /// placed by the replica keeper, not by a request that would wait for the load.
-    pub waiting: usize,
+    pub(crate) waiting: usize,
     /// When every usable route is cooling down, use the one that failed longest ago
     /// rather than refuse (load_balancer.panic_mode).
-    pub panic_mode: bool,
+    pub(crate) panic_mode: bool,
     /// `options.num_ctx`: a server with the model loaded at another context size is cold
     /// for this request (Ollama reloads it).
-    pub num_ctx: Option<u32>,
+    pub(crate) num_ctx: Option<u32>,
     /// The conversation this request continues (affinity.rs), and the load bound
     /// (affinity.load_factor) under which it sticks to its server.
-    pub affinity: Option<(u64, f64)>,
+    pub(crate) affinity: Option<(u64, f64)>,
 }
 
 impl Request<'_> {
@@ -75,7 +75,7 @@ impl Request<'_> {
 }
 
 /// Why `route` cannot take this request now, ignoring its concurrency limit.
-pub fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
+pub(crate) fn ineligible(route: &Route, req: &Request) -> Option<Skip> {
     let s = &route.server;
     if !route.is_active {
         Some(Skip::Inactive)
@@ -127,7 +127,7 @@ impl Policy for NoChecks {
 
 /// The routes a model has: its active rows, else (discovery) the servers that list it,
 /// rotated. Looked up once per pick: the caller keeps what this found.
-pub fn routes_of<'a>(fleet: &'a Fleet, model: &str) -> Option<ModelRoutesRef<'a>> {
+pub(crate) fn routes_of<'a>(fleet: &'a Fleet, model: &str) -> Option<ModelRoutesRef<'a>> {
     match fleet.named_routes(model) {
         Some(mr) => Some(ModelRoutesRef::Named(mr)),
         None => {
@@ -144,7 +144,7 @@ pub fn routes_of<'a>(fleet: &'a Fleet, model: &str) -> Option<ModelRoutesRef<'a>
 }
 
 /// A model's routes for one pick, and where they come from.
-pub enum ModelRoutesRef<'a> {
+pub(crate) enum ModelRoutesRef<'a> {
     /// Its own routes in the fleet snapshot.
     Named(&'a ModelRoutes),
     /// Every server that lists it, for this pick only.
@@ -152,7 +152,7 @@ pub enum ModelRoutesRef<'a> {
 }
 
 impl ModelRoutesRef<'_> {
-    pub fn routes(&self) -> &ModelRoutes {
+    pub(crate) fn routes(&self) -> &ModelRoutes {
         match self {
             ModelRoutesRef::Named(mr) => mr,
             ModelRoutesRef::Discovered(mr) => mr,

@@ -9,16 +9,16 @@ use crate::fleet::{Fleet, ModelRoutes, Route};
 
 /// How a request for a model would be served now, route by route, as `select` decides it
 /// but without taking a slot or reserving memory (the resource check runs as a dry run).
-pub struct Explanation {
+pub(crate) struct Explanation {
     /// "routes" (named by routes), "discovery" (servers that list it) or "unknown".
-    pub source: &'static str,
+    pub(crate) source: &'static str,
     /// The priority that serves now, if any route can.
-    pub serving: Option<u32>,
+    pub(crate) serving: Option<u32>,
     /// Every route, with `None` when it is among those a request would pick from, or why not.
-    pub verdicts: Vec<(Arc<Route>, Option<String>)>,
+    pub(crate) verdicts: Vec<(Arc<Route>, Option<String>)>,
 }
 
-pub fn explain<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Explanation {
+pub(crate) fn explain<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, policy: &P) -> Explanation {
     let (source, mr) = match fleet.named_routes(req.model) {
         Some(mr) => ("routes", mr),
         None => {

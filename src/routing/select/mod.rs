@@ -16,8 +16,9 @@ mod weighted;
 
 use std::sync::Arc;
 
-pub use eligible::{ineligible, routes_of, ModelRoutesRef, NoChecks, Policy, Request, Skip};
-pub use explain::{explain, Explanation};
+pub(crate) use eligible::{ineligible, routes_of, ModelRoutesRef};
+pub use eligible::{NoChecks, Policy, Request, Skip};
+pub(crate) use explain::{explain, Explanation};
 
 use crate::config::Strategy;
 use crate::fleet::{Fleet, ModelRoutes, Route, Slot};
@@ -45,7 +46,7 @@ pub fn select<P: Policy>(fleet: &Fleet, strategy: Strategy, req: &Request, polic
 }
 
 /// `select` over the routes `routes_of` found for this pick (`None`: the model is unknown).
-pub fn select_from<P: Policy>(
+pub(crate) fn select_from<P: Policy>(
     found: Option<&ModelRoutesRef>,
     strategy: Strategy,
     req: &Request,
