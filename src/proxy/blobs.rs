@@ -43,7 +43,7 @@ impl OwnAnswers {
             return self.out.error(session, ctx, e).await;
         }
         let path = format!("/api/blobs/{digest}");
-        let fleet = self.fleet.load_full();
+        let fleet = self.parts.fleet.load_full();
         let servers: Vec<_> = fleet.servers.iter().filter(|s| s.kind == Kind::Ollama && s.healthy()).cloned().collect();
         if servers.is_empty() {
             let e =
@@ -64,7 +64,7 @@ impl OwnAnswers {
             if upload {
                 senders.push(tx);
             }
-            let (client, server, path) = (self.client.clone(), s.clone(), path.clone());
+            let (client, server, path) = (self.parts.client.clone(), s.clone(), path.clone());
             let method = if upload { "POST" } else { "HEAD" };
             calls.push(tokio::spawn(async move {
                 let result = client.send_stream(method, &server, &path, length.filter(|_| upload), rx, idle).await;

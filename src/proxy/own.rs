@@ -34,23 +34,8 @@ use crate::state::shared::Shared;
 
 /// What drover answers itself reads from: the fleet and every part an operator asks about.
 pub(crate) struct OwnAnswers {
-    pub(super) fleet: Arc<ArcSwap<Fleet>>,
-    /// The admin API's token and its DNS-rebinding guard.
-    guard: Arc<AdminGuard>,
-    admin: Arc<Admin>,
-    /// Required models, reported in /health and on the dashboard.
-    keeper: Arc<Keeper>,
-    /// For calls to every server: model management, blobs.
-    pub(super) client: Arc<Client>,
-    /// The store follower: its state for /health.
-    reloader: Arc<Reloader>,
-    resources: Arc<ResourceCheck>,
-    replicas: Arc<Replicas>,
-    /// Requests waiting for a busy model: their number for /lb-stats and the dashboard.
-    queue: Arc<Queue>,
-    /// Redis's state for /health.
-    shared: Arc<Shared>,
-    recent_errors: Arc<RecentErrors>,
+    /// The shared parts, as serve.rs handed them in.
+    pub(super) parts: OwnParts,
     started: Instant,
     config_source: Option<String>,
     database: String,
@@ -62,45 +47,28 @@ pub(crate) struct OwnAnswers {
 /// The parts drover's own answers read, each built once by serve.rs.
 pub(crate) struct OwnParts {
     pub(crate) fleet: Arc<ArcSwap<Fleet>>,
+    /// The admin API's token and its DNS-rebinding guard.
     pub(crate) guard: Arc<AdminGuard>,
     pub(crate) admin: Arc<Admin>,
+    /// Required models, reported in /health and on the dashboard.
     pub(crate) keeper: Arc<Keeper>,
+    /// For calls to every server: model management, blobs.
     pub(crate) client: Arc<Client>,
+    /// The store follower: its state for /health.
     pub(crate) reloader: Arc<Reloader>,
     pub(crate) resources: Arc<ResourceCheck>,
     pub(crate) replicas: Arc<Replicas>,
+    /// Requests waiting for a busy model: their number for /lb-stats and the dashboard.
     pub(crate) queue: Arc<Queue>,
+    /// Redis's state for /health.
     pub(crate) shared: Arc<Shared>,
     pub(crate) recent_errors: Arc<RecentErrors>,
 }
 
 impl OwnAnswers {
     pub(crate) fn new(settings: &Settings, parts: OwnParts) -> OwnAnswers {
-        let OwnParts {
-            fleet,
-            guard,
-            admin,
-            keeper,
-            client,
-            reloader,
-            resources,
-            replicas,
-            queue,
-            shared,
-            recent_errors,
-        } = parts;
         OwnAnswers {
-            fleet,
-            guard,
-            admin,
-            keeper,
-            client,
-            reloader,
-            resources,
-            replicas,
-            queue,
-            shared,
-            recent_errors,
+            parts,
             started: Instant::now(),
             config_source: settings.source.as_ref().map(|p| p.display().to_string()),
             database: crate::storage::store::redact_url(&settings.database_url),
@@ -111,7 +79,7 @@ impl OwnAnswers {
 
     /// Answers an endpoint that is not model-routed.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, endpoint: Endpoint) {
-        let fleet = self.fleet.load_full();
+        let fleet = self.parts.fleet.load_full();
         let restricted = ctx.key.as_ref().is_some_and(|k| k.restricted());
         if restricted && matches!(endpoint, Endpoint::Status | Endpoint::LbStats) {
             // Every server's loaded models, placements and last errors: the fleet's, not a tenant's.
@@ -151,8 +119,12 @@ impl OwnAnswers {
                 self.out.send(session, ctx, 200, "text/plain; charset=utf-8", "Ollama is running".into()).await
             }
             Endpoint::Health => {
-                let (code, body) =
-                    views::health(&fleet, &self.reloader.state(), self.keeper.report(), self.shared.report());
+                let (code, body) = views::health(
+                    &fleet,
+                    &self.parts.reloader.state(),
+                    self.parts.keeper.report(),
+                    self.parts.shared.report(),
+                );
                 self.out.json(session, ctx, code, &body).await
             }
             Endpoint::Status => {
@@ -160,7 +132,7 @@ impl OwnAnswers {
                 self.out.json(session, ctx, 200, &body).await
             }
             Endpoint::LbStats => {
-                let body = views::lb_stats(&fleet, self.queue.len(), self.replicas.view());
+                let body = views::lb_stats(&fleet, self.parts.queue.len(), self.parts.replicas.view());
                 self.out.json(session, ctx, 200, &body).await
             }
             Endpoint::Admin => self.admin(session, ctx).await,
@@ -193,8 +165,8 @@ impl OwnAnswers {
             .filter(|_| cookie_allowed)
             .map(|t| format!("Bearer {t}"));
         let auth = text("authorization").map(str::to_string).or(from_cookie);
-        let refused = self.guard.authorize(client, auth.as_deref()).err();
-        match refused.or_else(|| self.guard.browser_refused(request_host(req), text("origin"))) {
+        let refused = self.parts.guard.authorize(client, auth.as_deref()).err();
+        match refused.or_else(|| self.parts.guard.browser_refused(request_host(req), text("origin"))) {
             None => false,
             Some((code, body)) => {
                 session.set_keepalive(None);
@@ -219,7 +191,7 @@ impl OwnAnswers {
         } else {
             None
         };
-        let (code, reply) = self.admin.handle(&method, &path, body.as_deref()).await;
+        let (code, reply) = self.parts.admin.handle(&method, &path, body.as_deref()).await;
         if code >= 400 {
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
         }
@@ -245,7 +217,7 @@ impl OwnAnswers {
                     );
                     return self.out.error(session, ctx, e).await;
                 }
-                if self.guard.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
+                if self.parts.guard.authorize(None, Some(&format!("Bearer {token}"))).is_ok() {
                     let mut header = ResponseHeader::build(303, Some(3)).expect("valid status");
                     header.insert_header(http::header::LOCATION, "/dashboard").expect("static header");
                     let cookie =
@@ -272,11 +244,11 @@ impl OwnAnswers {
             DashboardPart::Data => {
                 let data = crate::ops::dashboard::data(crate::ops::dashboard::Snapshot {
                     fleet,
-                    queued: self.queue.len(),
-                    replicas: self.replicas.view(),
-                    free_memory: self.resources.free_memory(),
-                    errors: self.recent_errors.snapshot(),
-                    required: self.keeper.report(),
+                    queued: self.parts.queue.len(),
+                    replicas: self.parts.replicas.view(),
+                    free_memory: self.parts.resources.free_memory(),
+                    errors: self.parts.recent_errors.snapshot(),
+                    required: self.parts.keeper.report(),
                     uptime_seconds: self.started.elapsed().as_secs(),
                 });
                 self.out.json(session, ctx, 200, &data).await
@@ -303,7 +275,7 @@ impl OwnAnswers {
             Ok(b) => b,
             Err(e) => return self.out.refuse_body(session, ctx, e).await,
         };
-        let fleet = self.fleet.load_full();
+        let fleet = self.parts.fleet.load_full();
         let plan = match crate::placement::manage::plan(op, &body, query.as_deref(), &fleet) {
             Ok(p) => p,
             Err(e) => return self.out.error(session, ctx, e).await,
@@ -324,7 +296,7 @@ impl OwnAnswers {
         }
         let idle = self.read_timeout;
         if !plan.stream {
-            let (code, reply) = crate::placement::manage::run_to_end(&plan, &self.client, idle).await;
+            let (code, reply) = crate::placement::manage::run_to_end(&plan, &self.parts.client, idle).await;
             ctx.error = reply.get("error").and_then(Value::as_str).map(str::to_string);
             return self.out.json(session, ctx, code, &reply).await;
         }
@@ -337,7 +309,7 @@ impl OwnAnswers {
         if session.write_response_header(Box::new(header), false).await.is_err() {
             return;
         }
-        let mut progress = crate::placement::manage::run(&plan, &self.client, idle);
+        let mut progress = crate::placement::manage::run(&plan, &self.parts.client, idle);
         let mut outcome = crate::placement::manage::Outcome::default();
         let mut client_gone = false;
         let mut merge = crate::placement::manage::Merge::default();
