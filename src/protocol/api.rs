@@ -39,6 +39,7 @@ pub(crate) enum DashboardPart {
 
 /// A model-routed call, told apart once by `classify`: the later stages read what they need
 /// of it here (translate.rs and resume.rs map it to their own terms), never the path again.
+/// Its API is `Api::of_path` of its path, set on the request before it is classified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Call {
     /// Ollama's /api/generate.
@@ -99,16 +100,6 @@ impl Call {
             Call::Messages => "/v1/messages",
             Call::CountTokens => "/v1/messages/count_tokens",
             Call::Responses => "/v1/responses",
-        }
-    }
-
-    /// The API the call speaks: its errors are written in that API's format.
-    pub(crate) fn api(self) -> Api {
-        match self {
-            Call::Generate | Call::Chat | Call::Embed | Call::Embeddings | Call::Show => Api::Ollama,
-            Call::ChatCompletions | Call::Completions | Call::OpenAiEmbeddings => Api::OpenAi,
-            Call::Messages | Call::CountTokens => Api::Anthropic,
-            Call::Responses => Api::Responses,
         }
     }
 
@@ -321,7 +312,7 @@ mod tests {
     fn classifies_paths() {
         // Each routed call: its endpoint, and the API and nativeness the stages read of it.
         let routed = |path| match classify(&Method::POST, path) {
-            Endpoint::Routed(call) => (call, call.api(), call.native(), call.path() == path),
+            Endpoint::Routed(call) => (call, Api::of_path(call.path()), call.native(), call.path() == path),
             other => panic!("{path}: {other:?}"),
         };
         assert_eq!(routed("/api/chat"), (Call::Chat, Api::Ollama, true, true));

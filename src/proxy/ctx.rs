@@ -86,7 +86,7 @@ pub(crate) struct Routed {
     pub(crate) memory: Option<(crate::state::memory::Turn, Vec<u8>)>,
     /// The conversation it continues (affinity.rs), when affinity applies.
     pub(crate) affinity: Option<u64>,
-    /// The call the client made (protocol/api.rs `Call`): its path, API, and what can be done with it.
+    /// The call the client made (protocol/api.rs `Call`): its path and what can be done with it.
     pub(crate) call: Call,
     /// Anthropic's /v1/messages or the Responses API's /v1/responses: translated to chat
     /// completions for an openai-kind server that has none.

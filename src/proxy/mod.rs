@@ -96,10 +96,8 @@ impl ProxyHttp for Drover {
             return Ok(true);
         }
         match endpoint {
-            Endpoint::Routed(call) => {
-                ctx.api = call.api();
-                Ok(self.routing.route(session, ctx, call).await)
-            }
+            // ctx.api is the call's already: Api::of_path above.
+            Endpoint::Routed(call) => Ok(self.routing.route(session, ctx, call).await),
             other => {
                 // Boxed: drover's own endpoints (admin, dashboard, views) would otherwise
                 // size this future, which Pingora boxes for every request.
