@@ -285,47 +285,37 @@ impl<T: FromChat> Translating for Translator<T> {
         T::CONTENT_TYPES[if self.stream { 0 } else { 1 }]
     }
 
+    /// A stream line by line (an unfinished last line waits for the rest), a whole answer
+    /// once it has all come (`pending` holds what waits).
     fn feed(&mut self, chunk: Option<&Bytes>, end: bool) -> Bytes {
-        feed(&mut self.inner, &mut self.pending, self.stream, self.ok, chunk, end)
-    }
-}
-
-/// Feeds `chunk` through `t`: a stream line by line (an unfinished last line waits for the
-/// rest), a whole answer once it has all come (`pending` holds what waits).
-fn feed<T: FromChat>(
-    t: &mut T,
-    pending: &mut BytesMut,
-    stream: bool,
-    ok: bool,
-    chunk: Option<&Bytes>,
-    end: bool,
-) -> Bytes {
-    if let Some(c) = chunk {
-        pending.extend_from_slice(c);
-    }
-    let mut out = BytesMut::new();
-    if stream {
-        while let Some(i) = memchr::memchr(b'\n', pending) {
-            let line = pending.split_to(i + 1);
-            t.sse_line(&line, &mut out);
+        let Translator { inner: t, stream, ok, pending } = self;
+        if let Some(c) = chunk {
+            pending.extend_from_slice(c);
         }
-        if end {
-            let rest = pending.split();
-            t.sse_line(&rest, &mut out);
-            t.end_stream(&mut out);
+        let mut out = BytesMut::new();
+        if *stream {
+            while let Some(i) = memchr::memchr(b'\n', pending) {
+                let line = pending.split_to(i + 1);
+                t.sse_line(&line, &mut out);
+            }
+            if end {
+                let rest = pending.split();
+                t.sse_line(&rest, &mut out);
+                t.end_stream(&mut out);
+            }
+        } else if end {
+            let whole = pending.split();
+            let answer = serde_json::from_slice::<Value>(&whole).unwrap_or(Value::Null);
+            let translated = if *ok { t.whole(&answer) } else { t.error(error_message(&answer, &whole)) };
+            out.extend_from_slice(&serde_json::to_vec(&translated).expect("json values serialise"));
         }
-    } else if end {
-        let whole = pending.split();
-        let answer = serde_json::from_slice::<Value>(&whole).unwrap_or(Value::Null);
-        let translated = if ok { t.whole(&answer) } else { t.error(error_message(&answer, &whole)) };
-        out.extend_from_slice(&serde_json::to_vec(&translated).expect("json values serialise"));
+        out.freeze()
     }
-    out.freeze()
 }
 
 /// The message of an OpenAI error answer (`{"error": {"message"}}`, or a bare string), or
 /// the start of whatever the server sent.
-pub(crate) fn error_message(answer: &Value, raw: &[u8]) -> String {
+fn error_message(answer: &Value, raw: &[u8]) -> String {
     match &answer["error"] {
         Value::String(s) => s.clone(),
         Value::Object(e) => e.get("message").and_then(Value::as_str).unwrap_or("the server failed").to_string(),
